@@ -1,0 +1,118 @@
+# tscale — build, test, run.  `make run` and `make test` work on a fresh Debian 12 machine:
+# both install missing packages first (deps), then build.
+#
+#   make            build build/tscaled (and the test binaries' objects)
+#   make run        serve (the built-in demo model unless told otherwise): ARGS="--listen ..."
+#   make test       unit tests (plain and ASan+UBSan), golden tests, end-to-end tests
+#   make bench      build/tscale-bench
+#   make deps       install missing Debian packages (apt-get; sudo when not root)
+
+CC      ?= cc
+PKGS    := libuv libmicrohttpd jansson sqlite3
+DEB_PKGS := gcc make pkg-config libuv1-dev libmicrohttpd-dev libjansson-dev libsqlite3-dev \
+            check python3 curl ca-certificates
+
+VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+# Flags of the libraries, looked up only when they exist (deps installs them first).
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+CFLAGS  ?= -O2 -g
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread $(WARN) -DTS_VERSION='"$(VERSION)"' -I.
+SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+
+CORE_SRC   := $(sort $(wildcard core/*.c))
+PROTO_SRC  := $(sort $(wildcard proto/*.c))
+SERVER_SRC := $(filter-out server/main.c,$(sort $(wildcard server/*.c)))
+GEN_SRC    := build/gen/migrations.c
+LIB_SRC    := $(CORE_SRC) $(PROTO_SRC) $(SERVER_SRC) $(GEN_SRC)
+TEST_SRC   := $(sort $(wildcard tests/unit/test_*.c))
+HEADERS    := $(wildcard core/*.h proto/*.h server/*.h tests/unit/*.h)
+
+OBJ      := $(patsubst %.c,build/obj/%.o,$(LIB_SRC:build/%=%))
+SAN_OBJ  := $(patsubst %.c,build/asan/%.o,$(LIB_SRC:build/%=%))
+TESTS    := $(patsubst tests/unit/%.c,build/tests/%,$(TEST_SRC))
+SAN_TESTS:= $(patsubst tests/unit/%.c,build/asan/tests/%,$(TEST_SRC))
+
+# Per-file ISA flags: kernels named *_avx2.c / *_avx512.c are compiled for that ISA and
+# chosen at run time (core/kernel.c), so the binary still runs on older CPUs.
+isa_flags = $(if $(findstring _avx512,$1),-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2,$(if $(findstring _avx2,$1),-mavx2 -mfma,))
+
+.PHONY: all run test deps unit unit-asan e2e bench clean help
+all: build/tscaled
+
+help:
+	@sed -n '1,12p' Makefile
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+build/gen/migrations.c: $(sort $(wildcard migrations/*.sql)) tools/embed_sql.sh
+	@mkdir -p $(@D)
+	sh tools/embed_sql.sh $(sort $(wildcard migrations/*.sql)) > $@.tmp && mv $@.tmp $@
+
+build/obj/gen/%.o: build/gen/%.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+build/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(call isa_flags,$<) $(PKG_CFLAGS) -c $< -o $@
+build/asan/gen/%.o: build/gen/%.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(PKG_CFLAGS) -c $< -o $@
+build/asan/%.o: %.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(call isa_flags,$<) $(PKG_CFLAGS) -c $< -o $@
+
+build/tscaled: build/obj/server/main.o $(OBJ)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+build/asan/tscaled: build/asan/server/main.o $(SAN_OBJ)
+	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+build/tests/%: tests/unit/%.c $(OBJ) $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(OBJ) $(CHECK_LIBS) $(PKG_LIBS) -lm
+build/asan/tests/%: tests/unit/%.c $(SAN_OBJ) $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(PKG_CFLAGS) -o $@ $< $(SAN_OBJ) $(CHECK_LIBS) $(PKG_LIBS) -lm
+
+BENCH_SRC := $(sort $(wildcard bench/*.c))
+build/tscale-bench: $(BENCH_SRC) $(OBJ)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -o $@ $(BENCH_SRC) $(OBJ) $(PKG_LIBS) -lopenblas -lm
+
+run: deps
+	@$(MAKE) --no-print-directory build/tscaled
+	./build/tscaled $(ARGS)
+
+# Unit tests run from the repository root (golden files are read from tests/golden/).
+unit: $(TESTS)
+	@set -e; for t in $(TESTS); do echo "== $$t"; CK_FORK=yes $$t; done
+unit-asan: $(SAN_TESTS)
+	@set -e; for t in $(SAN_TESTS); do echo "== $$t (asan+ubsan)"; \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 CK_FORK=no $$t; done
+e2e: build/tscaled
+	@python3 tests/e2e/run.py build/tscaled
+e2e-asan: build/asan/tscaled
+	@python3 tests/e2e/run.py build/asan/tscaled
+
+test: deps
+	@$(MAKE) --no-print-directory build/tscaled $(TESTS)
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory unit-asan
+	@$(MAKE) --no-print-directory e2e
+
+bench: deps
+	@$(MAKE) --no-print-directory build/tscale-bench
+
+clean:
+	rm -rf build

@@ -1,0 +1,48 @@
+/* kernel.h — the narrow boundary between the model and the ternary compute kernels.
+ *
+ * Everything the kernels need about a layer's weights is a ts_weights: a compute layout
+ * built once from T_packed at load and never changed (feedback never touches T). The
+ * per-group scales S are passed separately because feedback changes them after each step.
+ *
+ * Shapes: the layer has `rows` outputs and `cols` inputs; groups are `gs` consecutive
+ * columns of one row, gpr = ceil(cols/gs) groups per row, G = rows·gpr, and S[r·gpr + g]
+ * is the scale of group g of row r. W_eff[r][c] = S[r·gpr + c/gs] · T[r][c].
+ *
+ * All functions are pure compute: no I/O, no allocation on the hot path. pool may be NULL.
+ */
+#ifndef TS_KERNEL_H
+#define TS_KERNEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pool.h"
+
+typedef struct ts_weights ts_weights;
+
+/* Build the compute layout. T_packed holds rows·cols trits (ts_trits_pack format).
+ * Returns NULL on allocation failure or corrupt T_packed (a byte >= 243). */
+ts_weights *ts_weights_build(const uint8_t *T_packed, int64_t rows, int64_t cols, int64_t gs);
+void ts_weights_free(ts_weights *w);
+/* Bytes the layout holds in memory (for `inspect` and memory accounting). */
+size_t ts_weights_bytes(const ts_weights *w);
+/* The trit at (r, c), for tests and for rmsnorm's elementwise weight. */
+int ts_weights_trit(const ts_weights *w, int64_t r, int64_t c);
+
+/* y[B][rows] = x[B][cols] · W_effᵀ     (y is overwritten; bias is the caller's) */
+void ts_kernel_forward(const ts_weights *w, const float *S, const float *x, int64_t B,
+                       float *y, ts_pool *pool);
+
+/* dx[B][cols] = dy[B][rows] · W_eff    (dx is overwritten) */
+void ts_kernel_backward_x(const ts_weights *w, const float *S, const float *dy, int64_t B,
+                          float *dx, ts_pool *pool);
+
+/* score[G] = Σ_{c∈group} sign(dW[r][c]) · T[r][c], with dW = dyᵀ · x summed over the
+ * batch (dW[r][c] = Σ_b dy[b][r] · x[b][c]) and sign(0) = 0. */
+void ts_kernel_score(const ts_weights *w, const float *dy, const float *x, int64_t B,
+                     int64_t *score, ts_pool *pool);
+
+/* Name of the kernel family chosen at run time ("portable", "avx2", "avx512"). */
+const char *ts_kernel_name(void);
+
+#endif

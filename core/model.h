@@ -1,0 +1,118 @@
+/* model.h — a sequential TernaryScaleTensor model: its layers, their integer state,
+ * and the derived float scales.
+ *
+ * Persistent state is integer only (what the model file and the snapshots hold):
+ *   T_packed, T_pad, E, corr_accum, step, bias.
+ * Derived state, rebuilt from it and never persisted:
+ *   W (compute layout of T, see kernel.h) and S (float32 scale per group).
+ *
+ * Scale per group, float32, exactly as the reference computes it:
+ *   S[g] = exp2f(E[g] + ((float)corr_accum[g] / (float)(step·gs)) · 4.0f)   when step > 0
+ *   S[g] = exp2f(E[g])                                                      otherwise
+ */
+#ifndef TS_MODEL_H
+#define TS_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernel.h"
+
+typedef enum {
+    TS_LAYER_LINEAR,   /* ternary_linear:  y = x · W_effᵀ + bias        [B,in] → [B,out] */
+    TS_LAYER_RMSNORM,  /* ternary_rmsnorm: y = rmsnorm(x) ⊙ w_eff        [B,dim] → [B,dim] */
+    TS_LAYER_RELU,
+    TS_LAYER_SILU,
+    TS_LAYER_GELU,     /* exact erf form */
+} ts_layer_kind;
+
+/* The architecture of one layer: what the model file's tscale.layers entry says. */
+typedef struct {
+    ts_layer_kind kind;
+    int64_t in_dim, out_dim;   /* activations: both equal the previous layer's out_dim */
+    int64_t group_size;        /* ternary layers only */
+    int has_bias;              /* ternary_linear only */
+} ts_layer_spec;
+
+typedef struct {
+    ts_layer_spec spec;
+    /* ternary layers only (NULL / 0 for activations): */
+    int64_t rows, cols;        /* _T_shape: linear [out,in], rmsnorm [1,dim] */
+    int64_t gpr;               /* groups per row: ceil(cols / gs) */
+    int64_t n_groups;          /* G = rows · gpr */
+    uint8_t *T_packed;         /* [ceil(rows·cols/5)]  persistent, immutable */
+    int64_t T_pad;             /* pad digits in the last byte of T_packed */
+    int8_t *E;                 /* [G]     persistent, immutable */
+    int64_t *corr_accum;       /* [G]     persistent, mutable (update_corr) */
+    int64_t step;              /* step_counter, persistent, mutable */
+    int32_t *bias;             /* [rows]  persistent, immutable; NULL when no bias */
+    ts_weights *W;             /* derived: compute layout of T */
+    float *S;                  /* [G]     derived: scales, see ts_layer_update_scales */
+} ts_layer;
+
+typedef struct {
+    int n_layers;
+    ts_layer *layers;          /* [n_layers] */
+    int64_t in_dim, out_dim;   /* of the whole model */
+} ts_model;
+
+/* Limits that keep every size computation far from overflow. */
+#define TS_MAX_LAYERS 256
+#define TS_MAX_DIM    (1 << 20)
+#define TS_MAX_GROUP  (1 << 16)
+#define TS_MAX_PARAMS ((int64_t)1 << 34)  /* trits in one layer */
+
+/* Check that specs chain (each in_dim equals the previous out_dim; activations keep
+ * the dim) and every size is within limits. Returns 0, or -1 with a message in err. */
+int ts_specs_check(const ts_layer_spec *specs, int n, char *err, size_t errlen);
+
+/* Allocate a model for the given architecture with zeroed state (T all 0 trits packed,
+ * E = 0, corr_accum = 0, step = 0, bias = 0) and W/S not yet built.
+ * Callers fill the persistent state, then call ts_model_prepare(). NULL + err on failure. */
+ts_model *ts_model_alloc(const ts_layer_spec *specs, int n, char *err, size_t errlen);
+void ts_model_free(ts_model *m);
+
+/* Build W from T_packed and S from the state, for every layer. 0, or -1 + err
+ * (e.g. a T_packed byte >= 243). Call after filling or replacing persistent state. */
+int ts_model_prepare(ts_model *m, char *err, size_t errlen);
+
+/* Recompute S of one ternary layer from E, corr_accum and step. */
+void ts_layer_update_scales(ts_layer *l);
+
+/* Initialise as the reference's constructors do, from a seeded RNG (not bit-identical
+ * to torch.randn; the procedure is the same): linear: w ~ N(0, std²) with std 0.1
+ * (0.02 with bias), T = ternarise(w, 0.05), E = clamp(round(log2(max(0.5·in^-0.5, 2^-8))), -8, 0),
+ * bias 0; rmsnorm: w ~ N(0, 0.02²), T = ternarise(w, 0.01), E = -4. corr_accum = step = 0.
+ * Returns a prepared model, or NULL + err. */
+ts_model *ts_model_init(const ts_layer_spec *specs, int n, uint64_t seed, char *err, size_t errlen);
+
+/* Parse a short architecture text such as "rmsnorm:64,linear:64x128,relu,linear:128x10"
+ * with optional per-layer suffixes "/gsN" (group size, default 32) and "+bias":
+ *   "linear:64x128/gs16+bias". Fills specs[max] and *n. 0, or -1 + err. */
+int ts_specs_parse(const char *text, ts_layer_spec *specs, int max, int *n, char *err, size_t errlen);
+
+/* The built-in `demo` model served when nothing else is configured (fixed seed). */
+ts_model *ts_model_demo(char *err, size_t errlen);
+
+/* A model's step: step_counter of its first ternary_linear layer (0 when it has none). */
+int64_t ts_model_step(const ts_model *m);
+
+/* Mutable state (what a snapshot holds): for each ternary layer in order, its step then
+ * its corr_accum[G]. ts_state_len() is the number of int64 values. */
+size_t ts_state_len(const ts_model *m);
+void ts_state_save(const ts_model *m, int64_t *out);
+/* Load state saved from a model of the same architecture; recomputes S. */
+void ts_state_load(ts_model *m, const int64_t *in);
+
+/* Deep copy (persistent state + derived), or NULL on allocation failure. */
+ts_model *ts_model_clone(const ts_model *m);
+
+/* Total trits, total groups, bytes in memory (state + compute layout + scales). */
+int64_t ts_model_params(const ts_model *m);
+int64_t ts_model_groups(const ts_model *m);
+size_t ts_model_bytes(const ts_model *m);
+
+const char *ts_layer_kind_name(ts_layer_kind k); /* "ternary_linear", "relu", ... */
+int ts_layer_kind_parse(const char *name, ts_layer_kind *out); /* 0 or -1 */
+
+#endif

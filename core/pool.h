@@ -1,0 +1,26 @@
+/* pool.h — a persistent pool of compute threads for data-parallel kernels.
+ *
+ * ts_pool_run() splits [0, n) into contiguous chunks and runs fn on each, one chunk per
+ * thread, the caller's thread included; it returns when every chunk is done. A pool runs
+ * one ts_pool_run at a time (callers serialise; the server gives each compute job the
+ * whole pool). A NULL pool runs fn(arg, 0, n) on the caller's thread.
+ */
+#ifndef TS_POOL_H
+#define TS_POOL_H
+
+#include <stdint.h>
+
+typedef struct ts_pool ts_pool;
+
+/* fn handles indices [begin, end). */
+typedef void (*ts_pool_fn)(void *arg, int64_t begin, int64_t end);
+
+/* n_threads >= 1 (the caller counts as one). NULL on failure. */
+ts_pool *ts_pool_new(int n_threads);
+void ts_pool_free(ts_pool *pool);
+int ts_pool_threads(const ts_pool *pool);
+
+/* Run fn over [0, n) in chunks of at least min_chunk indices. */
+void ts_pool_run(ts_pool *pool, int64_t n, int64_t min_chunk, ts_pool_fn fn, void *arg);
+
+#endif

@@ -1,0 +1,78 @@
+/* oip.h — Open Inference Protocol (KServe V2 REST) request and response bodies,
+ * JSON and the binary tensor data extension.
+ *
+ * A request body is JSON, optionally followed by binary tensor data: when the HTTP header
+ * Inference-Header-Content-Length is present its value is the JSON length, and each input
+ * whose "parameters" hold "binary_data_size" takes that many bytes, in input order, from
+ * the data that follows. The parser converts every tensor to the type the model needs:
+ * FP32 (from FP32/FP64/integer JSON numbers or binary FP32/FP64) or INT64 (labels,
+ * from INT32/INT64). Nothing here knows about models; limits bound every size.
+ */
+#ifndef TS_OIP_H
+#define TS_OIP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TS_OIP_MAX_TENSORS 8
+#define TS_OIP_NAME_MAX 64
+
+typedef enum { TS_OIP_FP32, TS_OIP_INT64 } ts_oip_type;
+
+typedef struct {
+    char name[TS_OIP_NAME_MAX];
+    char datatype[16];        /* as sent: "FP32", "FP64", "INT32", "INT64", ... */
+    int ndim;
+    int64_t shape[8];
+    int64_t count;            /* product of shape */
+    ts_oip_type type;         /* what data holds after conversion */
+    float *f32;               /* [count] when type == TS_OIP_FP32 (malloc'd) */
+    int64_t *i64;             /* [count] when type == TS_OIP_INT64 (malloc'd) */
+} ts_oip_tensor;
+
+typedef struct {
+    char name[TS_OIP_NAME_MAX];
+    int binary;               /* parameters.binary_data == true */
+} ts_oip_output_req;
+
+typedef struct {
+    char *id;                 /* malloc'd copy of "id", or NULL */
+    int n_inputs;
+    ts_oip_tensor inputs[TS_OIP_MAX_TENSORS];
+    int n_outputs;            /* requested outputs; 0 = all, as JSON */
+    ts_oip_output_req outputs[TS_OIP_MAX_TENSORS];
+    int binary_data_output;   /* request-level parameters.binary_data_output */
+} ts_oip_request;
+
+typedef struct {
+    int64_t max_elements;     /* per tensor */
+    int max_depth;            /* JSON nesting */
+} ts_oip_limits;
+
+/* Parse body[len]. json_len is the Inference-Header-Content-Length value, or -1 when the
+ * header is absent (the whole body is JSON). Floating datatypes (FP16 from binary is
+ * refused; FP32, FP64) become TS_OIP_FP32; integer datatypes (INT8..INT64, UINT8..UINT64,
+ * JSON integers) become TS_OIP_INT64 -- the caller converts an integer `input` to float
+ * when it needs one. Non-finite floats are refused. Shape × datatype size must match the
+ * data exactly (JSON element count, or binary_data_size).
+ * Returns 0, or -1 with a message in err naming the input and what is wrong (the caller
+ * answers 400). The request is cleared on failure. */
+int ts_oip_parse_request(const uint8_t *body, size_t len, int64_t json_len,
+                         const ts_oip_limits *lim, ts_oip_request *req, char *err, size_t errlen);
+void ts_oip_request_free(ts_oip_request *req);
+
+/* Find an input by name, or NULL. */
+const ts_oip_tensor *ts_oip_find_input(const ts_oip_request *req, const char *name);
+
+/* An inference response with one FP32 output [rows][cols]. binary: put the data after the
+ * JSON (binary tensor extension) and set *json_len to the JSON part's length (the value
+ * for the Inference-Header-Content-Length response header); otherwise *json_len = -1.
+ * *out is malloc'd. 0, or -1 on allocation failure. */
+int ts_oip_build_response(const char *model_name, const char *model_version, const char *id,
+                          const char *output_name, const float *data, int64_t rows, int64_t cols,
+                          int binary, uint8_t **out, size_t *outlen, int64_t *json_len);
+
+/* {"error":"..."} with proper JSON escaping; malloc'd NUL-terminated string. */
+char *ts_oip_error_json(const char *msg);
+
+#endif

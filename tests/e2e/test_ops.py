@@ -1,0 +1,129 @@
+"""test_ops.py — the operator subcommands: `tscaled healthcheck` (what the container's
+HEALTHCHECK runs) and `tscaled backup` (online copy of the database)."""
+import http.server
+import os
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import unittest
+
+import tsd
+
+BINARY = tsd.BINARY if os.path.isabs(tsd.BINARY) else os.path.join(tsd.ROOT, tsd.BINARY)
+
+
+def tscaled(*args, env=None, timeout=30):
+    """Run a tscaled subcommand; returns (exit code, stdout, stderr)."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("TSCALE_")}
+    e.update(env or {})
+    p = subprocess.run([BINARY, *args], capture_output=True, text=True, env=e, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+class StubServer:
+    """A loopback HTTP server answering every GET with a fixed status; records the paths."""
+
+    def __init__(self, status):
+        paths = self.paths = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                paths.append(self.path)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class HealthcheckAgainstStubs(unittest.TestCase):
+    def test_200_is_healthy_and_probes_ready_path(self):
+        s = StubServer(200)
+        try:
+            rc, out, err = tscaled("healthcheck", "--url", f"http://127.0.0.1:{s.port}")
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(s.paths, ["/v2/health/ready"])
+            rc, _, err = tscaled("healthcheck", "--url", f"http://localhost:{s.port}/v2/health/live")
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(s.paths[-1], "/v2/health/live")
+        finally:
+            s.close()
+
+    def test_default_url_follows_tscale_listen(self):
+        s = StubServer(200)
+        try:
+            rc, _, err = tscaled("healthcheck", env={"TSCALE_LISTEN": f"0.0.0.0:{s.port}"})
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(s.paths, ["/v2/health/ready"])
+        finally:
+            s.close()
+
+    def test_503_is_unhealthy(self):
+        s = StubServer(503)
+        try:
+            rc, _, err = tscaled("healthcheck", "--url", f"http://127.0.0.1:{s.port}")
+            self.assertEqual(rc, 1)
+            self.assertIn("503", err)
+        finally:
+            s.close()
+
+    def test_nothing_listening_is_unhealthy(self):
+        rc, _, err = tscaled("healthcheck", "--url", f"http://127.0.0.1:{free_port()}")
+        self.assertEqual(rc, 1)
+        self.assertIn("refused", err)
+
+    def test_silent_server_times_out(self):
+        # listen() but never accept or answer: the probe must give up at --timeout.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(4)
+            rc, _, err = tscaled("healthcheck", "--timeout", "0.3", "--url",
+                                 f"http://127.0.0.1:{s.getsockname()[1]}", timeout=10)
+        self.assertEqual(rc, 1)
+        self.assertIn("timed out", err)
+
+    def test_not_http_is_unhealthy(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(4)
+
+            def answer():
+                c, _ = s.accept()
+                c.recv(1024)
+                c.sendall(b"SSH-2.0-OpenSSH\r\n")
+                c.close()
+
+            t = threading.Thread(target=answer, daemon=True)
+            t.start()
+            rc, _, err = tscaled("healthcheck", "--url", f"http://127.0.0.1:{s.getsockname()[1]}")
+            t.join(5)
+        self.assertEqual(rc, 1)
+        self.assertIn("not an HTTP response", err)
+
+    def test_usage_errors_exit_2(self):
+        for args in (["--url", "https://127.0.0.1:8080"], ["--url", "http://127.0.0.1:0"],
+                     ["--url", "http://127.0.0.1:80x"], ["--url", "http://[::1:80"],
+                     ["--url", "http://:80"], ["--timeout", "0"], ["--timeout", "abc"],
+                     ["--bogus"], ["--url"]):
+            rc, _, err = tscaled("healthcheck", *args)
+            self.assertEqual(rc, 2, f"{args}: {err}")
+            self.assertTrue(err.strip(), args)
+

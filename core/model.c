@@ -1,0 +1,254 @@
+/* model.c — a sequential model's memory: allocation, derived state (W, S), the mutable
+ * state that snapshots hold, copies and sizes. Architecture text and checks live in
+ * specs.c, initialisation in init.c. */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "trits.h"
+
+static int is_ternary(ts_layer_kind k) { return k == TS_LAYER_LINEAR || k == TS_LAYER_RMSNORM; }
+
+/* T_packed holding rows·cols trits 0 (digit 1); pad digits are 0 as pack writes them. */
+static void fill_zero_trits(uint8_t *packed, size_t n)
+{
+    size_t nbytes = ts_trits_packed_size(n);
+    memset(packed, 1 + 3 + 9 + 27 + 81, nbytes);
+    if (n % 5) {
+        unsigned byte = 0, mul = 1;
+        for (size_t k = 0; k < n % 5; k++, mul *= 3)
+            byte += mul;
+        packed[nbytes - 1] = (uint8_t)byte;
+    }
+}
+
+/* Allocate one ternary layer's state; the specs are already checked, so every size
+ * below is far from overflow (TS_MAX_PARAMS trits, TS_MAX_DIM rows). */
+static int layer_alloc(ts_layer *l)
+{
+    const ts_layer_spec *s = &l->spec;
+    l->rows = s->kind == TS_LAYER_LINEAR ? s->out_dim : 1;
+    l->cols = s->in_dim;
+    l->gpr = (l->cols + s->group_size - 1) / s->group_size;
+    l->n_groups = l->rows * l->gpr;
+    size_t n = (size_t)l->rows * (size_t)l->cols, G = (size_t)l->n_groups;
+    l->T_pad = ts_trits_pad(n);
+    l->T_packed = malloc(ts_trits_packed_size(n));
+    l->E = calloc(G, sizeof *l->E);
+    l->corr_accum = calloc(G, sizeof *l->corr_accum);
+    l->S = calloc(G, sizeof *l->S);
+    if (s->has_bias)
+        l->bias = calloc((size_t)l->rows, sizeof *l->bias);
+    if (!l->T_packed || !l->E || !l->corr_accum || !l->S || (s->has_bias && !l->bias))
+        return -1;
+    fill_zero_trits(l->T_packed, n);
+    ts_layer_update_scales(l);
+    return 0;
+}
+
+ts_model *ts_model_alloc(const ts_layer_spec *specs, int n, char *err, size_t errlen)
+{
+    if (ts_specs_check(specs, n, err, errlen) != 0)
+        return NULL;
+    ts_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->layers = calloc((size_t)n, sizeof *m->layers))) {
+        free(m);
+        snprintf(err, errlen, "out of memory allocating a model of %d layers", n);
+        return NULL;
+    }
+    m->n_layers = n;
+    m->in_dim = specs[0].in_dim;
+    m->out_dim = specs[n - 1].out_dim;
+    for (int i = 0; i < n; i++) {
+        ts_layer *l = &m->layers[i];
+        l->spec = specs[i];
+        if (is_ternary(l->spec.kind) && layer_alloc(l) != 0) {
+            snprintf(err, errlen, "out of memory allocating layer %d (%s, %lld x %lld)", i,
+                     ts_layer_kind_name(l->spec.kind), (long long)l->rows, (long long)l->cols);
+            ts_model_free(m);
+            return NULL;
+        }
+    }
+    return m;
+}
+
+void ts_model_free(ts_model *m)
+{
+    if (!m)
+        return;
+    for (int i = 0; i < m->n_layers; i++) {
+        ts_layer *l = &m->layers[i];
+        free(l->T_packed);
+        free(l->E);
+        free(l->corr_accum);
+        free(l->bias);
+        free(l->S);
+        ts_weights_free(l->W);
+    }
+    free(m->layers);
+    free(m);
+}
+
+static int layer_prepare(ts_layer *l, int i, char *err, size_t errlen)
+{
+    size_t n = (size_t)l->rows * (size_t)l->cols, nbytes = ts_trits_packed_size(n);
+    if (l->T_pad != ts_trits_pad(n)) {
+        snprintf(err, errlen, "layer %d: _T_pad is %lld but %zu trits need %d pad digits", i,
+                 (long long)l->T_pad, n, ts_trits_pad(n));
+        return -1;
+    }
+    for (size_t k = 0; k < nbytes; k++) {
+        if (l->T_packed[k] >= 243) {
+            snprintf(err, errlen, "layer %d: T_packed byte %zu is %u (must be < 243): corrupt "
+                     "ternary data", i, k, l->T_packed[k]);
+            return -1;
+        }
+    }
+    ts_weights *W = ts_weights_build(l->T_packed, l->rows, l->cols, l->spec.group_size);
+    if (!W) {
+        snprintf(err, errlen, "out of memory building the weights of layer %d (%lld x %lld)", i,
+                 (long long)l->rows, (long long)l->cols);
+        return -1;
+    }
+    ts_weights_free(l->W);
+    l->W = W;
+    ts_layer_update_scales(l);
+    return 0;
+}
+
+int ts_model_prepare(ts_model *m, char *err, size_t errlen)
+{
+    for (int i = 0; i < m->n_layers; i++)
+        if (is_ternary(m->layers[i].spec.kind) && layer_prepare(&m->layers[i], i, err, errlen) != 0)
+            return -1;
+    return 0;
+}
+
+/* The reference (torch 1.13, checked): corr_accum.float() / denom is an IEEE float32
+ * division by the float32 value of the Python int step·gs (not a multiply by its
+ * reciprocal); "* 4.0" and "E.float() +" are float32; torch.exp2 matches libm exp2f. */
+void ts_layer_update_scales(ts_layer *l)
+{
+    int64_t gs = l->spec.group_size;
+    float denom = 1.0f;
+    if (l->step > 0)
+        denom = l->step <= INT64_MAX / gs ? (float)(l->step * gs) : (float)l->step * (float)gs;
+    for (int64_t g = 0; g < l->n_groups; g++) {
+        float e = (float)l->E[g];
+        if (l->step > 0) {
+            float mean_corr = (float)l->corr_accum[g] / denom;
+            e = e + mean_corr * 4.0f;
+        }
+        l->S[g] = exp2f(e);
+    }
+}
+
+int64_t ts_model_step(const ts_model *m)
+{
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i].spec.kind == TS_LAYER_LINEAR)
+            return m->layers[i].step;
+    return 0;
+}
+
+size_t ts_state_len(const ts_model *m)
+{
+    size_t len = 0;
+    for (int i = 0; i < m->n_layers; i++)
+        if (is_ternary(m->layers[i].spec.kind))
+            len += 1 + (size_t)m->layers[i].n_groups;
+    return len;
+}
+
+void ts_state_save(const ts_model *m, int64_t *out)
+{
+    for (int i = 0; i < m->n_layers; i++) {
+        const ts_layer *l = &m->layers[i];
+        if (!is_ternary(l->spec.kind))
+            continue;
+        *out++ = l->step;
+        memcpy(out, l->corr_accum, (size_t)l->n_groups * sizeof *out);
+        out += l->n_groups;
+    }
+}
+
+void ts_state_load(ts_model *m, const int64_t *in)
+{
+    for (int i = 0; i < m->n_layers; i++) {
+        ts_layer *l = &m->layers[i];
+        if (!is_ternary(l->spec.kind))
+            continue;
+        l->step = *in++;
+        memcpy(l->corr_accum, in, (size_t)l->n_groups * sizeof *in);
+        in += l->n_groups;
+        ts_layer_update_scales(l);
+    }
+}
+
+ts_model *ts_model_clone(const ts_model *m)
+{
+    char err[256];
+    ts_layer_spec specs[TS_MAX_LAYERS];
+    for (int i = 0; i < m->n_layers; i++)
+        specs[i] = m->layers[i].spec;
+    ts_model *c = ts_model_alloc(specs, m->n_layers, err, sizeof err);
+    if (!c)
+        return NULL;
+    for (int i = 0; i < m->n_layers; i++) {
+        const ts_layer *src = &m->layers[i];
+        ts_layer *dst = &c->layers[i];
+        if (!is_ternary(src->spec.kind))
+            continue;
+        size_t G = (size_t)src->n_groups;
+        memcpy(dst->T_packed, src->T_packed,
+               ts_trits_packed_size((size_t)src->rows * (size_t)src->cols));
+        dst->T_pad = src->T_pad;
+        memcpy(dst->E, src->E, G * sizeof *dst->E);
+        memcpy(dst->corr_accum, src->corr_accum, G * sizeof *dst->corr_accum);
+        dst->step = src->step;
+        if (src->bias)
+            memcpy(dst->bias, src->bias, (size_t)src->rows * sizeof *dst->bias);
+    }
+    if (ts_model_prepare(c, err, sizeof err) != 0) {
+        ts_model_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+int64_t ts_model_params(const ts_model *m)
+{
+    int64_t n = 0;
+    for (int i = 0; i < m->n_layers; i++)
+        if (is_ternary(m->layers[i].spec.kind))
+            n += m->layers[i].rows * m->layers[i].cols;
+    return n;
+}
+
+int64_t ts_model_groups(const ts_model *m)
+{
+    int64_t n = 0;
+    for (int i = 0; i < m->n_layers; i++)
+        n += m->layers[i].n_groups;   /* 0 for activations */
+    return n;
+}
+
+size_t ts_model_bytes(const ts_model *m)
+{
+    size_t bytes = sizeof *m + (size_t)m->n_layers * sizeof *m->layers;
+    for (int i = 0; i < m->n_layers; i++) {
+        const ts_layer *l = &m->layers[i];
+        if (!is_ternary(l->spec.kind))
+            continue;
+        size_t G = (size_t)l->n_groups;
+        bytes += ts_trits_packed_size((size_t)l->rows * (size_t)l->cols);
+        bytes += G * (sizeof *l->E + sizeof *l->corr_accum + sizeof *l->S);
+        if (l->bias)
+            bytes += (size_t)l->rows * sizeof *l->bias;
+        bytes += ts_weights_bytes(l->W);
+    }
+    return bytes;
+}

@@ -177,11 +177,11 @@ static void print_text(const ts_model *m, const char *path, const char *name, lo
                      s->has_bias ? " +bias" : "");
         else
             snprintf(dims, sizeof dims, "%" PRId64, s->in_dim);
-        printf("  %3d  %-16s %-20s", i, ts_layer_kind_name(s->kind), dims);
         if (s->kind == TS_LAYER_LINEAR || s->kind == TS_LAYER_RMSNORM)
-            printf("  gs %-5" PRId64 " groups %-8" PRId64 " step %" PRId64, s->group_size, l->n_groups,
-                   l->step);
-        printf("\n");
+            printf("  %3d  %-16s %-20s  gs %-5" PRId64 " groups %-8" PRId64 " step %" PRId64 "\n", i,
+                   ts_layer_kind_name(s->kind), dims, s->group_size, l->n_groups, l->step);
+        else
+            printf("  %3d  %-16s %s\n", i, ts_layer_kind_name(s->kind), dims);
     }
     printf("params   %" PRId64 " ternary weights\n", ts_model_params(m));
     printf("groups   %" PRId64 "\n", ts_model_groups(m));

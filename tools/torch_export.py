@@ -351,14 +351,19 @@ def parse_layers(text):
 
 
 def live_in(seq, steps, batch, gen):
-    """Give seq a lived-in state: varied E and bias, then `steps` feedback steps (mse
-    against random targets, update_corr on every ternary_linear) as the daemon does."""
+    """Give seq a lived-in state: random trits, varied E and bias, then `steps` feedback
+    steps (mse against random targets, update_corr on every ternary_linear) as the
+    daemon does."""
+    ref = sys.modules[type(next(m for m in seq if hasattr(m, "T_packed"))).__module__]
     with torch.no_grad():
         for m in seq:
-            if hasattr(m, "E"):
-                m.E.copy_(torch.randint(-6, 1, m.E.shape, generator=gen, dtype=torch.int8))
+            if hasattr(m, "T_packed"):
+                rows, cols = m._T_shape.tolist()
+                trits = torch.randint(-1, 2, (rows, cols), generator=gen).float()
+                m.T_packed.copy_(ref.pack_ternary(trits)[0])
+                m.E.copy_(torch.randint(-4, 0, m.E.shape, generator=gen, dtype=torch.int8))
             if getattr(m, "bias", None) is not None:
-                m.bias.copy_(torch.randint(-3, 4, m.bias.shape, generator=gen, dtype=torch.int32))
+                m.bias.copy_(torch.randint(-1, 2, m.bias.shape, generator=gen, dtype=torch.int32))
     in_dim = _in_dim(seq)
     for _ in range(steps):
         x = torch.randn(batch, in_dim, generator=gen)

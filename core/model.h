@@ -88,10 +88,14 @@ ts_model *ts_model_init(const ts_layer_spec *specs, int n, uint64_t seed, char *
 
 /* Parse a short architecture text such as "rmsnorm:64,linear:64x128,relu,linear:128x10"
  * with optional per-layer suffixes "/gsN" (group size, default 32) and "+bias":
- *   "linear:64x128/gs16+bias". Fills specs[max] and *n. 0, or -1 + err. */
+ *   "linear:64x128/gs16+bias". Activations take the previous layer's dim; spaces around
+ * items are ignored; "ternary_linear"/"ternary_rmsnorm" are accepted as names too.
+ * Fills specs[max] and *n. 0, or -1 + err naming the item that is wrong. */
 int ts_specs_parse(const char *text, ts_layer_spec *specs, int max, int *n, char *err, size_t errlen);
 
-/* The built-in `demo` model served when nothing else is configured (fixed seed). */
+/* The built-in `demo` model served when nothing else is configured: ts_model_init of
+ * "rmsnorm:16/gs8,linear:16x64/gs8+bias,gelu,linear:64x4/gs16" with a fixed seed
+ * (16 inputs, 4 outputs; see core/init.c). */
 ts_model *ts_model_demo(char *err, size_t errlen);
 
 /* A model's step: step_counter of its first ternary_linear layer (0 when it has none). */

@@ -41,10 +41,10 @@ static const char *const field_names[] = {"T_packed", "_T_shape", "_T_pad", "E",
                                           "corr_accum", "step_counter", "bias"};
 static const st_dtype field_dtypes[] = {ST_U8, ST_I64, ST_I64, ST_I8, ST_I64, ST_I64, ST_I32};
 
-/* One tensor of the file, tied to where its values live in the model. */
+/* One tensor of the file; its values live in layer `layer` of the model. */
 typedef struct {
     char name[32];        /* "{i}.{field}", i < TS_MAX_LAYERS */
-    ts_layer *layer;
+    int layer;
     st_field field;
     st_dtype dtype;
     int ndim;             /* 0 (_T_pad) or 1 (everything else) */
@@ -60,22 +60,27 @@ static int is_ternary(ts_layer_kind k)
     return k == TS_LAYER_LINEAR || k == TS_LAYER_RMSNORM;
 }
 
-/* The tensors a model has, in layer then field order. Returns how many. */
-static int tensor_table(ts_model *m, st_tensor *t)
+/* The tensors of an architecture (checked by ts_specs_check), in layer then field order.
+ * Computed from the specs alone, so that a reader can hold a file's offsets against
+ * them before allocating anything the file asks for. Returns how many. */
+static int tensor_table(const ts_layer_spec *specs, int n_specs, st_tensor *t)
 {
     int n = 0;
-    for (int i = 0; i < m->n_layers; i++) {
-        ts_layer *l = &m->layers[i];
-        if (!is_ternary(l->spec.kind))
+    for (int i = 0; i < n_specs; i++) {
+        const ts_layer_spec *s = &specs[i];
+        if (!is_ternary(s->kind))
             continue;
-        int64_t counts[] = {(int64_t)ts_trits_packed_size((size_t)(l->rows * l->cols)), 2, 1,
-                            l->n_groups, l->n_groups, 1, l->rows};
+        /* _T_shape = [rows, cols]: linear [out, in], rmsnorm [1, dim]; G = rows·ceil(cols/gs) */
+        int64_t rows = s->kind == TS_LAYER_LINEAR ? s->out_dim : 1, cols = s->in_dim;
+        int64_t groups = rows * ((cols + s->group_size - 1) / s->group_size);
+        int64_t counts[] = {(int64_t)ts_trits_packed_size((size_t)(rows * cols)), 2, 1,
+                            groups, groups, 1, rows};
         for (st_field f = F_T_PACKED; f <= F_BIAS; f++) {
-            if (f == F_BIAS && !l->spec.has_bias)
+            if (f == F_BIAS && !s->has_bias)
                 continue;
             memset(&t[n], 0, sizeof t[n]);
             snprintf(t[n].name, sizeof t[n].name, "%d.%s", i, field_names[f]);
-            t[n].layer = l;
+            t[n].layer = i;
             t[n].field = f;
             t[n].dtype = field_dtypes[f];
             t[n].ndim = f == F_T_PAD ? 0 : 1;
@@ -108,9 +113,9 @@ static void put_le(uint8_t *p, uint64_t v, int size)
 }
 
 /* The n-th element of tensor t as an integer (I64 scalars and arrays alike). */
-static int64_t element(const st_tensor *t, int64_t k)
+static int64_t element(const ts_model *m, const st_tensor *t, int64_t k)
 {
-    const ts_layer *l = t->layer;
+    const ts_layer *l = &m->layers[t->layer];
     switch (t->field) {
     case F_T_PACKED: return l->T_packed[k];
     case F_T_SHAPE: return k == 0 ? l->rows : l->cols;
@@ -123,15 +128,15 @@ static int64_t element(const st_tensor *t, int64_t k)
     return 0;
 }
 
-static void encode(const st_tensor *t, uint8_t *out)
+static void encode(const ts_model *m, const st_tensor *t, uint8_t *out)
 {
     int size = dtype_sizes[t->dtype];
     if (t->field == F_T_PACKED) {
-        memcpy(out, t->layer->T_packed, (size_t)t->count);
+        memcpy(out, m->layers[t->layer].T_packed, (size_t)t->count);
         return;
     }
     for (int64_t k = 0; k < t->count; k++)
-        put_le(out + k * size, (uint64_t)element(t, k), size);
+        put_le(out + k * size, (uint64_t)element(m, t, k), size);
 }
 
 /* ── errors ── */
@@ -288,8 +293,10 @@ int ts_safetensors_write(const ts_model *m, const char *name, uint8_t **out, siz
     st_tensor *t = malloc(ST_MAX_TENSORS * sizeof *t);
     if (!t)
         return fail(err, errlen, "out of memory writing a model file");
-    /* The table only reads through its layer pointers here. */
-    int n = tensor_table((ts_model *)m, t);
+    ts_layer_spec specs[TS_MAX_LAYERS];
+    for (int i = 0; i < m->n_layers; i++)
+        specs[i] = m->layers[i].spec;
+    int n = tensor_table(specs, m->n_layers, t);
     qsort(t, (size_t)n, sizeof *t, data_order);
     st_buf b = {0};
     buf_header(&b, m, name, t, n);
@@ -304,7 +311,7 @@ int ts_safetensors_write(const ts_model *m, const char *name, uint8_t **out, siz
     put_le(file, b.len, 8);
     memcpy(file + 8, b.p, b.len);
     for (int k = 0; k < n; k++)
-        encode(&t[k], file + 8 + b.len + t[k].begin);
+        encode(m, &t[k], file + 8 + b.len + t[k].begin);
     *out = file;
     *outlen = 8 + b.len + data;
     free(b.p);
@@ -538,9 +545,8 @@ static int check_tiling(st_tensor *t, int n, uint64_t data_len, char *err, size_
 /* ── reader: tensor values ── */
 
 /* The trits of the last byte beyond rows·cols are padding, digit 0 as the reference packs. */
-static int check_packed(const st_tensor *t, char *err, size_t errlen)
+static int check_packed(const ts_layer *l, const st_tensor *t, char *err, size_t errlen)
 {
-    const ts_layer *l = t->layer;
     for (int64_t k = 0; k < t->count; k++)
         if (l->T_packed[k] >= 243)
             return fail(err, errlen, "tensor \"%s\": byte %" PRId64 " is %u, must be < 243 "
@@ -554,15 +560,15 @@ static int check_packed(const st_tensor *t, char *err, size_t errlen)
 }
 
 /* Copy tensor t from src into the model, checking the values that are fixed by the layer. */
-static int decode(const st_tensor *t, const uint8_t *src, char *err, size_t errlen)
+static int decode(ts_model *m, const st_tensor *t, const uint8_t *src, char *err, size_t errlen)
 {
-    ts_layer *l = t->layer;
+    ts_layer *l = &m->layers[t->layer];
     int size = dtype_sizes[t->dtype];
     int64_t v0 = (int64_t)get_le(src, size);
     switch (t->field) {
     case F_T_PACKED:
         memcpy(l->T_packed, src, (size_t)t->count);
-        return check_packed(t, err, errlen);
+        return check_packed(l, t, err, errlen);
     case F_T_SHAPE: {
         int64_t v1 = (int64_t)get_le(src + 8, 8);
         if (v0 != l->rows || v1 != l->cols)
@@ -638,20 +644,21 @@ ts_model *ts_safetensors_read(const uint8_t *buf, size_t len, char *name, char *
     st_tensor *t = NULL;
     if (parse_metadata(json_object_get(h, "__metadata__"), specs, &n_specs, name, err, errlen) != 0)
         goto fail;
-    if (!(m = ts_model_alloc(specs, n_specs, err, errlen)))
-        goto fail;
     if (!(t = malloc(ST_MAX_TENSORS * sizeof *t))) {
         fail(err, errlen, "out of memory reading a model file");
         goto fail;
     }
     const uint8_t *data = buf + 8 + hlen;
     uint64_t data_len = len - 8 - hlen;
-    int n = tensor_table(m, t);
+    int n = tensor_table(specs, n_specs, t);
+    /* The file holds every byte the architecture needs before we allocate for it. */
     if (check_entries(h, t, n, data_len, err, errlen) != 0 ||
         check_tiling(t, n, data_len, err, errlen) != 0)
         goto fail;
+    if (!(m = ts_model_alloc(specs, n_specs, err, errlen)))
+        goto fail;
     for (int k = 0; k < n; k++)
-        if (decode(&t[k], data + t[k].begin, err, errlen) != 0)
+        if (decode(m, &t[k], data + t[k].begin, err, errlen) != 0)
             goto fail;
     if (ts_model_prepare(m, err, errlen) != 0)
         goto fail;

@@ -293,6 +293,7 @@ def from_tensors(tensors, metadata, ref):
         raise FormatError(f"metadata: tscale.layers is not valid JSON: {e}") from None
     if not isinstance(specs, list) or not specs:
         raise FormatError("metadata: tscale.layers must be a non-empty JSON array")
+    _check_sizes(specs, tensors)
     seq = build(specs, ref)
     expected = seq.state_dict()
     for key, t in tensors.items():
@@ -310,6 +311,21 @@ def from_tensors(tensors, metadata, ref):
         if hasattr(m, "T_packed"):
             _check_ternary(m, i)
     return seq, metadata.get("tscale.name")
+
+
+def _check_sizes(specs, tensors):
+    """Before building modules (whose constructors allocate float weights): every ternary
+    layer's T_packed in the file has the size its dims imply, so a small file cannot make
+    us allocate a huge model."""
+    for i, s in enumerate(specs):
+        if not isinstance(s, dict) or s.get("type") not in ("ternary_linear", "ternary_rmsnorm"):
+            continue
+        dims = [s.get(k) for k in (("out_dim", "in_dim") if s["type"] == "ternary_linear" else ("dim",))]
+        if not all(type(d) is int and d >= 1 for d in dims + [s.get("group_size")]):
+            raise FormatError(f"tscale.layers[{i}]: dims and group_size must be positive integers")
+        packed = tensors.get(f"{i}.T_packed")
+        if packed is None or packed.numel() != -(-math.prod(dims) // 5):
+            raise FormatError(f"tensor '{i}.T_packed': missing or not the size tscale.layers[{i}] needs")
 
 
 def _check_ternary(m, i):

@@ -588,6 +588,36 @@ START_TEST(test_refuse_bad_layers)
 }
 END_TEST
 
+/* A few hundred bytes that claim a 2^34-weight layer are refused before anything that
+ * size is allocated: the offsets are checked against the file first. */
+START_TEST(test_refuse_huge_claim_without_allocating)
+{
+    const int64_t out = 1 << 20, in = 1 << 14, gs = 1 << 16;
+    const int64_t packed = out * in / 5 + 1, G = out;   /* one group per row */
+    struct { const char *name, *dtype; int64_t count, size; } t[] = {
+        {"0._T_pad", "I64", -1, 8}, {"0._T_shape", "I64", 2, 8}, {"0.corr_accum", "I64", G, 8},
+        {"0.step_counter", "I64", 1, 8}, {"0.E", "I8", G, 1}, {"0.T_packed", "U8", packed, 1},
+    };
+    st_file f = {.h = json_object(), .data = malloc(64), .data_len = 8};
+    char layers[256];
+    snprintf(layers, sizeof layers, "[{\"type\":\"ternary_linear\",\"in_dim\":%lld,\"out_dim\":%lld,"
+             "\"group_size\":%lld,\"bias\":false}]", (long long)in, (long long)out, (long long)gs);
+    json_object_set_new(f.h, "__metadata__", json_pack("{s:s,s:s}", "tscale.format", "1",
+                                                       "tscale.layers", layers));
+    json_int_t at = 0;
+    for (size_t k = 0; k < sizeof t / sizeof t[0]; k++) {
+        json_int_t n = t[k].count < 0 ? 1 : t[k].count;
+        json_t *shape = t[k].count < 0 ? json_array() : json_pack("[I]", (json_int_t)t[k].count);
+        json_object_set_new(f.h, t[k].name, json_pack("{s:s,s:o,s:[I,I]}", "dtype", t[k].dtype,
+                                                      "shape", shape, "data_offsets", at,
+                                                      at + n * t[k].size));
+        at += n * t[k].size;
+    }
+    memset(f.data, 0, 8);
+    expect_refused(&f, 0, "out of range");
+}
+END_TEST
+
 /* ── random corruption ── */
 
 static uint64_t rng_next(uint64_t *s)
@@ -716,6 +746,7 @@ int main(void)
     tcase_add_test(tc, test_refuse_bad_scalars);
     tcase_add_test(tc, test_refuse_metadata);
     tcase_add_test(tc, test_refuse_bad_layers);
+    tcase_add_test(tc, test_refuse_huge_claim_without_allocating);
     tcase_add_test(tc, test_mutated_bytes_never_crash);
     tcase_add_test(tc, test_save_atomic_0600);
     tcase_add_test(tc, test_write_refuses_bad_name);

@@ -16,14 +16,19 @@
 
 #define TS_OIP_MAX_TENSORS 8
 #define TS_OIP_NAME_MAX 64
+#define TS_OIP_MAX_DIMS 8
+
+/* Used when ts_oip_parse_request gets lim == NULL (or a field <= 0). */
+#define TS_OIP_DEFAULT_MAX_ELEMENTS (1 << 24)
+#define TS_OIP_DEFAULT_MAX_DEPTH 32
 
 typedef enum { TS_OIP_FP32, TS_OIP_INT64 } ts_oip_type;
 
 typedef struct {
     char name[TS_OIP_NAME_MAX];
     char datatype[16];        /* as sent: "FP32", "FP64", "INT32", "INT64", ... */
-    int ndim;
-    int64_t shape[8];
+    int ndim;                 /* 1..TS_OIP_MAX_DIMS */
+    int64_t shape[TS_OIP_MAX_DIMS];
     int64_t count;            /* product of shape */
     ts_oip_type type;         /* what data holds after conversion */
     float *f32;               /* [count] when type == TS_OIP_FP32 (malloc'd) */
@@ -32,7 +37,8 @@ typedef struct {
 
 typedef struct {
     char name[TS_OIP_NAME_MAX];
-    int binary;               /* parameters.binary_data == true */
+    int binary;               /* parameters.binary_data; when absent, the request's
+                                 binary_data_output (the spec's override rule) */
 } ts_oip_output_req;
 
 typedef struct {
@@ -46,7 +52,8 @@ typedef struct {
 
 typedef struct {
     int64_t max_elements;     /* per tensor */
-    int max_depth;            /* JSON nesting */
+    int max_depth;            /* JSON nesting: arrays and objects, the root object is 1;
+                                 a [B,n] request with nested data needs 5 */
 } ts_oip_limits;
 
 /* Parse body[len]. json_len is the Inference-Header-Content-Length value, or -1 when the
@@ -64,6 +71,10 @@ void ts_oip_request_free(ts_oip_request *req);
 /* Find an input by name, or NULL. */
 const ts_oip_tensor *ts_oip_find_input(const ts_oip_request *req, const char *name);
 
+/* Should output `name` be sent as binary data? Its own parameters.binary_data when the
+ * request lists it, else the request's parameters.binary_data_output. */
+int ts_oip_output_binary(const ts_oip_request *req, const char *name);
+
 /* An inference response with one FP32 output [rows][cols]. binary: put the data after the
  * JSON (binary tensor extension) and set *json_len to the JSON part's length (the value
  * for the Inference-Header-Content-Length response header); otherwise *json_len = -1.
@@ -72,7 +83,18 @@ int ts_oip_build_response(const char *model_name, const char *model_version, con
                           const char *output_name, const float *data, int64_t rows, int64_t cols,
                           int binary, uint8_t **out, size_t *outlen, int64_t *json_len);
 
-/* {"error":"..."} with proper JSON escaping; malloc'd NUL-terminated string. */
+/* The data of both forms is printed/stored as given: JSON floats with the fewest digits
+ * that read back to the same float32 (non-finite values, which JSON cannot hold, as
+ * null); binary bytes little-endian. model_version and id are left out when NULL. */
+
+/* Feedback response: {"model_name","model_version","id","step","loss"}; loss is left out
+ * when NAN (no loss computed: the client sent grad_output) and null when infinite.
+ * malloc'd NUL-terminated string, or NULL on allocation failure. */
+char *ts_oip_build_feedback_response(const char *model_name, const char *model_version,
+                                     const char *id, int64_t step, double loss);
+
+/* {"error":"..."} with proper JSON escaping (quotes, control characters; bytes that are not
+ * UTF-8 become U+FFFD); malloc'd NUL-terminated string, NULL on allocation failure. */
 char *ts_oip_error_json(const char *msg);
 
 #endif

@@ -403,7 +403,7 @@ static int parse_layers(const char *text, ts_layer_spec *specs, int *n, char *er
     return rc;
 }
 
-/* __metadata__: exactly tscale.format "1", tscale.layers, optionally tscale.name. */
+/* __metadata__: tscale.format "1", tscale.layers, optionally tscale.name; foreign keys ignored. */
 static int parse_metadata(json_t *meta, ts_layer_spec *specs, int *n, char *name,
                           char *err, size_t errlen)
 {
@@ -413,8 +413,12 @@ static int parse_metadata(json_t *meta, ts_layer_spec *specs, int *n, char *name
     const char *key;
     json_t *v;
     json_object_foreach(meta, key, v) {
-        if (strcmp(key, "tscale.format") && strcmp(key, "tscale.layers") && strcmp(key, "tscale.name"))
-            return fail(err, errlen, "metadata: unknown key \"%s\" (expected tscale.format, "
+        /* Other tools annotate safetensors files with keys of their own (transformers adds
+         * "format":"pt"); those are not ours to judge. An unknown tscale.* key is a feature
+         * of a newer format that this build would silently drop, so it is refused. */
+        if (strncmp(key, "tscale.", 7) == 0 && strcmp(key, "tscale.format") &&
+            strcmp(key, "tscale.layers") && strcmp(key, "tscale.name"))
+            return fail(err, errlen, "metadata: unknown key \"%s\" (this build knows tscale.format, "
                         "tscale.layers, tscale.name)", key);
         if (!json_is_string(v))
             return fail(err, errlen, "metadata: \"%s\" must be a string", key);

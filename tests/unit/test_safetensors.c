@@ -539,8 +539,20 @@ START_TEST(test_refuse_metadata)
 {
     st_file f = mini();
     json_t *meta = json_object_get(f.h, "__metadata__");
+    /* A foreign annotation (transformers writes "format":"pt") is not ours to judge: it loads. */
     json_object_set_new(meta, "format", json_string("pt"));
-    expect_refused(&f, 0, "metadata: unknown key \"format\"");
+    size_t len;
+    uint8_t *buf = join(&f, 0, &len);
+    char err[512] = "";
+    ts_model *m = ts_safetensors_read(buf, len, NULL, err, sizeof err);
+    ck_assert_msg(m != NULL, "a foreign metadata key was refused: %s", err);
+    ts_model_free(m);
+    free(buf);
+    drop(&f);
+    /* An unknown tscale.* key is a newer format feature this build would drop: refused. */
+    f = mini();
+    json_object_set_new(json_object_get(f.h, "__metadata__"), "tscale.future", json_string("x"));
+    expect_refused(&f, 0, "metadata: unknown key \"tscale.future\"");
     f = mini();
     json_object_del(json_object_get(f.h, "__metadata__"), "tscale.format");
     expect_refused(&f, 0, "tscale.format is missing");

@@ -96,6 +96,11 @@ static const long double p10l[28] = {
     1e26L, 1e27L,
 };
 
+static const double p10d[23] = {
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+};
+
 float ts_json_double_to_float(double d)
 {
     /* Above FLT_MAX + half an ulp the conversion is out of range (undefined in C). */
@@ -109,10 +114,20 @@ float ts_json_double_to_float(double d)
  * is the correctly rounded double or a neighbour; float rounding of a double depends only
  * on its low 29 mantissa bits against 2^28, so unless they sit next to that tie all
  * candidates give the same float. Subnormal and overflowing results take the slow path. */
-static int dec_to_float_fast(uint64_t w, int q, int neg, float *out)
+static int dec_to_float_fast(uint64_t w, int64_t q, int neg, float *out)
 {
-#if LDBL_MANT_DIG >= 64
     if (w == 0) { *out = neg ? -0.0f : 0.0f; return 1; }
+#if FLT_EVAL_METHOD == 0
+    /* Clinger's case: w and 10^|q| are exact doubles, so one operation gives the correctly
+     * rounded double; its magnitude (1e-22 .. 9e37) is a normal float. */
+    if (w <= (UINT64_C(1) << 53) && q >= -22 && q <= 22) {
+        double d = q < 0 ? (double)w / p10d[-q] : (double)w * p10d[q];
+        float f = (float)d;
+        *out = neg ? -f : f;
+        return 1;
+    }
+#endif
+#if LDBL_MANT_DIG >= 64
     if (q < -27 || q > 27) return 0;
     long double x = q < 0 ? (long double)w / p10l[-q] : (long double)w * p10l[q];
     double d = (double)x;
@@ -125,7 +140,6 @@ static int dec_to_float_fast(uint64_t w, int q, int neg, float *out)
     *out = neg ? -f : f;
     return 1;
 #else
-    (void)w; (void)q; (void)neg; (void)out;
     return 0;
 #endif
 }
@@ -146,52 +160,101 @@ static float dec_to_float_slow(const char *s, size_t len)
 /* A scanned JSON number token. */
 typedef struct {
     uint64_t w;       /* first ≤19 significant digits */
-    int q;            /* value = w · 10^q (when !inexact) */
+    int64_t q;        /* value = w · 10^q (when !inexact) */
     int neg, is_int, inexact;
     int ndig;         /* significant digits kept in w */
 } num_tok;
 
-static void mant_digit(num_tok *nt, int d, int frac)
+/* Fold the digits s[a..b) into w while it has fewer than 19 significant digits; the
+ * rest are dropped (a non-zero one makes the token inexact). */
+static void fold_digits(num_tok *nt, const uint8_t *s, size_t a, size_t b, int frac)
 {
-    if (nt->ndig < 19) {
-        nt->w = nt->w * 10 + (uint64_t)d;
-        if (nt->w) nt->ndig++;
-        if (frac) nt->q--;
-    } else {
-        if (d) nt->inexact = 1;
-        if (!frac) nt->q++;
+    size_t i = a;
+    if (nt->w == 0) {                          /* leading zeros are not significant */
+        while (i < b && s[i] == '0') i++;
+        if (frac) nt->q -= (int64_t)(i - a);
     }
+    size_t take = b - i < (size_t)(19 - nt->ndig) ? b - i : (size_t)(19 - nt->ndig);
+    uint64_t w = nt->w;
+    for (size_t k = 0; k < take; k++) w = w * 10 + (uint64_t)(s[i + k] - '0');
+    nt->w = w;
+    nt->ndig += (int)take;
+    if (frac) nt->q -= (int64_t)take;
+    i += take;
+    if (!frac) nt->q += (int64_t)(b - i);
+    for (; i < b; i++) nt->inexact |= s[i] != '0';
 }
 
-/* Scan a number at s[*pos] (grammar of RFC 8259). 0, or -1 with *pos at the fault. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* Eight ASCII digits at once (the SWAR trick of simdjson and fast_float): a fraction of
+ * the cost of eight dependent multiply-adds. */
+static int eight_digits(const uint8_t *s, uint32_t *val)
+{
+    uint64_t v;
+    memcpy(&v, s, 8);
+    if (((v & 0xF0F0F0F0F0F0F0F0u) | (((v + 0x0606060606060606u) & 0xF0F0F0F0F0F0F0F0u) >> 4))
+        != 0x3333333333333333u)
+        return 0;
+    v -= 0x3030303030303030u;
+    v = v * 10 + (v >> 8);
+    v = (((v & 0x000000FF000000FFu) * (100 + (UINT64_C(1000000) << 32))) +
+         (((v >> 16) & 0x000000FF000000FFu) * (1 + (UINT64_C(10000) << 32)))) >> 32;
+    *val = (uint32_t)v;
+    return 1;
+}
+#else
+static int eight_digits(const uint8_t *s, uint32_t *val) { (void)s; (void)val; return 0; }
+#endif
+
+/* Digits s[p..) folded into *w (wrapping past 19 digits: the caller then refolds). */
+static size_t take_digits(const uint8_t *s, size_t len, size_t p, uint64_t *w)
+{
+    uint64_t v = *w;
+    uint32_t eight;
+    while (p + 8 <= len && eight_digits(s + p, &eight)) {
+        v = v * 100000000u + eight;
+        p += 8;
+    }
+    for (; p < len && (unsigned)(s[p] - '0') < 10; p++) v = v * 10 + (uint64_t)(s[p] - '0');
+    *w = v;
+    return p;
+}
+
+/* Scan a number at s[*pos] (grammar of RFC 8259). 0, or -1 with *pos at the fault.
+ * Up to 19 digits in all (nearly every number) take one pass; longer ones are refolded. */
 static int scan_number(const uint8_t *s, size_t len, size_t *pos, num_tok *nt)
 {
-    size_t p = *pos;
+    size_t p = *pos, ia, fa = 0, fb = 0;
+    uint64_t w = 0;
     memset(nt, 0, sizeof *nt);
     nt->is_int = 1;
     if (p < len && s[p] == '-') { nt->neg = 1; p++; }
-    if (p >= len || s[p] < '0' || s[p] > '9') { *pos = p; return -1; }
-    if (s[p] == '0') {
-        p++;
-    } else {
-        while (p < len && s[p] >= '0' && s[p] <= '9') mant_digit(nt, s[p++] - '0', 0);
-    }
+    if (p >= len || (unsigned)(s[p] - '0') >= 10) { *pos = p; return -1; }
+    ia = p;
+    p = s[p] == '0' ? p + 1 : take_digits(s, len, p, &w);
+    size_t ib = p;
     if (p < len && s[p] == '.') {
         nt->is_int = 0;
-        p++;
-        if (p >= len || s[p] < '0' || s[p] > '9') { *pos = p; return -1; }
-        while (p < len && s[p] >= '0' && s[p] <= '9') mant_digit(nt, s[p++] - '0', 1);
+        fa = ++p;
+        fb = p = take_digits(s, len, p, &w);
+        if (fb == fa) { *pos = p; return -1; }
+    }
+    if ((ib - ia) + (fb - fa) <= 19) {
+        nt->w = w;
+        nt->q = -(int64_t)(fb - fa);
+    } else {
+        fold_digits(nt, s, ia, ib, 0);
+        if (fb > fa) fold_digits(nt, s, fa, fb, 1);
     }
     if (p < len && (s[p] == 'e' || s[p] == 'E')) {
         nt->is_int = 0;
         p++;
-        int eneg = 0, e = 0;
+        int eneg = 0;
+        int64_t e = 0;
         if (p < len && (s[p] == '+' || s[p] == '-')) eneg = s[p++] == '-';
-        if (p >= len || s[p] < '0' || s[p] > '9') { *pos = p; return -1; }
-        while (p < len && s[p] >= '0' && s[p] <= '9') {
-            if (e < 100000) e = e * 10 + (s[p] - '0');   /* saturate: far beyond any float */
-            p++;
-        }
+        if (p >= len || (unsigned)(s[p] - '0') >= 10) { *pos = p; return -1; }
+        for (; p < len && (unsigned)(s[p] - '0') < 10; p++)
+            if (e < 100000000) e = e * 10 + (s[p] - '0');   /* saturate: far beyond any float */
         nt->q += eneg ? -e : e;
     }
     *pos = p;
@@ -214,22 +277,34 @@ int ts_json_parse_float(const char *s, size_t len, float *out)
     return 0;
 }
 
-/* v · 10^k in long double; exact scale factors up to 27, two roundings beyond (error
- * ~1e-19, far below the 1e-9 a nine-digit decimal needs). */
-static long double scale10(long double v, int k)
+/* v · 10^k; the factors are exact up to 10^22, so a few roundings at most (relative error
+ * ~1e-15, far below the 1e-9 a nine-digit decimal needs). */
+static double scale10(double v, int k)
 {
-    while (k > 27) { v *= p10l[27]; k -= 27; }
-    while (k < -27) { v /= p10l[27]; k += 27; }
-    return k >= 0 ? v * p10l[k] : v / p10l[-k];
+    while (k > 22) { v *= p10d[22]; k -= 22; }
+    while (k < -22) { v /= p10d[22]; k += 22; }
+    return k >= 0 ? v * p10d[k] : v / p10d[-k];
+}
+
+/* The nine leading decimal digits of a > 0, rounded, and the exponent of the first: a ≈
+ * D9 · 10^(*e - 8), D9 in [1e8, 1e9). *e comes in as an estimate, at most one too low. */
+static uint64_t nine_digits(double a, int *e)
+{
+    uint64_t D9 = (uint64_t)(scale10(a, 8 - *e) + 0.5);
+    while (D9 >= 1000000000u) {
+        ++*e;
+        D9 = (uint64_t)(scale10(a, 8 - *e) + 0.5);
+    }
+    return D9;
 }
 
 /* Does the decimal D · 10^q read back to exactly f? */
-static int reads_back(uint64_t D, int q, float f)
+static int reads_back(uint64_t D, int64_t q, float f)
 {
     float g;
     if (!dec_to_float_fast(D, q, 0, &g)) {
         char buf[48];
-        int n = snprintf(buf, sizeof buf, "%llue%d", (unsigned long long)D, q);
+        int n = snprintf(buf, sizeof buf, "%llue%lld", (unsigned long long)D, (long long)q);
         g = dec_to_float_slow(buf, (size_t)n);
     }
     return g == f;
@@ -274,22 +349,23 @@ size_t ts_json_format_float(float f, char out[32])
     if (signbit(f)) { out[o++] = '-'; f = -f; }
     if (f == 0.0f) { memcpy(out + o, "0.0", 4); return o + 3; }
     /* Nine significant digits always read back (their error, ≤ 5e-9 relative, is well
-     * inside half a float ulp, ≥ 3e-8); then look for the shortest that also does. */
-    int e = (int)floor(log10((double)f));
-    uint64_t D9 = (uint64_t)llroundl(scale10((long double)f, 8 - e));
-    if (D9 >= 1000000000u) { e++; D9 = (uint64_t)llroundl(scale10((long double)f, 8 - e)); }
-    if (D9 < 100000000u) { e--; D9 = (uint64_t)llroundl(scale10((long double)f, 8 - e)); }
-    uint64_t best = D9;
-    int bestq = e - 8;
-    uint64_t div = 100000000u;
-    for (int p = 1; p < 9; p++, div /= 10) {
+     * inside half a float ulp, ≥ 3e-8); then fewer, while they still do. */
+    int e2;
+    frexp((double)f, &e2);                     /* f in [2^(e2-1), 2^e2) */
+    int e = (int)floor((e2 - 1) * 0.30102999566398120);
+    uint64_t D9 = nine_digits((double)f, &e);
+    uint64_t best = D9, div = 10;
+    int64_t bestq = e - 8;
+    for (int p = 8; p >= 1; p--, div *= 10) {
         uint64_t Dp = (D9 + div / 2) / div;
-        if (reads_back(Dp, e - 8 + (9 - p), f)) { best = Dp; bestq = e - 8 + (9 - p); break; }
+        int64_t q = e - 8 + (9 - p);
+        if (!reads_back(Dp, q, f)) break;
+        best = Dp;
+        bestq = q;
     }
-    /* E: exponent of the leading digit of best. */
-    int nd = 0;
+    int nd = 0;                                /* digits of best: its leading one is 10^(bestq+nd-1) */
     for (uint64_t t = best; t; t /= 10) nd++;
-    return o + place_digits(out + o, best, bestq + nd - 1);
+    return o + place_digits(out + o, best, (int)bestq + nd - 1);
 }
 
 /* ---- tape reader ---------------------------------------------------------------- */
@@ -324,8 +400,9 @@ static uint32_t push(jparser *p, uint8_t kind, size_t off)
     return t->count++;
 }
 
-static void skip_ws(jparser *p)
+static inline void skip_ws(jparser *p)
 {
+    if (p->pos < p->len && p->s[p->pos] > ' ') return;   /* the usual case: no whitespace */
     while (p->pos < p->len) {
         uint8_t c = p->s[p->pos];
         if (c != ' ' && c != '\n' && c != '\r' && c != '\t') break;
@@ -377,7 +454,7 @@ static int number_node(jparser *p)
     size_t start = p->pos;
     num_tok nt;
     if (scan_number(p->s, p->len, &p->pos, &nt) < 0) { p->why = "malformed number"; return -1; }
-    int big = !nt.is_int || nt.inexact ||
+    int big = !nt.is_int || nt.inexact || nt.q != 0 ||
               (nt.neg ? nt.w > (uint64_t)INT64_MAX + 1 : nt.w > (uint64_t)INT64_MAX);
     uint32_t nd = push(p, nt.is_int ? TS_JT_INT : TS_JT_REAL, start);
     if (nd == NONE) return -1;
@@ -460,8 +537,15 @@ static int after_value(jparser *p)
         uint8_t ch = p->pos < p->len ? p->s[p->pos] : 0;
         if (ch == ',') {
             p->pos++;
-            if (c->kind == TS_JT_OBJ && key(p) < 0) return -1;
-            return 1;
+            if (c->kind == TS_JT_OBJ) return key(p) < 0 ? -1 : 1;
+            /* Arrays of numbers are the bulk of a request: take them here, without the
+             * round trip through value(). */
+            skip_ws(p);
+            uint8_t d = p->pos < p->len ? p->s[p->pos] : 0;
+            if (d != '-' && (d < '0' || d > '9')) return 1;
+            c->n++;
+            if (number_node(p) < 0) return -1;
+            continue;
         }
         if (ch != (c->kind == TS_JT_OBJ ? '}' : ']')) {
             p->why = c->kind == TS_JT_OBJ ? "expected ',' or '}'" : "expected ',' or ']'";
@@ -484,9 +568,10 @@ int ts_jtape_parse(ts_jtape *t, const char *text, size_t len, int max_depth, cha
                   .cur = NONE };
     int r = 0;
     if (len >= UINT32_MAX) { p.why = "text larger than 4 GiB"; r = -1; }
-    if (r == 0 && len / 8 + 64 < UINT32_MAX / 2) {
-        /* A guess that fits typical tensor bodies (~10 bytes a number) in one allocation. */
-        t->cap = (uint32_t)(len / 8 + 64);
+    if (r == 0) {
+        /* A guess that fits typical tensor bodies (~10 bytes a number) in one allocation,
+         * capped so that a body of long strings does not reserve much for nothing. */
+        t->cap = (uint32_t)(len / 8 + 64 < (1u << 20) ? len / 8 + 64 : (1u << 20));
         t->nodes = malloc((size_t)t->cap * sizeof *t->nodes);
         if (!t->nodes) { t->cap = 0; p.why = "out of memory"; r = -1; }
     }

@@ -23,6 +23,15 @@ static int parse_json(const char *json)
     return ts_oip_parse_request((const uint8_t *)json, strlen(json), -1, &lim, &req, err, sizeof err);
 }
 
+/* A body with one input: name, datatype, shape and data as JSON text. */
+static int parse_one(const char *name, const char *dt, const char *shape, const char *data)
+{
+    char body[512];
+    snprintf(body, sizeof body, "{\"inputs\":[{\"name\":\"%s\",\"shape\":%s,\"datatype\":\"%s\",\"data\":%s}]}",
+             name, shape, dt, data);
+    return parse_json(body);
+}
+
 /* A body made of json followed by nbin bytes of binary data; json_len = strlen(json). */
 static int parse_bin(const char *json, const void *bin, size_t nbin)
 {
@@ -88,8 +97,7 @@ START_TEST(test_nested_equals_flat)
     for (int k = 0; k < 12; k++) ck_assert_float_eq(req.inputs[0].f32[k], (float)(k + 1));
     ts_oip_request_free(&req);
     /* Row-major nested labels. */
-    ck_assert_int_eq(parse_json("{\"inputs\":[{\"name\":\"l\",\"shape\":[2,1],\"datatype\":\"INT64\","
-                                "\"data\":[[3],[-4]]}]}"), 0);
+    ck_assert_int_eq(parse_one("l", "INT64", "[2,1]", "[[3],[-4]]"), 0);
     ck_assert_int_eq(req.inputs[0].type, TS_OIP_INT64);
     ck_assert_int_eq(req.inputs[0].i64[0], 3);
     ck_assert_int_eq(req.inputs[0].i64[1], -4);
@@ -99,29 +107,19 @@ END_TEST
 
 START_TEST(test_shape_mismatch)
 {
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"input\",\"shape\":[2,3],\"datatype\":\"FP32\","
-                           "\"data\":[1,2,3,4,5]}]}"),
+    expect_fail(parse_one("input", "FP32", "[2,3]", "[1,2,3,4,5]"),
                 "input \"input\": shape [2,3] needs 6 values, got 5", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"input\",\"shape\":[2,3],\"datatype\":\"FP32\","
-                           "\"data\":[1,2,3,4,5,6,7]}]}"), "needs 6 values, got 7", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[2,3],\"datatype\":\"FP32\","
-                           "\"data\":[[1,2,3],[4,5]]}]}"), "input \"x\": data[1] has 2 values", "needs 3", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[2,3],\"datatype\":\"FP32\","
-                           "\"data\":[[1,2,3]]}]}"), "data has 1 values", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[2,3],\"datatype\":\"FP32\","
-                           "\"data\":[[1,2,3],4]}]}"), "data[1] is an integer", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[2,1,2],\"datatype\":\"FP32\","
-                           "\"data\":[[[1,2]],[[3],[4]]]}]}"), "data[1] has 2 values", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1,2],\"datatype\":\"FP32\","
-                           "\"data\":[[1,[2]]]}]}"), "data[0][1] is an array", NULL);
+    expect_fail(parse_one("input", "FP32", "[2,3]", "[1,2,3,4,5,6,7]"), "needs 6 values, got 7", NULL);
+    expect_fail(parse_one("x", "FP32", "[2,3]", "[[1,2,3],[4,5]]"), "input \"x\": data[1] has 2 values", "needs 3", NULL);
+    expect_fail(parse_one("x", "FP32", "[2,3]", "[[1,2,3]]"), "data has 1 values", NULL);
+    expect_fail(parse_one("x", "FP32", "[2,3]", "[[1,2,3],4]"), "data[1] is an integer", NULL);
+    expect_fail(parse_one("x", "FP32", "[2,1,2]", "[[[1,2]],[[3],[4]]]"), "data[1] has 2 values", NULL);
+    expect_fail(parse_one("x", "FP32", "[1,2]", "[[1,[2]]]"), "data[0][1] is an array", NULL);
     /* flat data with an array inside */
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[2],\"datatype\":\"FP32\","
-                           "\"data\":[1,[2]]}]}"), "element 1 is an array", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[2],\"datatype\":\"FP32\","
-                           "\"data\":{\"a\":1}}]}"), "\"data\" must be an array", NULL);
+    expect_fail(parse_one("x", "FP32", "[2]", "[1,[2]]"), "element 1 is an array", NULL);
+    expect_fail(parse_one("x", "FP32", "[2]", "{\"a\":1}"), "\"data\" must be an array", NULL);
     /* an empty tensor is fine (the daemon decides whether 0 rows makes sense) */
-    ck_assert_int_eq(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[0,3],\"datatype\":\"FP32\","
-                                "\"data\":[]}]}"), 0);
+    ck_assert_int_eq(parse_one("x", "FP32", "[0,3]", "[]"), 0);
     ck_assert_int_eq(req.inputs[0].count, 0);
     ts_oip_request_free(&req);
 }
@@ -141,20 +139,13 @@ START_TEST(test_float_conversions)
     ck_assert_float_eq(f[4], 16777216.0f);                /* rounds to even */
     ck_assert_float_eq(f[5], 100.0f);
     ts_oip_request_free(&req);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[2],\"datatype\":\"FP32\","
-                           "\"data\":[1,1e39]}]}"), "input \"x\": element 1 is out of float32 range", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"FP64\","
-                           "\"data\":[-1e300]}]}"), "element 0 is out of float32 range", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[2],\"datatype\":\"FP32\","
-                           "\"data\":[1,true]}]}"), "element 1 is true, not a number", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[2],\"datatype\":\"FP32\","
-                           "\"data\":[null,1]}]}"), "element 0 is null, not a number", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"FP32\","
-                           "\"data\":[\"1.0\"]}]}"), "element 0 is a string", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"FP32\","
-                           "\"data\":[NaN]}]}"), "invalid JSON", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"FP32\","
-                           "\"data\":[Infinity]}]}"), "invalid JSON", NULL);
+    expect_fail(parse_one("x", "FP32", "[2]", "[1,1e39]"), "input \"x\": element 1 is out of float32 range", NULL);
+    expect_fail(parse_one("x", "FP64", "[1]", "[-1e300]"), "element 0 is out of float32 range", NULL);
+    expect_fail(parse_one("x", "FP32", "[2]", "[1,true]"), "element 1 is true, not a number", NULL);
+    expect_fail(parse_one("x", "FP32", "[2]", "[null,1]"), "element 0 is null, not a number", NULL);
+    expect_fail(parse_one("x", "FP32", "[1]", "[\"1.0\"]"), "element 0 is a string", NULL);
+    expect_fail(parse_one("x", "FP32", "[1]", "[NaN]"), "invalid JSON", NULL);
+    expect_fail(parse_one("x", "FP32", "[1]", "[Infinity]"), "invalid JSON", NULL);
 }
 END_TEST
 
@@ -170,28 +161,27 @@ START_TEST(test_int_conversions)
         { "UINT32", "[0,4294967295]", "[4294967296]", 0, 4294967295 },
         { "UINT64", "[0,9223372036854775807]", "[18446744073709551615]", 0, INT64_MAX },
     };
-    char body[256];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        snprintf(body, sizeof body, "{\"inputs\":[{\"name\":\"l\",\"shape\":[2],\"datatype\":\"%s\","
-                 "\"data\":%s}]}", cases[i].dt, cases[i].ok);
-        ck_assert_msg(parse_json(body) == 0, "%s: %s", cases[i].dt, err);
+        ck_assert_msg(parse_one("l", cases[i].dt, "[2]", cases[i].ok) == 0, "%s: %s", cases[i].dt, err);
         ck_assert_int_eq(req.inputs[0].type, TS_OIP_INT64);
         ck_assert_int_eq(req.inputs[0].i64[0], cases[i].lo);
         ck_assert_int_eq(req.inputs[0].i64[1], cases[i].hi);
         ts_oip_request_free(&req);
-        snprintf(body, sizeof body, "{\"inputs\":[{\"name\":\"l\",\"shape\":[1],\"datatype\":\"%s\","
-                 "\"data\":%s}]}", cases[i].dt, cases[i].bad);
-        expect_fail(parse_json(body), "input \"l\": element 0 is out of range for ", cases[i].dt, NULL);
+        expect_fail(parse_one("l", cases[i].dt, "[1]", cases[i].bad), "input \"l\": element 0 is out of range for ", cases[i].dt, NULL);
     }
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"l\",\"shape\":[1],\"datatype\":\"INT64\","
-                           "\"data\":[1.5]}]}"), "element 0 is not an integer", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"l\",\"shape\":[1],\"datatype\":\"INT32\","
-                           "\"data\":[1.0]}]}"), "element 0 is not an integer", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"l\",\"shape\":[1],\"datatype\":\"INT32\","
-                           "\"data\":[false]}]}"), "element 0 is false, not a number", NULL);
+    expect_fail(parse_one("l", "INT64", "[1]", "[1.5]"), "element 0 is not an integer", NULL);
+    expect_fail(parse_one("l", "INT64", "[1]", "[1e2]"), "element 0 is not an integer", NULL);
+    /* 20 digits: too big for int64 even though the last is a zero */
+    expect_fail(parse_one("l", "INT64", "[1]", "[10000000000000000000]"), "out of range for INT64", NULL);
+    expect_fail(parse_one("l", "INT64", "[1]", "[-9223372036854775809]"), "out of range for INT64", NULL);
+    ck_assert_int_eq(parse_one("x", "FP32", "[2]", "[10000000000000000000,-0]"), 0);
+    ck_assert_float_eq(req.inputs[0].f32[0], 1e19f);
+    ck_assert_uint_eq(f2u(req.inputs[0].f32[1]), 0);   /* "-0" is the integer 0, as in Python */
+    ts_oip_request_free(&req);
+    expect_fail(parse_one("l", "INT32", "[1]", "[1.0]"), "element 0 is not an integer", NULL);
+    expect_fail(parse_one("l", "INT32", "[1]", "[false]"), "element 0 is false, not a number", NULL);
     /* integers for a float input are fine, also beyond 2^53 */
-    ck_assert_int_eq(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[2],\"datatype\":\"FP32\","
-                                "\"data\":[9007199254740993,-7]}]}"), 0);
+    ck_assert_int_eq(parse_one("x", "FP32", "[2]", "[9007199254740993,-7]"), 0);
     ck_assert_float_eq(req.inputs[0].f32[0], 9007199254740992.0f);
     ck_assert_float_eq(req.inputs[0].f32[1], -7.0f);
     ts_oip_request_free(&req);
@@ -201,16 +191,11 @@ END_TEST
 START_TEST(test_refused_datatypes)
 {
     static const char *dts[] = { "BOOL", "FP16", "BF16", "BYTES" };
-    char body[256];
     for (size_t i = 0; i < 4; i++) {
-        snprintf(body, sizeof body, "{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"%s\","
-                 "\"data\":[1]}]}", dts[i]);
-        expect_fail(parse_json(body), "input \"x\": datatype ", dts[i], "is not supported", NULL);
+        expect_fail(parse_one("x", dts[i], "[1]", "[1]"), "input \"x\": datatype ", dts[i], "is not supported", NULL);
     }
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"fp32\","
-                           "\"data\":[1]}]}"), "unknown datatype \"fp32\"", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"A_VERY_LONG_DATATYPE\","
-                           "\"data\":[1]}]}"), "\"datatype\" is longer than", NULL);
+    expect_fail(parse_one("x", "fp32", "[1]", "[1]"), "unknown datatype \"fp32\"", NULL);
+    expect_fail(parse_one("x", "A_VERY_LONG_DATATYPE", "[1]", "[1]"), "\"datatype\" is longer than", NULL);
     expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"data\":[1]}]}"),
                 "\"datatype\" is missing", NULL);
     expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":7,\"data\":[1]}]}"),
@@ -235,9 +220,9 @@ START_TEST(test_request_structure)
                 "\"id\" must be a string", NULL);
     expect_fail(parse_json("{\"id\":\"a\\u0000b\",\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}]}"),
                 "\"id\" contains U+0000", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[],\"datatype\":\"FP32\",\"data\":[1]}]}"),
+    expect_fail(parse_one("x", "FP32", "[]", "[1]"),
                 "shape has 0 dimensions", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1,1,1,1,1,1,1,1,1],\"datatype\":\"FP32\",\"data\":[1]}]}"),
+    expect_fail(parse_one("x", "FP32", "[1,1,1,1,1,1,1,1,1]", "[1]"),
                 "shape has 9 dimensions", NULL);
     expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[-1],\"datatype\":\"FP32\",\"data\":[1]}]}"),
                 "shape[0] must be a non-negative integer", NULL);
@@ -278,7 +263,7 @@ START_TEST(test_duplicates)
                            "\"inputs\":[]}"), "\"inputs\" appears twice", NULL);
     expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}]}"),
                 "\"shape\" appears twice", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1],\"data\":[2]}]}"),
+    expect_fail(parse_one("x", "FP32", "[1]", "[1],\"data\":[2]"),
                 "\"data\" appears twice", NULL);
     expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}],"
                            "\"outputs\":[{\"name\":\"o\"},{\"name\":\"o\"}]}"), "output \"o\" is requested twice", NULL);
@@ -485,18 +470,18 @@ START_TEST(test_huge_shapes)
                            "\"datatype\":\"FP32\",\"data\":[1]}]}"), "input \"x\": shape [1000000000000,1000000000000] has more than 1048576 elements", NULL);
     expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[4611686018427387904,4,4],"
                            "\"datatype\":\"FP32\",\"data\":[1]}]}"), "has more than", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1024,1025],\"datatype\":\"FP32\",\"data\":[1]}]}"),
+    expect_fail(parse_one("x", "FP32", "[1024,1025]", "[1]"),
                 "has more than 1048576 elements", NULL);
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[9223372036854775808],\"datatype\":\"FP32\",\"data\":[1]}]}"),
+    expect_fail(parse_one("x", "FP32", "[9223372036854775808]", "[1]"),
                 "shape[0] must be a non-negative integer", NULL);
     /* at the limit, the declared size is allowed but the data must be there */
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1024,1024],\"datatype\":\"FP32\",\"data\":[1]}]}"),
+    expect_fail(parse_one("x", "FP32", "[1024,1024]", "[1]"),
                 "needs 1048576 values, got 1", NULL);
     float v[1] = { 0 };
     expect_fail(parse_bin("{\"inputs\":[{\"name\":\"x\",\"shape\":[1024,1024],\"datatype\":\"FP64\","
                           "\"parameters\":{\"binary_data_size\":8388608}}]}", v, 4), "only 4 bytes", NULL);
     /* a zero dimension makes the count 0 however big the others */
-    expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[0,9223372036854775807],\"datatype\":\"FP32\",\"data\":[1]}]}"),
+    expect_fail(parse_one("x", "FP32", "[0,9223372036854775807]", "[1]"),
                 "needs 0 values, got 1", NULL);
 }
 END_TEST

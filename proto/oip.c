@@ -455,7 +455,9 @@ static int convert_binary_int(pctx *c, ts_oip_tensor *x, const dtype_info *dt, c
 static int fill_binary(pctx *c, ts_oip_tensor *x, const input_src *src, const uint8_t *bin,
                        size_t avail, size_t *used)
 {
-    int64_t need = x->count * src->dt->size;   /* count ≤ max_elements: no overflow */
+    if (x->count > INT64_MAX / src->dt->size)    /* only with an absurd max_elements */
+        return fail(c, "input \"%s\": %lld elements is too many bytes", x->name, (long long)x->count);
+    int64_t need = x->count * src->dt->size;
     if (src->binary_size != need) {
         char sb[200];
         return fail(c, "input \"%s\": binary_data_size is %lld but %s %s needs %lld bytes", x->name,

@@ -780,62 +780,192 @@ END_TEST
 
 /* ── robustness ── */
 
+/* The seed bodies in tests/data/oip (run from the repository root). */
+static const char *const seed_files[] = {
+    "tritonclient_json.json", "binary_data_output.json", "feedback_label.json",
+    "feedback_target.json", "escapes.json",
+};
+enum { N_SEED_FILES = sizeof seed_files / sizeof seed_files[0] };
+
+static char *read_seed(const char *name, size_t *len)
+{
+    char path[256];
+    snprintf(path, sizeof path, "tests/data/oip/%s", name);
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s (run from the repository root)", path);
+    char *buf = malloc(4096);
+    *len = fread(buf, 1, 4095, f);
+    buf[*len] = 0;
+    fclose(f);
+    return buf;
+}
+
+START_TEST(test_seeds)
+{
+    size_t len;
+    char *s = read_seed("tritonclient_json.json", &len);
+    ck_assert_int_eq(ts_oip_parse_request((uint8_t *)s, len, -1, &lim, &req, err, sizeof err), 0);
+    ck_assert_str_eq(req.id, "42");
+    ck_assert_uint_eq(f2u(req.inputs[0].f32[0]), f2u(0.1f));
+    ck_assert_uint_eq(f2u(req.inputs[0].f32[7]), f2u(123.456f));
+    ck_assert_int_eq(ts_oip_output_binary(&req, "output"), 0);
+    ts_oip_request_free(&req);
+    free(s);
+    s = read_seed("binary_data_output.json", &len);
+    ck_assert_int_eq(ts_oip_parse_request((uint8_t *)s, len, (int64_t)len, &lim, &req, err, sizeof err), 0);
+    ck_assert_int_eq(ts_oip_output_binary(&req, "output"), 1);
+    ck_assert_float_eq(req.inputs[0].f32[2], 3e-5f);
+    ts_oip_request_free(&req);
+    free(s);
+    s = read_seed("escapes.json", &len);
+    ck_assert_int_eq(ts_oip_parse_request((uint8_t *)s, len, -1, &lim, &req, err, sizeof err), 0);
+    ck_assert_str_eq(req.id, "a\"b\\c\xc3\xa9\xf0\x9f\x98\x80\n");
+    ck_assert_str_eq(req.inputs[0].name, "input");
+    ck_assert_int_eq(req.inputs[0].i64[0], 255);
+    ck_assert_int_eq(req.n_outputs, 0);
+    ts_oip_request_free(&req);
+    free(s);
+    for (int k = 2; k < 4; k++) {
+        s = read_seed(seed_files[k], &len);
+        ck_assert_msg(ts_oip_parse_request((uint8_t *)s, len, -1, &lim, &req, err, sizeof err) == 0, "%s: %s", seed_files[k], err);
+        ck_assert_int_eq(req.n_inputs, 2);
+        ts_oip_request_free(&req);
+        free(s);
+    }
+}
+END_TEST
+
 /* Random byte mutations of valid bodies (JSON and binary): never a crash or a leak; a
  * success is a consistent request, a failure a cleared one with a message. */
-START_TEST(test_mutation_fuzz)
+/* One to four random edits: a byte, a JSON-ish character, a deletion, an insertion, or
+ * a slice copied elsewhere. jl follows the JSON part's length. */
+static void mutate(uint8_t *body, size_t *len, size_t *jl, size_t cap)
 {
-    static const char *seeds[] = {
-        "{\"id\":\"a\",\"parameters\":{\"binary_data_output\":true},\"inputs\":[{\"name\":\"input\",\"shape\":[2,3],"
-        "\"datatype\":\"FP32\",\"data\":[[1,2,3],[4.5,-6e-1,7]]},{\"name\":\"label\",\"shape\":[2],\"datatype\":\"INT64\","
-        "\"data\":[0,2]}],\"outputs\":[{\"name\":\"output\",\"parameters\":{\"binary_data\":false}}]}",
-        "{\"inputs\":[{\"name\":\"input\",\"shape\":[2,2],\"datatype\":\"FP32\",\"parameters\":{\"binary_data_size\":16}},"
-        "{\"name\":\"t\",\"shape\":[2],\"datatype\":\"UINT16\",\"parameters\":{\"binary_data_size\":4}}]}",
-    };
-    srand(5);
-    uint8_t body[1024];
-    for (int it = 0; it < 6000; it++) {
-        int which = it % 2;
-        size_t jl = strlen(seeds[which]);
-        memcpy(body, seeds[which], jl);
-        size_t len = jl;
-        if (which == 1) {
-            for (int k = 0; k < 20; k++) body[len++] = (uint8_t)(k * 7 + 1);
+    int nmut = 1 + rand() % 4;
+    for (int m = 0; m < nmut && *len > 1; m++) {
+        size_t at = (size_t)rand() % *len;
+        switch (rand() % 5) {
+        case 0: body[at] = (uint8_t)rand(); break;
+        case 1: body[at] = (uint8_t)"[]{},:\"0-e.\\ 9"[rand() % 14]; break;
+        case 2:
+            memmove(body + at, body + at + 1, *len - at - 1);
+            --*len;
+            if (at < *jl) --*jl;
+            break;
+        case 3:
+            if (*len + 1 >= cap) break;
+            memmove(body + at + 1, body + at, *len - at);
+            body[at] = (uint8_t)"19]-"[rand() % 4];
+            ++*len;
+            if (at < *jl) ++*jl;
+            break;
+        default: {
+            size_t from = (size_t)rand() % *len, n = 1 + (size_t)rand() % 24;
+            if (from + n > *len) n = *len - from;
+            if (*len + n >= cap) break;
+            uint8_t tmp[24];
+            memcpy(tmp, body + from, n);
+            memmove(body + at + n, body + at, *len - at);
+            memcpy(body + at, tmp, n);
+            *len += n;
+            if (at < *jl) *jl += n;
         }
-        int nmut = 1 + rand() % 4;
-        for (int m = 0; m < nmut; m++) {
-            size_t at = (size_t)rand() % len;
-            switch (rand() % 4) {
-            case 0: body[at] = (uint8_t)rand(); break;
-            case 1: body[at] = "[]{},:\"0-e.\\"[rand() % 12]; break;
-            case 2: if (len > 1) { memmove(body + at, body + at + 1, len - at - 1); len--; if (at < jl) jl--; } break;
-            default: if (len < sizeof body - 1) { memmove(body + at + 1, body + at, len - at); body[at] = "19]"[rand() % 3]; len++; if (at < jl) jl++; } break;
-            }
-        }
-        int64_t hdr = which == 1 ? (int64_t)jl + (rand() % 3 - 1) : (rand() % 8 ? -1 : (int64_t)len);
-        err[0] = 0;
-        int r = ts_oip_parse_request(body, len, hdr, &lim, &req, err, sizeof err);
-        if (r == 0) {
-            ck_assert_int_ge(req.n_inputs, 1);
-            for (int k = 0; k < req.n_inputs; k++) {
-                const ts_oip_tensor *x = &req.inputs[k];
-                int64_t cnt = 1;
-                for (int d = 0; d < x->ndim; d++) cnt *= x->shape[d];
-                ck_assert_int_eq(cnt, x->count);
-                ck_assert(x->type == TS_OIP_FP32 ? x->f32 != NULL : x->i64 != NULL);
-                for (int64_t e = 0; x->type == TS_OIP_FP32 && e < x->count; e++) ck_assert(isfinite(x->f32[e]));
-            }
-            ts_oip_request_free(&req);
-        } else {
-            ck_assert_int_eq(r, -1);
-            ck_assert(err[0] != 0);
-            ck_assert_int_eq(req.n_inputs, 0);
-            char *ej = ts_oip_error_json(err);
-            json_t *root = json_loads(ej, 0, NULL);
-            ck_assert_msg(root != NULL, "error JSON does not parse: %s", ej);
-            json_decref(root);
-            free(ej);
         }
     }
+}
+
+/* Parse; a success must be a consistent request, a failure a cleared one whose message
+ * makes valid error JSON. The request is left for the caller to free. */
+static void check_parse_invariants(const uint8_t *body, size_t len, int64_t hdr)
+{
+    err[0] = 0;
+    int r = ts_oip_parse_request(body, len, hdr, &lim, &req, err, sizeof err);
+    if (r == 0) {
+        ck_assert_int_ge(req.n_inputs, 1);
+        for (int k = 0; k < req.n_inputs; k++) {
+            const ts_oip_tensor *x = &req.inputs[k];
+            int64_t cnt = 1;
+            for (int d = 0; d < x->ndim; d++) cnt *= x->shape[d];
+            ck_assert_int_eq(cnt, x->count);
+            ck_assert_int_le(x->count, lim.max_elements);
+            ck_assert(x->type == TS_OIP_FP32 ? x->f32 != NULL : x->i64 != NULL);
+            for (int64_t e = 0; x->type == TS_OIP_FP32 && e < x->count; e++) ck_assert(isfinite(x->f32[e]));
+        }
+        return;
+    }
+    ck_assert_int_eq(r, -1);
+    ck_assert(err[0] != 0);
+    ck_assert_int_eq(req.n_inputs, 0);
+    char *ej = ts_oip_error_json(err);
+    json_t *root = json_loads(ej, 0, NULL);
+    ck_assert_msg(root != NULL, "error JSON does not parse: %s", ej);
+    json_decref(root);
+    free(ej);
+}
+
+/* Our reader and jansson agree on what is JSON. The differences allowed: jansson refuses
+ * integers beyond int64 and reals beyond double, which we keep as floats (the OIP layer
+ * judges them per datatype). */
+static void check_json_agrees(const uint8_t *text, size_t n)
+{
+    json_error_t je;
+    json_t *j = json_loadb((const char *)text, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    ts_jtape t;
+    char e2[200];
+    int ours = ts_jtape_parse(&t, (const char *)text, n, 1000, e2, sizeof e2);
+    if (ours == 0) ts_jtape_free(&t);
+    if (j) {
+        json_decref(j);
+        ck_assert_msg(ours == 0, "we refuse (%s) what jansson accepts: %.*s", e2, (int)n, text);
+    } else if (!strstr(je.text, "too big integer") && !strstr(je.text, "real number overflow")) {
+        ck_assert_msg(ours < 0, "we accept what jansson refuses (%s): %.*s", je.text, (int)n, text);
+    }
+}
+
+START_TEST(test_mutation_fuzz)
+{
+    /* JSON seeds from files; binary seeds here (their JSON length is the header value). */
+    static const char *bin_seeds[] = {
+        "{\"inputs\":[{\"name\":\"input\",\"shape\":[2,2],\"datatype\":\"FP32\",\"parameters\":{\"binary_data_size\":16}},"
+        "{\"name\":\"t\",\"shape\":[2],\"datatype\":\"UINT16\",\"parameters\":{\"binary_data_size\":4}}]}",
+        "{\"inputs\": [{\"name\": \"input\", \"shape\": [1, 2], \"datatype\": \"FP64\", \"parameters\": "
+        "{\"binary_data_size\": 16}}, {\"name\": \"label\", \"shape\": [1], \"datatype\": \"INT32\", \"data\": [1]}], "
+        "\"parameters\": {\"binary_data_output\": true}}",
+    };
+    enum { NB = sizeof bin_seeds / sizeof bin_seeds[0], NS = N_SEED_FILES + NB };
+    char *seeds[NS];
+    size_t seed_len[NS], seed_jl[NS];
+    for (int k = 0; k < NS; k++) {
+        if (k < N_SEED_FILES) {
+            seeds[k] = read_seed(seed_files[k], &seed_len[k]);
+            seed_jl[k] = 0;
+            continue;
+        }
+        seed_jl[k] = strlen(bin_seeds[k - N_SEED_FILES]);
+        seed_len[k] = seed_jl[k] + 20;
+        seeds[k] = malloc(seed_len[k]);
+        memcpy(seeds[k], bin_seeds[k - N_SEED_FILES], seed_jl[k]);
+        for (size_t i = seed_jl[k]; i < seed_len[k]; i++) seeds[k][i] = (char)(i * 7 + 1);
+    }
+    /* OIP_FUZZ_ITERS=1000000 for a longer run by hand. */
+    const char *env = getenv("OIP_FUZZ_ITERS");
+    long iters = env ? atol(env) : 8000;
+    srand(5);
+    uint8_t body[8192];
+    int ok = 0;
+    for (long it = 0; it < iters; it++) {
+        int which = it % NS;
+        size_t len = seed_len[which], jl = seed_jl[which];
+        memcpy(body, seeds[which], len);
+        mutate(body, &len, &jl, sizeof body);
+        int64_t hdr = jl ? (int64_t)jl + (rand() % 5 ? 0 : rand() % 3 - 1) : (rand() % 8 ? -1 : (int64_t)len);
+        check_parse_invariants(body, len, hdr);
+        check_json_agrees(body, hdr >= 0 && (size_t)hdr <= len ? (size_t)hdr : len);
+        ok += req.n_inputs > 0;
+        ts_oip_request_free(&req);
+    }
+    ck_assert_int_gt(ok, 100);     /* some mutants still parse: the loop reaches the data paths */
+    for (int k = 0; k < NS; k++) free(seeds[k]);
 }
 END_TEST
 
@@ -907,6 +1037,7 @@ static Suite *oip_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("robustness");
     tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_seeds);
     tcase_add_test(tc, test_mutation_fuzz);
     tcase_add_test(tc, test_large_request);
     suite_add_tcase(s, tc);

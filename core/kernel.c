@@ -1,155 +1,339 @@
-/* kernel.c — the portable ternary kernels (see kernel.h).
+/* kernel.c — the compute layout, the portable kernels and the run-time choice of family.
  *
- * Layout: the trits unpacked to one int8 per weight, row-major [rows][cols]. Work is split
- * over output rows (forward, score) or input columns (backward_x) with the pool, so every
- * output element is written by exactly one thread and sums run in a fixed order: results
- * do not depend on the thread count.
+ * The layout (kernel_impl.h) stores each row's groups as 5-bit base-3 fields of three trits,
+ * 16 rows interleaved. The portable kernels below are the readable definition of what every
+ * family computes: they decode a field into its three trits and multiply-add in the plain
+ * order. The SIMD families (kernel_avx2.c, kernel_avx512.c) compute the same sums with
+ * lookup tables; forward and backward_x agree with these within float rounding (sums run
+ * in a different order), score agrees exactly (same float operations in the same order).
+ *
+ * Work is split over output rows (forward, score) or input groups (backward_x), so every
+ * output element is written by one thread and results do not depend on the thread count.
  */
 #include "kernel.h"
 
+#include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
-#include "trits.h"
+#include "kernel_impl.h"
 
-struct ts_weights {
-    int64_t rows, cols, gs, gpr;
-    int8_t *T;   /* [rows][cols] trits in {-1, 0, +1} */
+/* ── the layout ── */
+
+/* The three trits of a field: trits_of[v] = {d0-1, d1-1, d2-1} for v = d0 + 3·d1 + 9·d2. */
+static const int8_t trits_of[27][3] = {
+    {-1, -1, -1}, {0, -1, -1}, {1, -1, -1}, {-1, 0, -1}, {0, 0, -1}, {1, 0, -1}, {-1, 1, -1},
+    {0, 1, -1},   {1, 1, -1},  {-1, -1, 0}, {0, -1, 0},  {1, -1, 0}, {-1, 0, 0}, {0, 0, 0},
+    {1, 0, 0},    {-1, 1, 0},  {0, 1, 0},   {1, 1, 0},   {-1, -1, 1}, {0, -1, 1}, {1, -1, 1},
+    {-1, 0, 1},   {0, 0, 1},   {1, 0, 1},   {-1, 1, 1},  {0, 1, 1},  {1, 1, 1},
 };
+
+/* n trits of the flat row-major sequence packed in T_packed, from flat index i0. */
+static void unpack_from(const uint8_t *T_packed, size_t i0, size_t n, int8_t *out)
+{
+    size_t byte = i0 / 5;
+    unsigned digits = T_packed[byte], k = (unsigned)(i0 % 5);
+    for (unsigned s = 0; s < k; s++)
+        digits /= 3;
+    for (size_t i = 0; i < n; i++) {
+        if (k == 5) {
+            digits = T_packed[++byte];
+            k = 0;
+        }
+        out[i] = (int8_t)((int)(digits % 3) - 1);
+        digits /= 3;
+        k++;
+    }
+}
+
+/* Fill the words of one row from its trits. */
+static void layout_row(ts_weights *w, int64_t r, const int8_t *t)
+{
+    for (int64_t g = 0; g < w->gpr; g++)
+        for (int64_t j = 0; j < w->nw; j++) {
+            uint32_t word = 0;
+            for (int64_t k = 0; k < TS_FPW; k++) {
+                int64_t tr = j * TS_FPW + k;
+                unsigned v = TS_ZERO_FIELD;
+                if (tr < w->ntr) {
+                    int n = ts_wtriple_cols(w, g, tr);
+                    const int8_t *p = t + g * w->gs + 3 * tr;
+                    int d0 = n > 0 ? p[0] + 1 : 1, d1 = n > 1 ? p[1] + 1 : 1, d2 = n > 2 ? p[2] + 1 : 1;
+                    v = (unsigned)(d0 + 3 * d1 + 9 * d2);
+                }
+                word |= (uint32_t)v << (5 * k);
+            }
+            w->bits[((r / TS_RB * w->gpr + g) * w->nw + j) * TS_RB + r % TS_RB] = word;
+        }
+}
+
+static void fill_zero_words(uint32_t *bits, size_t n)
+{
+    uint32_t zero = 0;
+    for (int k = 0; k < TS_FPW; k++)
+        zero |= (uint32_t)TS_ZERO_FIELD << (5 * k);
+    for (size_t i = 0; i < n; i++)
+        bits[i] = zero;
+}
+
+static size_t layout_words(const ts_weights *w)
+{
+    size_t blocks = (size_t)(w->nblk + TS_BLK_ALIGN - 1) / TS_BLK_ALIGN * TS_BLK_ALIGN;
+    return blocks * (size_t)w->gpr * (size_t)w->nw * TS_RB;
+}
 
 ts_weights *ts_weights_build(const uint8_t *T_packed, int64_t rows, int64_t cols, int64_t gs)
 {
-    if (rows < 1 || cols < 1 || gs < 1 || (uint64_t)rows > SIZE_MAX / (uint64_t)cols)
+    if (rows < 1 || cols < 1 || gs < 1 || rows > INT32_MAX || cols > INT32_MAX || gs > INT32_MAX)
         return NULL;
+    size_t n = (size_t)rows * (size_t)cols, nbytes = n / 5 + (n % 5 != 0);
+    for (size_t i = 0; i < nbytes; i++)
+        if (T_packed[i] >= 243)
+            return NULL;
     ts_weights *w = calloc(1, sizeof *w);
-    if (!w)
-        return NULL;
-    size_t n = (size_t)rows * (size_t)cols;
-    w->T = malloc(n);
-    if (!w->T || ts_trits_unpack(T_packed, n, w->T) != 0) {
-        ts_weights_free(w);
-        return NULL;
-    }
+    int8_t *t = malloc((size_t)cols);
+    if (!w || !t)
+        goto fail;
     w->rows = rows;
     w->cols = cols;
     w->gs = gs;
     w->gpr = (cols + gs - 1) / gs;
+    w->nblk = (rows + TS_RB - 1) / TS_RB;
+    w->ntr = (gs + 2) / 3;
+    w->nw = (w->ntr + TS_FPW - 1) / TS_FPW;
+    size_t bytes = layout_words(w) * sizeof(uint32_t);
+    w->bits = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!w->bits)
+        goto fail;
+    fill_zero_words(w->bits, layout_words(w));   /* padding rows of the last block */
+    for (int64_t r = 0; r < rows; r++) {
+        unpack_from(T_packed, (size_t)r * (size_t)cols, (size_t)cols, t);
+        layout_row(w, r, t);
+    }
+    free(t);
     return w;
+fail:
+    free(t);
+    ts_weights_free(w);
+    return NULL;
 }
 
 void ts_weights_free(ts_weights *w)
 {
     if (!w)
         return;
-    free(w->T);
+    free(w->bits);
     free(w);
 }
 
 size_t ts_weights_bytes(const ts_weights *w)
 {
-    return w ? sizeof *w + (size_t)w->rows * (size_t)w->cols : 0;
+    return w ? sizeof *w + layout_words(w) * sizeof(uint32_t) : 0;
 }
 
-int ts_weights_trit(const ts_weights *w, int64_t r, int64_t c) { return w->T[r * w->cols + c]; }
+int ts_weights_trit(const ts_weights *w, int64_t r, int64_t c)
+{
+    int64_t g = c / w->gs, i = c % w->gs;
+    return trits_of[ts_wfield(w, r, g, i / 3)][i % 3];
+}
 
-/* ── forward: y[b][r] = Σ_c S[r,c/gs] · T[r][c] · x[b][c] ── */
+void ts_weights_pack(const ts_weights *w, uint8_t *T_packed)
+{
+    size_t n = (size_t)w->rows * (size_t)w->cols, i = 0;
+    for (size_t byte = 0; byte < n / 5 + (n % 5 != 0); byte++) {
+        unsigned v = 0, mul = 1;
+        for (int k = 0; k < 5; k++, i++, mul *= 3) {
+            int64_t r = (int64_t)(i / (size_t)w->cols), c = (int64_t)(i % (size_t)w->cols);
+            v += mul * (unsigned)(i < n ? ts_weights_trit(w, r, c) + 1 : 0);   /* pad digit 0 */
+        }
+        T_packed[byte] = (uint8_t)v;
+    }
+}
+
+/* ── portable forward: y[b][r] = Σ_g S[r,g] · Σ_{c∈g} T[r][c] · x[b][c] ── */
 typedef struct {
     const ts_weights *w;
-    const float *S, *x;
+    const float *S, *x, *dy;
     int64_t B;
-    float *y;
-} fwd_job;
+    float *out;
+    int64_t *score;
+} port_job;
+
+static float group_dot(const ts_weights *w, int64_t r, int64_t g, const float *x)
+{
+    float sum = 0.0f;
+    for (int64_t t = 0; t < w->ntr; t++) {
+        const int8_t *tr = trits_of[ts_wfield(w, r, g, t)];
+        const float *xc = x + g * w->gs + 3 * t;
+        for (int j = 0; j < ts_wtriple_cols(w, g, t); j++)
+            sum += (float)tr[j] * xc[j];
+    }
+    return sum;
+}
 
 static void forward_rows(void *arg, int64_t r0, int64_t r1)
 {
-    const fwd_job *j = arg;
+    const port_job *j = arg;
+    const ts_weights *w = j->w;
+    for (int64_t b = 0; b < j->B; b++)
+        for (int64_t r = r0; r < r1; r++) {
+            float acc = 0.0f;
+            for (int64_t g = 0; g < w->gpr; g++)
+                acc += j->S[r * w->gpr + g] * group_dot(w, r, g, j->x + b * w->cols);
+            j->out[b * w->rows + r] = acc;
+        }
+}
+
+/* ── portable backward_x: dx[b][c] = Σ_r (dy[b][r] · S[r,g]) · T[r][c], c ∈ group g ── */
+static void backward_groups(void *arg, int64_t g0, int64_t g1)
+{
+    const port_job *j = arg;
     const ts_weights *w = j->w;
     for (int64_t b = 0; b < j->B; b++) {
-        const float *x = j->x + b * w->cols;
-        for (int64_t r = r0; r < r1; r++) {
-            const int8_t *t = w->T + r * w->cols;
-            const float *s = j->S + r * w->gpr;
-            float acc = 0.0f;
-            for (int64_t c = 0; c < w->cols; c++)
-                acc += s[c / w->gs] * (float)t[c] * x[c];
-            j->y[b * w->rows + r] = acc;
-        }
+        float *dx = j->out + b * w->cols;
+        const float *dy = j->dy + b * w->rows;
+        int64_t c1 = g1 * w->gs < w->cols ? g1 * w->gs : w->cols;
+        memset(dx + g0 * w->gs, 0, (size_t)(c1 - g0 * w->gs) * sizeof *dx);
+        for (int64_t r = 0; r < w->rows; r++)
+            for (int64_t g = g0; g < g1; g++) {
+                float z = dy[r] * j->S[r * w->gpr + g];
+                for (int64_t t = 0; t < w->ntr; t++) {
+                    const int8_t *tr = trits_of[ts_wfield(w, r, g, t)];
+                    for (int k = 0; k < ts_wtriple_cols(w, g, t); k++)
+                        dx[g * w->gs + 3 * t + k] += z * (float)tr[k];
+                }
+            }
     }
 }
+
+/* ── portable score[r,g] = Σ_{c∈g} sign(dW[r][c]) · T[r][c], dW = Σ_b dy[b][r] · x[b][c] ──
+ * dW is a chain of fused multiply-adds over b from 0, as a float32 GEMM computes it. */
+float ts_kernel_dw(const float *dy, int64_t rows, const float *x, int64_t cols, int64_t B,
+                   int64_t r, int64_t c)
+{
+    float dw = 0.0f;
+    for (int64_t b = 0; b < B; b++)
+        dw = fmaf(dy[b * rows + r], x[b * cols + c], dw);
+    return dw;
+}
+
+static void score_rows(void *arg, int64_t r0, int64_t r1)
+{
+    const port_job *j = arg;
+    const ts_weights *w = j->w;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t g = 0; g < w->gpr; g++) {
+            int64_t s = 0;
+            for (int64_t t = 0; t < w->ntr; t++) {
+                const int8_t *tr = trits_of[ts_wfield(w, r, g, t)];
+                for (int k = 0; k < ts_wtriple_cols(w, g, t); k++) {
+                    if (tr[k] == 0)
+                        continue;   /* contributes 0 whatever dW's sign */
+                    float dw = ts_kernel_dw(j->dy, w->rows, j->x, w->cols, j->B, r,
+                                            g * w->gs + 3 * t + k);
+                    s += ((dw > 0.0f) - (dw < 0.0f)) * tr[k];
+                }
+            }
+            j->score[r * w->gpr + g] = s;
+        }
+}
+
+static const ts_kernel_family family_portable = {"portable", NULL, NULL, NULL};
+
+/* ── choosing the family ──
+ * The choice depends only on the CPU (and TSCALE_KERNEL, for tests and benchmarks), so it
+ * is made once per process. */
+static const ts_kernel_family *chosen;
+static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
+
+static const ts_kernel_family *family_named(const char *name)
+{
+    if (!name || !*name)
+        return NULL;
+    if (strcmp(name, "portable") == 0)
+        return &family_portable;
+    __builtin_cpu_init();
+    if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return &ts_kernel_family_avx2;
+    if (strcmp(name, "avx512") == 0 && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
+        return &ts_kernel_family_avx512;
+    return NULL;
+}
+
+static void choose_family(void)
+{
+    const ts_kernel_family *f = family_named(getenv("TSCALE_KERNEL"));
+    if (!f)
+        f = family_named("avx512");
+    if (!f)
+        f = family_named("avx2");
+    chosen = f ? f : &family_portable;
+}
+
+static const ts_kernel_family *family(void)
+{
+    pthread_once(&chosen_once, choose_family);
+    return chosen;
+}
+
+int ts_kernel_use(const char *name)
+{
+    const ts_kernel_family *f = family_named(name);
+    if (!f)
+        return -1;
+    pthread_once(&chosen_once, choose_family);
+    chosen = f;
+    return 0;
+}
+
+const char *ts_kernel_name(void) { return family()->name; }
+
+/* ── entry points: the chosen family, or the portable kernel ── */
 
 void ts_kernel_forward(const ts_weights *w, const float *S, const float *x, int64_t B,
                        float *y, ts_pool *pool)
 {
-    fwd_job j = {w, S, x, B, y};
+    const ts_kernel_family *f = family();
+    if (B < 1 || (f->forward && f->forward(w, S, x, B, y, pool) == 0))
+        return;
+    port_job j = {.w = w, .S = S, .x = x, .B = B, .out = y};
     ts_pool_run(pool, w->rows, 16, forward_rows, &j);
-}
-
-/* ── backward_x: dx[b][c] = Σ_r dy[b][r] · S[r,c/gs] · T[r][c] ── */
-typedef struct {
-    const ts_weights *w;
-    const float *S, *dy;
-    int64_t B;
-    float *dx;
-} bwd_job;
-
-static void backward_cols(void *arg, int64_t c0, int64_t c1)
-{
-    const bwd_job *j = arg;
-    const ts_weights *w = j->w;
-    for (int64_t b = 0; b < j->B; b++) {
-        float *dx = j->dx + b * w->cols;
-        const float *dy = j->dy + b * w->rows;
-        for (int64_t c = c0; c < c1; c++)
-            dx[c] = 0.0f;
-        for (int64_t r = 0; r < w->rows; r++) {
-            const int8_t *t = w->T + r * w->cols;
-            const float *s = j->S + r * w->gpr;
-            for (int64_t c = c0; c < c1; c++)
-                dx[c] += dy[r] * (s[c / w->gs] * (float)t[c]);
-        }
-    }
 }
 
 void ts_kernel_backward_x(const ts_weights *w, const float *S, const float *dy, int64_t B,
                           float *dx, ts_pool *pool)
 {
-    bwd_job j = {w, S, dy, B, dx};
-    ts_pool_run(pool, w->cols, 64, backward_cols, &j);
-}
-
-/* ── score[r,g] = Σ_{c∈g} sign(Σ_b dy[b][r] · x[b][c]) · T[r][c] ── */
-typedef struct {
-    const ts_weights *w;
-    const float *dy, *x;
-    int64_t B;
-    int64_t *score;
-} score_job;
-
-static void score_rows(void *arg, int64_t r0, int64_t r1)
-{
-    const score_job *j = arg;
-    const ts_weights *w = j->w;
-    for (int64_t r = r0; r < r1; r++) {
-        const int8_t *t = w->T + r * w->cols;
-        int64_t *score = j->score + r * w->gpr;
-        for (int64_t g = 0; g < w->gpr; g++)
-            score[g] = 0;
-        for (int64_t c = 0; c < w->cols; c++) {
-            if (t[c] == 0)
-                continue;   /* contributes 0 whatever dW's sign */
-            float dw = 0.0f;
-            for (int64_t b = 0; b < j->B; b++)
-                dw += j->dy[b * w->rows + r] * j->x[b * w->cols + c];
-            int sign = (dw > 0.0f) - (dw < 0.0f);
-            score[c / w->gs] += sign * t[c];
-        }
-    }
+    const ts_kernel_family *f = family();
+    if (B < 1 || (f->backward_x && f->backward_x(w, S, dy, B, dx, pool) == 0))
+        return;
+    port_job j = {.w = w, .S = S, .dy = dy, .B = B, .out = dx};
+    ts_pool_run(pool, w->gpr, 1, backward_groups, &j);
 }
 
 void ts_kernel_score(const ts_weights *w, const float *dy, const float *x, int64_t B,
                      int64_t *score, ts_pool *pool)
 {
-    score_job j = {w, dy, x, B, score};
+    const ts_kernel_family *f = family();
+    if (f->score && f->score(w, dy, x, B, score, pool) == 0)
+        return;
+    port_job j = {.w = w, .dy = dy, .x = x, .B = B, .score = score};
     ts_pool_run(pool, w->rows, 16, score_rows, &j);
 }
 
-const char *ts_kernel_name(void) { return "portable"; }
+/* ── scratch ── */
+
+void *ts_kscratch_get(ts_pool *pool, size_t bytes)
+{
+    if (pool)
+        return ts_pool_scratch(pool, bytes);
+    return aligned_alloc(64, (bytes + 63) / 64 * 64);
+}
+
+void ts_kscratch_put(ts_pool *pool, void *p)
+{
+    if (!pool)
+        free(p);
+}

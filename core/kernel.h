@@ -28,6 +28,9 @@ void ts_weights_free(ts_weights *w);
 size_t ts_weights_bytes(const ts_weights *w);
 /* The trit at (r, c), for tests and for rmsnorm's elementwise weight. */
 int ts_weights_trit(const ts_weights *w, int64_t r, int64_t c);
+/* Pack the trits back into T_packed[ceil(rows·cols/5)] (ts_trits_pack format, pad digits 0):
+ * a model may drop its T_packed after the build and rebuild it from here for export. */
+void ts_weights_pack(const ts_weights *w, uint8_t *T_packed);
 
 /* y[B][rows] = x[B][cols] · W_effᵀ     (y is overwritten; bias is the caller's) */
 void ts_kernel_forward(const ts_weights *w, const float *S, const float *x, int64_t B,
@@ -42,7 +45,11 @@ void ts_kernel_backward_x(const ts_weights *w, const float *S, const float *dy, 
 void ts_kernel_score(const ts_weights *w, const float *dy, const float *x, int64_t B,
                      int64_t *score, ts_pool *pool);
 
-/* Name of the kernel family chosen at run time ("portable", "avx2", "avx512"). */
+/* Name of the kernel family chosen at run time ("portable", "avx2", "avx512"): the best the
+ * CPU runs, unless the environment variable TSCALE_KERNEL names another one it runs. */
 const char *ts_kernel_name(void);
+/* Use family `name` from now on, for the whole process (tests and benchmarks compare the
+ * families with it). Returns 0, or -1 when the name is unknown or the CPU cannot run it. */
+int ts_kernel_use(const char *name);
 
 #endif

@@ -1,14 +1,21 @@
 /* pool.c — a persistent pool of compute threads (see pool.h).
  *
- * Workers sleep on a condition variable and wake when the job generation changes.
  * Each job splits [0, n) into k contiguous chunks; chunk 0 runs on the caller's thread,
- * chunk i on worker i. The caller waits until every worker chunk is done. A mutex guards
- * every shared field, so the pool is simple to reason about (and TSan clean).
+ * chunk i on worker i. A kernel call takes ~0.1–1 ms, so waking a sleeping thread (tens of
+ * microseconds under a hypervisor) would cost as much as the work: after a job, workers spin
+ * on the job generation for a while (SPIN_NS) before they sleep on a condition variable,
+ * and the caller spins until the workers' chunks are done. Job fields are written before
+ * the generation is published (release) and read after it is seen (acquire).
  */
 #include "pool.h"
 
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
+
+#define SPIN_NS 200000   /* how long an idle worker waits for the next job before sleeping */
 
 typedef struct {
     struct ts_pool *pool;
@@ -20,17 +27,21 @@ struct ts_pool {
     int n_threads;
     int n_started;           /* workers actually created */
     ts_worker *workers;      /* [n_threads - 1] */
-    pthread_mutex_t lock;
+    pthread_mutex_t lock;    /* guards sleeping, and the wake-up */
     pthread_cond_t wake;     /* a new job (or shutdown) */
-    pthread_cond_t done;     /* pending reached 0 */
-    uint64_t generation;     /* job counter */
-    int shutdown;
-    /* the current job: */
+    int sleeping;            /* workers blocked on wake */
+    /* (job counter << 16) | chunks: a new value publishes a job. The chunk count travels
+     * in it so that a worker without a chunk never reads a field the next job rewrites. */
+    atomic_uint_fast64_t generation;
+    atomic_int shutdown;
+    atomic_int pending;      /* worker chunks not yet finished */
+    /* the current job (written by the caller before it publishes the generation): */
     ts_pool_fn fn;
     void *arg;
     int64_t n;
-    int chunks;
-    int pending;             /* worker chunks not yet finished */
+    /* scratch for kernels */
+    void *scratch;
+    size_t scratch_bytes;
 };
 
 static void chunk_range(int64_t n, int chunks, int i, int64_t *begin, int64_t *end)
@@ -41,37 +52,66 @@ static void chunk_range(int64_t n, int chunks, int i, int64_t *begin, int64_t *e
     *end = *begin + q + (i < r);
 }
 
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Wait until the generation differs from seen (or shutdown): spin first, then sleep. */
+static uint64_t wait_job(ts_pool *pool, uint64_t seen)
+{
+    int64_t until = now_ns() + SPIN_NS;
+    for (unsigned i = 1;; i++) {
+        uint64_t g = atomic_load_explicit(&pool->generation, memory_order_acquire);
+        if (g != seen || atomic_load(&pool->shutdown))
+            return g;
+        cpu_relax();
+        if (i % 256 == 0 && now_ns() > until)
+            break;
+    }
+    pthread_mutex_lock(&pool->lock);
+    pool->sleeping++;
+    uint64_t g;
+    while ((g = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen &&
+           !atomic_load(&pool->shutdown))
+        pthread_cond_wait(&pool->wake, &pool->lock);
+    pool->sleeping--;
+    pthread_mutex_unlock(&pool->lock);
+    return g;
+}
+
 static void *worker_main(void *p)
 {
     ts_worker *w = p;
     ts_pool *pool = w->pool;
     uint64_t seen = 0;
-    pthread_mutex_lock(&pool->lock);
     for (;;) {
-        while (!pool->shutdown && pool->generation == seen)
-            pthread_cond_wait(&pool->wake, &pool->lock);
-        if (pool->shutdown)
+        seen = wait_job(pool, seen);
+        if (atomic_load(&pool->shutdown))
             break;
-        seen = pool->generation;
-        if (w->index >= pool->chunks)
+        int chunks = (int)(seen & 0xffff);
+        if (w->index >= chunks)
             continue;   /* this job has fewer chunks than threads */
-        ts_pool_fn fn = pool->fn;
-        void *arg = pool->arg;
         int64_t begin, end;
-        chunk_range(pool->n, pool->chunks, w->index, &begin, &end);
-        pthread_mutex_unlock(&pool->lock);
-        fn(arg, begin, end);
-        pthread_mutex_lock(&pool->lock);
-        if (--pool->pending == 0)
-            pthread_cond_signal(&pool->done);
+        chunk_range(pool->n, chunks, w->index, &begin, &end);
+        pool->fn(pool->arg, begin, end);
+        atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_release);
     }
-    pthread_mutex_unlock(&pool->lock);
     return NULL;
 }
 
 ts_pool *ts_pool_new(int n_threads)
 {
-    if (n_threads < 1)
+    if (n_threads < 1 || n_threads > 0xffff)
         return NULL;
     ts_pool *pool = calloc(1, sizeof *pool);
     if (!pool)
@@ -84,7 +124,9 @@ ts_pool *ts_pool_new(int n_threads)
     }
     pthread_mutex_init(&pool->lock, NULL);
     pthread_cond_init(&pool->wake, NULL);
-    pthread_cond_init(&pool->done, NULL);
+    atomic_init(&pool->generation, 0);
+    atomic_init(&pool->shutdown, 0);
+    atomic_init(&pool->pending, 0);
     for (int i = 1; i < n_threads; i++) {
         ts_worker *w = &pool->workers[i - 1];
         w->pool = pool;
@@ -103,14 +145,14 @@ void ts_pool_free(ts_pool *pool)
     if (!pool)
         return;
     pthread_mutex_lock(&pool->lock);
-    pool->shutdown = 1;
+    atomic_store(&pool->shutdown, 1);
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->lock);
     for (int i = 0; i < pool->n_started; i++)
         pthread_join(pool->workers[i].thread, NULL);
-    pthread_cond_destroy(&pool->done);
     pthread_cond_destroy(&pool->wake);
     pthread_mutex_destroy(&pool->lock);
+    free(pool->scratch);
     free(pool->workers);
     free(pool);
 }
@@ -131,22 +173,43 @@ void ts_pool_run(ts_pool *pool, int64_t n, int64_t min_chunk, ts_pool_fn fn, voi
         fn(arg, 0, n);
         return;
     }
-    pthread_mutex_lock(&pool->lock);
     pool->fn = fn;
     pool->arg = arg;
     pool->n = n;
-    pool->chunks = chunks;
-    pool->pending = chunks - 1;
-    pool->generation++;
-    pthread_cond_broadcast(&pool->wake);
+    atomic_store_explicit(&pool->pending, chunks - 1, memory_order_relaxed);
+    uint64_t g = atomic_load_explicit(&pool->generation, memory_order_relaxed);
+    atomic_store_explicit(&pool->generation, ((g >> 16) + 1) << 16 | (uint64_t)chunks,
+                          memory_order_release);
+    /* A worker that checked the generation before the increment is either still spinning
+     * (it will see it) or counted in sleeping under the lock (it gets the broadcast). */
+    pthread_mutex_lock(&pool->lock);
+    if (pool->sleeping)
+        pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->lock);
 
     int64_t begin, end;
     chunk_range(n, chunks, 0, &begin, &end);
     fn(arg, begin, end);
 
-    pthread_mutex_lock(&pool->lock);
-    while (pool->pending > 0)
-        pthread_cond_wait(&pool->done, &pool->lock);
-    pthread_mutex_unlock(&pool->lock);
+    for (unsigned i = 1; atomic_load_explicit(&pool->pending, memory_order_acquire) > 0; i++) {
+        cpu_relax();
+        if (i % 1024 == 0)
+            sched_yield();   /* a worker was descheduled: let it run */
+    }
+}
+
+void *ts_pool_scratch(ts_pool *pool, size_t bytes)
+{
+    if (!pool)
+        return NULL;
+    if (bytes > pool->scratch_bytes) {
+        size_t size = (bytes + 63) / 64 * 64;
+        void *p = aligned_alloc(64, size);
+        if (!p)
+            return NULL;
+        free(pool->scratch);
+        pool->scratch = p;
+        pool->scratch_bytes = size;
+    }
+    return pool->scratch;
 }

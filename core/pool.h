@@ -8,6 +8,7 @@
 #ifndef TS_POOL_H
 #define TS_POOL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct ts_pool ts_pool;
@@ -20,7 +21,15 @@ ts_pool *ts_pool_new(int n_threads);
 void ts_pool_free(ts_pool *pool);
 int ts_pool_threads(const ts_pool *pool);
 
-/* Run fn over [0, n) in chunks of at least min_chunk indices. */
+/* Run fn over [0, n) in chunks of at least min_chunk indices. Chunk i (of k = min(threads,
+ * ceil(n/min_chunk)) equal contiguous chunks) runs on thread i, the caller being thread 0;
+ * so with n = ts_pool_threads(pool) and min_chunk 1 each call of fn gets one index. */
 void ts_pool_run(ts_pool *pool, int64_t n, int64_t min_chunk, ts_pool_fn fn, void *arg);
+
+/* Scratch memory for the kernels of the pool's jobs (so that the hot path does not
+ * allocate): at least `bytes`, 64-byte aligned, owned by the pool and kept until a larger
+ * request or ts_pool_free. Like ts_pool_run, one user at a time. NULL when memory is short
+ * or pool is NULL. */
+void *ts_pool_scratch(ts_pool *pool, size_t bytes);
 
 #endif

@@ -1,0 +1,24 @@
+/* kernel_avx2.c — the AVX2 family (compiled with -mavx2 -mfma; chosen at run time by
+ * kernel.c only on CPUs that have them).
+ *
+ * forward: kernel_gemm.h with 8 batch lanes, for every batch size (one batch row uses one
+ * lane of eight, still several times the portable kernel). AVX2 has no 32-entry permute,
+ * so backward_x and score are left to the portable kernels.
+ */
+#include <immintrin.h>
+
+#include "kernel_impl.h"
+
+#define VEC __m256
+#define LANES 8
+#define VZERO() _mm256_setzero_ps()
+#define VLOAD(p) _mm256_load_ps(p)
+#define VSTORE(p, v) _mm256_store_ps((float *)(p), v)
+#define VADD(a, b) _mm256_add_ps(a, b)
+#define VSUB(a, b) _mm256_sub_ps(a, b)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VBCAST(f) _mm256_set1_ps(f)
+#define GEMM_PREFIX(name) avx2_gemm_##name
+#include "kernel_gemm.h"
+
+const ts_kernel_family ts_kernel_family_avx2 = {"avx2", avx2_gemm_forward, NULL, NULL};

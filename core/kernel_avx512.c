@@ -1,0 +1,374 @@
+/* kernel_avx512.c — the AVX-512 family (compiled with -mavx512f/bw/vl/dq; chosen at run
+ * time by kernel.c only on CPUs that have them).
+ *
+ * forward, small batch: per batch row a 32-float table per triple of x columns (the 27 sums
+ *   ±x0 ± x1 ± x2), and vpermt2ps looks up 16 rows' 5-bit fields in it at once: one lookup
+ *   and one add per 3 weights × 16 rows. Per group, the 16 sums are scaled by the rows'
+ *   S (a gather) into the row accumulators.
+ * forward, larger batch: kernel_gemm.h with 16 batch lanes.
+ * backward_x: per group, z[r] = dy[r]·S[r,g]; per triple of columns the three trit vectors
+ *   of 16 rows (looked up from the field) are multiplied into z and summed over all rows.
+ * score: dW for 16 rows of one column by fused multiply-adds over the batch (in the
+ *   portable kernel's order, so the sign is identical), compared with the trits.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernel_impl.h"
+
+#define VEC __m512
+#define LANES 16
+#define VZERO() _mm512_setzero_ps()
+#define VLOAD(p) _mm512_load_ps(p)
+#define VSTORE(p, v) _mm512_store_ps((float *)(p), v)
+#define VADD(a, b) _mm512_add_ps(a, b)
+#define VSUB(a, b) _mm512_sub_ps(a, b)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VBCAST(f) _mm512_set1_ps(f)
+#define GEMM_PREFIX(name) avx512_gemm_##name
+#include "kernel_gemm.h"
+
+/* Below this batch the per-row tables win (measured on a 4096×4096 layer). */
+#define GEMM_MIN_BATCH 8
+#define GEMV_BLOCKS 4   /* row blocks that share one table load */
+
+/* d-1 of digit i of field v, for v < 27 (0 above), as 32-entry float tables. */
+static void trit_tables(__m512 lo[3], __m512 hi[3])
+{
+    float t[3][32] __attribute__((aligned(64)));
+    for (int v = 0; v < 32; v++)
+        for (int i = 0, p = 1; i < 3; i++, p *= 3)
+            t[i][v] = v < 27 ? (float)((v / p) % 3 - 1) : 0.0f;
+    for (int i = 0; i < 3; i++) {
+        lo[i] = _mm512_load_ps(t[i]);
+        hi[i] = _mm512_load_ps(t[i] + 16);
+    }
+}
+
+/* Lane i of the rows mask of block blk: row blk·16 + i exists. */
+static inline __mmask16 rows_mask(const ts_weights *w, int64_t blk)
+{
+    int64_t n = w->rows - blk * TS_RB;
+    return n >= TS_RB ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
+
+/* S[r, g] for the 16 rows of block blk (0 for padding rows). */
+static inline __m512 block_scales(const ts_weights *w, const float *S, int64_t blk, int64_t g,
+                                  __m512i lane_gpr)
+{
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rows_mask(w, blk), lane_gpr,
+                                    S + blk * TS_RB * w->gpr + g, 4);
+}
+
+/* ── forward, small batch ── */
+
+typedef struct {
+    const ts_weights *w;
+    const float *S, *x;
+    int64_t B;
+    float *y;
+    float *tabs;   /* [B][gpr][ntr][32] */
+    int slots;
+} gemv_job;
+
+/* Tables for batch row b, groups [g0, g1). */
+static void gemv_build(const gemv_job *j, int64_t b, int64_t g0, int64_t g1)
+{
+    const ts_weights *w = j->w;
+    __m512 clo[3], chi[3];
+    trit_tables(clo, chi);
+    const float *x = j->x + b * w->cols;
+    float *tab = j->tabs + ((b * w->gpr + g0) * w->ntr) * 32;
+    for (int64_t g = g0; g < g1; g++)
+        for (int64_t t = 0; t < w->ntr; t++, tab += 32) {
+            int n = ts_wtriple_cols(w, g, t);
+            const float *xc = x + g * w->gs + 3 * t;
+            __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+            for (int i = 0; i < n; i++) {
+                __m512 xi = _mm512_set1_ps(xc[i]);
+                lo = _mm512_fmadd_ps(clo[i], xi, lo);
+                hi = _mm512_fmadd_ps(chi[i], xi, hi);
+            }
+            _mm512_store_ps(tab, lo);
+            _mm512_store_ps(tab + 16, hi);
+        }
+}
+
+/* GEMV_BLOCKS row blocks from blk0, batch row b. */
+static void gemv_blocks(const gemv_job *j, int64_t blk0, int64_t b, __m512i lane_gpr)
+{
+    const ts_weights *w = j->w;
+    const float *tab = j->tabs + b * w->gpr * w->ntr * 32;
+    __m512 y[GEMV_BLOCKS];
+    for (int k = 0; k < GEMV_BLOCKS; k++)
+        y[k] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < w->gpr; g++) {
+        __m512 acc[GEMV_BLOCKS];
+        for (int k = 0; k < GEMV_BLOCKS; k++)
+            acc[k] = _mm512_setzero_ps();
+        for (int64_t jw = 0; jw < w->nw; jw++) {
+            __m512i d[GEMV_BLOCKS];
+#pragma GCC unroll 4
+            for (int k = 0; k < GEMV_BLOCKS; k++)
+                d[k] = _mm512_load_si512(ts_wwords(w, blk0 + k, g, jw));
+            int64_t nf = w->ntr - jw * TS_FPW < TS_FPW ? w->ntr - jw * TS_FPW : TS_FPW;
+            for (int64_t f = 0; f < nf; f++, tab += 32) {
+                __m512 lo = _mm512_load_ps(tab), hi = _mm512_load_ps(tab + 16);
+#pragma GCC unroll 4
+                for (int k = 0; k < GEMV_BLOCKS; k++) {
+                    acc[k] = _mm512_add_ps(acc[k], _mm512_permutex2var_ps(lo, d[k], hi));
+                    d[k] = _mm512_srli_epi32(d[k], 5);
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < GEMV_BLOCKS; k++)
+            y[k] = _mm512_fmadd_ps(acc[k], block_scales(w, j->S, blk0 + k, g, lane_gpr), y[k]);
+    }
+    for (int k = 0; k < GEMV_BLOCKS && (blk0 + k) * TS_RB < w->rows; k++)
+        _mm512_mask_storeu_ps(j->y + b * w->rows + (blk0 + k) * TS_RB, rows_mask(w, blk0 + k), y[k]);
+}
+
+static void gemv_build_slot(void *arg, int64_t s0, int64_t s1)
+{
+    const gemv_job *j = arg;
+    for (int64_t s = s0; s < s1; s++) {
+        int64_t i0, i1;   /* (batch row, group) pairs */
+        ts_ksplit(j->B * j->w->gpr, 1, j->slots, (int)s, &i0, &i1);
+        for (int64_t i = i0; i < i1;) {
+            int64_t b = i / j->w->gpr, g = i % j->w->gpr;
+            int64_t g1 = g + (i1 - i) < j->w->gpr ? g + (i1 - i) : j->w->gpr;
+            gemv_build(j, b, g, g1);
+            i += g1 - g;
+        }
+    }
+}
+
+static void gemv_rows_slot(void *arg, int64_t s0, int64_t s1)
+{
+    const gemv_job *j = arg;
+    __m512i lane_gpr = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4,
+                                                           3, 2, 1, 0),
+                                          _mm512_set1_epi32((int)j->w->gpr));
+    for (int64_t s = s0; s < s1; s++) {
+        int64_t k0, k1;
+        ts_ksplit(j->w->nblk, GEMV_BLOCKS, j->slots, (int)s, &k0, &k1);
+        for (int64_t blk = k0; blk < k1; blk += GEMV_BLOCKS)
+            for (int64_t b = 0; b < j->B; b++)
+                gemv_blocks(j, blk, b, lane_gpr);
+    }
+}
+
+static int avx512_forward(const ts_weights *w, const float *S, const float *x, int64_t B,
+                          float *y, ts_pool *pool)
+{
+    if (w->gpr > INT32_MAX / TS_RB || w->cols > INT32_MAX / LANES)
+        return -1;   /* gather indices are 32-bit */
+    if (B >= GEMM_MIN_BATCH)
+        return avx512_gemm_forward(w, S, x, B, y, pool);
+    size_t bytes = (size_t)B * (size_t)w->gpr * (size_t)w->ntr * 32 * sizeof(float);
+    float *tabs = ts_kscratch_get(pool, bytes);
+    if (!tabs)
+        return -1;
+    gemv_job j = {w, S, x, B, y, tabs, ts_kslots(pool)};
+    ts_pool_run(pool, j.slots, 1, gemv_build_slot, &j);
+    ts_pool_run(pool, j.slots, 1, gemv_rows_slot, &j);
+    ts_kscratch_put(pool, tabs);
+    return 0;
+}
+
+/* ── backward_x ── */
+
+#define BWD_BATCH 8   /* batch rows per pass: 3·8 accumulators */
+
+typedef struct {
+    const ts_weights *w;
+    const float *S, *dy;
+    int64_t B;
+    float *dx;
+    char *scratch;
+    size_t slot_bytes;
+    int slots;
+} bwd_job;
+
+/* z[blk][bb] = dy[b0+bb][rows of blk] · S[rows of blk, g] for bb < nb (0 for padding). */
+static void bwd_z(const bwd_job *j, int64_t g, int64_t b0, int nb, __m512 *z)
+{
+    const ts_weights *w = j->w;
+    __m512i lane_gpr = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4,
+                                                           3, 2, 1, 0),
+                                          _mm512_set1_epi32((int)w->gpr));
+    for (int64_t blk = 0; blk < w->nblk; blk++) {
+        __mmask16 m = rows_mask(w, blk);
+        __m512 s = block_scales(w, j->S, blk, g, lane_gpr);
+        for (int bb = 0; bb < nb; bb++) {
+            __m512 d = _mm512_maskz_loadu_ps(m, j->dy + (b0 + bb) * w->rows + blk * TS_RB);
+            z[blk * nb + bb] = _mm512_mul_ps(d, s);
+        }
+    }
+}
+
+/* dx of triple t of group g for batch rows b0.. (NB of them): Σ over blocks of trits · z. */
+#define BWD_TRIPLE(NB)                                                                           \
+    static void bwd_triple_##NB(const bwd_job *j, int64_t g, int64_t t, int64_t b0,              \
+                                const __m512 *z, const __m512 *tlo, const __m512 *thi)           \
+    {                                                                                            \
+        const ts_weights *w = j->w;                                                              \
+        __m512 acc[NB][3];                                                                       \
+        _Pragma("GCC unroll 8") for (int bb = 0; bb < NB; bb++)                                  \
+            acc[bb][0] = acc[bb][1] = acc[bb][2] = _mm512_setzero_ps();                          \
+        __m512i shift = _mm512_set1_epi32((int)(5 * (t % TS_FPW)));                              \
+        for (int64_t blk = 0; blk < w->nblk; blk++, z += NB) {                                   \
+            __m512i f = _mm512_srlv_epi32(                                                       \
+                _mm512_load_si512(ts_wwords(w, blk, g, t / TS_FPW)), shift);                     \
+            __m512 t0 = _mm512_permutex2var_ps(tlo[0], f, thi[0]);                               \
+            __m512 t1 = _mm512_permutex2var_ps(tlo[1], f, thi[1]);                               \
+            __m512 t2 = _mm512_permutex2var_ps(tlo[2], f, thi[2]);                               \
+            _Pragma("GCC unroll 8") for (int bb = 0; bb < NB; bb++)                              \
+            {                                                                                    \
+                acc[bb][0] = _mm512_fmadd_ps(t0, z[bb], acc[bb][0]);                             \
+                acc[bb][1] = _mm512_fmadd_ps(t1, z[bb], acc[bb][1]);                             \
+                acc[bb][2] = _mm512_fmadd_ps(t2, z[bb], acc[bb][2]);                             \
+            }                                                                                    \
+        }                                                                                        \
+        int n = ts_wtriple_cols(w, g, t);                                                        \
+        for (int bb = 0; bb < NB; bb++)                                                          \
+            for (int i = 0; i < n; i++)                                                          \
+                j->dx[(b0 + bb) * w->cols + g * w->gs + 3 * t + i] =                             \
+                    _mm512_reduce_add_ps(acc[bb][i]);                                            \
+    }
+BWD_TRIPLE(1)
+BWD_TRIPLE(2)
+BWD_TRIPLE(4)
+BWD_TRIPLE(8)
+
+static void bwd_slot(void *arg, int64_t s0, int64_t s1)
+{
+    const bwd_job *j = arg;
+    const ts_weights *w = j->w;
+    __m512 tlo[3], thi[3];
+    trit_tables(tlo, thi);
+    for (int64_t s = s0; s < s1; s++) {
+        __m512 *z = (__m512 *)(j->scratch + (size_t)s * j->slot_bytes);
+        int64_t g0, g1;
+        ts_ksplit(w->gpr, 1, j->slots, (int)s, &g0, &g1);
+        for (int64_t b0 = 0; b0 < j->B;) {
+            int nb = j->B - b0 >= 8 ? 8 : j->B - b0 >= 4 ? 4 : j->B - b0 >= 2 ? 2 : 1;
+            for (int64_t g = g0; g < g1; g++) {
+                bwd_z(j, g, b0, nb, z);
+                for (int64_t t = 0; t < w->ntr; t++) {
+                    if (ts_wtriple_cols(w, g, t) == 0)
+                        break;
+                    if (nb == 8)
+                        bwd_triple_8(j, g, t, b0, z, tlo, thi);
+                    else if (nb == 4)
+                        bwd_triple_4(j, g, t, b0, z, tlo, thi);
+                    else if (nb == 2)
+                        bwd_triple_2(j, g, t, b0, z, tlo, thi);
+                    else
+                        bwd_triple_1(j, g, t, b0, z, tlo, thi);
+                }
+            }
+            b0 += nb;
+        }
+    }
+}
+
+static int avx512_backward_x(const ts_weights *w, const float *S, const float *dy, int64_t B,
+                             float *dx, ts_pool *pool)
+{
+    if (w->gpr > INT32_MAX / TS_RB)
+        return -1;
+    int slots = ts_kslots(pool);
+    size_t slot_bytes = (size_t)w->nblk * BWD_BATCH * sizeof(__m512);
+    char *scratch = ts_kscratch_get(pool, slot_bytes * (size_t)slots);
+    if (!scratch)
+        return -1;
+    bwd_job j = {w, S, dy, B, dx, scratch, slot_bytes, slots};
+    ts_pool_run(pool, slots, 1, bwd_slot, &j);
+    ts_kscratch_put(pool, scratch);
+    return 0;
+}
+
+/* ── score ── */
+
+typedef struct {
+    const ts_weights *w;
+    const float *dy, *x;
+    int64_t B;
+    int64_t *score;
+    char *scratch;
+    size_t slot_bytes;
+    int slots;
+} score_job;
+
+/* Scores of the 16 rows of block blk, group g; dyT[b] holds dy[b][rows of blk]. */
+static void score_block_group(const score_job *j, int64_t blk, int64_t g, const __m512 *dyT,
+                              const __m512i *tlo, const __m512i *thi)
+{
+    const ts_weights *w = j->w;
+    __m512i acc = _mm512_setzero_si512();
+    for (int64_t t = 0; t < w->ntr; t++) {
+        int n = ts_wtriple_cols(w, g, t);
+        if (n == 0)
+            break;
+        __m512i f = _mm512_srlv_epi32(_mm512_load_si512(ts_wwords(w, blk, g, t / TS_FPW)),
+                                      _mm512_set1_epi32((int)(5 * (t % TS_FPW))));
+        for (int i = 0; i < n; i++) {
+            __m512i tv = _mm512_permutex2var_epi32(tlo[i], f, thi[i]);
+            const float *xc = j->x + g * w->gs + 3 * t + i;
+            __m512 dw = _mm512_setzero_ps();
+            for (int64_t b = 0; b < j->B; b++)
+                dw = _mm512_fmadd_ps(dyT[b], _mm512_set1_ps(xc[b * w->cols]), dw);
+            __mmask16 gt = _mm512_cmp_ps_mask(dw, _mm512_setzero_ps(), _CMP_GT_OQ);
+            __mmask16 lt = _mm512_cmp_ps_mask(dw, _mm512_setzero_ps(), _CMP_LT_OQ);
+            acc = _mm512_mask_add_epi32(acc, gt, acc, tv);
+            acc = _mm512_mask_sub_epi32(acc, lt, acc, tv);
+        }
+    }
+    int32_t out[TS_RB] __attribute__((aligned(64)));
+    _mm512_store_si512(out, acc);
+    for (int i = 0; i < TS_RB && blk * TS_RB + i < w->rows; i++)
+        j->score[(blk * TS_RB + i) * w->gpr + g] = out[i];
+}
+
+static void score_slot(void *arg, int64_t s0, int64_t s1)
+{
+    const score_job *j = arg;
+    const ts_weights *w = j->w;
+    __m512 flo[3], fhi[3];
+    trit_tables(flo, fhi);
+    __m512i tlo[3], thi[3];
+    for (int i = 0; i < 3; i++) {
+        tlo[i] = _mm512_cvtps_epi32(flo[i]);
+        thi[i] = _mm512_cvtps_epi32(fhi[i]);
+    }
+    for (int64_t s = s0; s < s1; s++) {
+        __m512 *dyT = (__m512 *)(j->scratch + (size_t)s * j->slot_bytes);
+        int64_t k0, k1;
+        ts_ksplit(w->nblk, 1, j->slots, (int)s, &k0, &k1);
+        for (int64_t blk = k0; blk < k1; blk++) {
+            for (int64_t b = 0; b < j->B; b++)
+                dyT[b] = _mm512_maskz_loadu_ps(rows_mask(w, blk), j->dy + b * w->rows + blk * TS_RB);
+            for (int64_t g = 0; g < w->gpr; g++)
+                score_block_group(j, blk, g, dyT, tlo, thi);
+        }
+    }
+}
+
+static int avx512_score(const ts_weights *w, const float *dy, const float *x, int64_t B,
+                        int64_t *score, ts_pool *pool)
+{
+    int slots = ts_kslots(pool);
+    size_t slot_bytes = ((size_t)B + 1) * sizeof(__m512);
+    char *scratch = ts_kscratch_get(pool, slot_bytes * (size_t)slots);
+    if (!scratch)
+        return -1;
+    score_job j = {w, dy, x, B, score, scratch, slot_bytes, slots};
+    ts_pool_run(pool, slots, 1, score_slot, &j);
+    ts_kscratch_put(pool, scratch);
+    return 0;
+}
+
+const ts_kernel_family ts_kernel_family_avx512 = {"avx512", avx512_forward, avx512_backward_x,
+                                                  avx512_score};

@@ -179,7 +179,8 @@ static int avx512_forward(const ts_weights *w, const float *S, const float *x, i
 
 /* ── backward_x ── */
 
-#define BWD_BATCH 8   /* batch rows per pass: 3·8 accumulators */
+#define BWD_BATCH 8        /* batch rows per pass: 3·8 accumulators */
+#define BWD_MIN_ROWS 64    /* fewer rows: the portable kernel (see avx512_backward_x) */
 
 typedef struct {
     const ts_weights *w;
@@ -277,7 +278,11 @@ static void bwd_slot(void *arg, int64_t s0, int64_t s1)
 static int avx512_backward_x(const ts_weights *w, const float *S, const float *dy, int64_t B,
                              float *dx, ts_pool *pool)
 {
-    if (w->gpr > INT32_MAX / TS_RB)
+    /* A small layer goes to the portable kernel, which sums over rows in order as the
+     * reference's matmul does there: with few rows a column of equal trits is common, and
+     * then dx is a rounding residue (e.g. Σ_r dy[r] = 0 under cross_entropy) whose sign
+     * would follow the summation order into every dW of the layer below. */
+    if (w->rows < BWD_MIN_ROWS || w->gpr > INT32_MAX / TS_RB)
         return -1;
     int slots = ts_kslots(pool);
     size_t slot_bytes = (size_t)w->nblk * BWD_BATCH * sizeof(__m512);

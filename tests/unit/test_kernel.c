@@ -1,0 +1,306 @@
+/* test_kernel.c — the compute layout and every kernel family the CPU runs, against a naive
+ * float reference computed from the unpacked trits, on odd shapes: rows not a multiple of
+ * the 16-row block, cols not a multiple of 64 (or of gs, or of 3), gs 5/8/16/32/64 and
+ * wider than cols, batches 1, 3, 17 (around the AVX-512 table/GEMM switch), 1–3 threads.
+ *
+ * forward and backward_x must agree within SPEC §1 (|a−b| ≤ 1e-4 + 1e-4·|b|), score exactly
+ * (every family computes dW with the same fused multiply-adds as ts_kernel_dw), and each
+ * family's results must be bitwise the same for every thread count.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/kernel.h"
+#include "core/pool.h"
+#include "core/trits.h"
+
+static const char *families[] = {"portable", "avx2", "avx512"};
+
+/* A layer with random trits (about a third zero), scales and inputs. */
+typedef struct {
+    int64_t rows, cols, gs, gpr, B;
+    int8_t *T;        /* [rows][cols] */
+    uint8_t *packed;
+    float *S;         /* [rows·gpr] */
+    float *x, *dy;    /* [B][cols], [B][rows] */
+} layer;
+
+static float frand(void) { return (float)rand() / (float)RAND_MAX * 2.0f - 1.0f; }
+
+static layer layer_make(int64_t rows, int64_t cols, int64_t gs, int64_t B, unsigned seed)
+{
+    srand(seed);
+    layer l = {rows, cols, gs, (cols + gs - 1) / gs, B, NULL, NULL, NULL, NULL, NULL};
+    size_t n = (size_t)(rows * cols);
+    l.T = malloc(n);
+    l.packed = malloc(ts_trits_packed_size(n));
+    l.S = malloc((size_t)(rows * l.gpr) * sizeof *l.S);
+    l.x = malloc((size_t)(B * cols) * sizeof *l.x);
+    l.dy = malloc((size_t)(B * rows) * sizeof *l.dy);
+    ck_assert(l.T && l.packed && l.S && l.x && l.dy);
+    for (size_t i = 0; i < n; i++)
+        l.T[i] = (int8_t)(rand() % 3 - 1);
+    ts_trits_pack(l.T, n, l.packed);
+    for (int64_t g = 0; g < rows * l.gpr; g++)
+        l.S[g] = exp2f((float)(rand() % 9 - 8) + frand());
+    for (int64_t i = 0; i < B * cols; i++)
+        l.x[i] = frand();
+    for (int64_t i = 0; i < B * rows; i++)
+        l.dy[i] = rand() % 7 == 0 ? 0.0f : frand();   /* some exact zeros: sign(0) = 0 */
+    return l;
+}
+
+static void layer_free(layer *l)
+{
+    free(l->T);
+    free(l->packed);
+    free(l->S);
+    free(l->x);
+    free(l->dy);
+}
+
+static float w_eff(const layer *l, int64_t r, int64_t c)
+{
+    return l->S[r * l->gpr + c / l->gs] * (float)l->T[r * l->cols + c];
+}
+
+static double tol(double b) { return 1e-4 + 1e-4 * fabs(b); }
+
+/* Naive references. */
+static void ref_forward(const layer *l, float *y)
+{
+    for (int64_t b = 0; b < l->B; b++)
+        for (int64_t r = 0; r < l->rows; r++) {
+            double acc = 0;
+            for (int64_t c = 0; c < l->cols; c++)
+                acc += (double)w_eff(l, r, c) * l->x[b * l->cols + c];
+            y[b * l->rows + r] = (float)acc;
+        }
+}
+
+static void ref_backward(const layer *l, float *dx)
+{
+    for (int64_t b = 0; b < l->B; b++)
+        for (int64_t c = 0; c < l->cols; c++) {
+            double acc = 0;
+            for (int64_t r = 0; r < l->rows; r++)
+                acc += (double)w_eff(l, r, c) * l->dy[b * l->rows + r];
+            dx[b * l->cols + c] = (float)acc;
+        }
+}
+
+static void ref_score(const layer *l, int64_t *score)
+{
+    for (int64_t r = 0; r < l->rows; r++)
+        for (int64_t g = 0; g < l->gpr; g++) {
+            int64_t s = 0;
+            for (int64_t c = g * l->gs; c < (g + 1) * l->gs && c < l->cols; c++) {
+                float dw = 0.0f;
+                for (int64_t b = 0; b < l->B; b++)
+                    dw = fmaf(l->dy[b * l->rows + r], l->x[b * l->cols + c], dw);
+                s += ((dw > 0.0f) - (dw < 0.0f)) * l->T[r * l->cols + c];
+            }
+            score[r * l->gpr + g] = s;
+        }
+}
+
+static void check_close(const float *got, const float *want, int64_t n, const char *what,
+                        const layer *l, const char *fam, int threads)
+{
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_msg(fabs((double)got[i] - want[i]) <= tol(want[i]),
+                      "%s %s rows %lld cols %lld gs %lld B %lld threads %d: [%lld] = %.9g, "
+                      "reference %.9g",
+                      fam, what, (long long)l->rows, (long long)l->cols, (long long)l->gs,
+                      (long long)l->B, threads, (long long)i, got[i], want[i]);
+}
+
+/* Every family on one shape, with 1, 2 and 3 threads. */
+static void check_shape(int64_t rows, int64_t cols, int64_t gs, int64_t B)
+{
+    layer l = layer_make(rows, cols, gs, B, (unsigned)(rows * 7919 + cols * 31 + gs * 7 + B));
+    ts_weights *w = ts_weights_build(l.packed, rows, cols, gs);
+    ck_assert_ptr_nonnull(w);
+    size_t ny = (size_t)(B * rows), nx = (size_t)(B * cols), ns = (size_t)(rows * l.gpr);
+    float *y_ref = malloc(ny * sizeof(float)), *dx_ref = malloc(nx * sizeof(float));
+    int64_t *s_ref = malloc(ns * sizeof(int64_t));
+    float *y = malloc(ny * sizeof(float)), *dx = malloc(nx * sizeof(float));
+    float *y1 = malloc(ny * sizeof(float)), *dx1 = malloc(nx * sizeof(float));
+    int64_t *s = malloc(ns * sizeof(int64_t));
+    ref_forward(&l, y_ref);
+    ref_backward(&l, dx_ref);
+    ref_score(&l, s_ref);
+    for (size_t f = 0; f < sizeof families / sizeof *families; f++) {
+        if (ts_kernel_use(families[f]) != 0)
+            continue;   /* the CPU lacks it */
+        for (int threads = 1; threads <= 3; threads++) {
+            ts_pool *pool = threads == 1 ? NULL : ts_pool_new(threads);
+            memset(y, 0xff, ny * sizeof(float));   /* NaN: every element must be written */
+            memset(dx, 0xff, nx * sizeof(float));
+            memset(s, 0x7f, ns * sizeof(int64_t));
+            ts_kernel_forward(w, l.S, l.x, B, y, pool);
+            ts_kernel_backward_x(w, l.S, l.dy, B, dx, pool);
+            ts_kernel_score(w, l.dy, l.x, B, s, pool);
+            check_close(y, y_ref, (int64_t)ny, "forward", &l, families[f], threads);
+            check_close(dx, dx_ref, (int64_t)nx, "backward_x", &l, families[f], threads);
+            for (size_t i = 0; i < ns; i++)
+                ck_assert_msg(s[i] == s_ref[i], "%s score rows %lld cols %lld gs %lld B %lld: "
+                              "[%zu] = %lld, reference %lld", families[f], (long long)rows,
+                              (long long)cols, (long long)gs, (long long)B, i, (long long)s[i],
+                              (long long)s_ref[i]);
+            if (threads == 1) {
+                memcpy(y1, y, ny * sizeof(float));
+                memcpy(dx1, dx, nx * sizeof(float));
+            } else {
+                ck_assert_msg(memcmp(y, y1, ny * sizeof(float)) == 0,
+                              "%s forward differs with %d threads", families[f], threads);
+                ck_assert_msg(memcmp(dx, dx1, nx * sizeof(float)) == 0,
+                              "%s backward_x differs with %d threads", families[f], threads);
+            }
+            ts_pool_free(pool);
+        }
+    }
+    ck_assert_int_eq(ts_kernel_use("portable"), 0);
+    free(y_ref), free(dx_ref), free(s_ref), free(y), free(dx), free(y1), free(dx1), free(s);
+    ts_weights_free(w);
+    layer_free(&l);
+}
+
+static const int64_t test_cols[] = {1, 7, 63, 65, 130, 1000};
+static const int64_t test_gs[] = {8, 16, 32, 64};
+
+/* _i: index into test_cols × test_gs, so each shape is its own test (and time budget). */
+START_TEST(test_families_cols_gs)
+{
+    int64_t cols = test_cols[_i / 4], gs = test_gs[_i % 4];
+    check_shape(70, cols, gs, 1);   /* 70 rows: 4 blocks and 6 rows; ≥ 64 for AVX-512 backward_x */
+    check_shape(70, cols, gs, 3);
+    check_shape(70, cols, gs, 17);
+}
+END_TEST
+
+START_TEST(test_families_rows)
+{
+    /* rows around the 16-row block and the 4-block table unit; gs not a multiple of 3, 8, or
+     * wider than the row */
+    static const int64_t rows[] = {1, 15, 16, 17, 64, 65, 130};
+    for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
+        check_shape(rows[i], 70, 32, 1);
+        check_shape(rows[i], 70, 32, 17);
+    }
+    check_shape(20, 100, 5, 2);
+    check_shape(20, 100, 5, 9);
+    check_shape(9, 50, 128, 1);
+    check_shape(9, 50, 128, 33);
+    check_shape(3, 200, 200, 8);
+}
+END_TEST
+
+START_TEST(test_layout_roundtrip)
+{
+    layer l = layer_make(45, 101, 16, 1, 5);
+    ts_weights *w = ts_weights_build(l.packed, 45, 101, 16);
+    ck_assert_ptr_nonnull(w);
+    for (int64_t r = 0; r < 45; r++)
+        for (int64_t c = 0; c < 101; c++)
+            ck_assert_int_eq(ts_weights_trit(w, r, c), l.T[r * 101 + c]);
+    size_t n = ts_trits_packed_size(45 * 101);
+    uint8_t *back = malloc(n);
+    ts_weights_pack(w, back);
+    ck_assert_mem_eq(back, l.packed, n);
+    free(back);
+    ts_weights_free(w);
+    layer_free(&l);
+}
+END_TEST
+
+START_TEST(test_layout_bytes)
+{
+    /* 2 bits per weight for gs a multiple of 16: the issue's budget is 0.7 bytes per weight
+     * for everything, and this is the biggest part */
+    int64_t rows = 256, cols = 1024;
+    size_t n = ts_trits_packed_size((size_t)(rows * cols));
+    uint8_t *packed = calloc(n, 1);
+    ts_weights *w = ts_weights_build(packed, rows, cols, 32);
+    ck_assert_ptr_nonnull(w);
+    ck_assert_uint_le(ts_weights_bytes(w), (size_t)(rows * cols) / 4 + 256);
+    ck_assert_uint_ge(ts_weights_bytes(w), (size_t)(rows * cols) / 4);
+    ts_weights_free(w);
+    free(packed);
+}
+END_TEST
+
+START_TEST(test_build_refuses_bad_input)
+{
+    uint8_t packed[4] = {0, 121, 242, 243};   /* last byte corrupt */
+    ck_assert_ptr_null(ts_weights_build(packed, 4, 5, 2));
+    packed[3] = 121;
+    ts_weights *w = ts_weights_build(packed, 4, 5, 2);
+    ck_assert_ptr_nonnull(w);
+    ck_assert_int_eq(ts_weights_trit(w, 0, 0), -1);
+    ck_assert_int_eq(ts_weights_trit(w, 3, 4), 0);
+    ts_weights_free(w);
+    ck_assert_ptr_null(ts_weights_build(packed, 0, 5, 2));
+    ck_assert_ptr_null(ts_weights_build(packed, 4, 5, 0));
+    ck_assert_ptr_null(ts_weights_build(packed, 4, -1, 2));
+    ts_weights_free(NULL);
+    ck_assert_uint_eq(ts_weights_bytes(NULL), 0);
+}
+END_TEST
+
+START_TEST(test_family_choice)
+{
+    ck_assert_int_eq(ts_kernel_use("no-such-family"), -1);
+    ck_assert_int_eq(ts_kernel_use(""), -1);
+    ck_assert_int_eq(ts_kernel_use("portable"), 0);
+    ck_assert_str_eq(ts_kernel_name(), "portable");
+    if (ts_kernel_use("avx512") == 0)
+        ck_assert_str_eq(ts_kernel_name(), "avx512");
+}
+END_TEST
+
+START_TEST(test_pool_scratch)
+{
+    ck_assert_ptr_null(ts_pool_scratch(NULL, 10));
+    ts_pool *pool = ts_pool_new(2);
+    char *a = ts_pool_scratch(pool, 100);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_uint_eq((uintptr_t)a % 64, 0);
+    memset(a, 1, 100);
+    ck_assert_ptr_eq(ts_pool_scratch(pool, 64), a);   /* kept while big enough */
+    char *b = ts_pool_scratch(pool, 1 << 20);
+    ck_assert_ptr_nonnull(b);
+    memset(b, 2, 1 << 20);
+    ts_pool_free(pool);
+}
+END_TEST
+
+static Suite *kernel_suite(void)
+{
+    Suite *s = suite_create("kernel");
+    TCase *tc = tcase_create("families");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_families_cols_gs, 0, 24);
+    tcase_add_test(tc, test_families_rows);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("layout");
+    tcase_add_test(tc, test_layout_roundtrip);
+    tcase_add_test(tc, test_layout_bytes);
+    tcase_add_test(tc, test_build_refuses_bad_input);
+    tcase_add_test(tc, test_family_choice);
+    tcase_add_test(tc, test_pool_scratch);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(kernel_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -4,13 +4,16 @@
 #   make            build build/tscaled (and the test binaries' objects)
 #   make run        serve (the built-in demo model unless told otherwise): ARGS="--listen ..."
 #   make test       unit tests (plain and ASan+UBSan), golden tests, end-to-end tests
-#   make bench      build/tscale-bench
+#   make bench      build/tscale-bench (one ternary layer vs dense OpenBLAS; bench/README.md)
+#   make bench-plot bench/forward_vs_batch.png: forward time vs batch size (gnuplot)
 #   make deps       install missing Debian packages (apt-get; sudo when not root)
 
 CC      ?= cc
 PKGS    := libuv libmicrohttpd jansson sqlite3
 DEB_PKGS := gcc make pkg-config libuv1-dev libmicrohttpd-dev libjansson-dev libsqlite3-dev \
-            check python3 curl ca-certificates
+            check python3 curl ca-certificates libopenblas-dev
+# Only for `make bench-plot` (not installed by `make test`).
+BENCH_DEB_PKGS := gnuplot-nox
 
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 # Flags of the libraries, looked up only when they exist (deps installs them first).
@@ -40,14 +43,15 @@ SAN_TESTS:= $(patsubst tests/unit/%.c,build/asan/tests/%,$(TEST_SRC))
 # chosen at run time (core/kernel.c), so the binary still runs on older CPUs.
 isa_flags = $(if $(findstring _avx512,$1),-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2,$(if $(findstring _avx2,$1),-mavx2 -mfma,))
 
-.PHONY: all run test deps unit unit-asan e2e bench clean help
+.PHONY: all run test deps bench-deps unit unit-asan e2e bench bench-plot clean help
 all: build/tscaled
 
 help:
-	@sed -n '1,12p' Makefile
+	@sed -n '1,13p' Makefile
 
-deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+# Install the missing packages of $(1) (apt-get; sudo when not root).
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -56,6 +60,12 @@ deps:
 	  $$SUDO apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+endef
+
+deps:
+	$(call install_missing,$(DEB_PKGS))
+bench-deps: deps
+	$(call install_missing,$(BENCH_DEB_PKGS))
 
 build/gen/migrations.c: $(sort $(wildcard migrations/*.sql)) tools/embed_sql.sh
 	@mkdir -p $(@D)
@@ -113,6 +123,11 @@ test: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory build/tscale-bench
+
+# Runs the benchmark at batch 1..256 on a 4096x4096 layer (a few minutes on 2 cores).
+bench-plot: bench-deps
+	@$(MAKE) --no-print-directory build/tscale-bench
+	sh bench/plot.sh build/tscale-bench bench
 
 clean:
 	rm -rf build

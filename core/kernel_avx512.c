@@ -220,6 +220,9 @@ static void bwd_z(const bwd_job *j, int64_t g, int64_t b0, int nb, __m512 *z)
             acc[bb][0] = acc[bb][1] = acc[bb][2] = _mm512_setzero_ps();                          \
         __m512i shift = _mm512_set1_epi32((int)(5 * (t % TS_FPW)));                              \
         for (int64_t blk = 0; blk < w->nblk; blk++, z += NB) {                                   \
+            if (blk + GEMM_AHEAD < w->nblk) /* a block apart: see kernel_gemm.h */               \
+                _mm_prefetch((const char *)ts_wwords(w, blk + GEMM_AHEAD, g, t / TS_FPW),        \
+                             _MM_HINT_T0);                                                       \
             __m512i f = _mm512_srlv_epi32(                                                       \
                 _mm512_load_si512(ts_wwords(w, blk, g, t / TS_FPW)), shift);                     \
             __m512 t0 = _mm512_permutex2var_ps(tlo[0], f, thi[0]);                               \

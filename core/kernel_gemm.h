@@ -15,6 +15,7 @@
 
 #define GEMM_WORDS 3   /* words per table: 18 triples · 27 · LANES floats (≤ 31 KiB) */
 #define GEMM_TABLE (GEMM_WORDS * TS_FPW * 27)   /* vectors in one table */
+#define GEMM_AHEAD 4   /* blocks to prefetch ahead */
 
 /* Gather column c of the batch chunk into a vector (lanes past B are 0). */
 static inline VEC GEMM_PREFIX(column)(const float *x, int64_t cols, int64_t b0, int64_t B,
@@ -54,6 +55,11 @@ static void GEMM_PREFIX(rows8)(const ts_weights *w, const float *S, int64_t r0, 
 {
     VEC a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO();
     VEC a4 = VZERO(), a5 = VZERO(), a6 = VZERO(), a7 = VZERO();
+    /* The rows' words of one group are a block apart (gpr·nw·64 bytes): more than the
+     * hardware prefetchers follow, so fetch a few blocks ahead. */
+    if (r0 % TS_RB == 0 && r0 / TS_RB + GEMM_AHEAD < w->nblk)
+        for (int64_t j = j0; j < j1; j++)
+            _mm_prefetch((const char *)ts_wwords(w, r0 / TS_RB + GEMM_AHEAD, g, j), _MM_HINT_T0);
     for (int64_t j = j0; j < j1; j++) {
         const uint32_t *wd = ts_wwords(w, r0 / TS_RB, g, j) + r0 % TS_RB;
         uint32_t d0 = wd[0], d1 = wd[1], d2 = wd[2], d3 = wd[3];

@@ -1,0 +1,323 @@
+/* bench.c — build/tscale-bench: time one ternary linear layer against dense OpenBLAS.
+ *
+ *   tscale-bench --op forward|feedback --out N --in K --batch B --threads T
+ *                [--gs GS] [--cold] [--reps R] [--kernel NAME] [--json]
+ *
+ * forward:  y = x · W_effᵀ (ts_kernel_forward) vs sgemm (sgemv at batch 1) on the dense
+ *           float32 W of the same shape.
+ * feedback: forward + backward_x + score of one layer (what a feedback step costs per
+ *           ternary layer) vs the dense equivalent: sgemm forward, dx = dy · W, dW = dyᵀ · x.
+ *           It also times the forward alone, for the feedback/forward ratio.
+ * --cold:   before every timed run, write a buffer of twice the last-level cache, so the
+ *           weights (and scales) come from DRAM, as for a model not used in a while.
+ *
+ * Prints the median, min and max over R runs (default: as many as fit in about a second,
+ * 5..200) and the ratio to OpenBLAS in the same run; --json prints one JSON object per line.
+ * OpenBLAS 0.3.21 misdetects this CPU family, so the program re-executes itself with
+ * OPENBLAS_CORETYPE=SkylakeX (unless set) and OPENBLAS_NUM_THREADS=T before OpenBLAS starts.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/kernel.h"
+#include "core/pool.h"
+#include "core/trits.h"
+
+typedef struct {
+    const char *op, *kernel;
+    int64_t out, in, batch, gs;
+    int threads, cold, json, reps;
+} options;
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: tscale-bench --op forward|feedback --out N --in K --batch B "
+                    "--threads T [--gs GS] [--cold] [--reps R] [--kernel portable|avx2|avx512] "
+                    "[--json]\n");
+    exit(2);
+}
+
+static int64_t arg_int(const char *flag, const char *v, int64_t lo, int64_t hi)
+{
+    char *end;
+    long long n = v ? strtoll(v, &end, 10) : 0;
+    if (!v || *end || n < lo || n > hi) {
+        fprintf(stderr, "tscale-bench: %s needs an integer in [%lld, %lld]\n", flag,
+                (long long)lo, (long long)hi);
+        exit(2);
+    }
+    return n;
+}
+
+static options parse(int argc, char **argv)
+{
+    options o = {"forward", NULL, 4096, 4096, 1, 32, 1, 0, 0, 0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--op") && v && (!strcmp(v, "forward") || !strcmp(v, "feedback")))
+            o.op = argv[++i];
+        else if (!strcmp(a, "--out"))
+            o.out = arg_int(a, v, 1, 1 << 20), i++;
+        else if (!strcmp(a, "--in"))
+            o.in = arg_int(a, v, 1, 1 << 20), i++;
+        else if (!strcmp(a, "--batch"))
+            o.batch = arg_int(a, v, 1, 1 << 16), i++;
+        else if (!strcmp(a, "--threads"))
+            o.threads = (int)arg_int(a, v, 1, 256), i++;
+        else if (!strcmp(a, "--gs"))
+            o.gs = arg_int(a, v, 1, 1 << 16), i++;
+        else if (!strcmp(a, "--reps"))
+            o.reps = (int)arg_int(a, v, 1, 100000), i++;
+        else if (!strcmp(a, "--kernel") && v)
+            o.kernel = argv[++i];
+        else if (!strcmp(a, "--cold"))
+            o.cold = 1;
+        else if (!strcmp(a, "--json"))
+            o.json = 1;
+        else
+            usage();
+    }
+    return o;
+}
+
+/* OpenBLAS reads its settings when the library loads: set them, then start again. */
+static void openblas_env(char **argv, int threads)
+{
+    char want[16];
+    snprintf(want, sizeof want, "%d", threads);
+    const char *have = getenv("OPENBLAS_NUM_THREADS");
+    if (getenv("OPENBLAS_CORETYPE") && have && !strcmp(have, want))
+        return;
+    setenv("OPENBLAS_CORETYPE", "SkylakeX", 0);
+    setenv("OPENBLAS_NUM_THREADS", want, 1);
+    execv("/proc/self/exe", argv);
+    perror("tscale-bench: re-exec with OpenBLAS settings");   /* run on without them */
+}
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+static float randn(void)
+{
+    double u = ((double)rand() + 1.0) / ((double)RAND_MAX + 2.0), v = (double)rand() / RAND_MAX;
+    return (float)(sqrt(-2.0 * log(u)) * cos(2.0 * M_PI * v));
+}
+
+/* The layer under test, in both forms. */
+typedef struct {
+    ts_weights *w;
+    float *S, *x, *y, *dy, *dx;   /* tscale buffers */
+    int64_t *score;
+    float *W, *yd, *dxd, *dW;     /* dense: W [out][in], outputs, dW [out][in] */
+    size_t packed_bytes, groups;
+} layer;
+
+static layer layer_make(const options *o)
+{
+    layer l;
+    size_t n = (size_t)(o->out * o->in), gpr = (size_t)((o->in + o->gs - 1) / o->gs);
+    int8_t *t = malloc(n);
+    l.packed_bytes = ts_trits_packed_size(n);
+    l.groups = (size_t)o->out * gpr;
+    uint8_t *packed = malloc(l.packed_bytes);
+    l.W = malloc(n * sizeof(float));
+    l.S = malloc(l.groups * sizeof(float));
+    l.x = malloc((size_t)(o->batch * o->in) * sizeof(float));
+    l.y = malloc((size_t)(o->batch * o->out) * sizeof(float));
+    l.dy = malloc((size_t)(o->batch * o->out) * sizeof(float));
+    l.dx = malloc((size_t)(o->batch * o->in) * sizeof(float));
+    l.yd = malloc((size_t)(o->batch * o->out) * sizeof(float));
+    l.dxd = malloc((size_t)(o->batch * o->in) * sizeof(float));
+    l.dW = malloc(n * sizeof(float));
+    l.score = malloc(l.groups * sizeof(int64_t));
+    if (!t || !packed || !l.W || !l.S || !l.x || !l.y || !l.dy || !l.dx || !l.yd || !l.dxd ||
+        !l.dW || !l.score) {
+        fprintf(stderr, "tscale-bench: out of memory for a %lldx%lld layer\n",
+                (long long)o->out, (long long)o->in);
+        exit(1);
+    }
+    srand(1);
+    float s0 = exp2f(-7.0f);
+    for (size_t i = 0; i < n; i++) {   /* the reference's init: ternarise N(0, 0.1²) at 0.05 */
+        float v = 0.1f * randn();
+        t[i] = (int8_t)(v > 0.05f ? 1 : v < -0.05f ? -1 : 0);
+    }
+    ts_trits_pack(t, n, packed);
+    for (size_t g = 0; g < l.groups; g++)
+        l.S[g] = s0 * exp2f(0.25f * randn());
+    for (size_t i = 0; i < n; i++)
+        l.W[i] = l.S[(i / (size_t)o->in) * gpr + (i % (size_t)o->in) / (size_t)o->gs] * (float)t[i];
+    for (int64_t i = 0; i < o->batch * o->in; i++)
+        l.x[i] = randn();
+    for (int64_t i = 0; i < o->batch * o->out; i++)
+        l.dy[i] = randn();
+    l.w = ts_weights_build(packed, o->out, o->in, o->gs);
+    if (!l.w) {
+        fprintf(stderr, "tscale-bench: ts_weights_build failed\n");
+        exit(1);
+    }
+    free(t);
+    free(packed);
+    return l;
+}
+
+/* ── what is timed ── */
+
+typedef struct {
+    const options *o;
+    layer *l;
+    ts_pool *pool;
+} ctx;
+
+static void run_forward(ctx *c)
+{
+    ts_kernel_forward(c->l->w, c->l->S, c->l->x, c->o->batch, c->l->y, c->pool);
+}
+
+static void run_feedback(ctx *c)
+{
+    layer *l = c->l;
+    ts_kernel_forward(l->w, l->S, l->x, c->o->batch, l->y, c->pool);
+    ts_kernel_backward_x(l->w, l->S, l->dy, c->o->batch, l->dx, c->pool);
+    ts_kernel_score(l->w, l->dy, l->x, c->o->batch, l->score, c->pool);
+}
+
+static void dense_forward(ctx *c)
+{
+    const options *o = c->o;
+    layer *l = c->l;
+    if (o->batch == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)o->out, (int)o->in, 1.0f, l->W, (int)o->in,
+                    l->x, 1, 0.0f, l->yd, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)o->batch, (int)o->out,
+                    (int)o->in, 1.0f, l->x, (int)o->in, l->W, (int)o->in, 0.0f, l->yd, (int)o->out);
+}
+
+static void dense_feedback(ctx *c)
+{
+    const options *o = c->o;
+    layer *l = c->l;
+    int B = (int)o->batch, N = (int)o->out, K = (int)o->in;
+    dense_forward(c);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, K, N, 1.0f, l->dy, N, l->W, K,
+                0.0f, l->dxd, K);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, B, 1.0f, l->dy, N, l->x, K, 0.0f,
+                l->dW, K);
+}
+
+/* Write a buffer of twice the last-level cache (at least 64 MiB): whatever was cached is out. */
+static void evict(void)
+{
+    static char *buf;
+    static size_t size;
+    if (!buf) {
+        long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+        size = llc > 32L << 20 ? (size_t)llc * 2 : (size_t)64 << 20;
+        if (size > (size_t)1 << 30)
+            size = (size_t)1 << 30;
+        buf = malloc(size);
+        if (!buf) {
+            fprintf(stderr, "tscale-bench: no memory for the --cold eviction buffer\n");
+            exit(1);
+        }
+    }
+    static unsigned char v;
+    memset(buf, ++v, size);
+}
+
+typedef struct {
+    double median, min, max;
+    int reps;
+} stats;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static stats measure(void (*fn)(ctx *), ctx *c)
+{
+    fn(c);   /* warm-up: scratch, OpenBLAS buffers, page faults */
+    fn(c);
+    double t0 = now_us();
+    fn(c);
+    double one = now_us() - t0;
+    int reps = c->o->reps ? c->o->reps : (int)(1e6 / (one + (c->o->cold ? 60000 : 0)));
+    if (!c->o->reps)
+        reps = reps < 5 ? 5 : reps > 200 ? 200 : reps;
+    double *t = malloc((size_t)reps * sizeof *t);
+    for (int i = 0; i < reps; i++) {
+        if (c->o->cold)
+            evict();
+        t0 = now_us();
+        fn(c);
+        t[i] = now_us() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    stats s = {reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]), t[0], t[reps - 1], reps};
+    free(t);
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    options o = parse(argc, argv);
+    openblas_env(argv, o.threads);
+    if (o.kernel && ts_kernel_use(o.kernel) != 0) {
+        fprintf(stderr, "tscale-bench: kernel family '%s' is unknown or this CPU lacks it\n",
+                o.kernel);
+        return 2;
+    }
+    layer l = layer_make(&o);
+    ts_pool *pool = o.threads > 1 ? ts_pool_new(o.threads) : NULL;
+    if (o.threads > 1 && !pool) {
+        fprintf(stderr, "tscale-bench: cannot start %d threads\n", o.threads);
+        return 1;
+    }
+    ctx c = {&o, &l, pool};
+    int feedback = !strcmp(o.op, "feedback");
+    stats ts = measure(feedback ? run_feedback : run_forward, &c);
+    stats fw = feedback ? measure(run_forward, &c) : ts;
+    stats blas = measure(feedback ? dense_feedback : dense_forward, &c);
+    double params = (double)o.out * (double)o.in;
+    /* resident state of the layer: compute layout + S (f32) + E (i8) + corr_accum (i64) */
+    double state = (double)ts_weights_bytes(l.w) + (double)l.groups * (4 + 1 + 8) + 8;
+    double bpw = state / params, bpw_packed = (state + (double)l.packed_bytes) / params;
+    const char *blas_name = o.batch == 1 && !feedback ? "sgemv" : "sgemm";
+    if (o.json) {
+        printf("{\"op\":\"%s\",\"out\":%lld,\"in\":%lld,\"batch\":%lld,\"threads\":%d,\"cold\":%s,"
+               "\"gs\":%lld,\"kernel\":\"%s\",\"median_us\":%.1f,\"min_us\":%.1f,\"max_us\":%.1f,"
+               "\"reps\":%d,\"openblas\":\"%s\",\"openblas_median_us\":%.1f,"
+               "\"ratio_to_openblas\":%.3f,\"forward_median_us\":%.1f,"
+               "\"over_forward\":%.2f,\"bytes_per_weight\":%.3f,"
+               "\"bytes_per_weight_with_T_packed\":%.3f}\n",
+               o.op, (long long)o.out, (long long)o.in, (long long)o.batch, o.threads,
+               o.cold ? "true" : "false", (long long)o.gs, ts_kernel_name(), ts.median, ts.min,
+               ts.max, ts.reps, blas_name, blas.median, ts.median / blas.median, fw.median,
+               ts.median / fw.median, bpw, bpw_packed);
+    } else {
+        printf("%s %lldx%lld batch %lld threads %d gs %lld %s: tscale (%s) median %.1f us "
+               "(min %.1f, max %.1f, %d runs); OpenBLAS %s median %.1f us; ratio %.3f\n",
+               o.op, (long long)o.out, (long long)o.in, (long long)o.batch, o.threads,
+               (long long)o.gs, o.cold ? "cold" : "hot", ts_kernel_name(), ts.median, ts.min,
+               ts.max, ts.reps, blas_name, blas.median, ts.median / blas.median);
+        if (feedback)
+            printf("  forward alone median %.1f us: feedback / forward = %.2f\n", fw.median,
+                   ts.median / fw.median);
+        printf("  resident state %.3f bytes/weight (%.3f with T_packed kept)\n", bpw, bpw_packed);
+    }
+    ts_pool_free(pool);
+    ts_weights_free(l.w);
+    return 0;
+}

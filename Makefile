@@ -47,7 +47,7 @@ isa_flags = $(if $(findstring _avx512,$1),-mavx512f -mavx512bw -mavx512vl -mavx5
 all: build/tscaled
 
 help:
-	@sed -n '1,13p' Makefile
+	@sed -n '1,9p' Makefile
 
 # Install the missing packages of $(1) (apt-get; sudo when not root).
 define install_missing

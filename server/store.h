@@ -35,6 +35,9 @@ typedef struct {
  * is newer than this binary, or a file that is not a tscale database, is refused with a
  * message naming both. NULL + err on failure. */
 ts_store *ts_store_open(const char *path, char *err, size_t errlen);
+/* As ts_store_open, but apply migrations only up to schema version target (tests use it
+ * to build an older database and check that it upgrades). */
+ts_store *ts_store_open_version(const char *path, int target, char *err, size_t errlen);
 void ts_store_close(ts_store *s);
 
 /* Schema version recorded in the database / compiled into this binary. */
@@ -48,6 +51,13 @@ int ts_store_schema_latest(void);
  * version number, *created 1 when it is new. 0, or -1 + err. */
 int ts_store_put_version(ts_store *s, const char *name, const ts_model *m, uint64_t file_hash,
                          int64_t *version, int *created, char *err, size_t errlen);
+
+/* ts_store_put_version and a snapshot of m's state (ts_state_save, ts_model_step) in one
+ * transaction, so that a crash never leaves a new version without its state: use it for
+ * --model files and PUT /admin/models/{m}. The other arguments as for the two calls. */
+int ts_store_put_model(ts_store *s, const char *name, const ts_model *m, uint64_t file_hash,
+                       const char *reason, int keep, int64_t *version, int *created,
+                       ts_snapshot_info *out, char *err, size_t errlen);
 
 /* The version of name whose file_hash equals file_hash, or 0 in *version when none. */
 int ts_store_find_version(ts_store *s, const char *name, uint64_t file_hash, int64_t *version,

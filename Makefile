@@ -131,3 +131,53 @@ bench-plot: bench-deps
 
 clean:
 	rm -rf build
+
+# ── Hardening (issue 7; tests/fuzz/README.md) ─────────────────────────────────────────────
+# make fuzz       build each libFuzzer target tests/fuzz/fuzz_*.c with clang
+#                 (-fsanitize=fuzzer,address,undefined) and run it FUZZ_SECONDS, one at a time;
+#                 findings land in build/fuzz/artifacts/ and fail the run
+# make valgrind   the unit tests under valgrind: any memory error or leak fails
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_DEB_PKGS     := clang libclang-rt-14-dev
+VALGRIND_DEB_PKGS := valgrind
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -pthread -DTS_VERSION='"$(VERSION)"' -I. -O1 -g \
+                -fno-omit-frame-pointer -fno-sanitize-recover=all
+FUZZ_OBJ     := $(patsubst %.c,build/fuzz/obj/%.o,$(LIB_SRC:build/%=%))
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
+
+build/fuzz/obj/gen/%.o: build/gen/%.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined $(PKG_CFLAGS) -c $< -o $@
+build/fuzz/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined $(call isa_flags,$<) $(PKG_CFLAGS) -c $< -o $@
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS) -o $@ $< $(FUZZ_OBJ) $(PKG_LIBS) -lm
+
+# tests/unit/test_fuzz.c replays the corpora through the target files it includes.
+build/tests/test_fuzz build/asan/tests/test_fuzz: $(wildcard tests/fuzz/*.c tests/fuzz/*.h)
+
+# Each target's working corpus is build/fuzz/corpus/<name> (new inputs go there), read
+# together with the seeds tests/fuzz/corpus/<name> and the regressions tests/fuzz/regress/<name>.
+fuzz: deps
+	@$(MAKE) --no-print-directory deps DEB_PKGS="$(FUZZ_DEB_PKGS)"
+	@$(MAKE) --no-print-directory $(FUZZ_TARGETS)
+	@set -e; mkdir -p build/fuzz/artifacts; for t in $(FUZZ_TARGETS); do n=$${t#build/fuzz/fuzz_}; \
+	  mkdir -p build/fuzz/corpus/$$n; \
+	  [ $$n != safetensors ] || cp tests/golden/*.safetensors tests/data/*.safetensors build/fuzz/corpus/$$n/; \
+	  echo "== $$t: $(FUZZ_SECONDS) s (log build/fuzz/$$n.log)"; \
+	  if ! $$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=30 -print_final_stats=1 \
+	      -artifact_prefix=build/fuzz/artifacts/$$n- build/fuzz/corpus/$$n \
+	      $$(ls -d tests/fuzz/corpus/$$n tests/fuzz/regress/$$n 2>/dev/null) > build/fuzz/$$n.log 2>&1; then \
+	    tail -40 build/fuzz/$$n.log; echo "fuzz: $$n found a failure (see build/fuzz/artifacts/)"; exit 1; fi; \
+	  grep -E 'stat::number_of_executed_units|stat::new_units_added' build/fuzz/$$n.log | tr '\n' ' '; echo; \
+	done
+
+valgrind: deps
+	@$(MAKE) --no-print-directory deps DEB_PKGS="$(VALGRIND_DEB_PKGS)"
+	@$(MAKE) --no-print-directory $(TESTS)
+	@set -e; for t in $(TESTS); do echo "== $$t (valgrind)"; \
+	  CK_FORK=no valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
+	    --errors-for-leak-kinds=definite,indirect $$t; done
+.PHONY: fuzz valgrind

@@ -899,7 +899,10 @@ int ts_store_list_models(ts_store *s, char ***names, int *n, char *err, size_t e
     int cap = 0, rc;
     *names = NULL;
     *n = 0;
-    if (prepare(s, "SELECT name FROM models WHERE active = 1 ORDER BY name", &st) != 0)
+    /* A name with no snapshot yet (a crash between storing a version and its first
+     * snapshot) has no state to load: it is not listed, rather than failing the start. */
+    if (prepare(s, "SELECT name FROM models m WHERE active = 1 AND "
+                   "EXISTS (SELECT 1 FROM snapshots s WHERE s.model_id = m.id) ORDER BY name", &st) != 0)
         return fail_sql(s, err, errlen, "listing models failed");
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (*n == cap) {

@@ -85,8 +85,10 @@ int ts_store_list_snapshots(ts_store *s, const char *name, ts_snapshot_info **ou
 ts_model *ts_store_load(ts_store *s, const char *name, int64_t snapshot_id, ts_snapshot_info *info,
                         int *skipped, char *err, size_t errlen);
 
-/* Names of the active models (loaded at start), *names malloc'd array of malloc'd strings;
- * free with ts_store_names_free. 0, or -1 + err. */
+/* Names of the active models that have a snapshot (what to load at start; a name stored
+ * without any snapshot, e.g. by a crash right after ts_store_put_version, has no state and
+ * is left out), sorted; *names malloc'd array of malloc'd strings; free with
+ * ts_store_names_free. 0, or -1 + err. */
 int ts_store_list_models(ts_store *s, char ***names, int *n, char *err, size_t errlen);
 void ts_store_names_free(char **names, int n);
 

@@ -496,10 +496,18 @@ START_TEST(test_load_newest_and_by_id) {
     ck_assert_ptr_null(ts_store_load(s, "m", info.snapshot_id, NULL, NULL, err, sizeof err));
     assert_err_has("of model 'm' not found", NULL);
 
-    /* A version stored without any snapshot cannot be loaded, and says so. */
+    /* A version stored without any snapshot cannot be loaded, says so, and is not
+     * listed for loading at start. */
     ck_assert_int_eq(ts_store_put_version(s, "bare", o, 1, &v, &created, err, sizeof err), 0);
     ck_assert_ptr_null(ts_store_load(s, "bare", 0, NULL, NULL, err, sizeof err));
     assert_err_has("model 'bare' has no snapshot", NULL);
+    char **names;
+    int n;
+    ck_assert_int_eq(ts_store_list_models(s, &names, &n, err, sizeof err), 0);
+    ck_assert_int_eq(n, 2);
+    ck_assert_str_eq(names[0], "m");
+    ck_assert_str_eq(names[1], "o");
+    ts_store_names_free(names, n);
     ts_model_free(o);
     ts_store_close(s);
     ts_model_free(m);

@@ -15,11 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "store.h"
 
 #define HC_DEFAULT_URL "http://127.0.0.1:8080/v2/health/ready"
 #define HC_READY_PATH "/v2/health/ready"
@@ -236,9 +238,67 @@ int ts_cmd_healthcheck(int argc, char **argv) {
     return 1;
 }
 
+/* Back up the database at db to dest: into a temporary file beside dest, renamed into place
+ * only when complete, so dest is never a partial copy. 0, or -1 + err. */
+static int backup_to(const char *db, const char *dest, char *err, size_t errlen) {
+    char tmp[4096];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.partial-%ld", dest, (long)getpid()) >= sizeof tmp) {
+        snprintf(err, errlen, "destination path too long");
+        return -1;
+    }
+    /* ts_store_open also applies pending migrations: run the backup with the binary that
+     * serves this database (in a container: docker exec ... tscaled backup). */
+    ts_store *s = ts_store_open(db, err, errlen);
+    if (!s) return -1;
+    int rc = ts_store_backup(s, tmp, err, errlen);
+    ts_store_close(s);
+    if (rc == 0 && rename(tmp, dest) != 0) {
+        snprintf(err, errlen, "cannot rename the finished copy into place: %s", strerror(errno));
+        rc = -1;
+    }
+    if (rc != 0) unlink(tmp);
+    return rc;
+}
+
 int ts_cmd_backup(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "tscaled: backup: not built yet\n");
-    return 2;
+    const char *db = getenv("TSCALE_DB"), *dest = NULL;
+    char err[1024];
+    if (!db || !*db) db = "./tscale.db"; /* the daemon's default */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("usage: tscaled backup [--db PATH] DEST\n"
+                   "Copy the database (default: $TSCALE_DB, else ./tscale.db) to the new file DEST with\n"
+                   "SQLite's online backup: consistent, and safe while the daemon serves and writes.\n");
+            return 0;
+        } else if (strcmp(argv[i], "--db") == 0 && i + 1 < argc) {
+            db = argv[++i];
+        } else if (strncmp(argv[i], "--db=", 5) == 0) {
+            db = argv[i] + 5;
+        } else if (argv[i][0] != '-' && !dest) {
+            dest = argv[i];
+        } else {
+            fprintf(stderr, "tscaled: backup: unexpected argument '%s' (usage: tscaled backup [--db PATH] DEST)\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!dest) {
+        fprintf(stderr, "tscaled: backup: no destination (usage: tscaled backup [--db PATH] DEST)\n");
+        return 2;
+    }
+    struct stat st;
+    if (stat(db, &st) != 0) { /* opening would create an empty database: not a backup */
+        fprintf(stderr, "tscaled: backup: no database at %s: %s (give --db PATH or set TSCALE_DB)\n", db, strerror(errno));
+        return 1;
+    }
+    if (lstat(dest, &st) == 0 || errno != ENOENT) {
+        fprintf(stderr, "tscaled: backup: %s already exists: back up to a new file\n", dest);
+        return 1;
+    }
+    if (backup_to(db, dest, err, sizeof err) != 0) {
+        fprintf(stderr, "tscaled: backup: %s -> %s: %s\n", db, dest, err);
+        return 1;
+    }
+    long long bytes = stat(dest, &st) == 0 ? (long long)st.st_size : -1;
+    printf("tscaled: backup: %s -> %s (%lld bytes)\n", db, dest, bytes);
+    return 0;
 }

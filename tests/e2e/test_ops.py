@@ -127,3 +127,70 @@ class HealthcheckAgainstStubs(unittest.TestCase):
             self.assertEqual(rc, 2, f"{args}: {err}")
             self.assertTrue(err.strip(), args)
 
+
+
+class Backup(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="tscale-backup-")
+        self.dir = self.tmp.name
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def assert_sound_tscale_db(self, path):
+        db = sqlite3.connect(path)
+        try:
+            self.assertEqual(db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            self.assertTrue({"models", "snapshots"} <= tables, tables)
+        finally:
+            db.close()
+
+    def test_backup_of_a_database_from_tscale_db_env(self):
+        open(self.path("src.db"), "wb").close()  # an empty file: opened and migrated as a new database
+        rc, out, err = tscaled("backup", self.path("copy.db"), env={"TSCALE_DB": self.path("src.db")})
+        self.assertEqual(rc, 0, err)
+        self.assertIn("copy.db", out)
+        self.assert_sound_tscale_db(self.path("copy.db"))
+        self.assertEqual(sorted(os.listdir(self.dir)), ["copy.db", "src.db"])  # no partial file left
+
+    def test_usage_errors_exit_2(self):
+        for args in ([], ["--db"], ["a.db", "b.db"], ["--bogus", "a.db"]):
+            rc, _, err = tscaled("backup", *args)
+            self.assertEqual(rc, 2, f"{args}: {err}")
+            self.assertIn("usage", err)
+
+    def test_missing_database_is_not_created(self):
+        rc, _, err = tscaled("backup", "--db", self.path("none.db"), self.path("copy.db"))
+        self.assertEqual(rc, 1)
+        self.assertIn("no database at", err)
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_existing_destination_is_left_alone(self):
+        open(self.path("src.db"), "wb").close()
+        with open(self.path("copy.db"), "wb") as f:
+            f.write(b"precious")
+        rc, _, err = tscaled("backup", "--db", self.path("src.db"), self.path("copy.db"))
+        self.assertEqual(rc, 1)
+        self.assertIn("already exists", err)
+        with open(self.path("copy.db"), "rb") as f:
+            self.assertEqual(f.read(), b"precious")
+
+    def test_foreign_database_is_refused_without_leftovers(self):
+        db = sqlite3.connect(self.path("other.db"))
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+        db.close()
+        rc, _, err = tscaled("backup", "--db", self.path("other.db"), self.path("copy.db"))
+        self.assertEqual(rc, 1)
+        self.assertIn("not a tscale database", err)
+        self.assertEqual(os.listdir(self.dir), ["other.db"])
+
+    def test_unwritable_destination_fails_cleanly(self):
+        open(self.path("src.db"), "wb").close()
+        rc, _, err = tscaled("backup", "--db", self.path("src.db"), self.path("no/such/dir/copy.db"))
+        self.assertEqual(rc, 1)
+        self.assertIn("cannot create", err)

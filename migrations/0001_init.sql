@@ -67,6 +67,6 @@ CREATE TABLE snapshots (
     created_at INTEGER NOT NULL,  -- Unix ms
     reason     TEXT    NOT NULL,  -- timer, admin, import, shutdown, restore
     state      BLOB    NOT NULL,  -- int64[state_len] as ts_state_save writes it
-    checksum   INTEGER NOT NULL,  -- FNV-1a 64 of state
+    checksum   INTEGER NOT NULL,  -- FNV-1a 64 of state, one step per int64 value
     bytes      INTEGER NOT NULL   -- length of state
 );

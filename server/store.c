@@ -98,6 +98,20 @@ static uint64_t fnv_i64(uint64_t h, int64_t v) {
     return fnv_bytes(h, &v, sizeof v); /* little-endian host: the canonical bytes */
 }
 
+/* A snapshot's checksum: FNV-1a with one step per int64 value rather than per byte (8x
+ * fewer multiplies: a 50M-weight model's state is 12 MB). Each step is a bijection of h,
+ * so a change to any one value always changes the result. p need not be aligned. */
+static uint64_t state_checksum(const void *p, size_t bytes) {
+    const uint8_t *b = p;
+    uint64_t h = FNV_OFFSET;
+    for (size_t i = 0; i + sizeof(uint64_t) <= bytes; i += sizeof(uint64_t)) {
+        uint64_t v;
+        memcpy(&v, b + i, sizeof v);
+        h = (h ^ v) * FNV_PRIME;
+    }
+    return h;
+}
+
 static int is_ternary(const ts_layer *l) {
     return l->spec.kind == TS_LAYER_LINEAR || l->spec.kind == TS_LAYER_RMSNORM;
 }
@@ -594,7 +608,7 @@ static int snapshot_put(ts_store *s, const char *name, int64_t version, const in
     sqlite3_bind_int64(st, 4, at);
     sqlite3_bind_text(st, 5, reason, -1, SQLITE_STATIC);
     sqlite3_bind_blob64(st, 6, state_len ? (const void *)state : "", (sqlite3_uint64)bytes, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 7, (int64_t)fnv_bytes(FNV_OFFSET, state, (size_t)bytes));
+    sqlite3_bind_int64(st, 7, (int64_t)state_checksum(state, (size_t)bytes));
     sqlite3_bind_int64(st, 8, bytes);
     int rc = sqlite3_step(st);
     sqlite3_finalize(st);
@@ -792,7 +806,7 @@ static int state_intact(sqlite3_stmt *st) {
     const void *blob = sqlite3_column_blob(st, 6);
     size_t bytes = (size_t)sqlite3_column_bytes(st, 6);
     return bytes % sizeof(int64_t) == 0 &&
-           (int64_t)fnv_bytes(FNV_OFFSET, blob, bytes) == sqlite3_column_int64(st, 7);
+           (int64_t)state_checksum(blob, bytes) == sqlite3_column_int64(st, 7);
 }
 
 /* Load the current row's state into m. 1 when it fits m and gives the row's step; 0 when

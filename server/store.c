@@ -673,7 +673,7 @@ int ts_store_list_snapshots(ts_store *s, const char *name, ts_snapshot_info **ou
     sqlite3_stmt *st;
     *out = NULL;
     *n = 0;
-    if (model_known(s, name, &mid, err, errlen) != 0)
+    if (model_id(s, name, 0, &mid, err, errlen) != 0)
         return -1;
     char sql[128];
     snprintf(sql, sizeof sql, "SELECT count(*) FROM snapshots WHERE model_id = %lld", (long long)mid);

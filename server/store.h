@@ -74,7 +74,8 @@ int ts_store_put_snapshot(ts_store *s, const char *name, int64_t version, const 
                           size_t state_len, int64_t step, const char *reason, int keep,
                           ts_snapshot_info *out, char *err, size_t errlen);
 
-/* Snapshots of name, newest first; *out malloc'd (free it), *n entries. 0, or -1 + err. */
+/* Snapshots of name, newest first (none for a name never stored); *out malloc'd (free it),
+ * *n entries. 0, or -1 + err. */
 int ts_store_list_snapshots(ts_store *s, const char *name, ts_snapshot_info **out, int *n,
                             char *err, size_t errlen);
 

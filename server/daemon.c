@@ -1,4 +1,234 @@
-/* daemon.c — placeholder until its owner lands it. */
+/* daemon.c — `tscaled serve`: start-up, the loop, and shutdown (SPEC §3).
+ *
+ * Threads: the loop (this thread: routing, queues, batching, answers, timers, signals);
+ * libmicrohttpd's polling thread(s) (sockets, body parsing; http.h); libuv's thread pool
+ * (compute jobs, one at a time; engine.h) with the ts_pool's helpers; the persistence
+ * thread (SQLite; persist.h). All server state is in one ts_server on this function's
+ * stack; signals arrive as uv_signal_t callbacks on the loop, so no global is needed.
+ *
+ * Shutdown (SIGTERM/SIGINT): stop accepting connections; serve what was already handed
+ * to the loop; answer anything newer with 503; let every queue drain (partial batches go
+ * at once); take a final snapshot of each model whose state changed; wait for responses
+ * to be sent (bounded); close; exit 0 (1 when a final snapshot failed).
+ */
+#include <signal.h>
 #include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../core/kernel.h"
+#include "api.h"
 #include "cli.h"
-int ts_cmd_serve(int argc, char **argv) { (void)argc; (void)argv; fprintf(stderr, "tscaled: serve: not built yet\n"); return 2; }
+#include "log.h"
+#include "recover.h"
+#include "server.h"
+#include "snapshot.h"
+
+/* How long shutdown waits for answered responses to reach their clients. */
+#define FLUSH_WAIT_MS 5000
+
+static void close_handles(ts_server *srv) {
+    uv_timer_stop(&srv->shutdown_timer);
+    uv_close((uv_handle_t *)&srv->shutdown_timer, NULL);
+    uv_close((uv_handle_t *)&srv->snapshot_timer, NULL);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    ts_http_stop(srv->http);
+    ts_persist_stop(srv->persist);
+    ts_engine_free(srv->engine);
+    /* the loop returns once these handles have closed */
+}
+
+static void on_shutdown_tick(uv_timer_t *t) {
+    ts_server *srv = t->data;
+    if (!ts_engine_idle(srv->engine) || ts_persist_pending(srv->persist) > 0 ||
+        srv->shutdown_snapshots_pending > 0)
+        return;
+    /* Everything is answered; give MHD time to send what it holds. */
+    uint64_t waited = uv_now(srv->loop) - srv->shutdown_started_ms;
+    if (ts_http_active(srv->http) > 0 && waited < FLUSH_WAIT_MS)
+        return;
+    ts_log_info("shut down cleanly%s", srv->shutdown_failed ? ", but a final snapshot failed" : "");
+    close_handles(srv);
+}
+
+static void final_snapshot_done(ts_server *srv, ts_served *s, const ts_snapshot_info *info,
+                                const char *err, void *arg) {
+    srv->shutdown_snapshots_pending--;
+    if (err)
+        srv->shutdown_failed = 1;
+}
+
+static void begin_shutdown(ts_server *srv, int signum) {
+    if (atomic_exchange(&srv->shutting_down, 1)) {
+        ts_log_info("received %s again: already shutting down", strsignal(signum));
+        return;
+    }
+    ts_log_info("received %s: shutting down (finishing queued work, then final snapshots)",
+                strsignal(signum));
+    ts_http_quiesce(srv->http);
+    ts_http_drain_inbound(srv->http); /* accepted before the signal: serve it */
+    srv->closing = 1;
+    uv_timer_stop(&srv->snapshot_timer);
+    for (ts_served *s = ts_engine_first(srv->engine); s; s = s->next) {
+        if (s->unloading)
+            continue;
+        srv->shutdown_snapshots_pending++;
+        if (ts_snapshot_queue(srv, s, "shutdown", 1, final_snapshot_done, NULL) < 0) {
+            srv->shutdown_snapshots_pending--;
+            srv->shutdown_failed = 1;
+            ts_log_error("final snapshot of model '%s': out of memory", s->name);
+        }
+    }
+    ts_engine_drain(srv->engine);
+    srv->shutdown_started_ms = uv_now(srv->loop);
+    uv_timer_start(&srv->shutdown_timer, on_shutdown_tick, 1, 5);
+}
+
+static void on_signal(uv_signal_t *h, int signum) { begin_shutdown(h->data, signum); }
+
+static void on_snapshot_timer(uv_timer_t *t) { ts_snapshot_changed(t->data); }
+
+static int load_tokens(ts_server *srv, char *err, size_t errlen) {
+    if (srv->cfg.admin_token_file &&
+        ts_auth_load_token(srv->cfg.admin_token_file, srv->admin_token, err, errlen) < 0)
+        return -1;
+    if (srv->cfg.feedback_token_file &&
+        ts_auth_load_token(srv->cfg.feedback_token_file, srv->feedback_token, err, errlen) < 0)
+        return -1;
+    return 0;
+}
+
+/* Open the store, recover the models, start the persistence thread. */
+static int start_models(ts_server *srv, char *err, size_t errlen) {
+    ts_engine_config ec = {
+        .max_batch = srv->cfg.max_batch,
+        .max_queue_delay_us = srv->cfg.max_queue_delay_us,
+        .max_rows = srv->cfg.max_rows,
+        .max_queue_rows = srv->cfg.max_queue_rows,
+        .max_queue_bytes = srv->cfg.max_queue_bytes,
+        .feedback_requires_snapshot = (int)srv->cfg.feedback_requires_snapshot,
+        .pool = srv->pool,
+        .metrics = &srv->metrics,
+    };
+    srv->engine = ts_engine_new(srv->loop, &ec, err, errlen);
+    if (!srv->engine)
+        return -1;
+    ts_store *st = ts_store_open(srv->cfg.db, err, errlen);
+    if (!st)
+        return -1;
+    if (ts_recover_models(st, &srv->cfg, srv->engine, err, errlen) < 0) {
+        ts_store_close(st);
+        return -1;
+    }
+    srv->persist = ts_persist_start(srv->loop, st, err, errlen);
+    if (!srv->persist) {
+        ts_store_close(st);
+        return -1;
+    }
+    return 0;
+}
+
+static int start_http(ts_server *srv, char *err, size_t errlen) {
+    char host[256];
+    int port, bound = 0;
+    if (ts_config_split_listen(srv->cfg.listen, host, sizeof host, &port, err, errlen) < 0)
+        return -1;
+    /* Largest tensor a body can carry: every element takes at least 1 byte of JSON or 4 of
+     * binary data, so the body limit bounds it; the parser needs a number. */
+    ts_http_config hc = {
+        .host = host,
+        .port = port,
+        .threads = (int)srv->cfg.http_threads,
+        .max_body_bytes = srv->cfg.max_body_bytes,
+        .max_connections = srv->cfg.max_connections,
+        .request_timeout_s = srv->cfg.request_timeout,
+        .max_elements = srv->cfg.max_body_bytes / 2 + 1,
+        .admin_token = srv->admin_token,
+        .feedback_token = srv->feedback_token,
+        .shutting_down = &srv->shutting_down,
+        .metrics = &srv->metrics,
+        .dispatch = ts_api_dispatch,
+        .dispatch_ctx = srv,
+    };
+    srv->http = ts_http_start(srv->loop, &hc, &bound, err, errlen);
+    if (!srv->http)
+        return -1;
+    int v6 = strchr(host, ':') != NULL;
+    ts_log_info("listening on http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", bound);
+    return 0;
+}
+
+static void start_timers_and_signals(ts_server *srv) {
+    uv_timer_init(srv->loop, &srv->snapshot_timer);
+    srv->snapshot_timer.data = srv;
+    if (srv->cfg.snapshot_interval > 0) {
+        uint64_t ms = (uint64_t)srv->cfg.snapshot_interval * 1000u;
+        uv_timer_start(&srv->snapshot_timer, on_snapshot_timer, ms, ms);
+    }
+    uv_timer_init(srv->loop, &srv->shutdown_timer);
+    srv->shutdown_timer.data = srv;
+    uv_signal_init(srv->loop, &srv->sigterm);
+    uv_signal_init(srv->loop, &srv->sigint);
+    srv->sigterm.data = srv->sigint.data = srv;
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+}
+
+static int run(ts_server *srv, uv_loop_t *loop) {
+    char err[1024];
+    srv->loop = loop;
+    ts_metrics_init(&srv->metrics);
+    ts_log_info("tscaled %s starting: pid %d, %lld compute threads, kernels %s, database %s", TS_VERSION,
+                (int)getpid(), (long long)srv->cfg.threads, ts_kernel_name(), srv->cfg.db);
+    if (load_tokens(srv, err, sizeof err) < 0)
+        goto fail;
+    srv->pool = ts_pool_new((int)srv->cfg.threads);
+    if (!srv->pool) {
+        snprintf(err, sizeof err, "cannot start %lld compute threads", (long long)srv->cfg.threads);
+        goto fail;
+    }
+    if (start_models(srv, err, sizeof err) < 0)
+        goto fail;
+    if (start_http(srv, err, sizeof err) < 0) {
+        ts_persist_stop(srv->persist);
+        goto fail;
+    }
+    start_timers_and_signals(srv);
+    uv_run(loop, UV_RUN_DEFAULT);
+    ts_pool_free(srv->pool);
+    return srv->shutdown_failed ? 1 : 0;
+fail:
+    ts_log_error("cannot start: %s", err);
+    if (srv->engine)
+        ts_engine_free(srv->engine);
+    uv_run(loop, UV_RUN_DEFAULT); /* finish closing handles */
+    if (srv->pool)
+        ts_pool_free(srv->pool);
+    return 1;
+}
+
+int ts_cmd_serve(int argc, char **argv) {
+    static ts_server srv; /* large (metrics, tokens); static storage rather than the stack */
+    memset(&srv, 0, sizeof srv);
+    char err[1024];
+    ts_config_result r = ts_config_parse(&srv.cfg, argc, argv, stdout, err, sizeof err);
+    if (r == TS_CONFIG_EXIT)
+        return 0;
+    if (r == TS_CONFIG_ERROR) {
+        fprintf(stderr, "tscaled: %s\n", err);
+        return 2;
+    }
+    ts_log_level level = TS_LOG_INFO;
+    ts_log_level_parse(srv.cfg.log_level, &level);
+    ts_log_set_level(level);
+    signal(SIGPIPE, SIG_IGN); /* a client that hangs up must not kill the daemon */
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    int rc = run(&srv, &loop);
+    uv_loop_close(&loop);
+    memset(srv.admin_token, 0, sizeof srv.admin_token);
+    memset(srv.feedback_token, 0, sizeof srv.feedback_token);
+    ts_config_free(&srv.cfg);
+    return rc;
+}

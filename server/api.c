@@ -1,0 +1,84 @@
+/* api.c — routing of parsed requests on the loop (see api.h). */
+#include "api.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "admin.h"
+
+static void model_metadata(ts_served *s, ts_req *req) {
+    json_t *j = json_pack("{s:s,s:[s],s:s,s:[{s:s,s:s,s:[I,I]}],s:[{s:s,s:s,s:[I,I]}]}",
+                          "name", s->name, "versions", s->version_str, "platform", "tscale",
+                          "inputs", "name", "input", "datatype", "FP32", "shape", (json_int_t)-1,
+                          (json_int_t)s->model->in_dim,
+                          "outputs", "name", "output", "datatype", "FP32", "shape", (json_int_t)-1,
+                          (json_int_t)s->model->out_dim);
+    ts_req_reply_json(req, 200, j);
+}
+
+static void metrics(ts_server *srv, ts_req *req) {
+    ts_sbuf b = {0};
+    ts_metrics_render(&srv->metrics, &b);
+    ts_engine_render_metrics(srv->engine, &b);
+    size_t len;
+    char *text = ts_sbuf_take(&b, &len);
+    if (!text)
+        ts_req_reply_error(req, 500, "out of memory rendering metrics");
+    else
+        ts_req_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, -1);
+}
+
+static void model_endpoint(ts_server *srv, ts_req *req) {
+    ts_served *s = ts_engine_find(srv->engine, req->route.model, 0);
+    if (!s) {
+        ts_req_reply_error(req, 404, "unknown model '%s'", req->route.model);
+        return;
+    }
+    ts_endpoint ep = req->route.ep;
+    if (ep == TS_EP_INFER) {
+        ts_engine_infer(srv->engine, s, req);
+        return;
+    }
+    if (ep == TS_EP_FEEDBACK) {
+        ts_engine_feedback(srv->engine, s, req);
+        return;
+    }
+    if (req->route.version[0] && strcmp(req->route.version, s->version_str) != 0) {
+        ts_req_reply_error(req, 404, "model '%s' has no version '%s' (the current version is %s)",
+                           s->name, req->route.version, s->version_str);
+        return;
+    }
+    if (ep == TS_EP_MODEL_META)
+        model_metadata(s, req);
+    else
+        ts_req_reply_json(req, 200, json_pack("{s:s,s:b}", "name", s->name, "ready", 1));
+}
+
+void ts_api_dispatch(void *ctx, ts_req *req) {
+    ts_server *srv = ctx;
+    ts_endpoint ep = req->route.ep;
+    if (srv->closing && ep != TS_EP_HEALTH_READY && ep != TS_EP_METRICS) {
+        ts_req_reply_error(req, 503, "shutting down");
+        return;
+    }
+    switch (ep) {
+    case TS_EP_HEALTH_READY:
+        if (atomic_load(&srv->shutting_down))
+            ts_req_reply_json(req, 503, json_pack("{s:b}", "ready", 0));
+        else
+            ts_req_reply_json(req, 200, json_pack("{s:b}", "ready", 1));
+        break;
+    case TS_EP_METRICS: metrics(srv, req); break;
+    case TS_EP_MODEL_META:
+    case TS_EP_MODEL_READY:
+    case TS_EP_INFER:
+    case TS_EP_FEEDBACK: model_endpoint(srv, req); break;
+    default:
+        if (ts_endpoint_is_admin(ep))
+            ts_admin_handle(srv, req);
+        else
+            ts_req_reply_error(req, 404, "no such path");
+        break;
+    }
+}

@@ -1,0 +1,11 @@
+/* api.h — the loop's entry point for every request the HTTP threads hand over: OIP
+ * health/metadata, inference and feedback, /metrics, and /admin (admin.h). */
+#ifndef TS_API_H
+#define TS_API_H
+
+#include "server.h"
+
+/* ts_http_dispatch_fn: ctx is the ts_server. */
+void ts_api_dispatch(void *ctx, ts_req *req);
+
+#endif

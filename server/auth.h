@@ -1,0 +1,36 @@
+/* auth.h — bearer tokens (SPEC §5).
+ *
+ * Decisions (the same for /admin and feedback, so clients see one rule):
+ *   - no Authorization header, or one that is not "Bearer <token>"  -> 401 (with
+ *     WWW-Authenticate: Bearer): the client did not authenticate;
+ *   - a bearer token that matches no accepted token                  -> 403: it did, wrongly;
+ *   - /admin without a configured admin token answers loopback clients only; others -> 403.
+ * Tokens are compared in constant time and never logged.
+ */
+#ifndef TS_AUTH_H
+#define TS_AUTH_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#define TS_TOKEN_MAX 4096
+
+typedef enum { TS_AUTH_OK, TS_AUTH_MISSING, TS_AUTH_WRONG } ts_auth_result;
+
+/* Read a token file: its content with trailing newlines/CR/spaces removed. An unreadable,
+ * empty or oversized file, or one whose token holds control characters or spaces, is
+ * refused: 0, or -1 + err (naming the path, never the content). out[TS_TOKEN_MAX]. */
+int ts_auth_load_token(const char *path, char *out, char *err, size_t errlen);
+
+/* Check an Authorization header value (NULL when absent) against up to two accepted
+ * tokens (NULL or "" entries are skipped). Every accepted token is compared, each in
+ * constant time, so timing reveals neither which one matched nor how much of it. */
+ts_auth_result ts_auth_check(const char *header, const char *token_a, const char *token_b);
+
+/* Constant-time equality of two NUL-terminated strings (time depends only on the lengths). */
+int ts_auth_equal(const char *a, const char *b);
+
+/* 1 when addr is a loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104). */
+int ts_auth_is_loopback(const struct sockaddr *addr);
+
+#endif

@@ -1,0 +1,375 @@
+/* config.c — table-driven configuration (see config.h).
+ *
+ * Like Redis' config.c, a setting exists in exactly one place: its row in `options`.
+ * Parsing flags, reading TSCALE_* variables, applying defaults, checking bounds and
+ * printing --help all walk that table, so they cannot drift apart.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "log.h"
+
+typedef enum {
+    OPT_STRING,  /* char * */
+    OPT_INT,     /* int64_t within [min, max] */
+    OPT_BYTES,   /* int64_t within [min, max], with an optional K/M/G suffix (powers of 1024) */
+    OPT_BOOL,    /* int64_t 0/1: yes/no, true/false, on/off, 1/0 */
+    OPT_MODEL,   /* repeatable NAME=FILE, appended to models[] */
+    OPT_HELP,    /* action flags: take no value, not read from the environment */
+    OPT_VERSION,
+} opt_type;
+
+typedef struct {
+    const char *name;     /* flag without the leading "--" */
+    opt_type type;
+    size_t offset;        /* field in ts_config */
+    const char *def;      /* default as text; NULL = unset */
+    int64_t min, max;     /* OPT_INT / OPT_BYTES bounds */
+    const char *metavar;
+    const char *help;
+    int (*check)(const char *value, char *err, size_t errlen);  /* extra validation */
+} ts_option;
+
+static int check_listen(const char *v, char *err, size_t errlen);
+static int check_log_level(const char *v, char *err, size_t errlen);
+
+#define F(field) offsetof(ts_config, field)
+#define MIB ((int64_t)1 << 20)
+static const ts_option options[] = {
+    {"listen", OPT_STRING, F(listen), "127.0.0.1:8080", 0, 0, "HOST:PORT",
+     "HTTP address; port 0 picks a free port and logs it", check_listen},
+    {"db", OPT_STRING, F(db), "./tscale.db", 0, 0, "PATH",
+     "SQLite database; created and migrated on first start", NULL},
+    {"model", OPT_MODEL, 0, NULL, 0, 0, "NAME=FILE",
+     "load (or replace) model NAME from a model file; repeatable (env: comma-separated)", NULL},
+    {"snapshot-interval", OPT_INT, F(snapshot_interval), "30", 0, 365 * 86400, "SEC",
+     "snapshot each model whose state changed, at most this often; 0 = never on a timer", NULL},
+    {"snapshot-keep", OPT_INT, F(snapshot_keep), "20", 0, 1000000, "N",
+     "snapshots kept per model (older ones are deleted); 0 = keep all", NULL},
+    {"feedback-requires-snapshot", OPT_BOOL, F(feedback_requires_snapshot), "yes", 0, 1, "BOOL",
+     "refuse feedback (503) while a model's snapshots are failing", NULL},
+    {"threads", OPT_INT, F(threads), "0", 0, 1024, "N", "compute threads; 0 = one per core", NULL},
+    {"max-batch", OPT_INT, F(max_batch), "64", 1, 1 << 20, "ROWS",
+     "dynamic batching: most rows in one forward", NULL},
+    {"max-queue-delay-us", OPT_INT, F(max_queue_delay_us), "500", 0, 10000000, "US",
+     "dynamic batching: longest a request waits for others", NULL},
+    {"admin-token-file", OPT_STRING, F(admin_token_file), NULL, 0, 0, "FILE",
+     "bearer token for /admin/* (without one, /admin answers loopback clients only)", NULL},
+    {"feedback-token-file", OPT_STRING, F(feedback_token_file), NULL, 0, 0, "FILE",
+     "bearer token required for feedback (the admin token also works)", NULL},
+    {"max-body-bytes", OPT_BYTES, F(max_body_bytes), "64M", 1024, (int64_t)1 << 34, "BYTES",
+     "largest request body (413 past it); also bounds PUT model files", NULL},
+    {"max-rows", OPT_INT, F(max_rows), "65536", 1, (int64_t)1 << 30, "ROWS",
+     "most rows (batch size) in one request", NULL},
+    {"max-queue-rows", OPT_INT, F(max_queue_rows), "65536", 1, (int64_t)1 << 32, "ROWS",
+     "most rows waiting for compute, all models together (503 past it)", NULL},
+    {"max-queue-bytes", OPT_BYTES, F(max_queue_bytes), "512M", 1024, (int64_t)1 << 40, "BYTES",
+     "most tensor bytes waiting for compute, all models together (503 past it)", NULL},
+    {"max-connections", OPT_INT, F(max_connections), "1024", 1, 1000000, "N",
+     "most simultaneous HTTP connections", NULL},
+    {"request-timeout", OPT_INT, F(request_timeout), "60", 1, 86400, "SEC",
+     "close a connection idle (no bytes from the client) this long", NULL},
+    {"http-threads", OPT_INT, F(http_threads), "1", 1, 64, "N",
+     "HTTP polling threads (request parsing runs on them)", NULL},
+    {"log-level", OPT_STRING, F(log_level), "info", 0, 0, "LEVEL",
+     "debug, info, warn or error", check_log_level},
+    {"help", OPT_HELP, 0, NULL, 0, 0, NULL, "print this help and exit", NULL},
+    {"version", OPT_VERSION, 0, NULL, 0, 0, NULL, "print the version and exit", NULL},
+};
+#undef F
+#define N_OPTIONS (sizeof options / sizeof options[0])
+
+int ts_config_split_listen(const char *listen, char *host, size_t hostlen, int *port, char *err,
+                           size_t errlen) {
+    const char *colon = strrchr(listen, ':');
+    if (!colon || colon == listen) {
+        snprintf(err, errlen, "'%s' is not HOST:PORT (e.g. 127.0.0.1:8080)", listen);
+        return -1;
+    }
+    const char *h = listen;
+    size_t hl = (size_t)(colon - listen);
+    if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') { /* [::1]:8080 */
+        h++;
+        hl -= 2;
+    }
+    if (hl == 0 || hl >= hostlen) {
+        snprintf(err, errlen, "'%s': the host part is empty or too long", listen);
+        return -1;
+    }
+    char *end;
+    errno = 0;
+    long p = strtol(colon + 1, &end, 10);
+    if (errno || end == colon + 1 || *end || p < 0 || p > 65535) {
+        snprintf(err, errlen, "'%s': the port must be a number from 0 to 65535", listen);
+        return -1;
+    }
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
+static int check_listen(const char *v, char *err, size_t errlen) {
+    char host[256];
+    int port;
+    return ts_config_split_listen(v, host, sizeof host, &port, err, errlen);
+}
+
+static int check_log_level(const char *v, char *err, size_t errlen) {
+    ts_log_level l;
+    if (ts_log_level_parse(v, &l) == 0)
+        return 0;
+    snprintf(err, errlen, "'%s' is not one of debug, info, warn, error", v);
+    return -1;
+}
+
+static int parse_int(const ts_option *o, const char *v, int64_t *out, char *err, size_t errlen) {
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v) {
+        snprintf(err, errlen, "'%s' is not a number", v);
+        return -1;
+    }
+    if (o->type == OPT_BYTES && *end) {
+        int shift = 0;
+        switch (toupper((unsigned char)*end)) {
+        case 'K': shift = 10; break;
+        case 'M': shift = 20; break;
+        case 'G': shift = 30; break;
+        default: break;
+        }
+        if (shift && (end[1] == '\0' || ((end[1] == 'B' || end[1] == 'b') && end[2] == '\0')) &&
+            x >= 0 && x <= (LLONG_MAX >> shift)) {
+            x <<= shift;
+            end += strlen(end);
+        }
+    }
+    if (*end) {
+        snprintf(err, errlen, "'%s' is not a whole number%s", v,
+                 o->type == OPT_BYTES ? " (optionally with a K, M or G suffix)" : "");
+        return -1;
+    }
+    if (x < o->min || x > o->max) {
+        snprintf(err, errlen, "%lld is out of range [%lld, %lld]", x, (long long)o->min,
+                 (long long)o->max);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int parse_bool(const char *v, int64_t *out, char *err, size_t errlen) {
+    static const char *const yes[] = {"yes", "true", "on", "1"}, *const no[] = {"no", "false", "off", "0"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(v, yes[i]) == 0) return *out = 1, 0;
+        if (strcasecmp(v, no[i]) == 0) return *out = 0, 0;
+    }
+    snprintf(err, errlen, "'%s' is not yes/no, true/false, on/off or 1/0", v);
+    return -1;
+}
+
+static int add_model(ts_config *cfg, const char *v, char *err, size_t errlen) {
+    const char *eq = strchr(v, '=');
+    if (!eq || eq == v || !eq[1]) {
+        snprintf(err, errlen, "'%s' is not NAME=FILE", v);
+        return -1;
+    }
+    ts_model_arg *grown = realloc(cfg->models, (size_t)(cfg->n_models + 1) * sizeof *grown);
+    if (!grown) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    cfg->models = grown;
+    ts_model_arg *a = &cfg->models[cfg->n_models];
+    a->name = strndup(v, (size_t)(eq - v));
+    a->path = strdup(eq + 1);
+    if (!a->name || !a->path) {
+        free(a->name);
+        free(a->path);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    cfg->n_models++;
+    return 0;
+}
+
+static void clear_models(ts_config *cfg) {
+    for (int i = 0; i < cfg->n_models; i++) {
+        free(cfg->models[i].name);
+        free(cfg->models[i].path);
+    }
+    free(cfg->models);
+    cfg->models = NULL;
+    cfg->n_models = 0;
+}
+
+/* Set option o from text v. The environment's TSCALE_MODEL holds a comma-separated list. */
+static int set_option(ts_config *cfg, const ts_option *o, const char *v, int from_env, char *err,
+                      size_t errlen) {
+    void *field = (char *)cfg + o->offset;
+    if (o->check && o->check(v, err, errlen) < 0)
+        return -1;
+    switch (o->type) {
+    case OPT_STRING: {
+        char *copy = strdup(v);
+        if (!copy) return snprintf(err, errlen, "out of memory"), -1;
+        free(*(char **)field);
+        *(char **)field = copy;
+        return 0;
+    }
+    case OPT_INT:
+    case OPT_BYTES: return parse_int(o, v, (int64_t *)field, err, errlen);
+    case OPT_BOOL: return parse_bool(v, (int64_t *)field, err, errlen);
+    case OPT_MODEL:
+        if (!from_env)
+            return add_model(cfg, v, err, errlen);
+        for (const char *p = v; *p;) {
+            size_t n = strcspn(p, ",");
+            char item[4096];
+            if (n >= sizeof item) return snprintf(err, errlen, "an entry is too long"), -1;
+            memcpy(item, p, n);
+            item[n] = '\0';
+            if (n && add_model(cfg, item, err, errlen) < 0)
+                return -1;
+            p += n + (p[n] == ',');
+        }
+        return 0;
+    default: return 0;
+    }
+}
+
+static const ts_option *find_option(const char *name, size_t len) {
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        if (strlen(options[i].name) == len && strncmp(options[i].name, name, len) == 0)
+            return &options[i];
+    return NULL;
+}
+
+static void env_name(const ts_option *o, char *out, size_t len) {
+    size_t n = (size_t)snprintf(out, len, "TSCALE_%s", o->name);
+    for (size_t i = 7; i < n && i < len; i++)
+        out[i] = out[i] == '-' ? '_' : (char)toupper((unsigned char)out[i]);
+}
+
+void ts_config_usage(FILE *out) {
+    fprintf(out, "usage: tscaled [serve] [--flag VALUE | --flag=VALUE]...\n\n"
+                 "Serves ternary-weight models over HTTP (Open Inference Protocol) and adapts them\n"
+                 "from feedback. Every flag can also be set as TSCALE_<FLAG> in the environment\n"
+                 "(dashes as underscores); flags win.\n\nflags:\n");
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        const ts_option *o = &options[i];
+        char left[64];
+        snprintf(left, sizeof left, "--%s%s%s", o->name, o->metavar ? " " : "",
+                 o->metavar ? o->metavar : "");
+        fprintf(out, "  %-34s %s", left, o->help);
+        if (o->def)
+            fprintf(out, " [default %s]", o->def);
+        fprintf(out, "\n");
+    }
+}
+
+static ts_config_result fail(ts_config *cfg, char *err, size_t errlen, const char *where,
+                             const char *why) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s: %s", where, why);
+    snprintf(err, errlen, "%s", msg);
+    ts_config_free(cfg);
+    return TS_CONFIG_ERROR;
+}
+
+static ts_config_result apply_defaults_and_env(ts_config *cfg, char *err, size_t errlen) {
+    char why[512], var[64];
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        const ts_option *o = &options[i];
+        if (o->def && set_option(cfg, o, o->def, 0, why, sizeof why) < 0)
+            return fail(cfg, err, errlen, o->name, why); /* a bad table row: a bug */
+        if (o->type == OPT_HELP || o->type == OPT_VERSION)
+            continue;
+        env_name(o, var, sizeof var);
+        const char *v = getenv(var);
+        if (v && set_option(cfg, o, v, 1, why, sizeof why) < 0)
+            return fail(cfg, err, errlen, var, why);
+    }
+    return TS_CONFIG_OK;
+}
+
+ts_config_result ts_config_parse(ts_config *cfg, int argc, char **argv, FILE *out, char *err,
+                                 size_t errlen) {
+    memset(cfg, 0, sizeof *cfg);
+    if (apply_defaults_and_env(cfg, err, errlen) != TS_CONFIG_OK)
+        return TS_CONFIG_ERROR;
+    int models_from_flags = 0;
+    char why[512];
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0)
+            return fail(cfg, err, errlen, a, "unexpected argument (flags start with --; see --help)");
+        const char *eq = strchr(a + 2, '=');
+        size_t len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+        const ts_option *o = find_option(a + 2, len);
+        int negated = 0;
+        if (!o && len > 3 && strncmp(a + 2, "no-", 3) == 0) { /* --no-BOOL */
+            o = find_option(a + 5, len - 3);
+            negated = o && o->type == OPT_BOOL && !eq;
+            if (!negated) o = NULL;
+        }
+        if (!o)
+            return fail(cfg, err, errlen, a, "unknown flag (see --help)");
+        if (o->type == OPT_HELP) {
+            ts_config_usage(out);
+            ts_config_free(cfg);
+            return TS_CONFIG_EXIT;
+        }
+        if (o->type == OPT_VERSION) {
+            fprintf(out, "tscaled %s\n", TS_VERSION);
+            ts_config_free(cfg);
+            return TS_CONFIG_EXIT;
+        }
+        const char *v;
+        if (o->type == OPT_BOOL && !eq)
+            v = negated ? "no" : "yes"; /* a bare boolean flag sets it */
+        else if (eq)
+            v = eq + 1;
+        else if (i + 1 < argc)
+            v = argv[++i];
+        else
+            return fail(cfg, err, errlen, a, "needs a value");
+        if (o->type == OPT_MODEL && !models_from_flags) {
+            clear_models(cfg); /* flags win over TSCALE_MODEL as a whole */
+            models_from_flags = 1;
+        }
+        if (set_option(cfg, o, v, 0, why, sizeof why) < 0) {
+            char where[80];
+            snprintf(where, sizeof where, "--%s", o->name);
+            return fail(cfg, err, errlen, where, why);
+        }
+    }
+    if (cfg->threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg->threads = n > 0 ? n : 1;
+    }
+    for (int i = 0; i < cfg->n_models; i++)
+        for (int j = 0; j < i; j++)
+            if (strcmp(cfg->models[i].name, cfg->models[j].name) == 0)
+                return fail(cfg, err, errlen, "--model", "the same NAME is given twice");
+    return TS_CONFIG_OK;
+}
+
+void ts_config_free(ts_config *cfg) {
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        if (options[i].type == OPT_STRING) {
+            char **field = (char **)((char *)cfg + options[i].offset);
+            free(*field);
+            *field = NULL;
+        }
+    clear_models(cfg);
+}

@@ -1,0 +1,57 @@
+/* config.h — the daemon's configuration (SPEC §3).
+ *
+ * One table in config.c drives everything about a setting: its flag, its environment
+ * variable (TSCALE_<FLAG>, dashes as underscores), its default, its bounds, and its line
+ * in --help. Precedence: defaults, then the environment, then flags (flags win).
+ */
+#ifndef TS_CONFIG_H
+#define TS_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct {
+    char *name;   /* NAME of --model NAME=FILE */
+    char *path;   /* FILE */
+} ts_model_arg;
+
+typedef struct {
+    char *listen;                  /* HOST:PORT */
+    char *db;
+    ts_model_arg *models;          /* --model, repeatable */
+    int n_models;
+    int64_t snapshot_interval;     /* seconds; 0 = no timer */
+    int64_t snapshot_keep;         /* snapshots kept per model; 0 = all */
+    int64_t feedback_requires_snapshot; /* bool: refuse feedback while snapshots fail */
+    int64_t threads;               /* compute threads (resolved: >= 1) */
+    int64_t max_batch;             /* rows per forward */
+    int64_t max_queue_delay_us;
+    char *admin_token_file;
+    char *feedback_token_file;
+    int64_t max_body_bytes;        /* per request body */
+    int64_t max_rows;              /* rows per request */
+    int64_t max_queue_rows;        /* rows waiting, all models */
+    int64_t max_queue_bytes;       /* tensor bytes waiting, all models */
+    int64_t max_connections;
+    int64_t request_timeout;       /* seconds of client inactivity before a connection closes */
+    int64_t http_threads;          /* libmicrohttpd polling threads */
+    char *log_level;
+} ts_config;
+
+typedef enum { TS_CONFIG_OK, TS_CONFIG_EXIT, TS_CONFIG_ERROR } ts_config_result;
+
+/* Fill cfg from defaults, the environment (envp-style lookups through getenv) and
+ * argv[1..argc-1]. TS_CONFIG_EXIT: --help or --version was printed to out; exit 0.
+ * TS_CONFIG_ERROR: err holds a message naming the flag (or variable) and the problem. */
+ts_config_result ts_config_parse(ts_config *cfg, int argc, char **argv, FILE *out, char *err,
+                                 size_t errlen);
+void ts_config_free(ts_config *cfg);
+
+/* The --help text. */
+void ts_config_usage(FILE *out);
+
+/* Split "HOST:PORT" ("[v6]:PORT" too) into host[hostlen] and *port. 0, or -1 + err. */
+int ts_config_split_listen(const char *listen, char *host, size_t hostlen, int *port, char *err,
+                           size_t errlen);
+
+#endif

@@ -1,0 +1,746 @@
+/* engine.c — per-model FIFOs, dynamic batching and the compute lane (see engine.h). */
+#include "engine.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "../core/feedback.h"
+#include "../core/forward.h"
+#include "../proto/oip.h"
+#include "../proto/safetensors.h"
+#include "log.h"
+
+typedef enum { ITEM_INFER, ITEM_FEEDBACK, ITEM_EXPORT, ITEM_CONTROL } item_kind;
+
+struct ts_item {
+    item_kind kind;
+    ts_req *req;               /* NULL for control items */
+    int64_t rows;
+    size_t bytes;              /* tensor bytes held while queued */
+    uint64_t t_enq;            /* ts_now_us at enqueue */
+    const float *x;            /* [rows][in_dim]: into req->oip, or x_owned */
+    float *x_owned;            /* integer input converted to float */
+    ts_feedback_input fin;
+    float *t_owned;            /* integer grad_output/target converted to float */
+    int binary;                /* infer: answer with binary tensor data */
+    ts_control_fn fn;
+    void *arg;
+    /* the answer, written by the compute thread */
+    int status;
+    void *body;
+    size_t len;
+    int64_t json_len;
+    const char *ctype;
+    ts_item *next;
+};
+
+typedef struct {
+    uv_work_t work;
+    ts_engine *e;
+    ts_served *s;
+    item_kind kind;
+    ts_item *items;            /* n of them, FIFO order */
+    int n;
+    int64_t rows;
+    uint64_t t_start, t_end;
+    double loss;
+} ts_job;
+
+struct ts_engine {
+    uv_loop_t *loop;
+    ts_engine_config cfg;
+    ts_served *models;
+    int n_models;
+    ts_served *rr;             /* round-robin cursor: the model considered first */
+    int lane_busy;
+    int draining;
+    int pumping, pump_again;   /* pump() re-entrancy guard */
+    int64_t queued_rows;
+    size_t queued_bytes;
+    int timer_fd;              /* batching deadline (µs resolution) */
+    uv_poll_t timer_poll;
+    uint64_t timer_deadline;   /* armed deadline in ts_now_us, 0 = none */
+};
+
+static void pump(ts_engine *e);
+
+/* ---- items ---- */
+
+static void item_free(ts_item *it) {
+    free(it->x_owned);
+    free(it->t_owned);
+    free(it->body);
+    free(it);
+}
+
+static void item_set_error(ts_item *it, int status, const char *msg) {
+    free(it->body);
+    it->status = status;
+    it->body = ts_oip_error_json(msg);
+    it->len = it->body ? strlen(it->body) : 0;
+    it->json_len = -1;
+    it->ctype = "application/json";
+}
+
+/* ---- request validation (loop) ---- */
+
+static void shape_text(const ts_oip_tensor *t, char *out, size_t n) {
+    size_t k = (size_t)snprintf(out, n, "[");
+    for (int i = 0; i < t->ndim && k < n; i++)
+        k += (size_t)snprintf(out + k, n - k, "%s%lld", i ? "," : "", (long long)t->shape[i]);
+    if (k < n)
+        snprintf(out + k, n - k, "]");
+}
+
+/* t must be [B, cols] (B >= 1): *rows = B and *data = float view (converted from integers
+ * into *owned when needed). 0, or -1 + err. */
+static int tensor_matrix(const ts_oip_tensor *t, int64_t cols, const float **data, float **owned,
+                         int64_t *rows, char *err, size_t errlen) {
+    if (t->ndim != 2 || t->shape[1] != cols || t->shape[0] < 1) {
+        char got[128];
+        shape_text(t, got, sizeof got);
+        snprintf(err, errlen, "input '%s' must have shape [B,%lld] with B >= 1; got %s", t->name,
+                 (long long)cols, got);
+        return -1;
+    }
+    *rows = t->shape[0];
+    if (t->type == TS_OIP_FP32) {
+        *data = t->f32;
+        return 0;
+    }
+    float *f = malloc((size_t)t->count * sizeof *f);
+    if (!f) {
+        snprintf(err, errlen, "out of memory converting input '%s' to FP32", t->name);
+        return -1;
+    }
+    for (int64_t i = 0; i < t->count; i++)
+        f[i] = (float)t->i64[i];
+    *owned = f;
+    *data = f;
+    return 0;
+}
+
+static int check_input(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, char *err, size_t errlen) {
+    const ts_oip_tensor *t = ts_oip_find_input(&req->oip, "input");
+    if (!t) {
+        snprintf(err, errlen, "missing input 'input' (FP32 [B,%lld])", (long long)s->model->in_dim);
+        return -1;
+    }
+    if (tensor_matrix(t, s->model->in_dim, &it->x, &it->x_owned, &it->rows, err, errlen) < 0)
+        return -1;
+    if (it->rows > e->cfg.max_rows) {
+        snprintf(err, errlen, "batch of %lld rows is over the limit of %lld rows per request "
+                 "(--max-rows)", (long long)it->rows, (long long)e->cfg.max_rows);
+        return -1;
+    }
+    it->bytes = (size_t)it->rows * (size_t)(s->model->in_dim + s->model->out_dim) * sizeof(float);
+    return 0;
+}
+
+static int check_infer(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, char *err, size_t errlen) {
+    const ts_oip_request *o = &req->oip;
+    for (int i = 0; i < o->n_inputs; i++)
+        if (strcmp(o->inputs[i].name, "input") != 0) {
+            snprintf(err, errlen, "unknown input '%s': the model takes one input named 'input'",
+                     o->inputs[i].name);
+            return -1;
+        }
+    if (check_input(e, s, req, it, err, errlen) < 0)
+        return -1;
+    for (int i = 0; i < o->n_outputs; i++)
+        if (strcmp(o->outputs[i].name, "output") != 0) {
+            snprintf(err, errlen, "unknown output '%s': the model has one output named 'output'",
+                     o->outputs[i].name);
+            return -1;
+        }
+    it->binary = ts_oip_output_binary(o, "output");
+    return 0;
+}
+
+static int check_labels(const ts_oip_tensor *t, int64_t rows, int64_t classes, char *err, size_t errlen) {
+    if (t->type != TS_OIP_INT64) {
+        snprintf(err, errlen, "'label' must be INT32 or INT64 (got %s)", t->datatype);
+        return -1;
+    }
+    if (!((t->ndim == 1 && t->shape[0] == rows) || (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == 1))) {
+        char got[128];
+        shape_text(t, got, sizeof got);
+        snprintf(err, errlen, "'label' must have shape [%lld] (one class per input row); got %s",
+                 (long long)rows, got);
+        return -1;
+    }
+    for (int64_t i = 0; i < rows; i++)
+        if (t->i64[i] < 0 || t->i64[i] >= classes) {
+            snprintf(err, errlen, "label[%lld] = %lld is not a class in [0, %lld)", (long long)i,
+                     (long long)t->i64[i], (long long)classes);
+            return -1;
+        }
+    return 0;
+}
+
+static int check_feedback(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, char *err, size_t errlen) {
+    const ts_oip_request *o = &req->oip;
+    const ts_oip_tensor *signal = NULL;
+    int n_signals = 0;
+    for (int i = 0; i < o->n_inputs; i++) {
+        const char *n = o->inputs[i].name;
+        if (strcmp(n, "grad_output") == 0 || strcmp(n, "target") == 0 || strcmp(n, "label") == 0) {
+            signal = &o->inputs[i];
+            n_signals++;
+        } else if (strcmp(n, "input") != 0) {
+            snprintf(err, errlen, "unknown input '%s': feedback takes 'input' and one of "
+                     "'grad_output', 'target', 'label'", n);
+            return -1;
+        }
+    }
+    if (n_signals != 1) {
+        snprintf(err, errlen, "feedback needs exactly one of 'grad_output', 'target', 'label' "
+                 "besides 'input' (got %d)", n_signals);
+        return -1;
+    }
+    if (check_input(e, s, req, it, err, errlen) < 0)
+        return -1;
+    if (strcmp(signal->name, "label") == 0) {
+        if (check_labels(signal, it->rows, s->model->out_dim, err, errlen) < 0)
+            return -1;
+        it->fin.kind = TS_LOSS_XENT;
+        it->fin.labels = signal->i64;
+        return 0;
+    }
+    int64_t rows;
+    if (tensor_matrix(signal, s->model->out_dim, &it->fin.target, &it->t_owned, &rows, err, errlen) < 0)
+        return -1;
+    if (rows != it->rows) {
+        snprintf(err, errlen, "'%s' has %lld rows but 'input' has %lld", signal->name,
+                 (long long)rows, (long long)it->rows);
+        return -1;
+    }
+    it->fin.kind = strcmp(signal->name, "target") == 0 ? TS_LOSS_MSE : TS_LOSS_GRAD;
+    return 0;
+}
+
+/* ---- queueing ---- */
+
+static void append(ts_engine *e, ts_served *s, ts_item *it) {
+    it->t_enq = ts_now_us();
+    it->next = NULL;
+    if (s->tail)
+        s->tail->next = it;
+    else
+        s->head = it;
+    s->tail = it;
+    s->queued_rows += it->rows;
+    s->queued_items++;
+    e->queued_rows += it->rows;
+    e->queued_bytes += it->bytes;
+}
+
+static ts_item *pop(ts_engine *e, ts_served *s) {
+    ts_item *it = s->head;
+    s->head = it->next;
+    if (!s->head)
+        s->tail = NULL;
+    it->next = NULL;
+    s->queued_rows -= it->rows;
+    s->queued_items--;
+    e->queued_rows -= it->rows;
+    e->queued_bytes -= it->bytes;
+    return it;
+}
+
+/* Queue a request's item, or refuse it (503) when the queue is full. */
+static void enqueue_request(ts_engine *e, ts_served *s, ts_item *it) {
+    if (e->queued_rows + it->rows > e->cfg.max_queue_rows ||
+        e->queued_bytes + it->bytes > (size_t)e->cfg.max_queue_bytes) {
+        atomic_fetch_add_explicit(&e->cfg.metrics->queue_full, 1, memory_order_relaxed);
+        ts_req_reply_error(it->req, 503, "the queue is full (%lld rows, %zu bytes waiting); retry "
+                           "later", (long long)e->queued_rows, e->queued_bytes);
+        item_free(it);
+        return;
+    }
+    append(e, s, it);
+    pump(e);
+}
+
+static ts_item *new_item(ts_req *req, item_kind kind) {
+    ts_item *it = calloc(1, sizeof *it);
+    if (!it)
+        ts_req_reply_error(req, 500, "out of memory queueing the request");
+    else {
+        it->kind = kind;
+        it->req = req;
+    }
+    return it;
+}
+
+static int version_ok(ts_served *s, ts_req *req) {
+    if (!req->route.version[0] || strcmp(req->route.version, s->version_str) == 0)
+        return 1;
+    ts_req_reply_error(req, 404, "model '%s' has no version '%s' (the current version is %s)",
+                       s->name, req->route.version, s->version_str);
+    return 0;
+}
+
+void ts_engine_infer(ts_engine *e, ts_served *s, ts_req *req) {
+    if (!version_ok(s, req))
+        return;
+    ts_item *it = new_item(req, ITEM_INFER);
+    if (!it)
+        return;
+    char err[512];
+    if (check_infer(e, s, req, it, err, sizeof err) < 0) {
+        ts_req_reply_error(req, 400, "%s", err);
+        item_free(it);
+        return;
+    }
+    enqueue_request(e, s, it);
+}
+
+void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req) {
+    if (!version_ok(s, req))
+        return;
+    if (e->cfg.feedback_requires_snapshot && s->snapshot_failing) {
+        ts_req_reply_error(req, 503, "snapshots of model '%s' are failing (%s); feedback is refused "
+                           "until one succeeds", s->name, s->snapshot_error);
+        return;
+    }
+    ts_item *it = new_item(req, ITEM_FEEDBACK);
+    if (!it)
+        return;
+    char err[512];
+    if (check_feedback(e, s, req, it, err, sizeof err) < 0) {
+        ts_req_reply_error(req, 400, "%s", err);
+        item_free(it);
+        return;
+    }
+    enqueue_request(e, s, it);
+}
+
+void ts_engine_export(ts_engine *e, ts_served *s, ts_req *req) {
+    ts_item *it = new_item(req, ITEM_EXPORT);
+    if (it)
+        enqueue_request(e, s, it);
+}
+
+int ts_engine_control(ts_engine *e, ts_served *s, ts_control_fn fn, void *arg) {
+    ts_item *it = calloc(1, sizeof *it);
+    if (!it)
+        return -1;
+    it->kind = ITEM_CONTROL;
+    it->fn = fn;
+    it->arg = arg;
+    append(e, s, it);
+    pump(e);
+    return 0;
+}
+
+/* ---- compute (thread pool) ---- */
+
+static void run_infer(ts_job *j) {
+    ts_model *m = j->s->model;
+    int64_t in = m->in_dim, out = m->out_dim;
+    const float *x = j->items->x;
+    float *xbuf = NULL;
+    if (j->n > 1) { /* concatenate the batch's rows */
+        xbuf = malloc((size_t)j->rows * (size_t)in * sizeof *xbuf);
+        int64_t off = 0;
+        for (ts_item *it = j->items; xbuf && it; it = it->next) {
+            memcpy(xbuf + off * in, it->x, (size_t)(it->rows * in) * sizeof *xbuf);
+            off += it->rows;
+        }
+        x = xbuf;
+    }
+    float *y = malloc((size_t)j->rows * (size_t)out * sizeof *y);
+    if (!y || (j->n > 1 && !xbuf) || ts_model_forward(m, x, j->rows, y, j->e->cfg.pool) < 0) {
+        for (ts_item *it = j->items; it; it = it->next)
+            item_set_error(it, 500, "out of memory running the forward");
+    } else {
+        int64_t off = 0;
+        for (ts_item *it = j->items; it; it = it->next) {
+            const ts_oip_request *o = &it->req->oip;
+            uint8_t *body = NULL;
+            size_t len = 0;
+            int64_t json_len = -1;
+            if (ts_oip_build_response(j->s->name, j->s->version_str, o->id, "output", y + off * out,
+                                      it->rows, out, it->binary, &body, &len, &json_len) < 0) {
+                item_set_error(it, 500, "out of memory building the response");
+            } else {
+                it->status = 200;
+                it->body = body;
+                it->len = len;
+                it->json_len = json_len;
+                it->ctype = json_len >= 0 ? "application/octet-stream" : "application/json";
+            }
+            off += it->rows;
+        }
+    }
+    free(xbuf);
+    free(y);
+}
+
+static void run_feedback(ts_job *j) {
+    ts_item *it = j->items;
+    char err[256];
+    double loss = NAN;
+    if (ts_model_feedback(j->s->model, it->x, it->rows, &it->fin, &loss, j->e->cfg.pool, err,
+                          sizeof err) < 0) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "feedback step failed: %s", err);
+        item_set_error(it, 500, msg);
+        return;
+    }
+    j->loss = loss;
+    json_t *r = json_pack("{s:s,s:s,s:I}", "model_name", j->s->name, "model_version",
+                          j->s->version_str, "step", (json_int_t)ts_model_step(j->s->model));
+    if (r && it->req->oip.id)
+        json_object_set_new(r, "id", json_string(it->req->oip.id));
+    if (r && it->fin.kind != TS_LOSS_GRAD && isfinite(loss))
+        json_object_set_new(r, "loss", json_real(loss));
+    char *body = r ? json_dumps(r, JSON_COMPACT) : NULL;
+    json_decref(r);
+    if (!body) {
+        item_set_error(it, 500, "out of memory building the response");
+        return;
+    }
+    it->status = 200;
+    it->body = body;
+    it->len = strlen(body);
+    it->json_len = -1;
+    it->ctype = "application/json";
+}
+
+static void run_export(ts_job *j) {
+    ts_item *it = j->items;
+    uint8_t *out = NULL;
+    size_t len = 0;
+    char err[256];
+    if (ts_safetensors_write(j->s->model, j->s->name, &out, &len, err, sizeof err) < 0) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "export failed: %s", err);
+        item_set_error(it, 500, msg);
+        return;
+    }
+    it->status = 200;
+    it->body = out;
+    it->len = len;
+    it->json_len = -1;
+    it->ctype = "application/octet-stream";
+}
+
+static void work_cb(uv_work_t *w) {
+    ts_job *j = w->data;
+    j->t_start = ts_now_us();
+    if (j->kind == ITEM_INFER)
+        run_infer(j);
+    else if (j->kind == ITEM_FEEDBACK)
+        run_feedback(j);
+    else
+        run_export(j);
+    j->t_end = ts_now_us();
+}
+
+/* ---- job completion (loop) ---- */
+
+static void after_cb(uv_work_t *w, int status) {
+    ts_job *j = w->data;
+    ts_engine *e = j->e;
+    ts_served *s = j->s;
+    ts_metrics *mt = e->cfg.metrics;
+    int kind = j->kind == ITEM_FEEDBACK ? TS_KIND_FEEDBACK : TS_KIND_INFER;
+    if (j->kind != ITEM_EXPORT)
+        ts_hist_observe(&mt->compute_us[kind], j->t_end - j->t_start);
+    if (j->kind == ITEM_INFER) {
+        ts_hist_observe(&mt->batch_rows, (uint64_t)j->rows);
+        atomic_fetch_add_explicit(&mt->batches, 1, memory_order_relaxed);
+    }
+    if (j->kind == ITEM_FEEDBACK && j->items->status == 200) {
+        s->feedback_steps++;
+        if (j->items->fin.kind != TS_LOSS_GRAD)
+            s->last_loss = j->loss;
+    }
+    s->step = ts_model_step(s->model);
+    for (ts_item *it = j->items, *next; it; it = next) {
+        next = it->next;
+        if (j->kind != ITEM_EXPORT && j->t_start >= it->t_enq)
+            ts_hist_observe(&mt->queue_us[kind], j->t_start - it->t_enq);
+        ts_req_reply(it->req, it->status, it->ctype, it->body, it->len, it->json_len);
+        it->body = NULL; /* the response owns it now */
+        item_free(it);
+    }
+    s->busy = 0;
+    e->lane_busy = 0;
+    free(j);
+    pump(e);
+}
+
+/* ---- scheduling (loop) ---- */
+
+static void launch(ts_engine *e, ts_served *s, item_kind kind, int n) {
+    ts_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        for (int i = 0; i < n; i++) {
+            ts_item *it = pop(e, s);
+            ts_req_reply_error(it->req, 500, "out of memory starting the compute job");
+            item_free(it);
+        }
+        return;
+    }
+    j->e = e;
+    j->s = s;
+    j->kind = kind;
+    j->work.data = j;
+    ts_item **tail = &j->items;
+    for (int i = 0; i < n; i++) {
+        ts_item *it = pop(e, s);
+        j->rows += it->rows;
+        *tail = it;
+        tail = &it->next;
+    }
+    j->n = n;
+    s->busy = 1;
+    e->lane_busy = 1;
+    uv_queue_work(e->loop, &j->work, work_cb, after_cb);
+}
+
+/* Run the control items at the head of every idle model's FIFO. */
+static void run_controls(ts_engine *e) {
+    for (ts_served *s = e->models; s; s = s->next)
+        while (!s->busy && s->head && s->head->kind == ITEM_CONTROL) {
+            ts_item *it = pop(e, s);
+            it->fn(e, s, it->arg);
+            item_free(it);
+        }
+}
+
+/* How many inference items at the head of s form the next batch, and whether it should
+ * start now; otherwise *deadline is when it should. */
+static int infer_batch(ts_engine *e, ts_served *s, uint64_t now, int *ready, uint64_t *deadline) {
+    int n = 0;
+    int64_t rows = 0;
+    ts_item *it = s->head;
+    *ready = e->draining;
+    for (; it && it->kind == ITEM_INFER; it = it->next) {
+        if (n > 0 && rows + it->rows > e->cfg.max_batch) {
+            *ready = 1; /* the next request does not fit: nothing else can join */
+            break;
+        }
+        rows += it->rows;
+        n++;
+        if (rows >= e->cfg.max_batch) {
+            *ready = 1;
+            break;
+        }
+    }
+    if (it && it->kind != ITEM_INFER)
+        *ready = 1; /* a step or control item follows: later rows could not join */
+    *deadline = s->head->t_enq + (uint64_t)e->cfg.max_queue_delay_us;
+    if (now >= *deadline)
+        *ready = 1;
+    return n;
+}
+
+static void arm_timer(ts_engine *e, uint64_t deadline, uint64_t now) {
+    if (deadline == e->timer_deadline)
+        return;
+    e->timer_deadline = deadline;
+    uint64_t d = deadline > now ? deadline - now : 1;
+    struct itimerspec its = {.it_value = {.tv_sec = (time_t)(d / 1000000u),
+                                          .tv_nsec = (long)(d % 1000000u) * 1000}};
+    timerfd_settime(e->timer_fd, 0, &its, NULL);
+}
+
+static void start_next_job(ts_engine *e) {
+    if (!e->models)
+        return;
+    uint64_t now = ts_now_us(), earliest = UINT64_MAX;
+    ts_served *start = e->rr ? e->rr : e->models;
+    ts_served *s = start;
+    do {
+        if (!s->busy && s->head && s->head->kind != ITEM_CONTROL) {
+            if (s->head->kind != ITEM_INFER) {
+                e->rr = s->next;
+                launch(e, s, s->head->kind, 1);
+                return;
+            }
+            int ready;
+            uint64_t deadline;
+            int n = infer_batch(e, s, now, &ready, &deadline);
+            if (ready) {
+                e->rr = s->next;
+                launch(e, s, ITEM_INFER, n);
+                return;
+            }
+            if (deadline < earliest)
+                earliest = deadline;
+        }
+        s = s->next ? s->next : e->models;
+    } while (s != start);
+    if (earliest != UINT64_MAX)
+        arm_timer(e, earliest, now);
+}
+
+static void pump(ts_engine *e) {
+    if (e->pumping) {
+        e->pump_again = 1;
+        return;
+    }
+    e->pumping = 1;
+    do {
+        e->pump_again = 0;
+        run_controls(e);
+        if (!e->lane_busy)
+            start_next_job(e);
+    } while (e->pump_again);
+    e->pumping = 0;
+}
+
+static void on_timer(uv_poll_t *p, int status, int events) {
+    ts_engine *e = p->data;
+    uint64_t expirations;
+    if (read(e->timer_fd, &expirations, sizeof expirations) < 0 && errno != EAGAIN)
+        ts_log_warn("batching timer: read failed: %s", strerror(errno));
+    e->timer_deadline = 0;
+    pump(e);
+}
+
+/* ---- models ---- */
+
+ts_engine *ts_engine_new(uv_loop_t *loop, const ts_engine_config *cfg, char *err, size_t errlen) {
+    ts_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    e->loop = loop;
+    e->cfg = *cfg;
+    e->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (e->timer_fd < 0 || uv_poll_init(loop, &e->timer_poll, e->timer_fd) != 0) {
+        snprintf(err, errlen, "cannot create the batching timer: %s", strerror(errno));
+        if (e->timer_fd >= 0)
+            close(e->timer_fd);
+        free(e);
+        return NULL;
+    }
+    e->timer_poll.data = e;
+    uv_poll_start(&e->timer_poll, UV_READABLE, on_timer);
+    return e;
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+    ts_engine *e = h->data;
+    close(e->timer_fd);
+    free(e);
+}
+
+void ts_engine_free(ts_engine *e) {
+    while (e->models)
+        ts_engine_remove(e, e->models);
+    uv_poll_stop(&e->timer_poll);
+    uv_close((uv_handle_t *)&e->timer_poll, on_timer_closed);
+}
+
+ts_served *ts_engine_add(ts_engine *e, const char *name, ts_model *m, int64_t version) {
+    ts_served *s = calloc(1, sizeof *s);
+    if (!s) {
+        ts_model_free(m);
+        return NULL;
+    }
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->model = m;
+    s->version = version;
+    snprintf(s->version_str, sizeof s->version_str, "%lld", (long long)version);
+    s->step = ts_model_step(m);
+    s->snap_step = s->snap_version = -1;
+    s->last_loss = NAN;
+    /* Append, so listings keep the order models were loaded in. */
+    ts_served **p = &e->models;
+    while (*p)
+        p = &(*p)->next;
+    *p = s;
+    e->n_models++;
+    return s;
+}
+
+void ts_engine_remove(ts_engine *e, ts_served *s) {
+    for (ts_served **p = &e->models; *p; p = &(*p)->next)
+        if (*p == s) {
+            *p = s->next;
+            break;
+        }
+    if (e->rr == s)
+        e->rr = s->next;
+    e->n_models--;
+    while (s->head) { /* nothing should be left; answer anything that is */
+        ts_item *it = pop(e, s);
+        if (it->req)
+            ts_req_reply_error(it->req, 404, "model '%s' was unloaded", s->name);
+        item_free(it);
+    }
+    ts_model_free(s->model);
+    free(s);
+}
+
+ts_served *ts_engine_find(ts_engine *e, const char *name, int include_unloading) {
+    for (ts_served *s = e->models; s; s = s->next)
+        if (strcmp(s->name, name) == 0)
+            return s->unloading && !include_unloading ? NULL : s;
+    return NULL;
+}
+
+ts_served *ts_engine_first(ts_engine *e) { return e->models; }
+int ts_engine_count(ts_engine *e) { return e->n_models; }
+
+void ts_engine_drain(ts_engine *e) {
+    e->draining = 1;
+    pump(e);
+}
+
+int ts_engine_idle(ts_engine *e) {
+    if (e->lane_busy)
+        return 0;
+    for (ts_served *s = e->models; s; s = s->next)
+        if (s->head)
+            return 0;
+    return 1;
+}
+
+void ts_engine_render_metrics(ts_engine *e, ts_sbuf *out) {
+    static const struct {
+        const char *name, *type, *help;
+    } fams[] = {
+        {"tscale_model_step", "gauge", "The model's step (step_counter of its first ternary_linear layer)."},
+        {"tscale_model_version", "gauge", "The version number being served."},
+        {"tscale_feedback_steps_total", "counter", "Feedback steps applied since start."},
+        {"tscale_feedback_last_loss", "gauge", "Loss of the newest feedback step that computed one."},
+        {"tscale_queue_rows", "gauge", "Rows waiting in the model's queue."},
+        {"tscale_queue_requests", "gauge", "Items waiting in the model's queue."},
+        {"tscale_model_snapshot_failing", "gauge", "1 while the model's snapshots are failing."},
+        {"tscale_model_snapshot_failures_total", "counter", "Failed snapshot writes of the model."},
+    };
+    for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++) {
+        ts_sbuf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", fams[f].name, fams[f].help, fams[f].name,
+                       fams[f].type);
+        for (ts_served *s = e->models; s; s = s->next) {
+            double v;
+            switch (f) {
+            case 0: v = (double)s->step; break;
+            case 1: v = (double)s->version; break;
+            case 2: v = (double)s->feedback_steps; break;
+            case 3: v = s->last_loss; break;
+            case 4: v = (double)s->queued_rows; break;
+            case 5: v = (double)s->queued_items; break;
+            case 6: v = s->snapshot_failing; break;
+            default: v = (double)s->snapshot_failures; break;
+            }
+            if (isnan(v))
+                continue;
+            ts_sbuf_printf(out, "%s{model=\"%s\"} %.17g\n", fams[f].name, s->name, v);
+        }
+    }
+}

@@ -1,0 +1,39 @@
+/* hash.c — content hash of model files (see hash.h). */
+#include "hash.h"
+
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+
+static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= FNV_PRIME;
+    }
+    return h;
+}
+
+uint64_t ts_hash_bytes(const uint8_t *buf, size_t len) {
+    /* Lane k hashes bytes k, k+8, k+16, ... of the whole 8-byte blocks; the tail and the
+     * lane results are then folded through plain FNV-1a together with the length. */
+    uint64_t lane[8];
+    for (int k = 0; k < 8; k++)
+        lane[k] = FNV_OFFSET ^ (uint64_t)k;
+    size_t blocks = len / 8;
+    for (size_t b = 0; b < blocks; b++)
+        for (int k = 0; k < 8; k++) {
+            lane[k] ^= buf[b * 8 + (size_t)k];
+            lane[k] *= FNV_PRIME;
+        }
+    uint64_t h = FNV_OFFSET;
+    for (int k = 0; k < 8; k++) {
+        uint8_t bytes[8];
+        for (int i = 0; i < 8; i++)
+            bytes[i] = (uint8_t)(lane[k] >> (8 * i));
+        h = fnv1a(h, bytes, 8);
+    }
+    h = fnv1a(h, buf + blocks * 8, len - blocks * 8);
+    uint8_t lb[8];
+    for (int i = 0; i < 8; i++)
+        lb[i] = (uint8_t)((uint64_t)len >> (8 * i));
+    return fnv1a(h, lb, 8);
+}

@@ -1,0 +1,15 @@
+/* hash.h — the identity of a model file's bytes (SPEC §3: restarting with the same
+ * --model file keeps the recovered state; a different file is a new version). Used for
+ * --model files and PUT /admin/models/{m} bodies alike, so both name a file the same way. */
+#ifndef TS_HASH_H
+#define TS_HASH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* 64-bit FNV-1a of buf[len], computed 8 lanes at a time and then combined, so a large
+ * file hashes at memory speed rather than one multiply per byte. Stable across builds:
+ * the value is stored in the database. */
+uint64_t ts_hash_bytes(const uint8_t *buf, size_t len);
+
+#endif

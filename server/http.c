@@ -1,0 +1,487 @@
+/* http.c — libmicrohttpd front end (see http.h for the design and a request's life). */
+#include "http.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../proto/safetensors.h"
+#include "auth.h"
+#include "hash.h"
+#include "log.h"
+
+enum {
+    REQ_HTTP,      /* being received / parsed on an HTTP thread */
+    REQ_LOOP,      /* suspended; the loop owns it until it answers */
+    REQ_ANSWERED,  /* the loop stored a response and resumed the connection */
+    REQ_QUEUED,    /* response handed to MHD */
+};
+
+struct ts_http {
+    ts_http_config cfg;
+    struct MHD_Daemon *mhd;
+    MHD_socket listen_fd;        /* after quiesce: closed after MHD_stop_daemon */
+    uv_async_t async;
+    pthread_mutex_t mu;
+    ts_req *in_head, *in_tail;   /* parsed requests waiting for the loop */
+    _Atomic int active;          /* requests between first header and completion */
+};
+
+/* ---- responses ---- */
+
+static int kind_of(ts_endpoint ep) {
+    return ep == TS_EP_INFER ? TS_KIND_INFER : ep == TS_EP_FEEDBACK ? TS_KIND_FEEDBACK : -1;
+}
+
+static struct MHD_Response *make_response(ts_req *req, int status, const char *content_type,
+                                          void *body, size_t len, int64_t json_len) {
+    struct MHD_Response *r =
+        len ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
+            : MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    if (!len)
+        free(body);
+    if (!r) {
+        if (len)
+            free(body);
+        return NULL;
+    }
+    if (content_type)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    if (json_len >= 0) {
+        char v[32];
+        snprintf(v, sizeof v, "%lld", (long long)json_len);
+        MHD_add_response_header(r, "Inference-Header-Content-Length", v);
+    }
+    if (status == 503) {
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+        if (atomic_load(req->http->cfg.shutting_down))
+            MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    }
+    if (status == 401)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (status == 405 && req->route.allow[0])
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, req->route.allow);
+    return r;
+}
+
+static void count(ts_req *req, int status) {
+    ts_http *h = req->http;
+    ts_metrics_count_request(h->cfg.metrics, req->route.ep, status);
+    int k = kind_of(req->route.ep);
+    if (k >= 0 && req->t_received_us)
+        ts_hist_observe(&h->cfg.metrics->total_us[k], ts_now_us() - req->t_received_us);
+}
+
+void ts_req_reply(ts_req *req, int status, const char *content_type, void *body, size_t len,
+                  int64_t json_len) {
+    struct MHD_Response *r = make_response(req, status, content_type, body, len, json_len);
+    count(req, status);
+    struct MHD_Connection *conn = req->conn;
+    if (req->state == REQ_HTTP) {
+        /* On the HTTP thread, inside the access handler: queue directly. A NULL response
+         * (out of memory) makes MHD close the connection, the only thing left to do. */
+        if (r) {
+            MHD_queue_response(conn, (unsigned)status, r);
+            MHD_destroy_response(r);
+        }
+        req->state = REQ_QUEUED;
+        return;
+    }
+    /* On the loop: store it and wake the connection; the access handler queues it. After
+     * MHD_resume_connection the request is MHD's again: do not touch req afterwards. */
+    req->response = r;
+    req->status = status;
+    req->state = REQ_ANSWERED;
+    MHD_resume_connection(conn);
+}
+
+void ts_req_reply_error(ts_req *req, int status, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    char *body = ts_oip_error_json(msg);
+    ts_req_reply(req, status, "application/json", body, body ? strlen(body) : 0, -1);
+}
+
+void ts_req_reply_json(ts_req *req, int status, void *json) {
+    char *body = json ? json_dumps((json_t *)json, JSON_COMPACT) : NULL;
+    json_decref((json_t *)json);
+    if (!body) {
+        ts_req_reply_error(req, 500, "out of memory building the response");
+        return;
+    }
+    ts_req_reply(req, status, "application/json", body, strlen(body), -1);
+}
+
+/* ---- the access handler's steps ---- */
+
+static int takes_body(ts_endpoint ep) {
+    return ep == TS_EP_INFER || ep == TS_EP_FEEDBACK || ep == TS_EP_ADMIN_PUT ||
+           ep == TS_EP_ADMIN_RESTORE;
+}
+
+/* Checks that need only the headers. 1 when it answered. */
+static int check_headers(ts_req *req, struct MHD_Connection *conn) {
+    ts_http *h = req->http;
+    ts_route *rt = &req->route;
+    if (rt->status) {
+        ts_req_reply_error(req, rt->status, "%s", rt->error);
+        return 1;
+    }
+    if (atomic_load(h->cfg.shutting_down) && rt->ep != TS_EP_HEALTH_LIVE &&
+        rt->ep != TS_EP_HEALTH_READY && rt->ep != TS_EP_METRICS) {
+        ts_req_reply_error(req, 503, "shutting down");
+        return 1;
+    }
+    const char *authz = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    ts_auth_result a = TS_AUTH_OK;
+    if (ts_endpoint_is_admin(rt->ep)) {
+        if (h->cfg.admin_token[0]) {
+            a = ts_auth_check(authz, h->cfg.admin_token, NULL);
+        } else {
+            const union MHD_ConnectionInfo *ci =
+                MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+            if (!ci || !ts_auth_is_loopback(ci->client_addr)) {
+                ts_req_reply_error(req, 403, "the admin API answers loopback clients only "
+                                             "(configure --admin-token-file for remote access)");
+                return 1;
+            }
+        }
+    } else if (rt->ep == TS_EP_FEEDBACK && h->cfg.feedback_token[0]) {
+        a = ts_auth_check(authz, h->cfg.feedback_token, h->cfg.admin_token);
+    }
+    if (a == TS_AUTH_MISSING) {
+        ts_req_reply_error(req, 401, "missing credentials: send Authorization: Bearer <token>");
+        return 1;
+    }
+    if (a == TS_AUTH_WRONG) {
+        ts_req_reply_error(req, 403, "the bearer token is not valid for this endpoint");
+        return 1;
+    }
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl && takes_body(rt->ep)) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (!errno && *end == '\0' && n > (unsigned long long)h->cfg.max_body_bytes) {
+            ts_req_reply_error(req, 413, "request body of %llu bytes is over the limit of %lld "
+                               "(--max-body-bytes)", n, (long long)h->cfg.max_body_bytes);
+            return 1;
+        }
+        if (!errno && *end == '\0' && n > 0) {
+            req->body = malloc((size_t)n);
+            req->body_cap = req->body ? (size_t)n : 0;
+        }
+    }
+    return 0;
+}
+
+/* Append upload data; past the limit keep discarding (the response can only be queued
+ * once the upload is over), and give up on the connection after a further limit's worth. */
+static enum MHD_Result collect(ts_req *req, const char *data, size_t *size) {
+    ts_http *h = req->http;
+    size_t n = *size;
+    *size = 0;
+    if (!takes_body(req->route.ep))
+        return MHD_YES; /* a body where none is expected is ignored */
+    if (req->too_large) {
+        req->discarded += n;
+        return req->discarded > (size_t)h->cfg.max_body_bytes ? MHD_NO : MHD_YES;
+    }
+    if (req->body_len + n > (size_t)h->cfg.max_body_bytes) {
+        req->too_large = 1;
+        free(req->body);
+        req->body = NULL;
+        req->body_len = req->body_cap = 0;
+        return MHD_YES;
+    }
+    if (req->body_len + n > req->body_cap) {
+        size_t cap = req->body_cap ? req->body_cap : 4096;
+        while (cap < req->body_len + n)
+            cap *= 2;
+        if (cap > (size_t)h->cfg.max_body_bytes)
+            cap = (size_t)h->cfg.max_body_bytes;
+        uint8_t *p = realloc(req->body, cap);
+        if (!p)
+            return MHD_NO;
+        req->body = p;
+        req->body_cap = cap;
+    }
+    memcpy(req->body + req->body_len, data, n);
+    req->body_len += n;
+    return MHD_YES;
+}
+
+static int parse_restore(ts_req *req, char *err, size_t errlen) {
+    json_error_t je;
+    json_t *j = json_loadb((const char *)req->body, req->body_len, 0, &je);
+    json_t *id = j ? json_object_get(j, "snapshot_id") : NULL;
+    int ok = id && json_is_integer(id) && json_integer_value(id) > 0;
+    if (ok)
+        req->snapshot_id = json_integer_value(id);
+    else if (!j)
+        snprintf(err, errlen, "body is not JSON (%s); expected {\"snapshot_id\": N}", je.text);
+    else
+        snprintf(err, errlen, "expected {\"snapshot_id\": N} with N a positive integer");
+    json_decref(j);
+    return ok ? 0 : -1;
+}
+
+/* Parse the complete body. 0, or -1 with the reason (a 400). */
+static int parse_body(ts_req *req, struct MHD_Connection *conn, char *err, size_t errlen) {
+    ts_http *h = req->http;
+    switch (req->route.ep) {
+    case TS_EP_INFER:
+    case TS_EP_FEEDBACK: {
+        int64_t json_len = -1;
+        const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Inference-Header-Content-Length");
+        if (v) {
+            char *end;
+            errno = 0;
+            long long n = strtoll(v, &end, 10);
+            if (errno || end == v || *end || n < 0 || (unsigned long long)n > req->body_len) {
+                snprintf(err, errlen, "Inference-Header-Content-Length '%.32s' is not a length "
+                         "within the %zu-byte body", v, req->body_len);
+                return -1;
+            }
+            json_len = n;
+        }
+        ts_oip_limits lim = {.max_elements = h->cfg.max_elements, .max_depth = 32};
+        static const uint8_t empty[1];
+        if (ts_oip_parse_request(req->body ? req->body : empty, req->body_len, json_len, &lim,
+                                 &req->oip, err, errlen) < 0)
+            return -1;
+        req->has_oip = 1;
+        return 0;
+    }
+    case TS_EP_ADMIN_PUT: {
+        char name[TS_MODEL_NAME_MAX], why[512];
+        if (!req->body_len) {
+            snprintf(err, errlen, "the body must be a model file (safetensors); it is empty");
+            return -1;
+        }
+        req->upload = ts_safetensors_read(req->body, req->body_len, name, why, sizeof why);
+        if (!req->upload) {
+            snprintf(err, errlen, "model file refused: %s", why);
+            return -1;
+        }
+        req->upload_hash = ts_hash_bytes(req->body, req->body_len);
+        return 0;
+    }
+    case TS_EP_ADMIN_RESTORE: return parse_restore(req, err, errlen);
+    default: return 0;
+    }
+}
+
+/* Endpoints that need no server state are answered on the HTTP thread. 1 when answered. */
+static int answer_static(ts_req *req) {
+    json_t *j = NULL;
+    if (req->route.ep == TS_EP_HEALTH_LIVE)
+        j = json_pack("{s:b}", "live", 1);
+    else if (req->route.ep == TS_EP_SERVER_META)
+        j = json_pack("{s:s,s:s,s:[s,s]}", "name", "tscale", "version", TS_VERSION, "extensions",
+                      "binary_tensor_data", "feedback");
+    else
+        return 0;
+    ts_req_reply_json(req, 200, j);
+    return 1;
+}
+
+static void hand_to_loop(ts_req *req, struct MHD_Connection *conn) {
+    ts_http *h = req->http;
+    req->state = REQ_LOOP;
+    MHD_suspend_connection(conn);
+    pthread_mutex_lock(&h->mu);
+    req->next = NULL;
+    if (h->in_tail)
+        h->in_tail->next = req;
+    else
+        h->in_head = req;
+    h->in_tail = req;
+    pthread_mutex_unlock(&h->mu);
+    uv_async_send(&h->async);
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls) {
+    ts_http *h = cls;
+    ts_req *req = *con_cls;
+    if (!req) { /* headers complete */
+        req = calloc(1, sizeof *req);
+        if (!req)
+            return MHD_NO;
+        *con_cls = req;
+        req->http = h;
+        req->conn = conn;
+        atomic_fetch_add(&h->active, 1);
+        ts_route_match(method, url, &req->route);
+        check_headers(req, conn);
+        return MHD_YES;
+    }
+    if (req->state == REQ_ANSWERED) { /* resumed by the loop */
+        struct MHD_Response *r = req->response;
+        req->response = NULL;
+        req->state = REQ_QUEUED;
+        if (!r)
+            return MHD_NO;
+        enum MHD_Result ok = MHD_queue_response(conn, (unsigned)req->status, r);
+        MHD_destroy_response(r);
+        return ok;
+    }
+    if (req->state != REQ_HTTP)
+        return MHD_YES;
+    if (*upload_data_size)
+        return collect(req, upload_data, upload_data_size);
+    /* The body is complete. */
+    req->t_received_us = ts_now_us();
+    if (req->too_large) {
+        ts_req_reply_error(req, 413, "request body is over the limit of %lld bytes (--max-body-bytes)",
+                           (long long)h->cfg.max_body_bytes);
+        return MHD_YES;
+    }
+    char err[1024];
+    int rc = parse_body(req, conn, err, sizeof err);
+    free(req->body);
+    req->body = NULL;
+    req->body_len = req->body_cap = 0;
+    if (rc < 0)
+        ts_req_reply_error(req, 400, "%s", err);
+    else if (!answer_static(req))
+        hand_to_loop(req, conn);
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    ts_http *h = cls;
+    ts_req *req = *con_cls;
+    if (!req)
+        return;
+    *con_cls = NULL;
+    if (req->response)
+        MHD_destroy_response(req->response);
+    if (req->has_oip)
+        ts_oip_request_free(&req->oip);
+    ts_model_free(req->upload);
+    free(req->body);
+    free(req);
+    atomic_fetch_sub(&h->active, 1);
+}
+
+/* ---- the loop side ---- */
+
+void ts_http_drain_inbound(ts_http *h) {
+    pthread_mutex_lock(&h->mu);
+    ts_req *req = h->in_head;
+    h->in_head = h->in_tail = NULL;
+    pthread_mutex_unlock(&h->mu);
+    while (req) {
+        ts_req *next = req->next; /* dispatch may answer, after which req is MHD's */
+        h->cfg.dispatch(h->cfg.dispatch_ctx, req);
+        req = next;
+    }
+}
+
+static void on_async(uv_async_t *a) { ts_http_drain_inbound(a->data); }
+
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    ts_log_debug("http: %s", msg);
+}
+
+static int resolve(const char *host, int port, struct sockaddr_storage *ss, char *err, size_t errlen) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc != 0 || !res) {
+        snprintf(err, errlen, "cannot resolve listen host '%s': %s", host, gai_strerror(rc));
+        return -1;
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+    return 0;
+}
+
+ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, int *bound_port, char *err,
+                       size_t errlen) {
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (resolve(cfg->host, cfg->port, &ss, err, errlen) < 0)
+        return NULL;
+    ts_http *h = calloc(1, sizeof *h);
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    h->cfg = *cfg;
+    h->listen_fd = MHD_INVALID_SOCKET;
+    pthread_mutex_init(&h->mu, NULL);
+    uv_async_init(loop, &h->async, on_async);
+    h->async.data = h;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    /* The pool-size option only when a pool is wanted: MHD warns on stderr about 0. */
+    struct MHD_OptionItem pool_opt[] = {
+        {MHD_OPTION_THREAD_POOL_SIZE, cfg->threads, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    h->mhd = MHD_start_daemon(
+        flags, (uint16_t)cfg->port, NULL, NULL, on_access, h,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_ARRAY, cfg->threads > 1 ? pool_opt : pool_opt + 1,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->request_timeout_s,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_END);
+    if (!h->mhd) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s (is the port in use, or the address "
+                 "not local?)", cfg->host, cfg->port, errno ? strerror(errno) : "libmicrohttpd refused");
+        uv_close((uv_handle_t *)&h->async, NULL);
+        uv_run(loop, UV_RUN_NOWAIT);
+        pthread_mutex_destroy(&h->mu);
+        free(h);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    *bound_port = di ? di->port : cfg->port;
+    return h;
+}
+
+void ts_http_quiesce(ts_http *h) {
+    if (h->listen_fd == MHD_INVALID_SOCKET)
+        h->listen_fd = MHD_quiesce_daemon(h->mhd);
+}
+
+int ts_http_active(ts_http *h) { return atomic_load(&h->active); }
+
+static void on_async_closed(uv_handle_t *handle) {
+    ts_http *h = handle->data;
+    pthread_mutex_destroy(&h->mu);
+    free(h);
+}
+
+void ts_http_stop(ts_http *h) {
+    MHD_stop_daemon(h->mhd);
+    if (h->listen_fd != MHD_INVALID_SOCKET)
+        close(h->listen_fd);
+    uv_close((uv_handle_t *)&h->async, on_async_closed);
+}

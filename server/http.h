@@ -1,0 +1,104 @@
+/* http.h — the HTTP front end: libmicrohttpd on its own polling thread(s), handing
+ * complete, parsed requests to the loop.
+ *
+ * Why MHD runs on its own thread instead of being driven from the libuv loop: MHD's
+ * external-select mode needs its fd set and timeout re-read after every call, which
+ * fits libuv's readiness model badly (one uv_poll per connection, re-armed by hand); and
+ * body parsing (JSON of a large tensor, a model file for PUT) would then run on the loop
+ * and stall every model's queue. On its own thread MHD does all socket I/O and the
+ * parsing; the loop only routes parsed requests, batches and answers. The hand-over is a
+ * mutex-protected list plus a uv_async_t (MHD thread -> loop) and MHD_resume_connection,
+ * which is thread-safe (loop -> MHD thread).
+ *
+ * Life of a request (ts_req), threads in brackets:
+ *   [http] headers: route (404/405), shutting down (503), auth (401/403), Content-Length
+ *          over the limit (413) are answered at once, before the body is read;
+ *   [http] body collected (bounded), then parsed: OIP for infer/feedback, the model file
+ *          for PUT, {"snapshot_id"} for restore (400 on error);
+ *   [http] suspend the connection, push to the loop;
+ *   [loop] ts_http_dispatch_fn routes it; whoever answers calls ts_req_reply*() exactly
+ *          once; after that the request belongs to MHD again (freed when sent).
+ */
+#ifndef TS_HTTP_H
+#define TS_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "../core/model.h"
+#include "../proto/oip.h"
+#include "metrics.h"
+#include "route.h"
+
+typedef struct ts_http ts_http;
+typedef struct ts_req ts_req;
+
+struct ts_req {
+    ts_http *http;
+    void *conn;                  /* struct MHD_Connection * */
+    ts_route route;
+    uint64_t t_received_us;      /* body complete (ts_now_us) */
+    /* What the HTTP thread parsed, by endpoint: */
+    ts_oip_request oip;          /* TS_EP_INFER, TS_EP_FEEDBACK */
+    ts_model *upload;            /* TS_EP_ADMIN_PUT: the model file, owned until taken */
+    uint64_t upload_hash;        /* TS_EP_ADMIN_PUT: hash of the file bytes */
+    int64_t snapshot_id;         /* TS_EP_ADMIN_RESTORE */
+    /* Private to http.c: */
+    int state;
+    uint8_t *body;
+    size_t body_len, body_cap, discarded;
+    int too_large;
+    int has_oip;
+    void *response;              /* struct MHD_Response * once answered from the loop */
+    int status;
+    ts_req *next;
+};
+
+typedef void (*ts_http_dispatch_fn)(void *ctx, ts_req *req);
+
+typedef struct {
+    const char *host;
+    int port;
+    int threads;                 /* MHD polling threads */
+    int64_t max_body_bytes;
+    int64_t max_connections;
+    int64_t request_timeout_s;
+    int64_t max_elements;        /* per tensor, for the OIP parser */
+    const char *admin_token;     /* "" = none configured */
+    const char *feedback_token;  /* "" = none configured */
+    const _Atomic int *shutting_down;
+    ts_metrics *metrics;
+    ts_http_dispatch_fn dispatch;  /* loop thread */
+    void *dispatch_ctx;
+} ts_http_config;
+
+/* Start listening. The config's strings must outlive the ts_http. *bound_port receives
+ * the actual port (useful with port 0). NULL + err on failure. */
+ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, int *bound_port, char *err,
+                       size_t errlen);
+
+/* Stop accepting new connections (existing ones keep being served). Loop thread. */
+void ts_http_quiesce(ts_http *h);
+/* Dispatch now every request already handed over (loop thread; used at shutdown so that
+ * what was accepted before it is served, not refused). */
+void ts_http_drain_inbound(ts_http *h);
+/* Requests received but not yet fully sent back (any thread). */
+int ts_http_active(ts_http *h);
+/* Close every connection and stop the threads; close the loop handle. Call only when no
+ * request is held by the loop (every one answered). Then run the loop to finish. */
+void ts_http_stop(ts_http *h);
+
+/* ---- answering (loop thread; exactly one call per request) ---- */
+
+/* body is malloc'd and taken over (freed by MHD after sending); may be NULL when len 0.
+ * json_len >= 0 adds Inference-Header-Content-Length (binary tensor responses). */
+void ts_req_reply(ts_req *req, int status, const char *content_type, void *body, size_t len,
+                  int64_t json_len);
+/* {"error": msg}; 503 adds Retry-After; 401 adds WWW-Authenticate. */
+void ts_req_reply_error(ts_req *req, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* A jansson value (json_t *), serialised compactly; the reference is stolen. */
+void ts_req_reply_json(ts_req *req, int status, void *json);
+
+#endif

@@ -1,0 +1,39 @@
+/* persist.h — the persistence thread: the only user of the daemon's ts_store while it
+ * serves (SPEC §6: SQLite never runs on the loop, so a slow disk never stalls requests).
+ *
+ * A job is a pair of callbacks: work() runs on the persistence thread with the store,
+ * done() runs afterwards on the loop thread. Jobs run one at a time in submission order,
+ * which keeps e.g. "snapshot, then list snapshots" in the order the loop asked.
+ * Embed ts_persist_job in your own struct and recover it in the callbacks.
+ */
+#ifndef TS_PERSIST_H
+#define TS_PERSIST_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "store.h"
+
+typedef struct ts_persist ts_persist;
+typedef struct ts_persist_job ts_persist_job;
+
+struct ts_persist_job {
+    void (*work)(ts_store *store, ts_persist_job *job);  /* persistence thread */
+    void (*done)(ts_persist_job *job);                   /* loop thread; may free the job */
+    ts_persist_job *next;                                /* private */
+};
+
+/* Start the thread; it owns store from now on (closes it in ts_persist_stop).
+ * NULL + err on failure (the store is then still the caller's). */
+ts_persist *ts_persist_start(uv_loop_t *loop, ts_store *store, char *err, size_t errlen);
+
+/* Loop thread only. */
+void ts_persist_submit(ts_persist *p, ts_persist_job *job);
+/* Jobs submitted whose done() has not run yet. */
+int ts_persist_pending(const ts_persist *p);
+
+/* Loop thread, once ts_persist_pending() is 0: join the thread, close the store, and close
+ * the loop handle (run the loop once more to finish closing), then free. */
+void ts_persist_stop(ts_persist *p);
+
+#endif

@@ -1,0 +1,180 @@
+/* recover.c — models served at start (see recover.h). */
+#include "recover.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../proto/safetensors.h"
+#include "hash.h"
+#include "log.h"
+#include "route.h"
+
+static void note_snapshot(ts_served *s, const ts_snapshot_info *info) {
+    s->newest = *info;
+    s->snap_step = info->step;
+    s->snap_version = info->version;
+}
+
+/* Serve m as name at version, replacing what is served under that name. */
+static ts_served *serve(ts_engine *e, const char *name, ts_model *m, int64_t version) {
+    ts_served *old = ts_engine_find(e, name, 1);
+    if (old)
+        ts_engine_remove(e, old);
+    return ts_engine_add(e, name, m, version);
+}
+
+static int import_snapshot(ts_store *st, const ts_config *cfg, ts_served *s, char *err, size_t errlen) {
+    size_t len = ts_state_len(s->model);
+    int64_t *state = malloc((len ? len : 1) * sizeof *state);
+    if (!state) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    ts_state_save(s->model, state);
+    ts_snapshot_info info;
+    int rc = ts_store_put_snapshot(st, s->name, s->version, state, len, ts_model_step(s->model),
+                                   "import", (int)cfg->snapshot_keep, &info, err, errlen);
+    free(state);
+    if (rc == 0) {
+        note_snapshot(s, &info);
+        ts_log_info("snapshot %lld of model '%s': version %lld, step %lld, reason import",
+                    (long long)info.snapshot_id, s->name, (long long)s->version, (long long)info.step);
+    }
+    return rc;
+}
+
+static int recover_stored(ts_store *st, ts_engine *e, char *err, size_t errlen) {
+    char **names = NULL;
+    int n = 0;
+    if (ts_store_list_models(st, &names, &n, err, errlen) < 0)
+        return -1;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        ts_snapshot_info info;
+        int skipped = 0;
+        char why[512];
+        ts_model *m = ts_store_load(st, names[i], 0, &info, &skipped, why, sizeof why);
+        if (!m) {
+            snprintf(err, errlen, "cannot recover model '%s' from the database: %s", names[i], why);
+            rc = -1;
+            break;
+        }
+        if (skipped)
+            ts_log_warn("model '%s': skipped %d damaged snapshot(s), recovering from snapshot %lld",
+                        names[i], skipped, (long long)info.snapshot_id);
+        ts_served *s = serve(e, names[i], m, info.version);
+        if (!s) {
+            snprintf(err, errlen, "out of memory");
+            rc = -1;
+            break;
+        }
+        note_snapshot(s, &info);
+        ts_log_info("model '%s' recovered: version %lld, step %lld, snapshot %lld, %d layers, in %lld, "
+                    "out %lld", s->name, (long long)s->version, (long long)s->step,
+                    (long long)info.snapshot_id, m->n_layers, (long long)m->in_dim, (long long)m->out_dim);
+    }
+    ts_store_names_free(names, n);
+    return rc;
+}
+
+static uint8_t *read_file(const char *path, size_t *len, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    struct stat st;
+    if (!f || fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "cannot read %s: %s", path, f ? "not a regular file" : strerror(errno));
+        if (f)
+            fclose(f);
+        return NULL;
+    }
+    uint8_t *buf = malloc(st.st_size ? (size_t)st.st_size : 1);
+    size_t n = buf ? fread(buf, 1, (size_t)st.st_size, f) : 0;
+    fclose(f);
+    if (!buf || n != (size_t)st.st_size) {
+        snprintf(err, errlen, "cannot read %s: %s", path, buf ? "short read" : "out of memory");
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+static int apply_model_file(ts_store *st, const ts_config *cfg, ts_engine *e, const ts_model_arg *a,
+                            char *err, size_t errlen) {
+    char why[512];
+    if (!ts_route_name_valid(a->name)) {
+        snprintf(err, errlen, "--model %s=...: a model name is 1-127 characters of A-Z a-z 0-9 . _ - "
+                 "and does not start with '.'", a->name);
+        return -1;
+    }
+    size_t len = 0;
+    uint8_t *buf = read_file(a->path, &len, why, sizeof why);
+    ts_model *m = buf ? ts_safetensors_read(buf, len, NULL, why, sizeof why) : NULL;
+    uint64_t hash = buf ? ts_hash_bytes(buf, len) : 0;
+    free(buf);
+    if (!m) {
+        snprintf(err, errlen, "--model %s=%s: %s", a->name, a->path, why);
+        return -1;
+    }
+    int64_t held = 0;
+    ts_served *cur = ts_engine_find(e, a->name, 1);
+    if (ts_store_find_version(st, a->name, hash, &held, err, errlen) < 0) {
+        ts_model_free(m);
+        return -1;
+    }
+    if (cur && held != 0 && held == cur->version) {
+        ts_log_info("model '%s': %s is version %lld, already held; keeping the recovered state "
+                    "(step %lld)", a->name, a->path, (long long)held, (long long)cur->step);
+        ts_model_free(m);
+        return 0;
+    }
+    int64_t version;
+    int created;
+    if (ts_store_put_version(st, a->name, m, hash, &version, &created, err, errlen) < 0) {
+        ts_model_free(m);
+        return -1;
+    }
+    ts_served *s = serve(e, a->name, m, version);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    ts_log_info("model '%s' loaded from %s: version %lld%s, step %lld, %d layers, in %lld, out %lld",
+                a->name, a->path, (long long)version, created ? " (new)" : "", (long long)s->step,
+                m->n_layers, (long long)m->in_dim, (long long)m->out_dim);
+    return import_snapshot(st, cfg, s, err, errlen);
+}
+
+static int add_demo(ts_store *st, const ts_config *cfg, ts_engine *e, char *err, size_t errlen) {
+    ts_model *m = ts_model_demo(err, errlen);
+    if (!m)
+        return -1;
+    int64_t version;
+    int created;
+    if (ts_store_put_version(st, "demo", m, ts_store_model_hash(m), &version, &created, err, errlen) < 0) {
+        ts_model_free(m);
+        return -1;
+    }
+    ts_served *s = serve(e, "demo", m, version);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    ts_log_info("model 'demo' loaded (built in, nothing else configured): version %lld, %d layers, "
+                "in %lld, out %lld", (long long)version, m->n_layers, (long long)m->in_dim,
+                (long long)m->out_dim);
+    return import_snapshot(st, cfg, s, err, errlen);
+}
+
+int ts_recover_models(ts_store *st, const ts_config *cfg, ts_engine *e, char *err, size_t errlen) {
+    if (recover_stored(st, e, err, errlen) < 0)
+        return -1;
+    for (int i = 0; i < cfg->n_models; i++)
+        if (apply_model_file(st, cfg, e, &cfg->models[i], err, errlen) < 0)
+            return -1;
+    if (ts_engine_count(e) == 0 && add_demo(st, cfg, e, err, errlen) < 0)
+        return -1;
+    return 0;
+}

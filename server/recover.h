@@ -1,0 +1,19 @@
+/* recover.h — what the daemon serves at start (SPEC §3, §6), before it listens:
+ *   1. every active model of the database, from its newest snapshot that verifies;
+ *   2. each --model NAME=FILE: a file that is the version already held for NAME keeps the
+ *      recovered state (so the same command line restarts forever); any other file
+ *      becomes NAME's new version, snapshotted with reason "import";
+ *   3. with nothing at all to serve, the built-in demo model as "demo".
+ * Runs on the main thread, which owns the store until the persistence thread starts. */
+#ifndef TS_RECOVER_H
+#define TS_RECOVER_H
+
+#include "config.h"
+#include "engine.h"
+#include "store.h"
+
+/* 0, or -1 + err (the daemon then refuses to start: serving a silently different set of
+ * models than configured would be worse). */
+int ts_recover_models(ts_store *st, const ts_config *cfg, ts_engine *e, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,39 @@
+/* server.h — the daemon's one context: everything the loop owns, plus what the HTTP and
+ * persistence threads share with it. It is the daemon's only global (daemon.c keeps a
+ * pointer for the signal handlers' sake; everything else receives it as an argument). */
+#ifndef TS_SERVER_H
+#define TS_SERVER_H
+
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "../core/pool.h"
+#include "auth.h"
+#include "config.h"
+#include "engine.h"
+#include "http.h"
+#include "metrics.h"
+#include "persist.h"
+
+typedef struct ts_server {
+    ts_config cfg;
+    uv_loop_t *loop;
+    ts_metrics metrics;
+    ts_pool *pool;
+    ts_engine *engine;
+    ts_persist *persist;
+    ts_http *http;
+    char admin_token[TS_TOKEN_MAX];     /* "" when not configured */
+    char feedback_token[TS_TOKEN_MAX];
+    _Atomic int shutting_down;          /* read by the HTTP threads */
+    int closing;                        /* loop: shutdown began and the requests handed
+                                           over before it were dispatched; later ones 503 */
+    int shutdown_snapshots_pending;     /* final snapshots not written yet */
+    int shutdown_failed;                /* a final snapshot failed: exit status 1 */
+    uint64_t shutdown_started_ms;       /* uv_now when the signal came */
+    uv_signal_t sigterm, sigint;
+    uv_timer_t snapshot_timer;
+    uv_timer_t shutdown_timer;
+} ts_server;
+
+#endif

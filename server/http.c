@@ -186,8 +186,12 @@ static int check_headers(ts_req *req, struct MHD_Connection *conn) {
     return 0;
 }
 
-/* Append upload data; past the limit keep discarding (the response can only be queued
- * once the upload is over), and give up on the connection after a further limit's worth. */
+/* How much of an oversized body is read and dropped so that the client still gets its
+ * 413 (MHD queues a response only once the upload is over); past it the connection is
+ * closed instead, so a client cannot keep the daemon reading forever. */
+#define DISCARD_MAX ((size_t)64 << 20)
+
+/* Append upload data; past the limit keep discarding up to DISCARD_MAX. */
 static enum MHD_Result collect(ts_req *req, const char *data, size_t *size) {
     ts_http *h = req->http;
     size_t n = *size;
@@ -196,7 +200,7 @@ static enum MHD_Result collect(ts_req *req, const char *data, size_t *size) {
         return MHD_YES; /* a body where none is expected is ignored */
     if (req->too_large) {
         req->discarded += n;
-        return req->discarded > (size_t)h->cfg.max_body_bytes ? MHD_NO : MHD_YES;
+        return req->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
     }
     if (req->body_len + n > (size_t)h->cfg.max_body_bytes) {
         req->too_large = 1;

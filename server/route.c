@@ -86,8 +86,10 @@ static int split(const char *url, char *buf, size_t buflen, const char **segs) {
     return k;
 }
 
-/* Match a pattern against segs; captures {m} and {v} into r. 1 on match. */
-static int match(const char *pattern, const char **segs, int nseg, ts_route *r) {
+/* Match a pattern against segs; captures {m} and {v} into r. 1 on match; *bad_name is set
+ * when the {m} segment is not a valid model name (checked before copying, so a long name
+ * is not mistaken for its valid truncation). */
+static int match(const char *pattern, const char **segs, int nseg, ts_route *r, int *bad_name) {
     char pbuf[64];
     const char *psegs[MAX_SEGS];
     int np = split(pattern, pbuf, sizeof pbuf, psegs);
@@ -99,9 +101,12 @@ static int match(const char *pattern, const char **segs, int nseg, ts_route *r) 
         if (strcmp(psegs[i], segs[i]) != 0)
             return 0;
     }
+    *bad_name = 0;
     for (int i = 0; i < np; i++) {
-        if (strcmp(psegs[i], "{m}") == 0)
+        if (strcmp(psegs[i], "{m}") == 0) {
+            *bad_name = !ts_route_name_valid(segs[i]);
             snprintf(r->model, sizeof r->model, "%s", segs[i]);
+        }
         else if (strcmp(psegs[i], "{v}") == 0)
             snprintf(r->version, sizeof r->version, "%s", segs[i]);
     }
@@ -127,9 +132,9 @@ int ts_route_match(const char *method, const char *url, ts_route *r) {
     int nseg = split(url, buf, sizeof buf, segs);
     if (nseg <= 0)
         return refuse(r, 404, "no such path");
-    int path_matched = 0;
+    int path_matched = 0, bad_name = 0;
     for (size_t i = 0; i < N_ROUTES; i++) {
-        if (!match(routes[i].pattern, segs, nseg, r))
+        if (!match(routes[i].pattern, segs, nseg, r, &bad_name))
             continue;
         if (!method_is(method, routes[i].method)) {
             if (!strstr(r->allow, routes[i].method)) {
@@ -141,7 +146,7 @@ int ts_route_match(const char *method, const char *url, ts_route *r) {
             continue;
         }
         r->ep = routes[i].ep;
-        if (r->model[0] && !ts_route_name_valid(r->model)) {
+        if (bad_name) {
             /* A name that can never exist: for PUT the client asked to create it (400);
              * elsewhere there is simply no such model (404). */
             if (r->ep == TS_EP_ADMIN_PUT)

@@ -1,0 +1,397 @@
+/* test_server.c — unit tests of the daemon's pure pieces: routing (route.h), bearer tokens
+ * and the loopback rule (auth.h), the configuration table (config.h), the file hash
+ * (hash.h) and the string buffer (sbuf.h). The rest of the daemon is tested end to end
+ * (tests/e2e/). */
+#include <arpa/inet.h>
+#include <check.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server/auth.h"
+#include "server/config.h"
+#include "server/hash.h"
+#include "server/route.h"
+#include "server/sbuf.h"
+
+/* ---- route ---- */
+
+START_TEST(route_endpoints)
+{
+    static const struct {
+        const char *method, *url;
+        ts_endpoint ep;
+        const char *model, *version;
+    } ok[] = {
+        {"GET", "/v2/health/live", TS_EP_HEALTH_LIVE, "", ""},
+        {"HEAD", "/v2/health/ready", TS_EP_HEALTH_READY, "", ""},
+        {"GET", "/v2", TS_EP_SERVER_META, "", ""},
+        {"GET", "/v2/", TS_EP_SERVER_META, "", ""},
+        {"GET", "/v2/models/m1", TS_EP_MODEL_META, "m1", ""},
+        {"GET", "/v2/models/m1/versions/3", TS_EP_MODEL_META, "m1", "3"},
+        {"GET", "/v2/models/a.b-c_d/ready", TS_EP_MODEL_READY, "a.b-c_d", ""},
+        {"POST", "/v2/models/m/infer", TS_EP_INFER, "m", ""},
+        {"POST", "/v2/models/m/versions/12/infer?x=1", TS_EP_INFER, "m", "12"},
+        {"POST", "/v2/models/m/feedback", TS_EP_FEEDBACK, "m", ""},
+        {"GET", "/metrics", TS_EP_METRICS, "", ""},
+        {"GET", "/admin/models", TS_EP_ADMIN_LIST, "", ""},
+        {"POST", "/admin/models/m/snapshots", TS_EP_ADMIN_SNAPSHOT, "m", ""},
+        {"GET", "/admin/models/m/snapshots", TS_EP_ADMIN_SNAPSHOTS, "m", ""},
+        {"POST", "/admin/models/m/restore", TS_EP_ADMIN_RESTORE, "m", ""},
+        {"GET", "/admin/models/m/export", TS_EP_ADMIN_EXPORT, "m", ""},
+        {"PUT", "/admin/models/m", TS_EP_ADMIN_PUT, "m", ""},
+        {"DELETE", "/admin/models/m", TS_EP_ADMIN_DELETE, "m", ""},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        ts_route r;
+        ck_assert_int_eq(ts_route_match(ok[i].method, ok[i].url, &r), 0);
+        ck_assert_int_eq(r.ep, ok[i].ep);
+        ck_assert_str_eq(r.model, ok[i].model);
+        ck_assert_str_eq(r.version, ok[i].version);
+    }
+}
+END_TEST
+
+START_TEST(route_refusals)
+{
+    ts_route r;
+    static const char *const not_found[] = {"/", "", "v2", "/v2//health", "/v3", "/v2/models",
+                                            "/v2/models/m/x", "/admin", "/admin/models/m/x/y",
+                                            "/a/b/c/d/e/f/g/h/i/j", "/metrics/x"};
+    for (size_t i = 0; i < sizeof not_found / sizeof not_found[0]; i++) {
+        ck_assert_int_eq(ts_route_match("GET", not_found[i], &r), 404);
+        ck_assert_int_eq(r.ep, TS_EP_NONE);
+        ck_assert_ptr_nonnull(r.error);
+    }
+    ck_assert_int_eq(ts_route_match("GET", "/v2/models/m/infer", &r), 405);
+    ck_assert_str_eq(r.allow, "POST");
+    ck_assert_int_eq(ts_route_match("POST", "/admin/models/m", &r), 405);
+    ck_assert_str_eq(r.allow, "PUT, DELETE");
+    ck_assert_int_eq(ts_route_match("DELETE", "/admin/models/m/snapshots", &r), 405);
+    ck_assert_ptr_nonnull(strstr(r.allow, "GET"));
+    ck_assert_ptr_nonnull(strstr(r.allow, "POST"));
+    /* names that can never exist: 404, except PUT which tries to create one: 400 */
+    ck_assert_int_eq(ts_route_match("GET", "/v2/models/.x", &r), 404);
+    ck_assert_int_eq(ts_route_match("PUT", "/admin/models/.x", &r), 400);
+    ck_assert_int_eq(ts_route_match("PUT", "/admin/models/a b", &r), 400);
+    char longname[300] = "/admin/models/";
+    memset(longname + strlen(longname), 'a', 200);
+    ck_assert_int_eq(ts_route_match("PUT", longname, &r), 400);
+    char huge[4000];
+    memset(huge, 'a', sizeof huge - 1);
+    huge[0] = '/';
+    huge[sizeof huge - 1] = '\0';
+    ck_assert_int_eq(ts_route_match("GET", huge, &r), 404);
+}
+END_TEST
+
+START_TEST(route_names)
+{
+    ck_assert(ts_route_name_valid("demo"));
+    ck_assert(ts_route_name_valid("A-z_0.9"));
+    ck_assert(!ts_route_name_valid(""));
+    ck_assert(!ts_route_name_valid(".hidden"));
+    ck_assert(!ts_route_name_valid("a/b"));
+    ck_assert(!ts_route_name_valid("a%20b"));
+    ck_assert(!ts_route_name_valid("é"));
+    char n[TS_ROUTE_NAME_MAX + 1];
+    memset(n, 'x', sizeof n);
+    n[TS_ROUTE_NAME_MAX - 1] = '\0';
+    ck_assert(ts_route_name_valid(n)); /* 127 bytes */
+    n[TS_ROUTE_NAME_MAX - 1] = 'x';
+    n[TS_ROUTE_NAME_MAX] = '\0';
+    ck_assert(!ts_route_name_valid(n)); /* 128 bytes */
+    for (int e = 0; e < TS_EP_COUNT; e++)
+        ck_assert_str_ne(ts_endpoint_name((ts_endpoint)e), "unknown");
+    ck_assert(ts_endpoint_is_admin(TS_EP_ADMIN_DELETE));
+    ck_assert(!ts_endpoint_is_admin(TS_EP_FEEDBACK));
+}
+END_TEST
+
+/* ---- auth ---- */
+
+START_TEST(auth_equal_and_check)
+{
+    ck_assert(ts_auth_equal("abc", "abc"));
+    ck_assert(!ts_auth_equal("abc", "abd"));
+    ck_assert(!ts_auth_equal("abc", "ab"));
+    ck_assert(!ts_auth_equal("ab", "abc"));
+    ck_assert(!ts_auth_equal("", "a"));
+    ck_assert(ts_auth_equal("", ""));
+    ck_assert_int_eq(ts_auth_check(NULL, "t", NULL), TS_AUTH_MISSING);
+    ck_assert_int_eq(ts_auth_check("Basic dA==", "t", NULL), TS_AUTH_MISSING);
+    ck_assert_int_eq(ts_auth_check("Bearer", "t", NULL), TS_AUTH_MISSING);
+    ck_assert_int_eq(ts_auth_check("Bearer   ", "t", NULL), TS_AUTH_MISSING);
+    ck_assert_int_eq(ts_auth_check("Bearer t", "t", NULL), TS_AUTH_OK);
+    ck_assert_int_eq(ts_auth_check("bearer t", "t", NULL), TS_AUTH_OK);
+    ck_assert_int_eq(ts_auth_check("Bearer u", "t", NULL), TS_AUTH_WRONG);
+    ck_assert_int_eq(ts_auth_check("Bearer t2", "t", NULL), TS_AUTH_WRONG);
+    ck_assert_int_eq(ts_auth_check("Bearer admin", "fb", "admin"), TS_AUTH_OK);
+    ck_assert_int_eq(ts_auth_check("Bearer fb", "fb", "admin"), TS_AUTH_OK);
+    ck_assert_int_eq(ts_auth_check("Bearer x", "fb", ""), TS_AUTH_WRONG);
+}
+END_TEST
+
+static void v4(struct sockaddr_in *a, const char *ip)
+{
+    memset(a, 0, sizeof *a);
+    a->sin_family = AF_INET;
+    ck_assert_int_eq(inet_pton(AF_INET, ip, &a->sin_addr), 1);
+}
+
+static void v6(struct sockaddr_in6 *a, const char *ip)
+{
+    memset(a, 0, sizeof *a);
+    a->sin6_family = AF_INET6;
+    ck_assert_int_eq(inet_pton(AF_INET6, ip, &a->sin6_addr), 1);
+}
+
+START_TEST(auth_loopback)
+{
+    struct sockaddr_in a4;
+    struct sockaddr_in6 a6;
+    static const char *const yes4[] = {"127.0.0.1", "127.255.0.9"};
+    static const char *const no4[] = {"10.0.0.1", "128.0.0.1", "0.0.0.0", "192.168.1.127"};
+    for (size_t i = 0; i < 2; i++) {
+        v4(&a4, yes4[i]);
+        ck_assert(ts_auth_is_loopback((struct sockaddr *)&a4));
+    }
+    for (size_t i = 0; i < 4; i++) {
+        v4(&a4, no4[i]);
+        ck_assert(!ts_auth_is_loopback((struct sockaddr *)&a4));
+    }
+    v6(&a6, "::1");
+    ck_assert(ts_auth_is_loopback((struct sockaddr *)&a6));
+    v6(&a6, "::ffff:127.0.0.1");
+    ck_assert(ts_auth_is_loopback((struct sockaddr *)&a6));
+    v6(&a6, "::ffff:10.0.0.1");
+    ck_assert(!ts_auth_is_loopback((struct sockaddr *)&a6));
+    v6(&a6, "fe80::1");
+    ck_assert(!ts_auth_is_loopback((struct sockaddr *)&a6));
+    v6(&a6, "::2");
+    ck_assert(!ts_auth_is_loopback((struct sockaddr *)&a6));
+    ck_assert(!ts_auth_is_loopback(NULL));
+}
+END_TEST
+
+static void write_file(const char *path, const char *content, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(content, 1, n, f), n);
+    fclose(f);
+}
+
+START_TEST(auth_token_files)
+{
+    char dir[] = "/tmp/tscale-auth-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char path[256], tok[TS_TOKEN_MAX], err[512];
+    snprintf(path, sizeof path, "%s/t", dir);
+    write_file(path, "s3cret\r\n\n", 9);
+    ck_assert_int_eq(ts_auth_load_token(path, tok, err, sizeof err), 0);
+    ck_assert_str_eq(tok, "s3cret");
+    write_file(path, "\n", 1);
+    ck_assert_int_eq(ts_auth_load_token(path, tok, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "empty"));
+    write_file(path, "two words\n", 10);
+    ck_assert_int_eq(ts_auth_load_token(path, tok, err, sizeof err), -1);
+    ck_assert_ptr_null(strstr(err, "two")); /* never echo the content */
+    static char big[TS_TOKEN_MAX + 10];
+    memset(big, 'a', sizeof big);
+    write_file(path, big, sizeof big);
+    ck_assert_int_eq(ts_auth_load_token(path, tok, err, sizeof err), -1);
+    unlink(path);
+    ck_assert_int_eq(ts_auth_load_token(path, tok, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, path));
+    rmdir(dir);
+}
+END_TEST
+
+/* ---- config ---- */
+
+static ts_config_result parse(ts_config *c, char *err, const char *a0, ...)
+{
+    char *argv[32];
+    int argc = 0;
+    argv[argc++] = "tscaled";
+    va_list ap;
+    va_start(ap, a0);
+    for (const char *a = a0; a; a = va_arg(ap, const char *))
+        argv[argc++] = (char *)a;
+    va_end(ap);
+    FILE *out = fopen("/dev/null", "w");
+    ts_config_result r = ts_config_parse(c, argc, argv, out, err, 512);
+    fclose(out);
+    return r;
+}
+
+START_TEST(config_defaults_flags_env)
+{
+    ts_config c;
+    char err[512];
+    unsetenv("TSCALE_MAX_BATCH");
+    unsetenv("TSCALE_MODEL");
+    ck_assert_int_eq(parse(&c, err, NULL), TS_CONFIG_OK);
+    ck_assert_str_eq(c.listen, "127.0.0.1:8080");
+    ck_assert_str_eq(c.db, "./tscale.db");
+    ck_assert_int_eq(c.snapshot_interval, 30);
+    ck_assert_int_eq(c.max_batch, 64);
+    ck_assert_int_eq(c.max_queue_delay_us, 500);
+    ck_assert_int_eq(c.snapshot_keep, 20);
+    ck_assert_int_eq(c.feedback_requires_snapshot, 1);
+    ck_assert_int_ge(c.threads, 1);
+    ck_assert_int_eq(c.max_body_bytes, 64 << 20);
+    ck_assert_ptr_null(c.admin_token_file);
+    ts_config_free(&c);
+
+    setenv("TSCALE_MAX_BATCH", "7", 1);
+    setenv("TSCALE_MODEL", "a=x.st,b=y.st", 1);
+    ck_assert_int_eq(parse(&c, err, "--db=/tmp/d", "--max-body-bytes", "2K", "--no-feedback-requires-snapshot",
+                           "--threads", "3", NULL), TS_CONFIG_OK);
+    ck_assert_int_eq(c.max_batch, 7);
+    ck_assert_int_eq(c.n_models, 2);
+    ck_assert_str_eq(c.models[1].name, "b");
+    ck_assert_str_eq(c.models[1].path, "y.st");
+    ck_assert_str_eq(c.db, "/tmp/d");
+    ck_assert_int_eq(c.max_body_bytes, 2048);
+    ck_assert_int_eq(c.feedback_requires_snapshot, 0);
+    ck_assert_int_eq(c.threads, 3);
+    ts_config_free(&c);
+
+    /* flags win, --model flags replace TSCALE_MODEL as a whole */
+    ck_assert_int_eq(parse(&c, err, "--max-batch", "9", "--model", "c=z.st", NULL), TS_CONFIG_OK);
+    ck_assert_int_eq(c.max_batch, 9);
+    ck_assert_int_eq(c.n_models, 1);
+    ck_assert_str_eq(c.models[0].name, "c");
+    ts_config_free(&c);
+    ck_assert_int_eq(parse(&c, err, "--feedback-requires-snapshot=off", NULL), TS_CONFIG_OK);
+    ck_assert_int_eq(c.feedback_requires_snapshot, 0);
+    ts_config_free(&c);
+    unsetenv("TSCALE_MAX_BATCH");
+    unsetenv("TSCALE_MODEL");
+}
+END_TEST
+
+START_TEST(config_errors)
+{
+    ts_config c;
+    char err[512];
+    static const struct {
+        const char *a, *b, *word;
+    } bad[] = {
+        {"--max-batch", "0", "--max-batch"},
+        {"--max-batch", "1x", "whole number"},
+        {"--max-body-bytes", "5Q", "suffix"},
+        {"--threads", "-1", "range"},
+        {"--listen", "8080", "HOST:PORT"},
+        {"--listen", "h:99999", "port"},
+        {"--log-level", "loud", "debug"},
+        {"--model", "=x", "NAME=FILE"},
+        {"--model", "x=", "NAME=FILE"},
+        {"--feedback-requires-snapshot=maybe", NULL, "yes/no"},
+        {"--nope", NULL, "unknown flag"},
+        {"positional", NULL, "unexpected"},
+        {"--db", NULL, "needs a value"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_int_eq(parse(&c, err, bad[i].a, bad[i].b, NULL), TS_CONFIG_ERROR);
+        ck_assert_msg(strstr(err, bad[i].word), "'%s' lacks '%s'", err, bad[i].word);
+    }
+    ck_assert_int_eq(parse(&c, err, "--model", "a=1", "--model", "a=2", NULL), TS_CONFIG_ERROR);
+    setenv("TSCALE_SNAPSHOT_INTERVAL", "soon", 1);
+    ck_assert_int_eq(parse(&c, err, NULL), TS_CONFIG_ERROR);
+    ck_assert_ptr_nonnull(strstr(err, "TSCALE_SNAPSHOT_INTERVAL"));
+    /* a flag overrides a bad environment value? No: the environment is read first and a
+     * bad value is reported, so a typo in a deployment never goes unnoticed. */
+    unsetenv("TSCALE_SNAPSHOT_INTERVAL");
+    ck_assert_int_eq(parse(&c, err, "--help", NULL), TS_CONFIG_EXIT);
+    ck_assert_int_eq(parse(&c, err, "--version", NULL), TS_CONFIG_EXIT);
+}
+END_TEST
+
+START_TEST(config_listen_split)
+{
+    char host[64], err[256];
+    int port;
+    ck_assert_int_eq(ts_config_split_listen("0.0.0.0:80", host, sizeof host, &port, err, sizeof err), 0);
+    ck_assert_str_eq(host, "0.0.0.0");
+    ck_assert_int_eq(port, 80);
+    ck_assert_int_eq(ts_config_split_listen("[::1]:0", host, sizeof host, &port, err, sizeof err), 0);
+    ck_assert_str_eq(host, "::1");
+    ck_assert_int_eq(port, 0);
+    ck_assert_int_eq(ts_config_split_listen(":80", host, sizeof host, &port, err, sizeof err), -1);
+    ck_assert_int_eq(ts_config_split_listen("h:", host, sizeof host, &port, err, sizeof err), -1);
+    ck_assert_int_eq(ts_config_split_listen("h:-1", host, sizeof host, &port, err, sizeof err), -1);
+}
+END_TEST
+
+/* ---- hash, sbuf ---- */
+
+START_TEST(hash_stable_and_sensitive)
+{
+    uint8_t buf[1000];
+    for (int i = 0; i < 1000; i++)
+        buf[i] = (uint8_t)(i * 7);
+    uint64_t h = ts_hash_bytes(buf, sizeof buf);
+    ck_assert_uint_eq(h, ts_hash_bytes(buf, sizeof buf));
+    /* Stored in databases: the value must never change between builds. */
+    ck_assert_uint_eq(ts_hash_bytes((const uint8_t *)"", 0), ts_hash_bytes(buf, 0));
+    for (int i = 0; i < 1000; i += 37) {
+        buf[i] ^= 1;
+        ck_assert_uint_ne(ts_hash_bytes(buf, sizeof buf), h);
+        buf[i] ^= 1;
+    }
+    ck_assert_uint_ne(ts_hash_bytes(buf, 999), h);
+    uint8_t zeros[16] = {0};
+    ck_assert_uint_ne(ts_hash_bytes(zeros, 8), ts_hash_bytes(zeros, 16));
+}
+END_TEST
+
+START_TEST(sbuf_builds)
+{
+    ts_sbuf b = {0};
+    for (int i = 0; i < 1000; i++)
+        ts_sbuf_printf(&b, "%d,", i);
+    ts_sbuf_append(&b, "end", 3);
+    size_t len;
+    char *s = ts_sbuf_take(&b, &len);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_uint_eq(len, strlen(s));
+    ck_assert(strncmp(s, "0,1,2,", 6) == 0);
+    ck_assert(strcmp(s + len - 7, "999,end") == 0);
+    free(s);
+    ck_assert_ptr_null(b.data);
+}
+END_TEST
+
+static Suite *server_suite(void)
+{
+    Suite *s = suite_create("server");
+    TCase *tc = tcase_create("all");
+    tcase_add_test(tc, route_endpoints);
+    tcase_add_test(tc, route_refusals);
+    tcase_add_test(tc, route_names);
+    tcase_add_test(tc, auth_equal_and_check);
+    tcase_add_test(tc, auth_loopback);
+    tcase_add_test(tc, auth_token_files);
+    tcase_add_test(tc, config_defaults_flags_env);
+    tcase_add_test(tc, config_errors);
+    tcase_add_test(tc, config_listen_split);
+    tcase_add_test(tc, hash_stable_and_sensitive);
+    tcase_add_test(tc, sbuf_builds);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(server_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}

@@ -6,6 +6,7 @@
 #   make test       unit tests (plain and ASan+UBSan), golden tests, end-to-end tests
 #   make bench      build/tscale-bench (one ternary layer vs dense OpenBLAS; bench/README.md)
 #   make bench-plot bench/forward_vs_batch.png: forward time vs batch size (gnuplot)
+#   make bench-http wrk: tscaled batch-1 inference vs a bare libmicrohttpd server (bench/http_bench.sh)
 #   make deps       install missing Debian packages (apt-get; sudo when not root)
 
 CC      ?= cc
@@ -43,7 +44,7 @@ SAN_TESTS:= $(patsubst tests/unit/%.c,build/asan/tests/%,$(TEST_SRC))
 # chosen at run time (core/kernel.c), so the binary still runs on older CPUs.
 isa_flags = $(if $(findstring _avx512,$1),-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2,$(if $(findstring _avx2,$1),-mavx2 -mfma,))
 
-.PHONY: all run test deps bench-deps unit unit-asan e2e bench bench-plot clean help
+.PHONY: all run test deps bench-deps unit unit-asan e2e bench bench-http bench-plot clean help
 all: build/tscaled
 
 help:
@@ -96,7 +97,7 @@ build/asan/tests/%: tests/unit/%.c $(SAN_OBJ) $(HEADERS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(PKG_CFLAGS) -o $@ $< $(SAN_OBJ) $(CHECK_LIBS) $(PKG_LIBS) -lm
 
-BENCH_SRC := $(sort $(wildcard bench/*.c))
+BENCH_SRC := $(filter-out bench/mhd_baseline.c,$(sort $(wildcard bench/*.c)))
 build/tscale-bench: $(BENCH_SRC) $(OBJ)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -o $@ $(BENCH_SRC) $(OBJ) $(PKG_LIBS) -lopenblas -lm
 
@@ -123,6 +124,13 @@ test: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory build/tscale-bench
+
+# A bare libmicrohttpd server with a fixed answer: the ceiling for tscaled's HTTP path.
+# `make bench-http` runs wrk against both (bench/http_bench.sh).
+build/mhd-baseline: bench/mhd_baseline.c
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(PKG_LIBS)
+bench-http: build/tscaled build/mhd-baseline
+	sh bench/http_bench.sh
 
 # Runs the benchmark at batch 1..256 on a 4096x4096 layer (a few minutes on 2 cores).
 bench-plot: bench-deps

@@ -55,6 +55,9 @@ static void model_endpoint(ts_server *srv, ts_req *req) {
         ts_req_reply_json(req, 200, json_pack("{s:s,s:b}", "name", s->name, "ready", 1));
 }
 
+void ts_api_dispatch_begin(void *ctx) { ts_engine_hold(((ts_server *)ctx)->engine); }
+void ts_api_dispatch_end(void *ctx) { ts_engine_release(((ts_server *)ctx)->engine); }
+
 void ts_api_dispatch(void *ctx, ts_req *req) {
     ts_server *srv = ctx;
     ts_endpoint ep = req->route.ep;

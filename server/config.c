@@ -21,7 +21,8 @@ typedef enum {
     OPT_STRING,  /* char * */
     OPT_INT,     /* int64_t within [min, max] */
     OPT_BYTES,   /* int64_t within [min, max], with an optional K/M/G suffix (powers of 1024) */
-    OPT_BOOL,    /* int64_t 0/1: yes/no, true/false, on/off, 1/0 */
+    OPT_BOOL,    /* int64_t 0/1: yes/no, true/false, on/off, 1/0; "--flag" alone and
+                    "--no-flag" too */
     OPT_MODEL,   /* repeatable NAME=FILE, appended to models[] */
     OPT_HELP,    /* action flags: take no value, not read from the environment */
     OPT_VERSION,
@@ -61,6 +62,8 @@ static const ts_option options[] = {
      "dynamic batching: most rows in one forward", NULL},
     {"max-queue-delay-us", OPT_INT, F(max_queue_delay_us), "500", 0, 10000000, "US",
      "dynamic batching: longest a request waits for others", NULL},
+    {"eager-batching", OPT_BOOL, F(eager_batching), "yes", 0, 1, "BOOL",
+     "start a batch before the delay when no inference request is on its way", NULL},
     {"admin-token-file", OPT_STRING, F(admin_token_file), NULL, 0, 0, "FILE",
      "bearer token for /admin/* (without one, /admin answers loopback clients only)", NULL},
     {"feedback-token-file", OPT_STRING, F(feedback_token_file), NULL, 0, 0, "FILE",
@@ -335,7 +338,9 @@ ts_config_result ts_config_parse(ts_config *cfg, int argc, char **argv, FILE *ou
             return TS_CONFIG_EXIT;
         }
         const char *v;
-        if (o->type == OPT_BOOL && !eq)
+        int64_t ignored;
+        if (o->type == OPT_BOOL && !eq &&
+            (negated || i + 1 >= argc || parse_bool(argv[i + 1], &ignored, why, sizeof why) < 0))
             v = negated ? "no" : "yes"; /* a bare boolean flag sets it */
         else if (eq)
             v = eq + 1;

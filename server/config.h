@@ -26,6 +26,7 @@ typedef struct {
     int64_t threads;               /* compute threads (resolved: >= 1) */
     int64_t max_batch;             /* rows per forward */
     int64_t max_queue_delay_us;
+    int64_t eager_batching;        /* bool: start early when nothing else can join */
     char *admin_token_file;
     char *feedback_token_file;
     int64_t max_body_bytes;        /* per request body */

@@ -110,6 +110,7 @@ static int start_models(ts_server *srv, char *err, size_t errlen) {
         .feedback_requires_snapshot = (int)srv->cfg.feedback_requires_snapshot,
         .pool = srv->pool,
         .metrics = &srv->metrics,
+        .arriving = srv->cfg.eager_batching ? &srv->arriving : NULL,
     };
     srv->engine = ts_engine_new(srv->loop, &ec, err, errlen);
     if (!srv->engine)
@@ -149,7 +150,10 @@ static int start_http(ts_server *srv, char *err, size_t errlen) {
         .shutting_down = &srv->shutting_down,
         .metrics = &srv->metrics,
         .dispatch = ts_api_dispatch,
+        .dispatch_begin = ts_api_dispatch_begin,
+        .dispatch_end = ts_api_dispatch_end,
         .dispatch_ctx = srv,
+        .arriving = &srv->arriving,
     };
     srv->http = ts_http_start(srv->loop, &hc, &bound, err, errlen);
     if (!srv->http)

@@ -61,6 +61,7 @@ struct ts_engine {
     int lane_busy;
     int draining;
     int pumping, pump_again;   /* pump() re-entrancy guard */
+    int holding;               /* ts_engine_hold: queue without scheduling */
     int64_t queued_rows;
     size_t queued_bytes;
     int timer_fd;              /* batching deadline (µs resolution) */
@@ -342,6 +343,21 @@ int ts_engine_control(ts_engine *e, ts_served *s, ts_control_fn fn, void *arg) {
 
 /* ---- compute (thread pool) ---- */
 
+/* Below this many trit-row products a job runs on the compute thread alone (see engine.h):
+ * about a hundred microseconds of kernel time. */
+#define POOL_MIN_WORK ((int64_t)1 << 20)
+
+/* Below this many trit-row products a job runs on the loop itself: a few microseconds of
+ * kernel time, less than the two thread wake-ups (tens of microseconds on a busy virtual
+ * machine) that handing it to the compute thread and back would cost. The loop is never
+ * held longer than that, so accepting, batching and answering do not notice. */
+#define INLINE_MAX_WORK ((int64_t)1 << 16)
+
+static ts_pool *pool_for(const ts_job *j) {
+    int64_t params = ts_model_params(j->s->model);
+    return j->rows * params >= POOL_MIN_WORK ? j->e->cfg.pool : NULL;
+}
+
 static void run_infer(ts_job *j) {
     ts_model *m = j->s->model;
     int64_t in = m->in_dim, out = m->out_dim;
@@ -357,7 +373,7 @@ static void run_infer(ts_job *j) {
         x = xbuf;
     }
     float *y = malloc((size_t)j->rows * (size_t)out * sizeof *y);
-    if (!y || (j->n > 1 && !xbuf) || ts_model_forward(m, x, j->rows, y, j->e->cfg.pool) < 0) {
+    if (!y || (j->n > 1 && !xbuf) || ts_model_forward(m, x, j->rows, y, pool_for(j)) < 0) {
         for (ts_item *it = j->items; it; it = it->next)
             item_set_error(it, 500, "out of memory running the forward");
     } else {
@@ -388,7 +404,7 @@ static void run_feedback(ts_job *j) {
     ts_item *it = j->items;
     char err[256];
     double loss = NAN;
-    if (ts_model_feedback(j->s->model, it->x, it->rows, &it->fin, &loss, j->e->cfg.pool, err,
+    if (ts_model_feedback(j->s->model, it->x, it->rows, &it->fin, &loss, pool_for(j), err,
                           sizeof err) < 0) {
         char msg[300];
         snprintf(msg, sizeof msg, "feedback step failed: %s", err);
@@ -505,6 +521,13 @@ static void launch(ts_engine *e, ts_served *s, item_kind kind, int n) {
     j->n = n;
     s->busy = 1;
     e->lane_busy = 1;
+    if (kind != ITEM_EXPORT && j->rows * ts_model_params(s->model) < INLINE_MAX_WORK) {
+        /* A tiny job: two thread hops would cost more than the work (see INLINE_MAX_WORK).
+         * after_cb's pump() is absorbed by the caller's (re-entrancy guard). */
+        work_cb(&j->work);
+        after_cb(&j->work, 0);
+        return;
+    }
     uv_queue_work(e->loop, &j->work, work_cb, after_cb);
 }
 
@@ -539,6 +562,8 @@ static int infer_batch(ts_engine *e, ts_served *s, uint64_t now, int *ready, uin
     }
     if (it && it->kind != ITEM_INFER)
         *ready = 1; /* a step or control item follows: later rows could not join */
+    if (e->cfg.arriving && atomic_load_explicit(e->cfg.arriving, memory_order_relaxed) == 0)
+        *ready = 1; /* no inference request is on its way: waiting cannot fill the batch */
     *deadline = s->head->t_enq + (uint64_t)e->cfg.max_queue_delay_us;
     if (now >= *deadline)
         *ready = 1;
@@ -586,6 +611,8 @@ static void start_next_job(ts_engine *e) {
 }
 
 static void pump(ts_engine *e) {
+    if (e->holding)
+        return;
     if (e->pumping) {
         e->pump_again = 1;
         return;
@@ -695,6 +722,13 @@ ts_served *ts_engine_find(ts_engine *e, const char *name, int include_unloading)
 
 ts_served *ts_engine_first(ts_engine *e) { return e->models; }
 int ts_engine_count(ts_engine *e) { return e->n_models; }
+
+void ts_engine_hold(ts_engine *e) { e->holding = 1; }
+
+void ts_engine_release(ts_engine *e) {
+    e->holding = 0;
+    pump(e);
+}
 
 void ts_engine_drain(ts_engine *e) {
     e->draining = 1;

@@ -23,6 +23,16 @@
  * the forward, so a request's output does not depend on what it was batched with. The
  * delay is timed with a timerfd (libuv's timers have millisecond resolution; the default
  * delay is 500 µs).
+ *
+ * The delay is the longest a request waits (SPEC §3), not a fixed wait: when the HTTP
+ * threads hold no inference request that is still being received or parsed, nothing can
+ * join the batch in time, so it starts at once (--eager-batching, default on). Under load the lane is busy and rows pile
+ * up behind it anyway; when idle, a lone request does not pay the delay for nothing.
+ * Requests handed over together are queued before the engine looks (ts_engine_hold).
+ *
+ * Small jobs run on the compute thread alone: waking the pool's helpers costs more than
+ * splitting a few microseconds of work saves, and on a busy machine idle helpers spinning
+ * for the next job steal the CPU the HTTP threads need.
  */
 #ifndef TS_ENGINE_H
 #define TS_ENGINE_H
@@ -73,6 +83,8 @@ typedef struct {
     int feedback_requires_snapshot;
     ts_pool *pool;
     ts_metrics *metrics;
+    const _Atomic int *arriving;  /* inference requests the HTTP threads are still reading or
+                                     parsing (NULL: always wait the full delay) */
 } ts_engine_config;
 
 ts_engine *ts_engine_new(uv_loop_t *loop, const ts_engine_config *cfg, char *err, size_t errlen);
@@ -100,6 +112,10 @@ void ts_engine_export(ts_engine *e, ts_served *s, ts_req *req);
  * (no compute job): the place for state copies and swaps. 0, or -1 on allocation failure. */
 typedef void (*ts_control_fn)(ts_engine *e, ts_served *s, void *arg);
 int ts_engine_control(ts_engine *e, ts_served *s, ts_control_fn fn, void *arg);
+
+/* Hold scheduling while a group of requests is queued, then look once (release). */
+void ts_engine_hold(ts_engine *e);
+void ts_engine_release(ts_engine *e);
 
 /* Draining: every queued partial batch starts without waiting (shutdown). */
 void ts_engine_drain(ts_engine *e);

@@ -80,8 +80,17 @@ static void count(ts_req *req, int status) {
         ts_hist_observe(&h->cfg.metrics->total_us[k], ts_now_us() - req->t_received_us);
 }
 
+/* The request is no longer on its way to a batch (handed over, answered or gone). */
+static void not_arriving(ts_req *req) {
+    if (req->arriving) {
+        req->arriving = 0;
+        atomic_fetch_sub_explicit(req->http->cfg.arriving, 1, memory_order_relaxed);
+    }
+}
+
 void ts_req_reply(ts_req *req, int status, const char *content_type, void *body, size_t len,
                   int64_t json_len) {
+    not_arriving(req);
     struct MHD_Response *r = make_response(req, status, content_type, body, len, json_len);
     count(req, status);
     struct MHD_Connection *conn = req->conn;
@@ -305,6 +314,7 @@ static void hand_to_loop(ts_req *req, struct MHD_Connection *conn) {
     ts_http *h = req->http;
     req->state = REQ_LOOP;
     MHD_suspend_connection(conn);
+    not_arriving(req);
     pthread_mutex_lock(&h->mu);
     req->next = NULL;
     if (h->in_tail)
@@ -330,6 +340,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->conn = conn;
         atomic_fetch_add(&h->active, 1);
         ts_route_match(method, url, &req->route);
+        if (req->route.ep == TS_EP_INFER && h->cfg.arriving) {
+            req->arriving = 1;
+            atomic_fetch_add_explicit(h->cfg.arriving, 1, memory_order_relaxed);
+        }
         check_headers(req, conn);
         return MHD_YES;
     }
@@ -373,6 +387,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!req)
         return;
     *con_cls = NULL;
+    not_arriving(req);
     if (req->response)
         MHD_destroy_response(req->response);
     if (req->has_oip)
@@ -390,11 +405,17 @@ void ts_http_drain_inbound(ts_http *h) {
     ts_req *req = h->in_head;
     h->in_head = h->in_tail = NULL;
     pthread_mutex_unlock(&h->mu);
+    if (!req)
+        return;
+    if (h->cfg.dispatch_begin)
+        h->cfg.dispatch_begin(h->cfg.dispatch_ctx);
     while (req) {
         ts_req *next = req->next; /* dispatch may answer, after which req is MHD's */
         h->cfg.dispatch(h->cfg.dispatch_ctx, req);
         req = next;
     }
+    if (h->cfg.dispatch_end)
+        h->cfg.dispatch_end(h->cfg.dispatch_ctx);
 }
 
 static void on_async(uv_async_t *a) { ts_http_drain_inbound(a->data); }

@@ -50,6 +50,7 @@ struct ts_req {
     size_t body_len, body_cap, discarded;
     int too_large;
     int has_oip;
+    int arriving;                /* counted in cfg.arriving */
     void *response;              /* struct MHD_Response * once answered from the loop */
     int status;
     ts_req *next;
@@ -70,7 +71,10 @@ typedef struct {
     const _Atomic int *shutting_down;
     ts_metrics *metrics;
     ts_http_dispatch_fn dispatch;  /* loop thread */
+    void (*dispatch_begin)(void *ctx);  /* around each group of handed-over requests */
+    void (*dispatch_end)(void *ctx);
     void *dispatch_ctx;
+    _Atomic int *arriving;       /* inference requests being received or parsed */
 } ts_http_config;
 
 /* Start listening. The config's strings must outlive the ts_http. *bound_port receives

@@ -26,6 +26,7 @@ typedef struct ts_server {
     char admin_token[TS_TOKEN_MAX];     /* "" when not configured */
     char feedback_token[TS_TOKEN_MAX];
     _Atomic int shutting_down;          /* read by the HTTP threads */
+    _Atomic int arriving;               /* inference requests the HTTP threads are reading */
     int closing;                        /* loop: shutdown began and the requests handed
                                            over before it were dispatched; later ones 503 */
     int shutdown_snapshots_pending;     /* final snapshots not written yet */

@@ -118,7 +118,8 @@ class QueueBound(unittest.TestCase):
     def test_queue_full_is_503_with_retry_after(self):
         # Requests wait up to 2 s for a batch that never fills, so the first 4 rows hold the
         # queue while the others arrive; those are refused at once.
-        args = ["--max-queue-rows", "4", "--max-batch", "64", "--max-queue-delay-us", "2000000"]
+        args = ["--max-queue-rows", "4", "--max-batch", "64", "--max-queue-delay-us", "2000000",
+                "--eager-batching", "no"]
         with tsd.Daemon(args=args) as d:
             results = []
 

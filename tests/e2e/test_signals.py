@@ -33,7 +33,8 @@ class Signals(unittest.TestCase):
         # Inference waits up to 5 s for a batch that never fills: when SIGTERM arrives the
         # ten requests are certainly queued, and must still be answered (at once: draining
         # sends partial batches without waiting).
-        args = ["--snapshot-interval", "0", "--max-batch", "1000", "--max-queue-delay-us", "5000000"]
+        args = ["--snapshot-interval", "0", "--max-batch", "1000", "--max-queue-delay-us", "5000000",
+                "--eager-batching", "no"]
         d = tsd.Daemon(args=args)
         try:
             for i in range(3):

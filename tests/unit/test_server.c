@@ -271,6 +271,13 @@ START_TEST(config_defaults_flags_env)
     ck_assert_int_eq(parse(&c, err, "--feedback-requires-snapshot=off", NULL), TS_CONFIG_OK);
     ck_assert_int_eq(c.feedback_requires_snapshot, 0);
     ts_config_free(&c);
+    ck_assert_int_eq(parse(&c, err, "--eager-batching", "no", "--db", "x", NULL), TS_CONFIG_OK);
+    ck_assert_int_eq(c.eager_batching, 0);
+    ck_assert_str_eq(c.db, "x");
+    ts_config_free(&c);
+    ck_assert_int_eq(parse(&c, err, "--eager-batching", "--db", "x", NULL), TS_CONFIG_OK);
+    ck_assert_int_eq(c.eager_batching, 1);
+    ts_config_free(&c);
     unsetenv("TSCALE_MAX_BATCH");
     unsetenv("TSCALE_MODEL");
 }

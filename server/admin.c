@@ -90,6 +90,7 @@ typedef struct {
     ts_model *model;              /* restore: loaded; put: uploaded */
     ts_snapshot_info info;
     uint64_t hash;                /* put */
+    int is_new;                   /* put: the name was not served when the PUT arrived */
     int64_t version;              /* put */
     int created;                  /* put */
 } admin_job;
@@ -122,9 +123,12 @@ static void list_work(ts_store *st, ts_persist_job *pj) {
 
 static void list_done(ts_persist_job *pj) {
     admin_job *j = (admin_job *)pj;
-    if (j->rc < 0) {
+    int served = ts_engine_find(j->srv->engine, j->name, 0) != NULL;
+    if (j->rc < 0 && !served) {
+        ts_req_reply_error(j->req, 404, "unknown model '%s' (%s)", j->name, j->err);
+    } else if (j->rc < 0) {
         ts_req_reply_error(j->req, 500, "listing snapshots failed: %s", j->err);
-    } else if (j->n == 0 && !ts_engine_find(j->srv->engine, j->name, 0)) {
+    } else if (j->n == 0 && !served) {
         ts_req_reply_error(j->req, 404, "unknown model '%s' (no snapshots either)", j->name);
     } else {
         json_t *arr = json_array();
@@ -147,21 +151,27 @@ typedef struct {
     int status;                   /* 200, or 201 for a new model */
 } swap_op;
 
+/* Answer a PUT or restore once the model's snapshot is written (or failed). */
+static void reply_swapped(ts_req *req, ts_served *s, const ts_snapshot_info *info, const char *err,
+                          int64_t restored_from, int status) {
+    if (!info) {
+        ts_req_reply_error(req, 500, "model '%s' is now version %s, step %lld, but its snapshot "
+                           "failed: %s (it is retried on the snapshot timer)", s->name,
+                           s->version_str, (long long)s->step, err ? err : "unknown error");
+        return;
+    }
+    json_t *j = json_pack("{s:s,s:s,s:I,s:I}", "model_name", s->name, "model_version",
+                          s->version_str, "step", (json_int_t)info->step, "snapshot_id",
+                          (json_int_t)info->snapshot_id);
+    if (restored_from)
+        json_object_set_new(j, "restored_from", json_integer((json_int_t)restored_from));
+    ts_req_reply_json(req, status, j);
+}
+
 static void swap_replied(ts_server *srv, ts_served *s, const ts_snapshot_info *info,
                          const char *err, void *arg) {
     swap_op *op = arg;
-    if (!info) {
-        ts_req_reply_error(op->req, 500, "model '%s' is now version %s, step %lld, but its snapshot "
-                           "failed: %s (it is retried on the snapshot timer)", s->name,
-                           s->version_str, (long long)s->step, err ? err : "unknown error");
-    } else {
-        json_t *j = json_pack("{s:s,s:s,s:I,s:I}", "model_name", s->name, "model_version",
-                              s->version_str, "step", (json_int_t)info->step, "snapshot_id",
-                              (json_int_t)info->snapshot_id);
-        if (op->restored_from)
-            json_object_set_new(j, "restored_from", json_integer((json_int_t)op->restored_from));
-        ts_req_reply_json(op->req, op->status, j);
-    }
+    reply_swapped(op->req, s, info, err, op->restored_from, op->status);
     free(op);
 }
 
@@ -236,11 +246,46 @@ static void restore_done(ts_persist_job *pj) {
 
 /* ---- PUT /admin/models/{m} ---- */
 
+/* A new name is stored with its "import" snapshot in one transaction (a crash cannot
+ * leave it without state). A replacement stores only the version here; the swap and its
+ * snapshot follow in the model's FIFO, so that the import snapshot is written after any
+ * snapshot of the old model still queued (the newest snapshot decides what a restart
+ * loads: it must be the new model's, and a crash in between recovers the old one whole). */
 static void put_work(ts_store *st, ts_persist_job *pj) {
     admin_job *j = (admin_job *)pj;
     /* The uploaded model is this job's alone, so the store may read it here. */
-    j->rc = ts_store_put_version(st, j->name, j->model, j->hash, &j->version, &j->created, j->err,
-                                 sizeof j->err);
+    if (j->is_new)
+        j->rc = ts_store_put_model(st, j->name, j->model, j->hash, "import",
+                                   (int)j->srv->cfg.snapshot_keep, &j->version, &j->created,
+                                   &j->info, j->err, sizeof j->err);
+    else
+        j->rc = ts_store_put_version(st, j->name, j->model, j->hash, &j->version, &j->created,
+                                     j->err, sizeof j->err);
+}
+
+static void put_new(admin_job *j) {
+    ts_server *srv = j->srv;
+    ts_served *s = ts_engine_add(srv->engine, j->name, j->model, j->version);
+    j->model = NULL;
+    if (!s) {
+        ts_req_reply_error(j->req, 500, "out of memory");
+        return;
+    }
+    ts_log_info("model '%s' loaded: version %lld, %d layers, in %lld, out %lld", s->name,
+                (long long)s->version, s->model->n_layers, (long long)s->model->in_dim,
+                (long long)s->model->out_dim);
+    if (j->is_new) { /* stored with its snapshot already */
+        ts_snapshot_note(s, &j->info);
+        reply_swapped(j->req, s, &j->info, NULL, 0, 201);
+        return;
+    }
+    swap_op *op = calloc(1, sizeof *op); /* unloaded meanwhile: snapshot it now */
+    if (op)
+        *op = (swap_op){srv, j->req, NULL, j->version, "import", 0, 201};
+    if (!op || ts_snapshot_queue(srv, s, "import", 0, swap_replied, op) < 0) {
+        free(op);
+        ts_req_reply_error(j->req, 500, "out of memory");
+    }
 }
 
 static void put_done(ts_persist_job *pj) {
@@ -255,21 +300,7 @@ static void put_done(ts_persist_job *pj) {
         queue_swap(srv, s, j->req, j->model, j->version, "import", 0, 200);
         j->model = NULL;
     } else {
-        s = ts_engine_add(srv->engine, j->name, j->model, j->version);
-        j->model = NULL;
-        swap_op *op = s ? calloc(1, sizeof *op) : NULL;
-        if (!op) {
-            ts_req_reply_error(j->req, 500, "out of memory");
-        } else {
-            ts_log_info("model '%s' loaded: version %lld, %d layers, in %lld, out %lld", s->name,
-                        (long long)s->version, s->model->n_layers, (long long)s->model->in_dim,
-                        (long long)s->model->out_dim);
-            *op = (swap_op){srv, j->req, NULL, j->version, "import", 0, 201};
-            if (ts_snapshot_queue(srv, s, "import", 0, swap_replied, op) < 0) {
-                free(op);
-                ts_req_reply_error(j->req, 500, "out of memory");
-            }
-        }
+        put_new(j);
     }
     free_job(j);
 }
@@ -333,6 +364,7 @@ void ts_admin_handle(ts_server *srv, ts_req *req) {
         if (j) {
             j->model = req->upload; /* the job owns the parsed file from here */
             j->hash = req->upload_hash;
+            j->is_new = !ts_engine_find(srv->engine, j->name, 1);
             req->upload = NULL;
             submit(srv, j);
         }

@@ -6,10 +6,13 @@
  * thread (SQLite; persist.h). All server state is in one ts_server on this function's
  * stack; signals arrive as uv_signal_t callbacks on the loop, so no global is needed.
  *
- * Shutdown (SIGTERM/SIGINT): stop accepting connections; serve what was already handed
- * to the loop; answer anything newer with 503; let every queue drain (partial batches go
- * at once); take a final snapshot of each model whose state changed; wait for responses
- * to be sent (bounded); close; exit 0 (1 when a final snapshot failed).
+ * Shutdown (SIGTERM/SIGINT): stop accepting work: serve what was already handed to the
+ * loop, answer anything newer with 503; let every queue drain (partial batches go at
+ * once); take a final snapshot of each model whose state changed; then stop accepting
+ * connections, wait for the responses to be sent (bounded), close, exit 0 (1 when a final
+ * snapshot failed). The listening socket stays open (answering 503) for at least
+ * GRACE_MS: a client whose connection the kernel completed just before the signal gets
+ * an answer rather than a reset when the socket closes.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -26,6 +29,8 @@
 
 /* How long shutdown waits for answered responses to reach their clients. */
 #define FLUSH_WAIT_MS 5000
+/* Least time between the signal and closing the listening socket. */
+#define GRACE_MS 100
 
 static void close_handles(ts_server *srv) {
     uv_timer_stop(&srv->shutdown_timer);
@@ -41,12 +46,16 @@ static void close_handles(ts_server *srv) {
 
 static void on_shutdown_tick(uv_timer_t *t) {
     ts_server *srv = t->data;
-    if (!ts_engine_idle(srv->engine) || ts_persist_pending(srv->persist) > 0 ||
-        srv->shutdown_snapshots_pending > 0)
-        return;
-    /* Everything is answered; give MHD time to send what it holds. */
-    uint64_t waited = uv_now(srv->loop) - srv->shutdown_started_ms;
-    if (ts_http_active(srv->http) > 0 && waited < FLUSH_WAIT_MS)
+    uint64_t now = uv_now(srv->loop);
+    if (!srv->shutdown_quiesced_ms) {
+        if (!ts_engine_idle(srv->engine) || ts_persist_pending(srv->persist) > 0 ||
+            srv->shutdown_snapshots_pending > 0 || now - srv->shutdown_started_ms < GRACE_MS)
+            return;
+        ts_http_quiesce(srv->http); /* all work done: no more connections */
+        srv->shutdown_quiesced_ms = now;
+        return; /* one more tick, so MHD handles what it accepted last */
+    }
+    if (ts_http_active(srv->http) > 0 && now - srv->shutdown_quiesced_ms < FLUSH_WAIT_MS)
         return;
     ts_log_info("shut down cleanly%s", srv->shutdown_failed ? ", but a final snapshot failed" : "");
     close_handles(srv);
@@ -66,7 +75,6 @@ static void begin_shutdown(ts_server *srv, int signum) {
     }
     ts_log_info("received %s: shutting down (finishing queued work, then final snapshots)",
                 strsignal(signum));
-    ts_http_quiesce(srv->http);
     ts_http_drain_inbound(srv->http); /* accepted before the signal: serve it */
     srv->closing = 1;
     uv_timer_stop(&srv->snapshot_timer);

@@ -288,19 +288,25 @@ static int version_ok(ts_served *s, ts_req *req) {
     return 0;
 }
 
-void ts_engine_infer(ts_engine *e, ts_served *s, ts_req *req) {
-    if (!version_ok(s, req))
-        return;
-    ts_item *it = new_item(req, ITEM_INFER);
+typedef int (*check_fn)(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, char *err, size_t errlen);
+
+/* Validate a request into an item (400 with the reason when it is wrong), then queue it. */
+static void submit(ts_engine *e, ts_served *s, ts_req *req, item_kind kind, check_fn check) {
+    ts_item *it = new_item(req, kind);
     if (!it)
         return;
     char err[512];
-    if (check_infer(e, s, req, it, err, sizeof err) < 0) {
+    if (check(e, s, req, it, err, sizeof err) < 0) {
         ts_req_reply_error(req, 400, "%s", err);
         item_free(it);
         return;
     }
     enqueue_request(e, s, it);
+}
+
+void ts_engine_infer(ts_engine *e, ts_served *s, ts_req *req) {
+    if (version_ok(s, req))
+        submit(e, s, req, ITEM_INFER, check_infer);
 }
 
 void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req) {
@@ -311,16 +317,7 @@ void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req) {
                            "until one succeeds", s->name, s->snapshot_error);
         return;
     }
-    ts_item *it = new_item(req, ITEM_FEEDBACK);
-    if (!it)
-        return;
-    char err[512];
-    if (check_feedback(e, s, req, it, err, sizeof err) < 0) {
-        ts_req_reply_error(req, 400, "%s", err);
-        item_free(it);
-        return;
-    }
-    enqueue_request(e, s, it);
+    submit(e, s, req, ITEM_FEEDBACK, check_feedback);
 }
 
 void ts_engine_export(ts_engine *e, ts_served *s, ts_req *req) {

@@ -11,12 +11,7 @@
 #include "hash.h"
 #include "log.h"
 #include "route.h"
-
-static void note_snapshot(ts_served *s, const ts_snapshot_info *info) {
-    s->newest = *info;
-    s->snap_step = info->step;
-    s->snap_version = info->version;
-}
+#include "snapshot.h"
 
 /* Serve m as name at version, replacing what is served under that name. */
 static ts_served *serve(ts_engine *e, const char *name, ts_model *m, int64_t version) {
@@ -26,24 +21,29 @@ static ts_served *serve(ts_engine *e, const char *name, ts_model *m, int64_t ver
     return ts_engine_add(e, name, m, version);
 }
 
-static int import_snapshot(ts_store *st, const ts_config *cfg, ts_served *s, char *err, size_t errlen) {
-    size_t len = ts_state_len(s->model);
-    int64_t *state = malloc((len ? len : 1) * sizeof *state);
-    if (!state) {
+/* Store m as a version of name together with its "import" snapshot (one transaction, so
+ * a crash never leaves a version without state), then serve it. */
+static int import_model(ts_store *st, const ts_config *cfg, ts_engine *e, const char *name,
+                        ts_model *m, uint64_t hash, const char *from, char *err, size_t errlen) {
+    int64_t version;
+    int created;
+    ts_snapshot_info info;
+    if (ts_store_put_model(st, name, m, hash, "import", (int)cfg->snapshot_keep, &version, &created,
+                           &info, err, errlen) < 0) {
+        ts_model_free(m);
+        return -1;
+    }
+    ts_served *s = serve(e, name, m, version);
+    if (!s) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    ts_state_save(s->model, state);
-    ts_snapshot_info info;
-    int rc = ts_store_put_snapshot(st, s->name, s->version, state, len, ts_model_step(s->model),
-                                   "import", (int)cfg->snapshot_keep, &info, err, errlen);
-    free(state);
-    if (rc == 0) {
-        note_snapshot(s, &info);
-        ts_log_info("snapshot %lld of model '%s': version %lld, step %lld, reason import",
-                    (long long)info.snapshot_id, s->name, (long long)s->version, (long long)info.step);
-    }
-    return rc;
+    ts_snapshot_note(s, &info);
+    ts_log_info("model '%s' loaded from %s: version %lld%s, step %lld, %d layers, in %lld, out %lld; "
+                "snapshot %lld (import)", name, from, (long long)version, created ? " (new)" : "",
+                (long long)s->step, m->n_layers, (long long)m->in_dim, (long long)m->out_dim,
+                (long long)info.snapshot_id);
+    return 0;
 }
 
 static int recover_stored(ts_store *st, ts_engine *e, char *err, size_t errlen) {
@@ -71,7 +71,7 @@ static int recover_stored(ts_store *st, ts_engine *e, char *err, size_t errlen) 
             rc = -1;
             break;
         }
-        note_snapshot(s, &info);
+        ts_snapshot_note(s, &info);
         ts_log_info("model '%s' recovered: version %lld, step %lld, snapshot %lld, %d layers, in %lld, "
                     "out %lld", s->name, (long long)s->version, (long long)s->step,
                     (long long)info.snapshot_id, m->n_layers, (long long)m->in_dim, (long long)m->out_dim);
@@ -130,42 +130,15 @@ static int apply_model_file(ts_store *st, const ts_config *cfg, ts_engine *e, co
         ts_model_free(m);
         return 0;
     }
-    int64_t version;
-    int created;
-    if (ts_store_put_version(st, a->name, m, hash, &version, &created, err, errlen) < 0) {
-        ts_model_free(m);
-        return -1;
-    }
-    ts_served *s = serve(e, a->name, m, version);
-    if (!s) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    ts_log_info("model '%s' loaded from %s: version %lld%s, step %lld, %d layers, in %lld, out %lld",
-                a->name, a->path, (long long)version, created ? " (new)" : "", (long long)s->step,
-                m->n_layers, (long long)m->in_dim, (long long)m->out_dim);
-    return import_snapshot(st, cfg, s, err, errlen);
+    return import_model(st, cfg, e, a->name, m, hash, a->path, err, errlen);
 }
 
 static int add_demo(ts_store *st, const ts_config *cfg, ts_engine *e, char *err, size_t errlen) {
     ts_model *m = ts_model_demo(err, errlen);
     if (!m)
         return -1;
-    int64_t version;
-    int created;
-    if (ts_store_put_version(st, "demo", m, ts_store_model_hash(m), &version, &created, err, errlen) < 0) {
-        ts_model_free(m);
-        return -1;
-    }
-    ts_served *s = serve(e, "demo", m, version);
-    if (!s) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    ts_log_info("model 'demo' loaded (built in, nothing else configured): version %lld, %d layers, "
-                "in %lld, out %lld", (long long)version, m->n_layers, (long long)m->in_dim,
-                (long long)m->out_dim);
-    return import_snapshot(st, cfg, s, err, errlen);
+    return import_model(st, cfg, e, "demo", m, ts_store_model_hash(m),
+                        "the built-in demo (nothing else configured)", err, errlen);
 }
 
 int ts_recover_models(ts_store *st, const ts_config *cfg, ts_engine *e, char *err, size_t errlen) {

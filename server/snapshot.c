@@ -28,6 +28,12 @@ typedef struct {
     uint64_t dur_us;
 } snap_job;
 
+void ts_snapshot_note(ts_served *s, const ts_snapshot_info *info) {
+    s->newest = *info;
+    s->snap_step = info->step;
+    s->snap_version = info->version;
+}
+
 void ts_snapshot_time(int64_t ms, char *out, size_t len) {
     time_t sec = (time_t)(ms / 1000);
     struct tm tm;
@@ -60,9 +66,7 @@ static void snap_done(ts_persist_job *pj) {
         if (s) {
             if (s->snapshot_failing)
                 ts_log_info("snapshots of model '%s' work again; feedback is accepted", j->name);
-            s->newest = j->info;
-            s->snap_step = j->step;
-            s->snap_version = j->version;
+            ts_snapshot_note(s, &j->info);
             s->snapshot_failing = 0;
             s->snapshot_error[0] = '\0';
         }

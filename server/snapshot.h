@@ -33,6 +33,9 @@ void ts_snapshot_now(ts_server *srv, ts_served *s, const char *reason, int only_
  * changed since its newest snapshot or whose last write failed. */
 void ts_snapshot_changed(ts_server *srv);
 
+/* Record info as s's newest snapshot (written just now, or found at start). */
+void ts_snapshot_note(ts_served *s, const ts_snapshot_info *info);
+
 /* created_at as RFC 3339 UTC with milliseconds ("2024-05-01T12:00:00.123Z"). out[32]. */
 void ts_snapshot_time(int64_t ms, char *out, size_t len);
 

@@ -396,6 +396,62 @@ class Limits(unittest.TestCase):
             self.assertEqual(d.request("GET", "/v2/health/ready")[0], 200)
 
 
+class Malformed(unittest.TestCase):
+    """Seeded mutations of valid bodies (bit flips, truncations, splices, inserted bytes) sent
+    to every endpoint that takes a body: each is answered 200/201 or 4xx with an error
+    object, never a crash or a 5xx, and the daemon stays healthy."""
+
+    def test_mutated_bodies(self):
+        import random
+        rnd = random.Random(20240501)
+        row = [0.5] * 16
+        seeds = [
+            ("/v2/models/demo/infer", json.dumps(oipc.infer_body([row, row], id="x")).encode(), {}),
+            ("/v2/models/demo/feedback", json.dumps(oipc.feedback_body([row], "label", [1])).encode(), {}),
+            ("/v2/models/demo/feedback", json.dumps(oipc.feedback_body([row], "target", [[0.0] * 4])).encode(), {}),
+            ("/admin/models/demo/restore", b'{"snapshot_id": 1}', {}),
+        ]
+        body, headers = oipc.binary_request([("input", "FP32", [1, 16], row)],
+                                            outputs=[{"name": "output", "parameters": {"binary_data": True}}])
+        seeds.append(("/v2/models/demo/infer", body, headers))
+        with tsd.Daemon(args=["--snapshot-interval", "0"]) as d:
+            _, _, model_file = d.request("GET", "/admin/models/demo/export")
+            seeds.append(("/admin/models/fuzzed", model_file, {}))
+
+            def mutate(b):
+                b = bytearray(b)
+                for _ in range(rnd.randint(1, 4)):
+                    op = rnd.randrange(5)
+                    i = rnd.randrange(len(b) + 1)
+                    if op == 0 and b:
+                        b[min(i, len(b) - 1)] ^= 1 << rnd.randrange(8)
+                    elif op == 1:
+                        b = b[:i]
+                    elif op == 2:
+                        b[i:i] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 8)))
+                    elif op == 3 and b:
+                        j = rnd.randrange(len(b))
+                        b[i:i] = b[j:j + rnd.randint(1, 32)]
+                    else:
+                        b[i:i] = rnd.choice([b"[", b"]", b"{", b"}", b",", b"\"", b"1e999", b"-", b"null"])
+                return bytes(b)
+
+            for n in range(240):
+                path, seed, hdrs = seeds[n % len(seeds)]
+                method = "PUT" if path.startswith("/admin/models/fuzzed") else "POST"
+                st, _, data = d.request(method, path, mutate(seed), dict(hdrs))
+                self.assertTrue(st in (200, 201) or 400 <= st < 500, (n, st, data[:200]))
+                if st >= 400:
+                    self.assertIn("error", json.loads(data))
+            for n in range(40):  # pure noise, with and without a binary header length
+                junk = bytes(rnd.randrange(256) for _ in range(rnd.randint(0, 300)))
+                h = {"Inference-Header-Content-Length": str(rnd.randint(0, 400))} if n % 2 else {}
+                st, _, _ = d.request("POST", "/v2/models/demo/infer", junk, h)
+                self.assertEqual(st, 400)
+            self.assertEqual(d.request("GET", "/v2/health/ready")[0], 200)
+            self.assertEqual(d.request("POST", "/v2/models/demo/infer", oipc.infer_body([row]))[0], 200)
+
+
 def run_tscaled(*args, env=None):
     e = {k: v for k, v in os.environ.items() if not k.startswith("TSCALE_")}
     e.update(env or {})

@@ -118,6 +118,9 @@ void ts_req_reply_error(ts_req *req, int status, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (status >= 500 && status != 503) /* the daemon's own failures; 4xx are the client's */
+        ts_log_error("%s %s: %d %s", ts_endpoint_name(req->route.ep),
+                     req->route.model[0] ? req->route.model : "-", status, msg);
     char *body = ts_oip_error_json(msg);
     ts_req_reply(req, status, "application/json", body, body ? strlen(body) : 0, -1);
 }

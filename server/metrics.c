@@ -35,7 +35,7 @@ void ts_metrics_init(ts_metrics *m) {
 
 void ts_metrics_count_request(ts_metrics *m, ts_endpoint ep, int status) {
     if (ep < 0 || ep >= TS_EP_COUNT)
-        return; /* unroutable paths are not an endpoint; they show up as 404s to clients */
+        ep = TS_EP_COUNT; /* unknown paths and methods: endpoint="unknown" */
     int slot = TS_METRIC_CODES - 1;
     for (int i = 0; i < TS_METRIC_CODES - 1; i++)
         if (codes[i] == status)
@@ -90,7 +90,7 @@ static void render_counter(ts_sbuf *out, const char *name, const char *help, _At
 void ts_metrics_render(ts_metrics *m, ts_sbuf *out) {
     ts_sbuf_printf(out, "# HELP tscale_requests_total HTTP requests answered, by endpoint and status.\n"
                         "# TYPE tscale_requests_total counter\n");
-    for (int e = 0; e < TS_EP_COUNT; e++)
+    for (int e = 0; e <= TS_EP_COUNT; e++)
         for (int c = 0; c < TS_METRIC_CODES; c++) {
             uint64_t v = atomic_load_explicit(&m->requests[e][c], memory_order_relaxed);
             if (!v)

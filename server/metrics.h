@@ -32,7 +32,7 @@ typedef struct {
 typedef enum { TS_KIND_INFER, TS_KIND_FEEDBACK, TS_KIND_COUNT } ts_work_kind;
 
 typedef struct {
-    _Atomic uint64_t requests[TS_EP_COUNT][TS_METRIC_CODES];
+    _Atomic uint64_t requests[TS_EP_COUNT + 1][TS_METRIC_CODES]; /* [TS_EP_COUNT]: unroutable */
     ts_hist queue_us[TS_KIND_COUNT];    /* enqueued -> compute start */
     ts_hist compute_us[TS_KIND_COUNT];  /* compute job duration */
     ts_hist total_us[TS_KIND_COUNT];    /* request fully received -> response ready */

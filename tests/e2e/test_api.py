@@ -78,6 +78,8 @@ class Api(unittest.TestCase):
         self.error("POST", "/v2/models/%s/versions/999/infer" % INFER_CASE,
                    oipc.infer_body([[0.0] * self.in_dim]), status=404)
         self.error("GET", "/v3/whatever", status=404)
+        self.assertIn('tscale_requests_total{endpoint="unknown",code="404"}',
+                      self.d.request("GET", "/metrics")[2].decode())
         self.error("GET", "/v2/models/%s/bogus" % INFER_CASE, status=404)
         self.error("GET", "/v2/models/bad%20name", status=404)
         h, _ = self.error("GET", "/v2/models/%s/infer" % INFER_CASE, status=405)

@@ -237,13 +237,26 @@ static void evict(void)
 
 typedef struct {
     double median, min, max;
+    double cpu;   /* median process CPU time per run, all threads: shows time lost to sharing */
     int reps;
 } stats;
+
+static double cpu_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
 
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+static double median(const double *sorted, int n)
+{
+    return n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
 }
 
 static stats measure(void (*fn)(ctx *), ctx *c)
@@ -256,16 +269,19 @@ static stats measure(void (*fn)(ctx *), ctx *c)
     int reps = c->o->reps ? c->o->reps : (int)(1e6 / (one + (c->o->cold ? 60000 : 0)));
     if (!c->o->reps)
         reps = reps < 5 ? 5 : reps > 200 ? 200 : reps;
-    double *t = malloc((size_t)reps * sizeof *t);
+    double *t = malloc(2 * (size_t)reps * sizeof *t), *cpu = t + reps;
     for (int i = 0; i < reps; i++) {
         if (c->o->cold)
             evict();
+        double c0 = cpu_us();
         t0 = now_us();
         fn(c);
         t[i] = now_us() - t0;
+        cpu[i] = cpu_us() - c0;
     }
     qsort(t, (size_t)reps, sizeof *t, cmp_double);
-    stats s = {reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]), t[0], t[reps - 1], reps};
+    qsort(cpu, (size_t)reps, sizeof *cpu, cmp_double);
+    stats s = {median(t, reps), t[0], t[reps - 1], median(cpu, reps), reps};
     free(t);
     return s;
 }
@@ -298,20 +314,22 @@ int main(int argc, char **argv)
     if (o.json) {
         printf("{\"op\":\"%s\",\"out\":%lld,\"in\":%lld,\"batch\":%lld,\"threads\":%d,\"cold\":%s,"
                "\"gs\":%lld,\"kernel\":\"%s\",\"median_us\":%.1f,\"min_us\":%.1f,\"max_us\":%.1f,"
-               "\"reps\":%d,\"openblas\":\"%s\",\"openblas_median_us\":%.1f,"
+               "\"reps\":%d,\"cpu_us\":%.1f,\"openblas\":\"%s\",\"openblas_median_us\":%.1f,"
                "\"ratio_to_openblas\":%.3f,\"forward_median_us\":%.1f,"
                "\"over_forward\":%.2f,\"bytes_per_weight\":%.3f,"
                "\"bytes_per_weight_with_T_packed\":%.3f}\n",
                o.op, (long long)o.out, (long long)o.in, (long long)o.batch, o.threads,
                o.cold ? "true" : "false", (long long)o.gs, ts_kernel_name(), ts.median, ts.min,
-               ts.max, ts.reps, blas_name, blas.median, ts.median / blas.median, fw.median,
+               ts.max, ts.reps, ts.cpu, blas_name, blas.median, ts.median / blas.median, fw.median,
                ts.median / fw.median, bpw, bpw_packed);
     } else {
         printf("%s %lldx%lld batch %lld threads %d gs %lld %s: tscale (%s) median %.1f us "
-               "(min %.1f, max %.1f, %d runs); OpenBLAS %s median %.1f us; ratio %.3f\n",
+               "(min %.1f, max %.1f, %d runs; cpu %.1f us); OpenBLAS %s median %.1f us "
+               "(cpu %.1f us); ratio %.3f\n",
                o.op, (long long)o.out, (long long)o.in, (long long)o.batch, o.threads,
                (long long)o.gs, o.cold ? "cold" : "hot", ts_kernel_name(), ts.median, ts.min,
-               ts.max, ts.reps, blas_name, blas.median, ts.median / blas.median);
+               ts.max, ts.reps, ts.cpu, blas_name, blas.median, blas.cpu,
+               ts.median / blas.median);
         if (feedback)
             printf("  forward alone median %.1f us: feedback / forward = %.2f\n", fw.median,
                    ts.median / fw.median);

@@ -19,6 +19,22 @@
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define VBCAST(f) _mm256_set1_ps(f)
 #define GEMM_PREFIX(name) avx2_gemm_##name
+#define GEMM_OFFSETS(words, off) avx2_offsets(words, off)
+
+/* off[f][k] = field f of words[k] times 32 (the bytes of one table vector). */
+static inline void avx2_offsets(const uint32_t *words, uint32_t off[TS_FPW][TS_RB])
+{
+    __m256i m = _mm256_set1_epi32(31 << 5);
+    for (int h = 0; h < TS_RB; h += 8) {
+        __m256i d = _mm256_load_si256((const __m256i *)(words + h));
+        _mm256_store_si256((__m256i *)(off[0] + h), _mm256_and_si256(_mm256_slli_epi32(d, 5), m));
+        _mm256_store_si256((__m256i *)(off[1] + h), _mm256_and_si256(d, m));
+        _mm256_store_si256((__m256i *)(off[2] + h), _mm256_and_si256(_mm256_srli_epi32(d, 5), m));
+        _mm256_store_si256((__m256i *)(off[3] + h), _mm256_and_si256(_mm256_srli_epi32(d, 10), m));
+        _mm256_store_si256((__m256i *)(off[4] + h), _mm256_and_si256(_mm256_srli_epi32(d, 15), m));
+        _mm256_store_si256((__m256i *)(off[5] + h), _mm256_and_si256(_mm256_srli_epi32(d, 20), m));
+    }
+}
 #include "kernel_gemm.h"
 
 const ts_kernel_family ts_kernel_family_avx2 = {"avx2", avx2_gemm_forward, NULL, NULL};

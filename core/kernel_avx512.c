@@ -26,10 +26,22 @@
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define VBCAST(f) _mm512_set1_ps(f)
 #define GEMM_PREFIX(name) avx512_gemm_##name
+#define GEMM_OFFSETS(words, off) avx512_offsets(words, off)
+
+static inline void avx512_offsets(const uint32_t *words, uint32_t off[TS_FPW][TS_RB])
+{
+    __m512i d = _mm512_load_si512(words), m = _mm512_set1_epi32(31 << 6);
+    _mm512_store_si512(off[0], _mm512_and_si512(_mm512_slli_epi32(d, 6), m));
+    _mm512_store_si512(off[1], _mm512_and_si512(_mm512_slli_epi32(d, 1), m));
+    _mm512_store_si512(off[2], _mm512_and_si512(_mm512_srli_epi32(d, 4), m));
+    _mm512_store_si512(off[3], _mm512_and_si512(_mm512_srli_epi32(d, 9), m));
+    _mm512_store_si512(off[4], _mm512_and_si512(_mm512_srli_epi32(d, 14), m));
+    _mm512_store_si512(off[5], _mm512_and_si512(_mm512_srli_epi32(d, 19), m));
+}
 #include "kernel_gemm.h"
 
 /* Below this batch the per-row tables win (measured on a 4096×4096 layer). */
-#define GEMM_MIN_BATCH 8
+#define GEMM_MIN_BATCH 12
 #define GEMV_BLOCKS 4   /* row blocks that share one table load */
 
 /* d-1 of digit i of field v, for v < 27 (0 above), as 32-entry float tables. */
@@ -102,10 +114,21 @@ static void gemv_blocks(const gemv_job *j, int64_t blk0, int64_t b, __m512i lane
     __m512 y[GEMV_BLOCKS];
     for (int k = 0; k < GEMV_BLOCKS; k++)
         y[k] = _mm512_setzero_ps();
+    /* The scales of group g are gathered one group ahead: a gather takes long, and the
+     * group's table lookups do not wait for it. */
+    __m512 s_next[GEMV_BLOCKS];
+#pragma GCC unroll 4
+    for (int k = 0; k < GEMV_BLOCKS; k++)
+        s_next[k] = block_scales(w, j->S, blk0 + k, 0, lane_gpr);
     for (int64_t g = 0; g < w->gpr; g++) {
-        __m512 acc[GEMV_BLOCKS];
-        for (int k = 0; k < GEMV_BLOCKS; k++)
+        __m512 acc[GEMV_BLOCKS], s[GEMV_BLOCKS];
+#pragma GCC unroll 4
+        for (int k = 0; k < GEMV_BLOCKS; k++) {
             acc[k] = _mm512_setzero_ps();
+            s[k] = s_next[k];
+            if (g + 1 < w->gpr)
+                s_next[k] = block_scales(w, j->S, blk0 + k, g + 1, lane_gpr);
+        }
         for (int64_t jw = 0; jw < w->nw; jw++) {
             __m512i d[GEMV_BLOCKS];
 #pragma GCC unroll 4
@@ -123,7 +146,7 @@ static void gemv_blocks(const gemv_job *j, int64_t blk0, int64_t b, __m512i lane
         }
 #pragma GCC unroll 4
         for (int k = 0; k < GEMV_BLOCKS; k++)
-            y[k] = _mm512_fmadd_ps(acc[k], block_scales(w, j->S, blk0 + k, g, lane_gpr), y[k]);
+            y[k] = _mm512_fmadd_ps(acc[k], s[k], y[k]);
     }
     for (int k = 0; k < GEMV_BLOCKS && (blk0 + k) * TS_RB < w->rows; k++)
         _mm512_mask_storeu_ps(j->y + b * w->rows + (blk0 + k) * TS_RB, rows_mask(w, blk0 + k), y[k]);

@@ -2,20 +2,23 @@
  *
  * Included by kernel_avx2.c (8 lanes, __m256) and kernel_avx512.c (16 lanes, __m512) after
  * they define: VEC, LANES, VZERO(), VLOAD(p), VSTORE(p, v), VADD(a, b), VSUB(a, b),
- * VFMA(a, b, c) = a·b + c, VBCAST(f), and GEMM_PREFIX(name) naming the functions.
+ * VFMA(a, b, c) = a·b + c, VBCAST(f), GEMM_PREFIX(name) naming the functions, and
+ * GEMM_OFFSETS(words, off): off[f][k] = ((words[k] >> 5f) & 31) · sizeof(VEC) for the
+ * 16 words of a block (f < 6, k < 16).
  *
  * The batch is cut into chunks of LANES rows (one lane each). For a chunk and a triple of
  * columns (x0, x1, x2) the table holds the 27 vectors ±x0 ± x1 ± x2 (any sign or zero,
  * index v = d0 + 3·d1 + 9·d2 as in the layout), so a row adds its triple's contribution
- * for all LANES batch rows with one vector add, indexed by its 5-bit field. The table of
- * a few words of one group (GEMM_WORDS·6 triples, L1-sized) is built, then every row of
- * the range is run through it: y_r += S[r,g] · Σ table[field]. Results go through a
- * per-slot buffer yT[rows][LANES] and are transposed into y at the end.
+ * for all LANES batch rows with one vector add, indexed by its 5-bit field. A pass builds
+ * the tables of a few groups (GEMM_WORDS words: 24 triples, about L1-sized), then runs
+ * every row of the range through them: y_r += Σ_g S[r,g] · Σ table[field]. Results
+ * accumulate in a per-slot buffer yT[rows][LANES], transposed into y at the end.
  */
 
-#define GEMM_WORDS 3   /* words per table: 18 triples · 27 · LANES floats (≤ 31 KiB) */
+#define GEMM_WORDS 4   /* words per table: 24 triples · 27 · LANES floats (≤ 41 KiB) */
 #define GEMM_TABLE (GEMM_WORDS * TS_FPW * 27)   /* vectors in one table */
 #define GEMM_AHEAD 4   /* blocks to prefetch ahead */
+#define GEMM_SGROUPS 16   /* groups whose scales are copied out at a time */
 
 /* Gather column c of the batch chunk into a vector (lanes past B are 0). */
 static inline VEC GEMM_PREFIX(column)(const float *x, int64_t cols, int64_t b0, int64_t B,
@@ -49,35 +52,66 @@ static void GEMM_PREFIX(build)(const ts_weights *w, const float *x, int64_t b0, 
     }
 }
 
-/* Rows r0..r0+7 (within one block): yT[r] += S[r,g] · Σ_{words j0..j1} tab[fields]. */
-static void GEMM_PREFIX(rows8)(const ts_weights *w, const float *S, int64_t r0, int64_t g,
-                               int64_t j0, int64_t j1, const VEC *tab, VEC *yT)
+/* One block of 16 rows from r0, one pass (groups g0..g0+ng, words j0..j1 of each):
+ * yT[r] += Σ_g S[r,g] · Σ_words tab[fields]. The fields are first turned into byte offsets
+ * into the table with vector shifts (GEMM_OFFSETS), so the lookup loop is loads and adds
+ * only: a pair of rows' offsets is one 64-bit load, and each row adds its table vector
+ * straight from memory. Group sums are scaled into yl (L1); yT (L2) is updated once. */
+static void GEMM_PREFIX(block)(const ts_weights *w, const float *ST, int64_t r0, int64_t g0,
+                               int64_t ng, int64_t j0, int64_t j1, const VEC *tab, VEC *yT)
 {
-    VEC a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO();
-    VEC a4 = VZERO(), a5 = VZERO(), a6 = VZERO(), a7 = VZERO();
-    /* The rows' words of one group are a block apart (gpr·nw·64 bytes): more than the
-     * hardware prefetchers follow, so fetch a few blocks ahead. */
-    if (r0 % TS_RB == 0 && r0 / TS_RB + GEMM_AHEAD < w->nblk)
-        for (int64_t j = j0; j < j1; j++)
-            _mm_prefetch((const char *)ts_wwords(w, r0 / TS_RB + GEMM_AHEAD, g, j), _MM_HINT_T0);
-    for (int64_t j = j0; j < j1; j++) {
-        const uint32_t *wd = ts_wwords(w, r0 / TS_RB, g, j) + r0 % TS_RB;
-        uint32_t d0 = wd[0], d1 = wd[1], d2 = wd[2], d3 = wd[3];
-        uint32_t d4 = wd[4], d5 = wd[5], d6 = wd[6], d7 = wd[7];
-        int64_t nf = w->ntr - j * TS_FPW < TS_FPW ? w->ntr - j * TS_FPW : TS_FPW;
-        const VEC *t = tab + (j - j0) * TS_FPW * 27;
-        for (int64_t f = 0; f < nf; f++, t += 27) {
-#define GEMM_STEP(a, d) a = VADD(a, VLOAD((const float *)(t + (d & 31)))), d >>= 5
-            GEMM_STEP(a0, d0); GEMM_STEP(a1, d1); GEMM_STEP(a2, d2); GEMM_STEP(a3, d3);
-            GEMM_STEP(a4, d4); GEMM_STEP(a5, d5); GEMM_STEP(a6, d6); GEMM_STEP(a7, d7);
-#undef GEMM_STEP
+    uint32_t off[TS_FPW][TS_RB] __attribute__((aligned(64)));
+    VEC yl[TS_RB];
+    for (int k = 0; k < TS_RB; k++)
+        yl[k] = VZERO();
+    int64_t blk = r0 / TS_RB;
+    for (int64_t g = g0; g < g0 + ng; g++) {
+        /* The rows' words of one group are a block apart (gpr·nw·64 bytes): more than the
+         * hardware prefetchers follow, so fetch a few blocks ahead. */
+        if (blk + GEMM_AHEAD < w->nblk)
+            for (int64_t j = j0; j < j1; j++)
+                _mm_prefetch((const char *)ts_wwords(w, blk + GEMM_AHEAD, g, j), _MM_HINT_T0);
+        VEC a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO(), a4 = VZERO(), a5 = VZERO();
+        VEC a6 = VZERO(), a7 = VZERO(), a8 = VZERO(), a9 = VZERO(), a10 = VZERO(), a11 = VZERO();
+        VEC a12 = VZERO(), a13 = VZERO(), a14 = VZERO(), a15 = VZERO();
+        for (int64_t j = j0; j < j1; j++, tab += TS_FPW * 27) {
+            GEMM_OFFSETS(ts_wwords(w, blk, g, j), off);
+            int64_t nf = w->ntr - j * TS_FPW < TS_FPW ? w->ntr - j * TS_FPW : TS_FPW;
+            const char *t = (const char *)tab;
+            for (int64_t f = 0; f < nf; f++, t += 27 * sizeof(VEC)) {
+                const uint64_t *o = (const uint64_t *)off[f];
+                uint64_t p;
+#define GEMM_PAIR(i, a, b) p = o[i], a = VADD(a, VLOAD((const float *)(t + (uint32_t)p))), \
+                           b = VADD(b, VLOAD((const float *)(t + (p >> 32))))
+                GEMM_PAIR(0, a0, a1); GEMM_PAIR(1, a2, a3); GEMM_PAIR(2, a4, a5);
+                GEMM_PAIR(3, a6, a7); GEMM_PAIR(4, a8, a9); GEMM_PAIR(5, a10, a11);
+                GEMM_PAIR(6, a12, a13); GEMM_PAIR(7, a14, a15);
+#undef GEMM_PAIR
+            }
         }
+        VEC acc[TS_RB] = {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15};
+        const float *s = ST + g % GEMM_SGROUPS;
+        for (int k = 0; k < TS_RB; k++)
+            yl[k] = VFMA(acc[k], VBCAST(s[k * GEMM_SGROUPS]), yl[k]);
     }
-    VEC acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
-    for (int k = 0; k < 8; k++) {
-        int64_t r = r0 + k;
-        float s = r < w->rows ? S[r * w->gpr + g] : 0.0f;   /* padding rows: 0 */
-        yT[k] = VFMA(acc[k], VBCAST(s), yT[k]);
+    for (int k = 0; k < TS_RB; k++)
+        yT[k] = VADD(yT[k], yl[k]);
+}
+
+/* ST[r - r0][gg] = S[r, g0 + gg] for 16 groups from g0 (0 past the rows or groups): the
+ * rows' scales of one group 64 bytes apart. Reading S down a column instead (a stride of
+ * gpr floats, often a power of two) would use a few cache sets only and miss every time. */
+static void GEMM_PREFIX(scales)(const ts_weights *w, const float *S, int64_t g0, int64_t r0,
+                                int64_t rpad, float *ST)
+{
+    int64_t n = w->gpr - g0 < GEMM_SGROUPS ? w->gpr - g0 : GEMM_SGROUPS;
+    for (int64_t r = r0; r < r0 + rpad; r++, ST += GEMM_SGROUPS) {
+        int64_t k = 0;
+        if (r < w->rows)
+            for (; k < n; k++)
+                ST[k] = S[r * w->gpr + g0 + k];
+        for (; k < GEMM_SGROUPS; k++)
+            ST[k] = 0.0f;
     }
 }
 
@@ -86,16 +120,29 @@ static void GEMM_PREFIX(chunk)(const ts_weights *w, const float *S, const float 
                                int64_t b0, int64_t r0, int64_t r1, float *y, VEC *tab, VEC *yT)
 {
     int64_t rpad = (r1 - r0 + TS_RB - 1) / TS_RB * TS_RB;   /* whole blocks */
+    float *ST = (float *)(yT + rpad);                       /* [rpad][GEMM_SGROUPS] */
     for (int64_t r = 0; r < rpad; r++)
         yT[r] = VZERO();
-    for (int64_t g = 0; g < w->gpr; g++)
+    /* A pass: the table of GEMM_WORDS words, i.e. of several whole groups (not crossing a
+     * GEMM_SGROUPS boundary) or of a part of one wide group. */
+    int64_t per = GEMM_WORDS / w->nw > 1 ? GEMM_WORDS / w->nw : 1;
+    for (int64_t g0 = 0; g0 < w->gpr;) {
+        int64_t ng = per, room = GEMM_SGROUPS - g0 % GEMM_SGROUPS;
+        ng = ng < room ? ng : room;
+        ng = ng < w->gpr - g0 ? ng : w->gpr - g0;
+        if (g0 % GEMM_SGROUPS == 0)
+            GEMM_PREFIX(scales)(w, S, g0, r0, rpad, ST);
         for (int64_t j0 = 0; j0 < w->nw; j0 += GEMM_WORDS) {
             int64_t j1 = j0 + GEMM_WORDS < w->nw ? j0 + GEMM_WORDS : w->nw;
             int64_t t1 = j1 * TS_FPW < w->ntr ? j1 * TS_FPW : w->ntr;
-            GEMM_PREFIX(build)(w, x, b0, B, g, j0 * TS_FPW, t1, tab);
-            for (int64_t r = 0; r < rpad; r += 8)
-                GEMM_PREFIX(rows8)(w, S, r0 + r, g, j0, j1, tab, yT + r);
+            for (int64_t q = 0; q < ng; q++)
+                GEMM_PREFIX(build)(w, x, b0, B, g0 + q, j0 * TS_FPW, t1,
+                                   tab + q * (j1 - j0) * TS_FPW * 27);
+            for (int64_t r = 0; r < rpad; r += TS_RB)
+                GEMM_PREFIX(block)(w, ST + r * GEMM_SGROUPS, r0 + r, g0, ng, j0, j1, tab, yT + r);
         }
+        g0 += ng;
+    }
     for (int l = 0; l < LANES && b0 + l < B; l++)
         for (int64_t r = r0; r < r1; r++)
             y[(b0 + l) * w->rows + r] = ((const float *)(yT + (r - r0)))[l];
@@ -139,7 +186,9 @@ static int GEMM_PREFIX(forward)(const ts_weights *w, const float *S, const float
     int slots = ts_kslots(pool);
     int64_t nbc = (B + LANES - 1) / LANES;
     int64_t max_rows = nbc >= slots ? w->rows : (w->rows + TS_RB - 1) / TS_RB * TS_RB;
-    size_t slot_bytes = (GEMM_TABLE + (size_t)max_rows + TS_RB) * sizeof(VEC);
+    size_t rows_pad = (size_t)max_rows + TS_RB;
+    size_t slot_bytes = (GEMM_TABLE + rows_pad) * sizeof(VEC) + GEMM_SGROUPS * rows_pad * 4;
+    slot_bytes = (slot_bytes + 63) / 64 * 64;
     char *scratch = ts_kscratch_get(pool, slot_bytes * (size_t)slots);
     if (!scratch)
         return -1;

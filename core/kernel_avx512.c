@@ -72,6 +72,49 @@ static inline __m512 block_scales(const ts_weights *w, const float *S, int64_t b
                                     S + blk * TS_RB * w->gpr + g, 4);
 }
 
+/* In-register 16×16 transpose: r[i][j] becomes r[j][i]. */
+static inline void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+#define PD(v) _mm512_castps_pd(v)
+#define PS(v) _mm512_castpd_ps(v)
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = PS(_mm512_unpacklo_pd(PD(t[i]), PD(t[i + 2])));
+        r[i + 1] = PS(_mm512_unpackhi_pd(PD(t[i]), PD(t[i + 2])));
+        r[i + 2] = PS(_mm512_unpacklo_pd(PD(t[i + 1]), PD(t[i + 3])));
+        r[i + 3] = PS(_mm512_unpackhi_pd(PD(t[i + 1]), PD(t[i + 3])));
+    }
+#undef PD
+#undef PS
+    for (int h = 0; h < 16; h += 8)
+        for (int i = 0; i < 4; i++) {
+            t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+            t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+        }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+
+/* win[gg] = S[rows of block blk, g0 + gg] for 16 groups from g0 (0 for padding): 16 row
+ * loads and a transpose, instead of a gather (16 loads) per group. */
+static void block_scales16(const ts_weights *w, const float *S, int64_t blk, int64_t g0,
+                           __m512 win[16])
+{
+    int64_t n = w->gpr - g0;
+    __mmask16 gm = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+    for (int i = 0; i < TS_RB; i++) {
+        int64_t r = blk * TS_RB + i;
+        win[i] = r < w->rows ? _mm512_maskz_loadu_ps(gm, S + r * w->gpr + g0) : _mm512_setzero_ps();
+    }
+    transpose16(win);
+}
+
 /* ── forward, small batch ── */
 
 typedef struct {
@@ -114,39 +157,37 @@ static void gemv_blocks(const gemv_job *j, int64_t blk0, int64_t b, __m512i lane
     __m512 y[GEMV_BLOCKS];
     for (int k = 0; k < GEMV_BLOCKS; k++)
         y[k] = _mm512_setzero_ps();
-    /* The scales of group g are gathered one group ahead: a gather takes long, and the
-     * group's table lookups do not wait for it. */
-    __m512 s_next[GEMV_BLOCKS];
-#pragma GCC unroll 4
-    for (int k = 0; k < GEMV_BLOCKS; k++)
-        s_next[k] = block_scales(w, j->S, blk0 + k, 0, lane_gpr);
+    __m512 win[GEMV_BLOCKS][16];   /* the scales of 16 groups, see block_scales16 */
     for (int64_t g = 0; g < w->gpr; g++) {
-        __m512 acc[GEMV_BLOCKS], s[GEMV_BLOCKS];
+        __m512 acc[GEMV_BLOCKS];
+        if (g % 16 == 0)
+            for (int k = 0; k < GEMV_BLOCKS; k++)
+                block_scales16(w, j->S, blk0 + k, g, win[k]);
 #pragma GCC unroll 4
-        for (int k = 0; k < GEMV_BLOCKS; k++) {
+        for (int k = 0; k < GEMV_BLOCKS; k++)
             acc[k] = _mm512_setzero_ps();
-            s[k] = s_next[k];
-            if (g + 1 < w->gpr)
-                s_next[k] = block_scales(w, j->S, blk0 + k, g + 1, lane_gpr);
-        }
         for (int64_t jw = 0; jw < w->nw; jw++) {
             __m512i d[GEMV_BLOCKS];
 #pragma GCC unroll 4
             for (int k = 0; k < GEMV_BLOCKS; k++)
                 d[k] = _mm512_load_si512(ts_wwords(w, blk0 + k, g, jw));
             int64_t nf = w->ntr - jw * TS_FPW < TS_FPW ? w->ntr - jw * TS_FPW : TS_FPW;
-            for (int64_t f = 0; f < nf; f++, tab += 32) {
-                __m512 lo = _mm512_load_ps(tab), hi = _mm512_load_ps(tab + 16);
-#pragma GCC unroll 4
-                for (int k = 0; k < GEMV_BLOCKS; k++) {
-                    acc[k] = _mm512_add_ps(acc[k], _mm512_permutex2var_ps(lo, d[k], hi));
-                    d[k] = _mm512_srli_epi32(d[k], 5);
-                }
-            }
+            /* Each field's indices are shifted out of the loaded words afresh (not shifted
+             * in place), so the permute may overwrite them and no register is copied. */
+#define GEMV_FIELD(f)                                                                        \
+    if (f < nf) {                                                                            \
+        __m512 lo = _mm512_load_ps(tab + 32 * f), hi = _mm512_load_ps(tab + 32 * f + 16);    \
+        _Pragma("GCC unroll 4") for (int k = 0; k < GEMV_BLOCKS; k++)                        \
+            acc[k] = _mm512_add_ps(acc[k], _mm512_permutex2var_ps(                           \
+                                               lo, _mm512_srli_epi32(d[k], 5 * f), hi));     \
+    }
+            GEMV_FIELD(0) GEMV_FIELD(1) GEMV_FIELD(2) GEMV_FIELD(3) GEMV_FIELD(4) GEMV_FIELD(5)
+#undef GEMV_FIELD
+            tab += 32 * nf;
         }
 #pragma GCC unroll 4
         for (int k = 0; k < GEMV_BLOCKS; k++)
-            y[k] = _mm512_fmadd_ps(acc[k], s[k], y[k]);
+            y[k] = _mm512_fmadd_ps(acc[k], win[k][g % 16], y[k]);
     }
     for (int k = 0; k < GEMV_BLOCKS && (blk0 + k) * TS_RB < w->rows; k++)
         _mm512_mask_storeu_ps(j->y + b * w->rows + (blk0 + k) * TS_RB, rows_mask(w, blk0 + k), y[k]);

@@ -33,6 +33,7 @@ struct ts_http {
     pthread_mutex_t mu;
     ts_req *in_head, *in_tail;   /* parsed requests waiting for the loop */
     _Atomic int active;          /* requests between first header and completion */
+    int stopping;                /* under mu: hand nothing more to the loop */
 };
 
 /* ---- responses ---- */
@@ -315,10 +316,15 @@ static int answer_static(ts_req *req) {
 
 static void hand_to_loop(ts_req *req, struct MHD_Connection *conn) {
     ts_http *h = req->http;
+    pthread_mutex_lock(&h->mu);
+    if (h->stopping) { /* the loop takes nothing more: answer here (see ts_http_stop) */
+        pthread_mutex_unlock(&h->mu);
+        ts_req_reply_error(req, 503, "shutting down");
+        return;
+    }
     req->state = REQ_LOOP;
     MHD_suspend_connection(conn);
     not_arriving(req);
-    pthread_mutex_lock(&h->mu);
     req->next = NULL;
     if (h->in_tail)
         h->in_tail->next = req;
@@ -508,6 +514,13 @@ static void on_async_closed(uv_handle_t *handle) {
 }
 
 void ts_http_stop(ts_http *h) {
+    /* No request may stay suspended in the hand-over list when MHD stops (it would close
+     * the connection and free the request under the list): close the list, answer what
+     * is in it, then stop. */
+    pthread_mutex_lock(&h->mu);
+    h->stopping = 1;
+    pthread_mutex_unlock(&h->mu);
+    ts_http_drain_inbound(h);
     MHD_stop_daemon(h->mhd);
     if (h->listen_fd != MHD_INVALID_SOCKET)
         close(h->listen_fd);

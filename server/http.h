@@ -89,8 +89,9 @@ void ts_http_quiesce(ts_http *h);
 void ts_http_drain_inbound(ts_http *h);
 /* Requests received but not yet fully sent back (any thread). */
 int ts_http_active(ts_http *h);
-/* Close every connection and stop the threads; close the loop handle. Call only when no
- * request is held by the loop (every one answered). Then run the loop to finish. */
+/* Close every connection and stop the threads; close the loop handle. Requests still in
+ * the hand-over list are dispatched first (the loop answers them: 503 when closing);
+ * call it only when the loop holds no other request. Then run the loop to finish. */
 void ts_http_stop(ts_http *h);
 
 /* ---- answering (loop thread; exactly one call per request) ---- */

@@ -454,6 +454,19 @@ class Malformed(unittest.TestCase):
             self.assertEqual(d.request("POST", "/v2/models/demo/infer", oipc.infer_body([row]))[0], 200)
 
 
+class MaxBatch(unittest.TestCase):
+    def test_request_over_max_batch_runs_alone_with_the_same_answers(self):
+        rows = [[((i * 3 + k) % 7) / 3.0 - 1.0 for k in range(16)] for i in range(5)]
+        with tsd.Daemon(args=["--max-batch", "2"]) as d:
+            together = d.json("POST", "/v2/models/demo/infer", oipc.infer_body(rows))["outputs"][0]["data"]
+            for i, r in enumerate(rows):
+                alone = d.json("POST", "/v2/models/demo/infer", oipc.infer_body([r]))["outputs"][0]["data"]
+                self.assertEqual(alone, together[i * 4:(i + 1) * 4])
+            text = d.request("GET", "/metrics")[2].decode()
+            self.assertIn('tscale_batch_rows_bucket{le="4"} 5', text)   # the five single rows
+            self.assertIn('tscale_batch_rows_bucket{le="8"} 6', text)   # and the 5-row request, alone
+
+
 def run_tscaled(*args, env=None):
     e = {k: v for k, v in os.environ.items() if not k.startswith("TSCALE_")}
     e.update(env or {})

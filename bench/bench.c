@@ -254,6 +254,8 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+static void noop(void *arg, int64_t begin, int64_t end) { (void)arg, (void)begin, (void)end; }
+
 static double median(const double *sorted, int n)
 {
     return n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
@@ -271,8 +273,12 @@ static stats measure(void (*fn)(ctx *), ctx *c)
         reps = reps < 5 ? 5 : reps > 200 ? 200 : reps;
     double *t = malloc(2 * (size_t)reps * sizeof *t), *cpu = t + reps;
     for (int i = 0; i < reps; i++) {
-        if (c->o->cold)
+        if (c->o->cold) {
             evict();
+            /* Wake the pool's threads (they sleep after a while idle): --cold measures cold
+             * weights, not the scheduler. */
+            ts_pool_run(c->pool, ts_pool_threads(c->pool), 1, noop, NULL);
+        }
         double c0 = cpu_us();
         t0 = now_us();
         fn(c);

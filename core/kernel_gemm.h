@@ -60,11 +60,17 @@ static void GEMM_PREFIX(build)(const ts_weights *w, const float *x, int64_t b0, 
 static void GEMM_PREFIX(block)(const ts_weights *w, const float *ST, int64_t r0, int64_t g0,
                                int64_t ng, int64_t j0, int64_t j1, const VEC *tab, VEC *yT)
 {
-    uint32_t off[TS_FPW][TS_RB] __attribute__((aligned(64)));
+    /* All offsets of the pass first: a load right after the vector store that wrote it
+     * would wait for the store to complete (no forwarding from a wide store to a narrow
+     * load), stalling the lookups that depend on it. */
+    uint32_t offs[GEMM_WORDS][TS_FPW][TS_RB] __attribute__((aligned(64)));
     VEC yl[TS_RB];
     for (int k = 0; k < TS_RB; k++)
         yl[k] = VZERO();
-    int64_t blk = r0 / TS_RB;
+    int64_t blk = r0 / TS_RB, nwp = j1 - j0;
+    for (int64_t g = g0, i = 0; g < g0 + ng; g++)
+        for (int64_t j = j0; j < j1; j++, i++)
+            GEMM_OFFSETS(ts_wwords(w, blk, g, j), offs[i]);
     for (int64_t g = g0; g < g0 + ng; g++) {
         /* The rows' words of one group are a block apart (gpr·nw·64 bytes): more than the
          * hardware prefetchers follow, so fetch a few blocks ahead. */
@@ -75,7 +81,7 @@ static void GEMM_PREFIX(block)(const ts_weights *w, const float *ST, int64_t r0,
         VEC a6 = VZERO(), a7 = VZERO(), a8 = VZERO(), a9 = VZERO(), a10 = VZERO(), a11 = VZERO();
         VEC a12 = VZERO(), a13 = VZERO(), a14 = VZERO(), a15 = VZERO();
         for (int64_t j = j0; j < j1; j++, tab += TS_FPW * 27) {
-            GEMM_OFFSETS(ts_wwords(w, blk, g, j), off);
+            uint32_t (*off)[TS_RB] = offs[(g - g0) * nwp + (j - j0)];
             int64_t nf = w->ntr - j * TS_FPW < TS_FPW ? w->ntr - j * TS_FPW : TS_FPW;
             const char *t = (const char *)tab;
             for (int64_t f = 0; f < nf; f++, t += 27 * sizeof(VEC)) {

@@ -59,7 +59,7 @@ class Daemon:
         self._pump = threading.Thread(target=pump, daemon=True)
         self._pump.start()
         if not found.wait(timeout) or self.port is None:
-            self.kill()
+            self.close()
             raise RuntimeError("tscaled did not report a listening address:\n" + self.log())
 
     def log(self):

@@ -165,3 +165,99 @@ def attempt(name, layers, tweaks, sizes, fb, seed):
 if __name__ == "__main__":
     for n, c in CASES.items():
         make(n, *c)
+
+
+# ─── Larger models (kernel paths): inputs come from a formula, only outputs are stored ───
+# name: (layers, steps per ternary layer, forward batch sizes, feedback [(kind, batch)], seed)
+BIG = {
+    "big_mlp": ("linear:512x300/gs64+bias,relu,linear:300x130/gs128,silu,rmsnorm:130/gs32,"
+                "linear:130x10/gs16+bias", [40, 9, 0, 3], [1, 2, 3, 8, 17, 64, 65, 200],
+                [("grad_output", 1), ("target", 16), ("label64", 5)] * 3, 21),
+    "big_groups": ("linear:1000x64/gs256,linear:64x33/gs3+bias,linear:33x7/gs5,linear:7x20/gs10",
+                   [1, 2, 3, 4], [1, 5, 64, 130], [("target", 1), ("grad_output", 4)] * 3, 22),
+    "big_single": ("linear:700x96/gs100+bias", [17], [1, 31, 96],
+                   [("grad_output", 1), ("label32", 1), ("target", 1)] * 4, 23),
+}
+
+
+def formula_rows(rows, dim, salt):
+    """float32 inputs both sides compute the same way (see test_spec_numerics.formula_rows)."""
+    import math as m
+    import struct as s
+    vals = [2.0 * m.sin(0.37 * b + 1.3 * i + 0.11 * salt) + 0.5 * m.cos(0.05 * i * (b + 1))
+            for b in range(rows) for i in range(dim)]
+    return list(s.unpack("<%df" % len(vals), s.pack("<%df" % len(vals), *vals)))
+
+
+def formula_signal(kind, rows, out, salt):
+    import math as m
+    import struct as s
+    if kind.startswith("label"):
+        return [(b * 7 + salt) % out for b in range(rows)]
+    vals = [m.sin(0.91 * b + 0.53 * j + salt) for b in range(rows) for j in range(out)]
+    return list(s.unpack("<%df" % len(vals), s.pack("<%df" % len(vals), *vals)))
+
+
+def forward_f64(seq, x):
+    """The reference's forward in float64 (scales as float32, as the reference computes them):
+    how far float32 rounding moved the reference's own outputs."""
+    h = x.double()
+    for m in seq:
+        if hasattr(m, "T_packed"):
+            rows, cols = m._T_shape.tolist()
+            gs, gpr = m.group_size, -(-cols // m.group_size)
+            step = int(m.step_counter.item())
+            ea = m.E.float()
+            if step > 0:
+                ea = ea + m.corr_accum.float() / max(step * gs, 1) * 4.0
+            S = torch.exp2(ea).double().view(rows, gpr).repeat_interleave(gs, dim=1)[:, :cols]
+            w = S * m._get_T().view(rows, cols).double()
+            if rows == 1 and not hasattr(m, "out_dim"):
+                h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + torch.finfo(torch.float32).eps) * w[0]
+            else:
+                h = h @ w.t() + (m.bias.double() if m.bias is not None else 0)
+        else:
+            h = m(h)
+    return h
+
+
+def make_big(name, layers, steps, sizes, fb, seed):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    specs = torch_export.parse_layers(layers)
+    seq = torch_export.build(specs, ref)
+    setup_state(seq, gen, steps)
+    torch_export.save(seq, os.path.join(HERE, name + ".safetensors"), name=name)
+    din = in_dim(seq)
+    case = {"name": name, "layers": specs, "forward": [], "feedback": []}
+    for b in sizes:
+        x = torch.tensor(formula_rows(b, din, b)).view(b, din)
+        with torch.no_grad():
+            case["forward"].append({"rows": b, "salt": b, "output": f32(seq(x)),
+                                    "output_f64": forward_f64(seq, x).reshape(-1).tolist()})
+    for k, (kind, b) in enumerate(fb):
+        x = torch.tensor(formula_rows(b, din, 1000 + k)).view(b, din)
+        y = seq(x)
+        sig = formula_signal(kind, b, y.shape[1], k)
+        if kind == "grad_output":
+            y.backward(torch.tensor(sig).view(y.shape)); loss = None
+        elif kind == "target":
+            lo = F.mse_loss(y, torch.tensor(sig).view(y.shape)); lo.backward(); loss = float(lo)
+        else:
+            lo = F.cross_entropy(y, torch.tensor(sig)); lo.backward(); loss = float(lo)
+        for m in seq:
+            if hasattr(m, "update_corr"):
+                m.update_corr()
+        case["feedback"].append({"kind": "label" if kind.startswith("label") else kind,
+                                 "dtype": {"label32": "INT32", "label64": "INT64"}.get(kind, "FP32"),
+                                 "rows": b, "salt": 1000 + k, "signal_salt": k, "loss": loss})
+    case["final"] = {str(i): {"corr_accum": m.corr_accum.tolist(), "step": int(m.step_counter.item())}
+                     for i, m in enumerate(seq) if hasattr(m, "T_packed")}
+    with open(os.path.join(HERE, name + ".json"), "w") as f:
+        json.dump(case, f, separators=(",", ":"))
+    print(f"{name}: written")
+
+
+if __name__ == "__main__":
+    for n, c in BIG.items():
+        make_big(n, *c)

@@ -2,6 +2,7 @@
 HEALTHCHECK runs) and `tscaled backup` (online copy of the database)."""
 import http.server
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -194,3 +195,34 @@ class Backup(unittest.TestCase):
         rc, _, err = tscaled("backup", "--db", self.path("src.db"), self.path("no/such/dir/copy.db"))
         self.assertEqual(rc, 1)
         self.assertIn("cannot create", err)
+
+
+class AgainstDaemon(unittest.TestCase):
+    def test_ready_daemon_is_healthy(self):
+        with tsd.Daemon() as d:
+            rc, out, err = tscaled("healthcheck", "--url", f"http://127.0.0.1:{d.port}")
+            self.assertEqual(rc, 0, err + d.log())
+            self.assertIn("ready", out)
+
+    def test_backup_while_serving_holds_the_state_of_that_moment(self):
+        restored = tempfile.mkdtemp(prefix="tscale-restored-")
+        try:
+            with tsd.Daemon(args=["--snapshot-interval", "0"]) as d:
+                meta = d.json("GET", "/v2/models/demo")
+                n_in, n_out = meta["inputs"][0]["shape"][1], meta["outputs"][0]["shape"][1]
+                fb = {"inputs": [
+                    {"name": "input", "shape": [1, n_in], "datatype": "FP32",
+                     "data": [((i * 3) % 7 - 3) / 3 for i in range(n_in)]},
+                    {"name": "target", "shape": [1, n_out], "datatype": "FP32", "data": [1.0] * n_out}]}
+                for _ in range(2):
+                    d.json("POST", "/v2/models/demo/feedback", fb)
+                d.json("POST", "/admin/models/demo/snapshots", {}, expect=201)
+                # The daemon holds the database open and keeps serving while the copy is made.
+                rc, _, err = tscaled("backup", "--db", d.db, os.path.join(restored, "tscale.db"))
+                self.assertEqual(rc, 0, err)
+                self.assertEqual(d.json("POST", "/v2/models/demo/feedback", fb)["step"], 3)
+            with tsd.Daemon(db_dir=restored) as r:
+                models = {m["name"]: m for m in r.json("GET", "/admin/models")["models"]}
+                self.assertEqual(models["demo"]["step"], 2, r.log())
+        finally:
+            shutil.rmtree(restored, ignore_errors=True)

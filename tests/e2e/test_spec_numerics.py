@@ -41,13 +41,18 @@ def rel_close(a, b, rtol=1e-4):
     return abs(a - b) <= rtol + rtol * abs(b)
 
 
+def serve(names):
+    """One daemon serving every fixture in names (each under its own name)."""
+    args = ["--snapshot-interval", "0"]
+    for n in names:
+        args += ["--model", f"{n}={model_file(n)}"]
+    return tsd.Daemon(args=args)
+
+
 class SpecNumerics(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        args = []
-        for n in CASES:
-            args += ["--model", f"{n}={model_file(n)}"]
-        cls.d = tsd.Daemon(args=args + ["--snapshot-interval", "0"])
+        cls.d = serve(CASES)
         cls.cases = {n: load(n) for n in CASES}
 
     @classmethod
@@ -172,10 +177,7 @@ class SpecNumericsBig(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        args = []
-        for n in BIG:
-            args += ["--model", f"{n}={model_file(n)}"]
-        cls.d = tsd.Daemon(args=args + ["--snapshot-interval", "0"])
+        cls.d = serve(BIG)
 
     @classmethod
     def tearDownClass(cls):

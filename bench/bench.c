@@ -191,6 +191,16 @@ static void run_feedback(ctx *c)
     ts_kernel_score(l->w, l->dy, l->x, c->o->batch, l->score, c->pool);
 }
 
+static void run_backward(ctx *c)
+{
+    ts_kernel_backward_x(c->l->w, c->l->S, c->l->dy, c->o->batch, c->l->dx, c->pool);
+}
+
+static void run_score(ctx *c)
+{
+    ts_kernel_score(c->l->w, c->l->dy, c->l->x, c->o->batch, c->l->score, c->pool);
+}
+
 static void dense_forward(ctx *c)
 {
     const options *o = c->o;
@@ -311,6 +321,7 @@ int main(int argc, char **argv)
     int feedback = !strcmp(o.op, "feedback");
     stats ts = measure(feedback ? run_feedback : run_forward, &c);
     stats fw = feedback ? measure(run_forward, &c) : ts;
+    stats bw = feedback ? measure(run_backward, &c) : ts, sc = feedback ? measure(run_score, &c) : ts;
     stats blas = measure(feedback ? dense_feedback : dense_forward, &c);
     double params = (double)o.out * (double)o.in;
     /* resident state of the layer: compute layout + S (f32) + E (i8) + corr_accum (i64) */
@@ -322,11 +333,13 @@ int main(int argc, char **argv)
                "\"gs\":%lld,\"kernel\":\"%s\",\"median_us\":%.1f,\"min_us\":%.1f,\"max_us\":%.1f,"
                "\"reps\":%d,\"cpu_us\":%.1f,\"openblas\":\"%s\",\"openblas_median_us\":%.1f,"
                "\"ratio_to_openblas\":%.3f,\"forward_median_us\":%.1f,"
+               "\"backward_x_median_us\":%.1f,\"score_median_us\":%.1f,"
                "\"over_forward\":%.2f,\"bytes_per_weight\":%.3f,"
                "\"bytes_per_weight_with_T_packed\":%.3f}\n",
                o.op, (long long)o.out, (long long)o.in, (long long)o.batch, o.threads,
                o.cold ? "true" : "false", (long long)o.gs, ts_kernel_name(), ts.median, ts.min,
                ts.max, ts.reps, ts.cpu, blas_name, blas.median, ts.median / blas.median, fw.median,
+               bw.median, sc.median,
                ts.median / fw.median, bpw, bpw_packed);
     } else {
         printf("%s %lldx%lld batch %lld threads %d gs %lld %s: tscale (%s) median %.1f us "
@@ -337,8 +350,9 @@ int main(int argc, char **argv)
                ts.max, ts.reps, ts.cpu, blas_name, blas.median, blas.cpu,
                ts.median / blas.median);
         if (feedback)
-            printf("  forward alone median %.1f us: feedback / forward = %.2f\n", fw.median,
-                   ts.median / fw.median);
+            printf("  alone: forward %.1f us, backward_x %.1f us, score %.1f us (medians; cpu "
+                   "%.1f, %.1f, %.1f us); feedback / forward = %.2f\n", fw.median, bw.median,
+                   sc.median, fw.cpu, bw.cpu, sc.cpu, ts.median / fw.median);
         printf("  resident state %.3f bytes/weight (%.3f with T_packed kept)\n", bpw, bpw_packed);
     }
     ts_pool_free(pool);

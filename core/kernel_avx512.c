@@ -241,6 +241,8 @@ static int avx512_forward(const ts_weights *w, const float *S, const float *x, i
 
 #define BWD_BATCH 8        /* batch rows per pass: 3·8 accumulators */
 #define BWD_MIN_ROWS 64    /* fewer rows: the portable kernel (see avx512_backward_x) */
+#define BWD_TILE 16        /* blocks per tile: z of 16 blocks · 8 batch rows = 8 KiB */
+#define BWD_TILE_TRIPLES 256   /* wider groups: no tiles (the partial sums would not fit) */
 
 typedef struct {
     const ts_weights *w;
@@ -269,17 +271,22 @@ static void bwd_z(const bwd_job *j, int64_t g, int64_t b0, int nb, __m512 *z)
     }
 }
 
-/* dx of triple t of group g for batch rows b0.. (NB of them): Σ over blocks of trits · z. */
+/* dx of triple t of group g for batch rows b0.. (NB of them): Σ over blocks of trits · z,
+ * over blocks [k0, k1): the sums start at 0 when `first`, else from io[NB·3]; they go to dx
+ * when `last`, else back to io. */
 #define BWD_TRIPLE(NB)                                                                           \
     static void bwd_triple_##NB(const bwd_job *j, int64_t g, int64_t t, int64_t b0,              \
-                                const __m512 *z, const __m512 *tlo, const __m512 *thi)           \
+                                const __m512 *z, int64_t k0, int64_t k1, int first, int last,   \
+                                __m512 *io, const __m512 *tlo, const __m512 *thi)                \
     {                                                                                            \
         const ts_weights *w = j->w;                                                              \
         __m512 acc[NB][3];                                                                       \
         _Pragma("GCC unroll 8") for (int bb = 0; bb < NB; bb++)                                  \
-            acc[bb][0] = acc[bb][1] = acc[bb][2] = _mm512_setzero_ps();                          \
+            for (int i = 0; i < 3; i++)                                                          \
+                acc[bb][i] = first ? _mm512_setzero_ps() : io[bb * 3 + i];                       \
         __m512i shift = _mm512_set1_epi32((int)(5 * (t % TS_FPW)));                              \
-        for (int64_t blk = 0; blk < w->nblk; blk++, z += NB) {                                   \
+        z += k0 * NB;                                                                            \
+        for (int64_t blk = k0; blk < k1; blk++, z += NB) {                                       \
             if (blk + GEMM_AHEAD < w->nblk) /* a block apart: see kernel_gemm.h */               \
                 _mm_prefetch((const char *)ts_wwords(w, blk + GEMM_AHEAD, g, t / TS_FPW),        \
                              _MM_HINT_T0);                                                       \
@@ -297,14 +304,48 @@ static void bwd_z(const bwd_job *j, int64_t g, int64_t b0, int nb, __m512 *z)
         }                                                                                        \
         int n = ts_wtriple_cols(w, g, t);                                                        \
         for (int bb = 0; bb < NB; bb++)                                                          \
-            for (int i = 0; i < n; i++)                                                          \
-                j->dx[(b0 + bb) * w->cols + g * w->gs + 3 * t + i] =                             \
-                    _mm512_reduce_add_ps(acc[bb][i]);                                            \
+            for (int i = 0; i < 3; i++) {                                                        \
+                if (!last)                                                                       \
+                    io[bb * 3 + i] = acc[bb][i];                                                 \
+                else if (i < n)                                                                  \
+                    j->dx[(b0 + bb) * w->cols + g * w->gs + 3 * t + i] =                         \
+                        _mm512_reduce_add_ps(acc[bb][i]);                                        \
+            }                                                                                    \
     }
 BWD_TRIPLE(1)
 BWD_TRIPLE(2)
 BWD_TRIPLE(4)
 BWD_TRIPLE(8)
+
+/* One group for batch rows b0..b0+nb: z for all blocks, then tiles of BWD_TILE blocks (their
+ * z stays in L1 while every triple of the group runs over it; partial sums go through io). */
+static void bwd_group(const bwd_job *j, int64_t g, int64_t b0, int nb, __m512 *z, __m512 *io,
+                      const __m512 *tlo, const __m512 *thi)
+{
+    const ts_weights *w = j->w;
+    bwd_z(j, g, b0, nb, z);
+    int64_t tile = w->ntr <= BWD_TILE_TRIPLES ? BWD_TILE : w->nblk;
+    for (int64_t k0 = 0; k0 < w->nblk; k0 += tile) {
+        int64_t k1 = k0 + tile < w->nblk ? k0 + tile : w->nblk;
+        int first = k0 == 0, last = k1 == w->nblk;
+        for (int64_t t = 0; t < w->ntr && ts_wtriple_cols(w, g, t) > 0; t++) {
+            __m512 *o = io + t * BWD_BATCH * 3;
+            if (nb == 8)
+                bwd_triple_8(j, g, t, b0, z, k0, k1, first, last, o, tlo, thi);
+            else if (nb == 4)
+                bwd_triple_4(j, g, t, b0, z, k0, k1, first, last, o, tlo, thi);
+            else if (nb == 2)
+                bwd_triple_2(j, g, t, b0, z, k0, k1, first, last, o, tlo, thi);
+            else
+                bwd_triple_1(j, g, t, b0, z, k0, k1, first, last, o, tlo, thi);
+        }
+    }
+}
+
+static size_t bwd_io_vectors(const ts_weights *w)
+{
+    return w->ntr <= BWD_TILE_TRIPLES ? (size_t)w->ntr * BWD_BATCH * 3 : 0;
+}
 
 static void bwd_slot(void *arg, int64_t s0, int64_t s1)
 {
@@ -314,25 +355,13 @@ static void bwd_slot(void *arg, int64_t s0, int64_t s1)
     trit_tables(tlo, thi);
     for (int64_t s = s0; s < s1; s++) {
         __m512 *z = (__m512 *)(j->scratch + (size_t)s * j->slot_bytes);
+        __m512 *io = z + (size_t)w->nblk * BWD_BATCH;
         int64_t g0, g1;
         ts_ksplit(w->gpr, 1, j->slots, (int)s, &g0, &g1);
         for (int64_t b0 = 0; b0 < j->B;) {
             int nb = j->B - b0 >= 8 ? 8 : j->B - b0 >= 4 ? 4 : j->B - b0 >= 2 ? 2 : 1;
-            for (int64_t g = g0; g < g1; g++) {
-                bwd_z(j, g, b0, nb, z);
-                for (int64_t t = 0; t < w->ntr; t++) {
-                    if (ts_wtriple_cols(w, g, t) == 0)
-                        break;
-                    if (nb == 8)
-                        bwd_triple_8(j, g, t, b0, z, tlo, thi);
-                    else if (nb == 4)
-                        bwd_triple_4(j, g, t, b0, z, tlo, thi);
-                    else if (nb == 2)
-                        bwd_triple_2(j, g, t, b0, z, tlo, thi);
-                    else
-                        bwd_triple_1(j, g, t, b0, z, tlo, thi);
-                }
-            }
+            for (int64_t g = g0; g < g1; g++)
+                bwd_group(j, g, b0, nb, z, io, tlo, thi);
             b0 += nb;
         }
     }
@@ -348,7 +377,7 @@ static int avx512_backward_x(const ts_weights *w, const float *S, const float *d
     if (w->rows < BWD_MIN_ROWS || w->gpr > INT32_MAX / TS_RB)
         return -1;
     int slots = ts_kslots(pool);
-    size_t slot_bytes = (size_t)w->nblk * BWD_BATCH * sizeof(__m512);
+    size_t slot_bytes = ((size_t)w->nblk * BWD_BATCH + bwd_io_vectors(w)) * sizeof(__m512);
     char *scratch = ts_kscratch_get(pool, slot_bytes * (size_t)slots);
     if (!scratch)
         return -1;
@@ -370,12 +399,19 @@ typedef struct {
     int slots;
 } score_job;
 
-/* Scores of the 16 rows of block blk, group g; dyT[b] holds dy[b][rows of blk]. */
+/* sign(v) as a float (0 for zero and NaN) in one instruction: vfixupimmps maps the class of
+ * each element (nibble k of this table answers class k: QNaN, SNaN, zero, +1, -inf, +inf,
+ * negative, positive) to +0 (8), -1 (9) or +1 (10). */
+#define SIGN_TABLE 0xA9A9A888
+
+/* Scores of the 16 rows of block blk, group g; dyT[b] holds dy[b][rows of blk]. The count
+ * Σ sign(dW)·T is kept in float, exact below 2^24 (a group is at most 2^16 columns). */
 static void score_block_group(const score_job *j, int64_t blk, int64_t g, const __m512 *dyT,
-                              const __m512i *tlo, const __m512i *thi)
+                              const __m512 *tlo, const __m512 *thi)
 {
     const ts_weights *w = j->w;
-    __m512i acc = _mm512_setzero_si512();
+    const __m512i sign_table = _mm512_set1_epi32(SIGN_TABLE);
+    __m512 acc = _mm512_setzero_ps();
     for (int64_t t = 0; t < w->ntr; t++) {
         int n = ts_wtriple_cols(w, g, t);
         if (n == 0)
@@ -383,19 +419,17 @@ static void score_block_group(const score_job *j, int64_t blk, int64_t g, const 
         __m512i f = _mm512_srlv_epi32(_mm512_load_si512(ts_wwords(w, blk, g, t / TS_FPW)),
                                       _mm512_set1_epi32((int)(5 * (t % TS_FPW))));
         for (int i = 0; i < n; i++) {
-            __m512i tv = _mm512_permutex2var_epi32(tlo[i], f, thi[i]);
+            __m512 tv = _mm512_permutex2var_ps(tlo[i], f, thi[i]);
             const float *xc = j->x + g * w->gs + 3 * t + i;
             __m512 dw = _mm512_setzero_ps();
             for (int64_t b = 0; b < j->B; b++)
                 dw = _mm512_fmadd_ps(dyT[b], _mm512_set1_ps(xc[b * w->cols]), dw);
-            __mmask16 gt = _mm512_cmp_ps_mask(dw, _mm512_setzero_ps(), _CMP_GT_OQ);
-            __mmask16 lt = _mm512_cmp_ps_mask(dw, _mm512_setzero_ps(), _CMP_LT_OQ);
-            acc = _mm512_mask_add_epi32(acc, gt, acc, tv);
-            acc = _mm512_mask_sub_epi32(acc, lt, acc, tv);
+            __m512 sign = _mm512_fixupimm_ps(dw, dw, sign_table, 0);
+            acc = _mm512_fmadd_ps(sign, tv, acc);
         }
     }
     int32_t out[TS_RB] __attribute__((aligned(64)));
-    _mm512_store_si512(out, acc);
+    _mm512_store_si512(out, _mm512_cvtps_epi32(acc));
     for (int i = 0; i < TS_RB && blk * TS_RB + i < w->rows; i++)
         j->score[(blk * TS_RB + i) * w->gpr + g] = out[i];
 }
@@ -404,13 +438,8 @@ static void score_slot(void *arg, int64_t s0, int64_t s1)
 {
     const score_job *j = arg;
     const ts_weights *w = j->w;
-    __m512 flo[3], fhi[3];
-    trit_tables(flo, fhi);
-    __m512i tlo[3], thi[3];
-    for (int i = 0; i < 3; i++) {
-        tlo[i] = _mm512_cvtps_epi32(flo[i]);
-        thi[i] = _mm512_cvtps_epi32(fhi[i]);
-    }
+    __m512 tlo[3], thi[3];
+    trit_tables(tlo, thi);
     for (int64_t s = s0; s < s1; s++) {
         __m512 *dyT = (__m512 *)(j->scratch + (size_t)s * j->slot_bytes);
         int64_t k0, k1;

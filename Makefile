@@ -113,14 +113,22 @@ unit-asan: $(SAN_TESTS)
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 CK_FORK=no $$t; done
 e2e: build/tscaled
 	@python3 tests/e2e/run.py build/tscaled
+# Sanitizer reports of the daemon (and of leaks at its exit) go to build/asan/logs/, so that
+# one found while a test passes still fails the run.
 e2e-asan: build/asan/tscaled
-	@python3 tests/e2e/run.py build/asan/tscaled
+	@rm -rf build/asan/logs && mkdir -p build/asan/logs
+	@ASAN_OPTIONS=log_path=$(CURDIR)/build/asan/logs/asan:detect_leaks=1 \
+	  UBSAN_OPTIONS=log_path=$(CURDIR)/build/asan/logs/ubsan:print_stacktrace=1 \
+	  python3 tests/e2e/run.py build/asan/tscaled
+	@if ls build/asan/logs/* >/dev/null 2>&1; then cat build/asan/logs/*; \
+	  echo "e2e-asan: the sanitizers reported the errors above"; exit 1; fi
 
 test: deps
 	@$(MAKE) --no-print-directory build/tscaled $(TESTS)
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory unit-asan
 	@$(MAKE) --no-print-directory e2e
+	@$(MAKE) --no-print-directory e2e-asan
 
 bench: deps
 	@$(MAKE) --no-print-directory build/tscale-bench
@@ -188,4 +196,8 @@ valgrind: deps
 	@set -e; for t in $(TESTS); do echo "== $$t (valgrind)"; \
 	  CK_FORK=no valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
 	    --errors-for-leak-kinds=definite,indirect $$t; done
-.PHONY: fuzz valgrind
+
+# make soak       tests/soak/soak.py: a few minutes of mixed load with snapshots and a restore
+soak: build/tscaled
+	@python3 tests/soak/soak.py $(SOAK_ARGS)
+.PHONY: fuzz valgrind soak

@@ -613,9 +613,14 @@ static int key_is(const ts_jtape *t, uint32_t i, const char *key)
     size_t kl = strlen(key);
     if (!(n->flags & TS_JT_ESC))
         return n->n == kl && memcmp(t->text + n->off, key, kl) == 0;
-    char buf[64];
-    int l = ts_jtape_str(t, i, buf, sizeof buf);
-    return l >= 0 && (size_t)l == kl && memcmp(buf, key, kl) == 0;
+    /* Room for the whole key: a stored key with escapes may decode to any lookup key. */
+    char local[64];
+    char *buf = kl + 2 <= sizeof local ? local : malloc(kl + 2);
+    if (!buf) return 0;
+    int l = ts_jtape_str(t, i, buf, kl + 2);
+    int same = l >= 0 && (size_t)l == kl && memcmp(buf, key, kl) == 0;
+    if (buf != local) free(buf);
+    return same;
 }
 
 int ts_jtape_member(const ts_jtape *t, uint32_t obj, const char *key, uint32_t *val)

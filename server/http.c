@@ -452,6 +452,30 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss, char
     return 0;
 }
 
+static int hex_digit(char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Percent-decoding of the path and query arguments, as MHD's default except that "%00" is
+ * kept as it is: a decoded NUL would cut the path short for everything after MHD, so
+ * "/v2/models/m%00x/ready" would be routed as "/v2/models/m" and "DELETE
+ * /admin/models/m%00junk" would delete m. Kept, it is an invalid name character (404). */
+static size_t unescape_keep_nul(void *cls, struct MHD_Connection *conn, char *s) {
+    char *out = s;
+    for (const char *p = s; *p;) {
+        int hi, lo;
+        if (p[0] == '%' && (hi = hex_digit(p[1])) >= 0 && (lo = hex_digit(p[2])) >= 0 && (hi | lo)) {
+            *out++ = (char)(hi << 4 | lo);
+            p += 3;
+        } else {
+            *out++ = *p++;
+        }
+    }
+    *out = '\0';
+    return (size_t)(out - s);
+}
+
 ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, int *bound_port, char *err,
                        size_t errlen) {
     struct sockaddr_storage ss;
@@ -483,6 +507,7 @@ ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, int *bound_po
         MHD_OPTION_ARRAY, cfg->threads > 1 ? pool_opt : pool_opt + 1,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->request_timeout_s,
+        MHD_OPTION_UNESCAPE_CALLBACK, unescape_keep_nul, NULL,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
         MHD_OPTION_END);

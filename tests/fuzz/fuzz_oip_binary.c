@@ -138,12 +138,15 @@ int ts_fuzz_oip_binary(const uint8_t *data, size_t size)
     size_t jlen = fuzz_bin_json(json, sizeof json, in, n);
     unsigned jm = (unsigned)ts_fuzz_take(&b, 1);
     int64_t json_len = jm % 4 == 0 ? (int64_t)jlen - 1 + (jm >> 2) % 3 : jm % 4 == 1 ? -1 : (int64_t)jlen;
-    /* Without the header the whole body is JSON: fine when no input is binary and what
-     * follows the recipe's JSON is whitespace. */
+    /* The JSON part may run past the recipe's JSON into the bytes after it as long as those
+     * are whitespace; without the header the whole body is JSON, which suits a request
+     * without binary inputs. */
     size_t ws = 0;
     while (ws < b.n && strchr(" \t\r\n", b.p[ws]) && b.p[ws])
         ws++;
-    consistent &= json_len == -1 ? !any_binary && ws == b.n : json_len == (int64_t)jlen && b.n == need;
+    size_t json_tail = json_len > (int64_t)jlen ? (size_t)json_len - jlen : 0;
+    consistent &= json_len == -1 ? !any_binary && ws == b.n
+                : json_len >= (int64_t)jlen && json_tail <= ws && b.n - json_tail == need;
 
     size_t len = jlen + b.n;
     uint8_t *body = malloc(len ? len : 1);
@@ -158,7 +161,7 @@ int ts_fuzz_oip_binary(const uint8_t *data, size_t size)
 
     /* Consistent: accepted exactly when every value is valid, with those values. */
     int values_ok = 1;
-    const uint8_t *p = b.p;
+    const uint8_t *p = b.p + json_tail;
     for (int k = 0; consistent && k < n; k++) {
         const fuzz_bin_input *x = &in[k];
         int esize = fuzz_bin_dtypes[x->dt].size;

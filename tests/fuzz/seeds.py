@@ -103,7 +103,21 @@ def json_seeds():
         write("json", "doc%d" % k, bytes([0x20]) + d)
 
 
+def admin_seeds():
+    """fuzz_admin input: method byte (GET HEAD POST PUT DELETE OPTIONS), URL, NUL, header."""
+    cases = [(0, "/v2/health/ready", ""), (2, "/v2/models/demo/infer", "Bearer s3cret-token"),
+             (2, "/v2/models/m-1.a_b/versions/3/feedback", "bearer   feedback-token"),
+             (2, "/admin/models/demo/restore", "Bearer wrong"), (3, "/admin/models/new", "Basic abc"),
+             (4, "/admin/models/demo", "Bearer "), (0, "/admin/models/demo/snapshots?x=1", ""),
+             (0, "/v2/models/../admin/models", ""), (0, "/v2/models/.hidden", ""),
+             (5, "/metrics", ""), (0, "/v2/models/" + "a" * 130, "")]
+    for k, (m, url, header) in enumerate(cases):
+        write("admin", "req%d" % k, bytes([m]) + url.encode() + b"\0" + header.encode())
+    write("admin", "custom_method", bytes([0x80]) + b"PATCH\0/admin/models/x\0Bearer x")
+
+
 if __name__ == "__main__":
     oip_seeds()
     binary_seeds()
     json_seeds()
+    admin_seeds()

@@ -110,6 +110,7 @@ class Crash(unittest.TestCase):
             seen.record(name, steps[name], st)
         initial = dict(steps)
         recoveries = []  # (cycle, model, step, state)
+        any_logged = False
         for cycle in range(CYCLES):
             driver = Driver(d, steps, seen, random.Random(rng.random()))
             driver.start()
@@ -120,7 +121,8 @@ class Crash(unittest.TestCase):
             driver.join(30)
             self.assertIsNone(driver.problem, "cycle %d (seed %d): %s\n%s" % (cycle, SEED, driver.problem, d.log()))
             logged = newest_logged(d)
-            self.assertTrue(logged, "no snapshot lines in the daemon's log (format changed?):\n" + d.log())
+            # A kill before the first timer tick leaves no snapshot line in that cycle.
+            any_logged = any_logged or bool(logged)
             acked = dict(steps)
 
             d = ms.start(ARGS, db_dir=db_dir)
@@ -139,6 +141,7 @@ class Crash(unittest.TestCase):
                 recoveries.append((cycle, name, step, st))
                 steps[name] = step
         self.assertEqual(d.stop(), 0, d.log())
+        self.assertTrue(any_logged, "no snapshot lines in the daemon's logs (format changed?)")
 
         self.assertEqual(seen.conflicts, [])
         unverified = []

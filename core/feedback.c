@@ -127,8 +127,14 @@ static void rmsnorm_backward(const ts_layer *l, const float *x, const float *dy,
     }
 }
 
+/* d gelu(x)/dx = Φ(x) + x·φ(x). PyTorch's CPU backward (oneDNN's gelu_erf, the path the
+ * reference takes for any tensor of two or more elements) returns exactly 0 at and below
+ * x = -6.1513515 where the formula leaves a tiny negative value; sign(dW) sees the
+ * difference, so corr_accum would drift from the reference's without this cut. */
 static float gelu_grad(float x)
 {
+    if (x <= -6.151351451873779f)
+        return 0.0f;
     float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
     float pdf = expf(-0.5f * x * x) * 0.3989422804014327f;   /* 1/sqrt(2π) */
     return cdf + x * pdf;

@@ -110,6 +110,9 @@ class Daemon:
 
     def close(self):
         self.kill()
+        if self.proc and self.proc.stderr:
+            self._pump.join(5)
+            self.proc.stderr.close()
         if self.own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 

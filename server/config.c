@@ -2,7 +2,8 @@
  *
  * Like Redis' config.c, a setting exists in exactly one place: its row in `options`.
  * Parsing flags, reading TSCALE_* variables, applying defaults, checking bounds and
- * printing --help all walk that table, so they cannot drift apart.
+ * printing --help all walk that table, so they cannot drift apart. Precedence: a flag
+ * replaces its variable entirely (TSCALE_MODEL included: --model flags replace the list).
  */
 #include "config.h"
 
@@ -282,20 +283,22 @@ void ts_config_usage(FILE *out) {
 
 static ts_config_result fail(ts_config *cfg, char *err, size_t errlen, const char *where,
                              const char *why) {
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s: %s", where, why);
-    snprintf(err, errlen, "%s", msg);
+    snprintf(err, errlen, "%.80s: %.400s", where, why);
     ts_config_free(cfg);
     return TS_CONFIG_ERROR;
 }
 
-static ts_config_result apply_defaults_and_env(ts_config *cfg, char *err, size_t errlen) {
+/* Defaults for every option; then the environment for those no flag sets (a variable
+ * under a flag is not used at all, so not even checked: the command line can override
+ * a stale or broken deployment variable). */
+static ts_config_result apply_defaults_and_env(ts_config *cfg, const int *flagged, char *err,
+                                               size_t errlen) {
     char why[512], var[64];
     for (size_t i = 0; i < N_OPTIONS; i++) {
         const ts_option *o = &options[i];
         if (o->def && set_option(cfg, o, o->def, 0, why, sizeof why) < 0)
             return fail(cfg, err, errlen, o->name, why); /* a bad table row: a bug */
-        if (o->type == OPT_HELP || o->type == OPT_VERSION)
+        if (o->type == OPT_HELP || o->type == OPT_VERSION || flagged[i])
             continue;
         env_name(o, var, sizeof var);
         const char *v = getenv(var);
@@ -305,53 +308,76 @@ static ts_config_result apply_defaults_and_env(ts_config *cfg, char *err, size_t
     return TS_CONFIG_OK;
 }
 
+/* One command-line flag at argv[*i]: its option and value (advancing *i past a separate
+ * value). 0, or -1 + err. */
+static int next_flag(int argc, char **argv, int *i, const ts_option **opt, const char **value,
+                     char *err, size_t errlen) {
+    const char *a = argv[*i];
+    if (strncmp(a, "--", 2) != 0) {
+        snprintf(err, errlen, "%s: unexpected argument (flags start with --; see --help)", a);
+        return -1;
+    }
+    const char *eq = strchr(a + 2, '=');
+    size_t len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+    const ts_option *o = find_option(a + 2, len);
+    int negated = 0;
+    if (!o && len > 3 && strncmp(a + 2, "no-", 3) == 0) { /* --no-BOOL */
+        o = find_option(a + 5, len - 3);
+        negated = o && o->type == OPT_BOOL && !eq;
+        if (!negated)
+            o = NULL;
+    }
+    if (!o) {
+        snprintf(err, errlen, "%s: unknown flag (see --help)", a);
+        return -1;
+    }
+    *opt = o;
+    int64_t ignored;
+    char why[256];
+    if (o->type == OPT_HELP || o->type == OPT_VERSION)
+        *value = NULL;
+    else if (o->type == OPT_BOOL && !eq &&
+             (negated || *i + 1 >= argc || parse_bool(argv[*i + 1], &ignored, why, sizeof why) < 0))
+        *value = negated ? "no" : "yes"; /* a bare boolean flag sets it */
+    else if (eq)
+        *value = eq + 1;
+    else if (*i + 1 < argc)
+        *value = argv[++*i];
+    else {
+        snprintf(err, errlen, "%s: needs a value", a);
+        return -1;
+    }
+    return 0;
+}
+
 ts_config_result ts_config_parse(ts_config *cfg, int argc, char **argv, FILE *out, char *err,
                                  size_t errlen) {
     memset(cfg, 0, sizeof *cfg);
-    if (apply_defaults_and_env(cfg, err, errlen) != TS_CONFIG_OK)
-        return TS_CONFIG_ERROR;
-    int models_from_flags = 0;
-    char why[512];
+    /* Pass 1: which options the command line sets; --help and --version act at once. */
+    int flagged[N_OPTIONS] = {0};
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strncmp(a, "--", 2) != 0)
-            return fail(cfg, err, errlen, a, "unexpected argument (flags start with --; see --help)");
-        const char *eq = strchr(a + 2, '=');
-        size_t len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
-        const ts_option *o = find_option(a + 2, len);
-        int negated = 0;
-        if (!o && len > 3 && strncmp(a + 2, "no-", 3) == 0) { /* --no-BOOL */
-            o = find_option(a + 5, len - 3);
-            negated = o && o->type == OPT_BOOL && !eq;
-            if (!negated) o = NULL;
-        }
-        if (!o)
-            return fail(cfg, err, errlen, a, "unknown flag (see --help)");
+        const ts_option *o;
+        const char *v;
+        if (next_flag(argc, argv, &i, &o, &v, err, errlen) < 0)
+            return TS_CONFIG_ERROR;
         if (o->type == OPT_HELP) {
             ts_config_usage(out);
-            ts_config_free(cfg);
             return TS_CONFIG_EXIT;
         }
         if (o->type == OPT_VERSION) {
             fprintf(out, "tscaled %s\n", TS_VERSION);
-            ts_config_free(cfg);
             return TS_CONFIG_EXIT;
         }
+        flagged[o - options] = 1;
+    }
+    if (apply_defaults_and_env(cfg, flagged, err, errlen) != TS_CONFIG_OK)
+        return TS_CONFIG_ERROR;
+    /* Pass 2: the flags themselves. */
+    char why[512];
+    for (int i = 1; i < argc; i++) {
+        const ts_option *o;
         const char *v;
-        int64_t ignored;
-        if (o->type == OPT_BOOL && !eq &&
-            (negated || i + 1 >= argc || parse_bool(argv[i + 1], &ignored, why, sizeof why) < 0))
-            v = negated ? "no" : "yes"; /* a bare boolean flag sets it */
-        else if (eq)
-            v = eq + 1;
-        else if (i + 1 < argc)
-            v = argv[++i];
-        else
-            return fail(cfg, err, errlen, a, "needs a value");
-        if (o->type == OPT_MODEL && !models_from_flags) {
-            clear_models(cfg); /* flags win over TSCALE_MODEL as a whole */
-            models_from_flags = 1;
-        }
+        next_flag(argc, argv, &i, &o, &v, why, sizeof why); /* pass 1 checked it */
         if (set_option(cfg, o, v, 0, why, sizeof why) < 0) {
             char where[80];
             snprintf(where, sizeof where, "--%s", o->name);

@@ -171,7 +171,18 @@ static int start_http(ts_server *srv, char *err, size_t errlen) {
     return 0;
 }
 
-static void start_timers_and_signals(ts_server *srv) {
+/* Signals first of all: one that arrives while the models load is held by libuv and
+ * handled as soon as the loop runs (a clean shutdown right after start), instead of
+ * killing a daemon that may be writing its first snapshots. */
+static void start_signals(ts_server *srv) {
+    uv_signal_init(srv->loop, &srv->sigterm);
+    uv_signal_init(srv->loop, &srv->sigint);
+    srv->sigterm.data = srv->sigint.data = srv;
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+}
+
+static void start_timers(ts_server *srv) {
     uv_timer_init(srv->loop, &srv->snapshot_timer);
     srv->snapshot_timer.data = srv;
     if (srv->cfg.snapshot_interval > 0) {
@@ -180,17 +191,13 @@ static void start_timers_and_signals(ts_server *srv) {
     }
     uv_timer_init(srv->loop, &srv->shutdown_timer);
     srv->shutdown_timer.data = srv;
-    uv_signal_init(srv->loop, &srv->sigterm);
-    uv_signal_init(srv->loop, &srv->sigint);
-    srv->sigterm.data = srv->sigint.data = srv;
-    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
-    uv_signal_start(&srv->sigint, on_signal, SIGINT);
 }
 
 static int run(ts_server *srv, uv_loop_t *loop) {
     char err[1024];
     srv->loop = loop;
     ts_metrics_init(&srv->metrics);
+    start_signals(srv);
     ts_log_info("tscaled %s starting: pid %d, %lld compute threads, kernels %s, database %s", TS_VERSION,
                 (int)getpid(), (long long)srv->cfg.threads, ts_kernel_name(), srv->cfg.db);
     if (load_tokens(srv, err, sizeof err) < 0)
@@ -206,12 +213,14 @@ static int run(ts_server *srv, uv_loop_t *loop) {
         ts_persist_stop(srv->persist);
         goto fail;
     }
-    start_timers_and_signals(srv);
+    start_timers(srv);
     uv_run(loop, UV_RUN_DEFAULT);
     ts_pool_free(srv->pool);
     return srv->shutdown_failed ? 1 : 0;
 fail:
     ts_log_error("cannot start: %s", err);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
     if (srv->engine)
         ts_engine_free(srv->engine);
     uv_run(loop, UV_RUN_DEFAULT); /* finish closing handles */

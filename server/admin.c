@@ -276,6 +276,7 @@ static void put_new(admin_job *j) {
                 (long long)s->model->out_dim);
     if (j->is_new) { /* stored with its snapshot already */
         ts_snapshot_note(s, &j->info);
+        ts_snapshot_log(s->name, &j->info, 0);
         reply_swapped(j->req, s, &j->info, NULL, 0, 201);
         return;
     }

@@ -10,6 +10,7 @@
 #include "../proto/safetensors.h"
 #include "hash.h"
 #include "log.h"
+#include "metrics.h"
 #include "route.h"
 #include "snapshot.h"
 
@@ -28,21 +29,23 @@ static int import_model(ts_store *st, const ts_config *cfg, ts_engine *e, const 
     int64_t version;
     int created;
     ts_snapshot_info info;
+    uint64_t t0 = ts_now_us();
     if (ts_store_put_model(st, name, m, hash, "import", (int)cfg->snapshot_keep, &version, &created,
                            &info, err, errlen) < 0) {
         ts_model_free(m);
         return -1;
     }
+    uint64_t dur = ts_now_us() - t0;
     ts_served *s = serve(e, name, m, version);
     if (!s) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
     ts_snapshot_note(s, &info);
-    ts_log_info("model '%s' loaded from %s: version %lld%s, step %lld, %d layers, in %lld, out %lld; "
-                "snapshot %lld (import)", name, from, (long long)version, created ? " (new)" : "",
-                (long long)s->step, m->n_layers, (long long)m->in_dim, (long long)m->out_dim,
-                (long long)info.snapshot_id);
+    ts_log_info("model '%s' loaded from %s: version %lld%s, step %lld, %d layers, in %lld, out %lld",
+                name, from, (long long)version, created ? " (new)" : "", (long long)s->step,
+                m->n_layers, (long long)m->in_dim, (long long)m->out_dim);
+    ts_snapshot_log(name, &info, dur);
     return 0;
 }
 

@@ -28,6 +28,12 @@ typedef struct {
     uint64_t dur_us;
 } snap_job;
 
+void ts_snapshot_log(const char *name, const ts_snapshot_info *info, uint64_t dur_us) {
+    ts_log_info("snapshot %lld of model '%s': version %lld, step %lld, reason %s, %lld bytes, "
+                "%.1f ms", (long long)info->snapshot_id, name, (long long)info->version,
+                (long long)info->step, info->reason, (long long)info->bytes, (double)dur_us / 1000.0);
+}
+
 void ts_snapshot_note(ts_served *s, const ts_snapshot_info *info) {
     s->newest = *info;
     s->snap_step = info->step;
@@ -60,9 +66,7 @@ static void snap_done(ts_persist_job *pj) {
     ts_hist_observe(&m->snapshot_us, j->dur_us);
     if (j->rc == 0) {
         atomic_fetch_add_explicit(&m->snapshots_ok, 1, memory_order_relaxed);
-        ts_log_info("snapshot %lld of model '%s': version %lld, step %lld, reason %s, %lld bytes, "
-                    "%.1f ms", (long long)j->info.snapshot_id, j->name, (long long)j->version,
-                    (long long)j->step, j->reason, (long long)j->info.bytes, (double)j->dur_us / 1000.0);
+        ts_snapshot_log(j->name, &j->info, j->dur_us);
         if (s) {
             if (s->snapshot_failing)
                 ts_log_info("snapshots of model '%s' work again; feedback is accepted", j->name);

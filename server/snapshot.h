@@ -33,6 +33,10 @@ void ts_snapshot_now(ts_server *srv, ts_served *s, const char *reason, int only_
  * changed since its newest snapshot or whose last write failed. */
 void ts_snapshot_changed(ts_server *srv);
 
+/* The one log line of a snapshot written (tools and tests read it: keep its form):
+ *   snapshot ID of model 'NAME': version V, step S, reason R, B bytes, T ms */
+void ts_snapshot_log(const char *name, const ts_snapshot_info *info, uint64_t dur_us);
+
 /* Record info as s's newest snapshot (written just now, or found at start). */
 void ts_snapshot_note(ts_served *s, const ts_snapshot_info *info);
 

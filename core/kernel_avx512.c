@@ -254,19 +254,30 @@ typedef struct {
     int slots;
 } bwd_job;
 
-/* z[blk][bb] = dy[b0+bb][rows of blk] · S[rows of blk, g] for bb < nb (0 for padding). */
-static void bwd_z(const bwd_job *j, int64_t g, int64_t b0, int nb, __m512 *z)
+/* sT[(g - g0)·nblk + blk] = S[rows of blk, g] for g in [g0, g1) (0 for padding rows): the
+ * slot's scales in lane order, made once per call with block_scales16, so that no group's
+ * pass walks down a column of S (which, at a power-of-two stride, misses the cache). */
+static void bwd_scales(const ts_weights *w, const float *S, int64_t g0, int64_t g1, __m512 *sT)
+{
+    __m512 win[16];
+    for (int64_t g = g0; g < g1; g += 16)
+        for (int64_t blk = 0; blk < w->nblk; blk++) {
+            block_scales16(w, S, blk, g, win);
+            for (int64_t gg = 0; gg < 16 && g + gg < g1; gg++)
+                sT[(g + gg - g0) * w->nblk + blk] = win[gg];
+        }
+}
+
+/* z[blk][bb] = dy[b0+bb][rows of blk] · S[rows of blk, g] for bb < nb (0 for padding);
+ * s[blk] holds the scales of group g. */
+static void bwd_z(const bwd_job *j, const __m512 *s, int64_t b0, int nb, __m512 *z)
 {
     const ts_weights *w = j->w;
-    __m512i lane_gpr = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4,
-                                                           3, 2, 1, 0),
-                                          _mm512_set1_epi32((int)w->gpr));
     for (int64_t blk = 0; blk < w->nblk; blk++) {
         __mmask16 m = rows_mask(w, blk);
-        __m512 s = block_scales(w, j->S, blk, g, lane_gpr);
         for (int bb = 0; bb < nb; bb++) {
             __m512 d = _mm512_maskz_loadu_ps(m, j->dy + (b0 + bb) * w->rows + blk * TS_RB);
-            z[blk * nb + bb] = _mm512_mul_ps(d, s);
+            z[blk * nb + bb] = _mm512_mul_ps(d, s[blk]);
         }
     }
 }
@@ -319,11 +330,11 @@ BWD_TRIPLE(8)
 
 /* One group for batch rows b0..b0+nb: z for all blocks, then tiles of BWD_TILE blocks (their
  * z stays in L1 while every triple of the group runs over it; partial sums go through io). */
-static void bwd_group(const bwd_job *j, int64_t g, int64_t b0, int nb, __m512 *z, __m512 *io,
-                      const __m512 *tlo, const __m512 *thi)
+static void bwd_group(const bwd_job *j, int64_t g, const __m512 *s, int64_t b0, int nb, __m512 *z,
+                      __m512 *io, const __m512 *tlo, const __m512 *thi)
 {
     const ts_weights *w = j->w;
-    bwd_z(j, g, b0, nb, z);
+    bwd_z(j, s, b0, nb, z);
     int64_t tile = w->ntr <= BWD_TILE_TRIPLES ? BWD_TILE : w->nblk;
     for (int64_t k0 = 0; k0 < w->nblk; k0 += tile) {
         int64_t k1 = k0 + tile < w->nblk ? k0 + tile : w->nblk;
@@ -355,13 +366,14 @@ static void bwd_slot(void *arg, int64_t s0, int64_t s1)
     trit_tables(tlo, thi);
     for (int64_t s = s0; s < s1; s++) {
         __m512 *z = (__m512 *)(j->scratch + (size_t)s * j->slot_bytes);
-        __m512 *io = z + (size_t)w->nblk * BWD_BATCH;
+        __m512 *io = z + (size_t)w->nblk * BWD_BATCH, *sT = io + bwd_io_vectors(w);
         int64_t g0, g1;
         ts_ksplit(w->gpr, 1, j->slots, (int)s, &g0, &g1);
+        bwd_scales(w, j->S, g0, g1, sT);
         for (int64_t b0 = 0; b0 < j->B;) {
             int nb = j->B - b0 >= 8 ? 8 : j->B - b0 >= 4 ? 4 : j->B - b0 >= 2 ? 2 : 1;
             for (int64_t g = g0; g < g1; g++)
-                bwd_group(j, g, b0, nb, z, io, tlo, thi);
+                bwd_group(j, g, sT + (g - g0) * w->nblk, b0, nb, z, io, tlo, thi);
             b0 += nb;
         }
     }
@@ -377,7 +389,9 @@ static int avx512_backward_x(const ts_weights *w, const float *S, const float *d
     if (w->rows < BWD_MIN_ROWS || w->gpr > INT32_MAX / TS_RB)
         return -1;
     int slots = ts_kslots(pool);
-    size_t slot_bytes = ((size_t)w->nblk * BWD_BATCH + bwd_io_vectors(w)) * sizeof(__m512);
+    size_t slot_groups = (size_t)((w->gpr + slots - 1) / slots);
+    size_t slot_bytes = ((size_t)w->nblk * (BWD_BATCH + slot_groups) + bwd_io_vectors(w)) *
+                        sizeof(__m512);
     char *scratch = ts_kscratch_get(pool, slot_bytes * (size_t)slots);
     if (!scratch)
         return -1;

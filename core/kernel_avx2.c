@@ -2,8 +2,9 @@
  * kernel.c only on CPUs that have them).
  *
  * forward: kernel_gemm.h with 8 batch lanes, for every batch size (one batch row uses one
- * lane of eight, still several times the portable kernel). AVX2 has no 32-entry permute,
- * so backward_x and score are left to the portable kernels.
+ * lane of eight, still several times the portable kernel). backward_x: kernel_bwd.h.
+ * AVX2 has no 32-entry permute to decode 16 rows' trits at once, so score is left to the
+ * portable kernel.
  */
 #include <immintrin.h>
 
@@ -37,4 +38,24 @@ static inline void avx2_offsets(const uint32_t *words, uint32_t off[TS_FPW][TS_R
 }
 #include "kernel_gemm.h"
 
-const ts_kernel_family ts_kernel_family_avx2 = {"avx2", avx2_gemm_forward, NULL, NULL};
+#define BV __m256
+#define BV_ZERO() _mm256_setzero_ps()
+#define BV_LOAD(p) _mm256_load_ps(p)
+#define BV_STORE(p, v) _mm256_store_ps(p, v)
+#define BV_ADD(a, b) _mm256_add_ps(a, b)
+#define BV_SUB(a, b) _mm256_sub_ps(a, b)
+#define BV_MUL(a, b) _mm256_mul_ps(a, b)
+#define BV_BCAST(f) _mm256_set1_ps(f)
+#define BWD_PREFIX(name) avx2_bwd_##name
+#define BWD_OFFSETS(words, off) avx2_offsets(words, off)
+#include "kernel_bwd.h"
+
+static int avx2_backward_x(const ts_weights *w, const float *S, const float *dy, int64_t B,
+                           float *dx, ts_pool *pool)
+{
+    if (w->rows < TS_BWD_MIN_ROWS)
+        return -1;   /* small layers: the reference's order (kernel_impl.h) */
+    return avx2_bwd_backward_x(w, S, dy, B, dx, pool);
+}
+
+const ts_kernel_family ts_kernel_family_avx2 = {"avx2", avx2_gemm_forward, avx2_backward_x, NULL};

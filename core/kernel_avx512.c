@@ -40,6 +40,7 @@ static inline void avx512_offsets(const uint32_t *words, uint32_t off[TS_FPW][TS
 }
 #include "kernel_gemm.h"
 
+
 /* Below this batch the per-row tables win (measured on a 4096×4096 layer). */
 #define GEMM_MIN_BATCH 12
 #define GEMV_BLOCKS 4   /* row blocks that share one table load */
@@ -240,7 +241,6 @@ static int avx512_forward(const ts_weights *w, const float *S, const float *x, i
 /* ── backward_x ── */
 
 #define BWD_BATCH 8        /* batch rows per pass: 3·8 accumulators */
-#define BWD_MIN_ROWS 64    /* fewer rows: the portable kernel (see avx512_backward_x) */
 #define BWD_TILE 16        /* blocks per tile: z of 16 blocks · 8 batch rows = 8 KiB */
 #define BWD_TILE_TRIPLES 256   /* wider groups: no tiles (the partial sums would not fit) */
 
@@ -382,12 +382,8 @@ static void bwd_slot(void *arg, int64_t s0, int64_t s1)
 static int avx512_backward_x(const ts_weights *w, const float *S, const float *dy, int64_t B,
                              float *dx, ts_pool *pool)
 {
-    /* A small layer goes to the portable kernel, which sums over rows in order as the
-     * reference's matmul does there: with few rows a column of equal trits is common, and
-     * then dx is a rounding residue (e.g. Σ_r dy[r] = 0 under cross_entropy) whose sign
-     * would follow the summation order into every dW of the layer below. */
-    if (w->rows < BWD_MIN_ROWS || w->gpr > INT32_MAX / TS_RB)
-        return -1;
+    if (w->rows < TS_BWD_MIN_ROWS || w->gpr > INT32_MAX / TS_RB)
+        return -1;   /* small layers: the reference's order (kernel_impl.h) */
     int slots = ts_kslots(pool);
     size_t slot_groups = (size_t)((w->gpr + slots - 1) / slots);
     size_t slot_bytes = ((size_t)w->nblk * (BWD_BATCH + slot_groups) + bwd_io_vectors(w)) *
@@ -418,33 +414,43 @@ typedef struct {
  * negative, positive) to +0 (8), -1 (9) or +1 (10). */
 #define SIGN_TABLE 0xA9A9A888
 
-/* Scores of the 16 rows of block blk, group g; dyT[b] holds dy[b][rows of blk]. The count
- * Σ sign(dW)·T is kept in float, exact below 2^24 (a group is at most 2^16 columns). */
-static void score_block_group(const score_job *j, int64_t blk, int64_t g, const __m512 *dyT,
-                              const __m512 *tlo, const __m512 *thi)
+/* Scores of the 32 rows of blocks blk and blk+1, group g; dyT[b] and dyT[B + b] hold
+ * dy[b][rows of each block]. Two blocks share each x broadcast and give the out-of-order
+ * core two independent multiply-add chains per column. The count Σ sign(dW)·T is kept in
+ * float, exact below 2^24 (a group is at most 2^16 columns). */
+static void score_blocks_group(const score_job *j, int64_t blk, int64_t g, const __m512 *dyT,
+                               const __m512 *tlo, const __m512 *thi)
 {
     const ts_weights *w = j->w;
     const __m512i sign_table = _mm512_set1_epi32(SIGN_TABLE);
-    __m512 acc = _mm512_setzero_ps();
+    const __m512 *dyT1 = dyT + j->B;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     for (int64_t t = 0; t < w->ntr; t++) {
         int n = ts_wtriple_cols(w, g, t);
         if (n == 0)
             break;
-        __m512i f = _mm512_srlv_epi32(_mm512_load_si512(ts_wwords(w, blk, g, t / TS_FPW)),
-                                      _mm512_set1_epi32((int)(5 * (t % TS_FPW))));
+        __m512i shift = _mm512_set1_epi32((int)(5 * (t % TS_FPW)));
+        __m512i f0 = _mm512_srlv_epi32(_mm512_load_si512(ts_wwords(w, blk, g, t / TS_FPW)), shift);
+        __m512i f1 = _mm512_srlv_epi32(_mm512_load_si512(ts_wwords(w, blk + 1, g, t / TS_FPW)),
+                                       shift);
         for (int i = 0; i < n; i++) {
-            __m512 tv = _mm512_permutex2var_ps(tlo[i], f, thi[i]);
             const float *xc = j->x + g * w->gs + 3 * t + i;
-            __m512 dw = _mm512_setzero_ps();
-            for (int64_t b = 0; b < j->B; b++)
-                dw = _mm512_fmadd_ps(dyT[b], _mm512_set1_ps(xc[b * w->cols]), dw);
-            __m512 sign = _mm512_fixupimm_ps(dw, dw, sign_table, 0);
-            acc = _mm512_fmadd_ps(sign, tv, acc);
+            __m512 dw0 = _mm512_setzero_ps(), dw1 = _mm512_setzero_ps();
+            for (int64_t b = 0; b < j->B; b++) {
+                __m512 xb = _mm512_set1_ps(xc[b * w->cols]);
+                dw0 = _mm512_fmadd_ps(dyT[b], xb, dw0);
+                dw1 = _mm512_fmadd_ps(dyT1[b], xb, dw1);
+            }
+            acc0 = _mm512_fmadd_ps(_mm512_fixupimm_ps(dw0, dw0, sign_table, 0),
+                                   _mm512_permutex2var_ps(tlo[i], f0, thi[i]), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_fixupimm_ps(dw1, dw1, sign_table, 0),
+                                   _mm512_permutex2var_ps(tlo[i], f1, thi[i]), acc1);
         }
     }
-    int32_t out[TS_RB] __attribute__((aligned(64)));
-    _mm512_store_si512(out, _mm512_cvtps_epi32(acc));
-    for (int i = 0; i < TS_RB && blk * TS_RB + i < w->rows; i++)
+    int32_t out[2 * TS_RB] __attribute__((aligned(64)));
+    _mm512_store_si512(out, _mm512_cvtps_epi32(acc0));
+    _mm512_store_si512(out + TS_RB, _mm512_cvtps_epi32(acc1));
+    for (int i = 0; i < 2 * TS_RB && blk * TS_RB + i < w->rows; i++)
         j->score[(blk * TS_RB + i) * w->gpr + g] = out[i];
 }
 
@@ -457,12 +463,14 @@ static void score_slot(void *arg, int64_t s0, int64_t s1)
     for (int64_t s = s0; s < s1; s++) {
         __m512 *dyT = (__m512 *)(j->scratch + (size_t)s * j->slot_bytes);
         int64_t k0, k1;
-        ts_ksplit(w->nblk, 1, j->slots, (int)s, &k0, &k1);
-        for (int64_t blk = k0; blk < k1; blk++) {
+        ts_ksplit(w->nblk, 2, j->slots, (int)s, &k0, &k1);
+        for (int64_t blk = k0; blk < k1; blk += 2) {
             for (int64_t b = 0; b < j->B; b++)
-                dyT[b] = _mm512_maskz_loadu_ps(rows_mask(w, blk), j->dy + b * w->rows + blk * TS_RB);
+                for (int k = 0; k < 2; k++)
+                    dyT[k * j->B + b] = _mm512_maskz_loadu_ps(
+                        rows_mask(w, blk + k), j->dy + b * w->rows + (blk + k) * TS_RB);
             for (int64_t g = 0; g < w->gpr; g++)
-                score_block_group(j, blk, g, dyT, tlo, thi);
+                score_blocks_group(j, blk, g, dyT, tlo, thi);
         }
     }
 }
@@ -471,7 +479,7 @@ static int avx512_score(const ts_weights *w, const float *dy, const float *x, in
                         int64_t *score, ts_pool *pool)
 {
     int slots = ts_kslots(pool);
-    size_t slot_bytes = ((size_t)B + 1) * sizeof(__m512);
+    size_t slot_bytes = (2 * (size_t)B + 1) * sizeof(__m512);
     char *scratch = ts_kscratch_get(pool, slot_bytes * (size_t)slots);
     if (!scratch)
         return -1;

@@ -62,6 +62,12 @@ static inline int ts_wtriple_cols(const ts_weights *w, int64_t g, int64_t t)
     return n <= 0 ? 0 : n >= 3 ? 3 : (int)n;
 }
 
+/* backward_x of a layer with fewer rows runs the portable kernel, which sums over rows in
+ * order as the reference's matmul does there: with few rows a column of equal trits is
+ * common, and then dx is a rounding residue (e.g. Σ_r dy[r] = 0 under cross_entropy) whose
+ * sign follows the summation order into every dW of the layer below. */
+#define TS_BWD_MIN_ROWS 64
+
 /* A kernel family: entries left NULL fall back to the portable kernel. Each entry returns
  * 0 when done, or -1 when it cannot run this call (no scratch memory, or a shape it does
  * not handle); the caller then runs the portable kernel. */

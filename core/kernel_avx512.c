@@ -244,16 +244,6 @@ static int avx512_forward(const ts_weights *w, const float *S, const float *x, i
 #define BWD_TILE 16        /* blocks per tile: z of 16 blocks · 8 batch rows = 8 KiB */
 #define BWD_TILE_TRIPLES 256   /* wider groups: no tiles (the partial sums would not fit) */
 
-typedef struct {
-    const ts_weights *w;
-    const float *S, *dy;
-    int64_t B;
-    float *dx;
-    char *scratch;
-    size_t slot_bytes;
-    int slots;
-} bwd_job;
-
 /* sT[(g - g0)·nblk + blk] = S[rows of blk, g] for g in [g0, g1) (0 for padding rows): the
  * slot's scales in lane order, made once per call with block_scales16, so that no group's
  * pass walks down a column of S (which, at a power-of-two stride, misses the cache). */
@@ -270,7 +260,7 @@ static void bwd_scales(const ts_weights *w, const float *S, int64_t g0, int64_t 
 
 /* z[blk][bb] = dy[b0+bb][rows of blk] · S[rows of blk, g] for bb < nb (0 for padding);
  * s[blk] holds the scales of group g. */
-static void bwd_z(const bwd_job *j, const __m512 *s, int64_t b0, int nb, __m512 *z)
+static void bwd_z(const ts_kjob *j, const __m512 *s, int64_t b0, int nb, __m512 *z)
 {
     const ts_weights *w = j->w;
     for (int64_t blk = 0; blk < w->nblk; blk++) {
@@ -286,7 +276,7 @@ static void bwd_z(const bwd_job *j, const __m512 *s, int64_t b0, int nb, __m512 
  * over blocks [k0, k1): the sums start at 0 when `first`, else from io[NB·3]; they go to dx
  * when `last`, else back to io. */
 #define BWD_TRIPLE(NB)                                                                           \
-    static void bwd_triple_##NB(const bwd_job *j, int64_t g, int64_t t, int64_t b0,              \
+    static void bwd_triple_##NB(const ts_kjob *j, int64_t g, int64_t t, int64_t b0,              \
                                 const __m512 *z, int64_t k0, int64_t k1, int first, int last,   \
                                 __m512 *io, const __m512 *tlo, const __m512 *thi)                \
     {                                                                                            \
@@ -319,7 +309,7 @@ static void bwd_z(const bwd_job *j, const __m512 *s, int64_t b0, int nb, __m512 
                 if (!last)                                                                       \
                     io[bb * 3 + i] = acc[bb][i];                                                 \
                 else if (i < n)                                                                  \
-                    j->dx[(b0 + bb) * w->cols + g * w->gs + 3 * t + i] =                         \
+                    j->out[(b0 + bb) * w->cols + g * w->gs + 3 * t + i] =                         \
                         _mm512_reduce_add_ps(acc[bb][i]);                                        \
             }                                                                                    \
     }
@@ -330,7 +320,7 @@ BWD_TRIPLE(8)
 
 /* One group for batch rows b0..b0+nb: z for all blocks, then tiles of BWD_TILE blocks (their
  * z stays in L1 while every triple of the group runs over it; partial sums go through io). */
-static void bwd_group(const bwd_job *j, int64_t g, const __m512 *s, int64_t b0, int nb, __m512 *z,
+static void bwd_group(const ts_kjob *j, int64_t g, const __m512 *s, int64_t b0, int nb, __m512 *z,
                       __m512 *io, const __m512 *tlo, const __m512 *thi)
 {
     const ts_weights *w = j->w;
@@ -360,7 +350,7 @@ static size_t bwd_io_vectors(const ts_weights *w)
 
 static void bwd_slot(void *arg, int64_t s0, int64_t s1)
 {
-    const bwd_job *j = arg;
+    const ts_kjob *j = arg;
     const ts_weights *w = j->w;
     __m512 tlo[3], thi[3];
     trit_tables(tlo, thi);
@@ -384,30 +374,15 @@ static int avx512_backward_x(const ts_weights *w, const float *S, const float *d
 {
     if (w->rows < TS_BWD_MIN_ROWS || w->gpr > INT32_MAX / TS_RB)
         return -1;   /* small layers: the reference's order (kernel_impl.h) */
-    int slots = ts_kslots(pool);
-    size_t slot_groups = (size_t)((w->gpr + slots - 1) / slots);
-    size_t slot_bytes = ((size_t)w->nblk * (BWD_BATCH + slot_groups) + bwd_io_vectors(w)) *
-                        sizeof(__m512);
-    char *scratch = ts_kscratch_get(pool, slot_bytes * (size_t)slots);
-    if (!scratch)
-        return -1;
-    bwd_job j = {w, S, dy, B, dx, scratch, slot_bytes, slots};
-    ts_pool_run(pool, slots, 1, bwd_slot, &j);
-    ts_kscratch_put(pool, scratch);
-    return 0;
+    size_t slot_groups = (size_t)((w->gpr + ts_kslots(pool) - 1) / ts_kslots(pool));
+    ts_kjob j = {.w = w, .S = S, .dy = dy, .B = B, .out = dx};
+    return ts_krun(pool, &j,
+                   ((size_t)w->nblk * (BWD_BATCH + slot_groups) + bwd_io_vectors(w)) *
+                       sizeof(__m512),
+                   bwd_slot);
 }
 
 /* ── score ── */
-
-typedef struct {
-    const ts_weights *w;
-    const float *dy, *x;
-    int64_t B;
-    int64_t *score;
-    char *scratch;
-    size_t slot_bytes;
-    int slots;
-} score_job;
 
 /* sign(v) as a float (0 for zero and NaN) in one instruction: vfixupimmps maps the class of
  * each element (nibble k of this table answers class k: QNaN, SNaN, zero, +1, -inf, +inf,
@@ -418,7 +393,7 @@ typedef struct {
  * dy[b][rows of each block]. Two blocks share each x broadcast and give the out-of-order
  * core two independent multiply-add chains per column. The count Σ sign(dW)·T is kept in
  * float, exact below 2^24 (a group is at most 2^16 columns). */
-static void score_blocks_group(const score_job *j, int64_t blk, int64_t g, const __m512 *dyT,
+static void score_blocks_group(const ts_kjob *j, int64_t blk, int64_t g, const __m512 *dyT,
                                const __m512 *tlo, const __m512 *thi)
 {
     const ts_weights *w = j->w;
@@ -456,7 +431,7 @@ static void score_blocks_group(const score_job *j, int64_t blk, int64_t g, const
 
 static void score_slot(void *arg, int64_t s0, int64_t s1)
 {
-    const score_job *j = arg;
+    const ts_kjob *j = arg;
     const ts_weights *w = j->w;
     __m512 tlo[3], thi[3];
     trit_tables(tlo, thi);
@@ -478,15 +453,8 @@ static void score_slot(void *arg, int64_t s0, int64_t s1)
 static int avx512_score(const ts_weights *w, const float *dy, const float *x, int64_t B,
                         int64_t *score, ts_pool *pool)
 {
-    int slots = ts_kslots(pool);
-    size_t slot_bytes = (2 * (size_t)B + 1) * sizeof(__m512);
-    char *scratch = ts_kscratch_get(pool, slot_bytes * (size_t)slots);
-    if (!scratch)
-        return -1;
-    score_job j = {w, dy, x, B, score, scratch, slot_bytes, slots};
-    ts_pool_run(pool, slots, 1, score_slot, &j);
-    ts_kscratch_put(pool, scratch);
-    return 0;
+    ts_kjob j = {.w = w, .dy = dy, .x = x, .B = B, .score = score};
+    return ts_krun(pool, &j, (2 * (size_t)B + 1) * sizeof(__m512), score_slot);
 }
 
 const ts_kernel_family ts_kernel_family_avx512 = {"avx512", avx512_forward, avx512_backward_x,

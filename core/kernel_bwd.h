@@ -15,18 +15,8 @@
 #define BWD_LANES 8
 #define BWD_SGROUPS 16   /* groups whose scales are copied out at a time */
 
-typedef struct {
-    const ts_weights *w;
-    const float *S, *dy;
-    int64_t B;
-    float *dx;
-    char *scratch;
-    size_t slot_bytes;
-    int slots;
-} BWD_PREFIX(job);
-
 /* dyT[r] = dy[b0 + l][r] for the lanes l (0 past B). */
-static void BWD_PREFIX(transpose_dy)(const BWD_PREFIX(job) * j, int64_t b0, float *dyT)
+static void BWD_PREFIX(transpose_dy)(const ts_kjob *j, int64_t b0, float *dyT)
 {
     const ts_weights *w = j->w;
     for (int64_t r = 0; r < w->rows; r++)
@@ -44,7 +34,7 @@ static void BWD_PREFIX(scales)(const ts_weights *w, const float *S, int64_t g0, 
 }
 
 /* The bins of group g: every row's z added into bins[t·27 + field]. */
-static void BWD_PREFIX(bin_rows)(const BWD_PREFIX(job) * j, int64_t g, const float *dyT,
+static void BWD_PREFIX(bin_rows)(const ts_kjob *j, int64_t g, const float *dyT,
                                  const float *Sg, BV *bins)
 {
     const ts_weights *w = j->w;
@@ -73,7 +63,7 @@ static void BWD_PREFIX(bin_rows)(const BWD_PREFIX(job) * j, int64_t g, const flo
 }
 
 /* dx of group g for the lanes' batch rows, from its bins. */
-static void BWD_PREFIX(unbin)(const BWD_PREFIX(job) * j, int64_t g, int64_t b0, const BV *bins)
+static void BWD_PREFIX(unbin)(const ts_kjob *j, int64_t g, int64_t b0, const BV *bins)
 {
     const ts_weights *w = j->w;
     for (int64_t t = 0; t < w->ntr; t++, bins += 27) {
@@ -87,14 +77,14 @@ static void BWD_PREFIX(unbin)(const BWD_PREFIX(job) * j, int64_t g, int64_t b0, 
             float out[BWD_LANES] __attribute__((aligned(32)));
             BV_STORE(out, sum);
             for (int l = 0; l < BWD_LANES && b0 + l < j->B; l++)
-                j->dx[(b0 + l) * w->cols + g * w->gs + 3 * t + i] = out[l];
+                j->out[(b0 + l) * w->cols + g * w->gs + 3 * t + i] = out[l];
         }
     }
 }
 
 static void BWD_PREFIX(slot)(void *arg, int64_t s0, int64_t s1)
 {
-    const BWD_PREFIX(job) *j = arg;
+    const ts_kjob *j = arg;
     const ts_weights *w = j->w;
     for (int64_t s = s0; s < s1; s++) {
         BV *bins = (BV *)(j->scratch + (size_t)s * j->slot_bytes);
@@ -118,15 +108,8 @@ static void BWD_PREFIX(slot)(void *arg, int64_t s0, int64_t s1)
 static int BWD_PREFIX(backward_x)(const ts_weights *w, const float *S, const float *dy, int64_t B,
                                   float *dx, ts_pool *pool)
 {
-    int slots = ts_kslots(pool);
     size_t bins = (size_t)w->ntr * 27 * sizeof(BV);
-    size_t slot_bytes = bins + (size_t)w->rows * (BWD_LANES + BWD_SGROUPS) * sizeof(float);
-    slot_bytes = (slot_bytes + 63) / 64 * 64;
-    char *scratch = ts_kscratch_get(pool, slot_bytes * (size_t)slots);
-    if (!scratch)
-        return -1;
-    BWD_PREFIX(job) j = {w, S, dy, B, dx, scratch, slot_bytes, slots};
-    ts_pool_run(pool, slots, 1, BWD_PREFIX(slot), &j);
-    ts_kscratch_put(pool, scratch);
-    return 0;
+    ts_kjob j = {.w = w, .S = S, .dy = dy, .B = B, .out = dx};
+    return ts_krun(pool, &j, bins + (size_t)w->rows * (BWD_LANES + BWD_SGROUPS) * sizeof(float),
+                   BWD_PREFIX(slot));
 }

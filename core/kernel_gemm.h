@@ -154,21 +154,11 @@ static void GEMM_PREFIX(chunk)(const ts_weights *w, const float *S, const float 
             y[(b0 + l) * w->rows + r] = ((const float *)(yT + (r - r0)))[l];
 }
 
-typedef struct {
-    const ts_weights *w;
-    const float *S, *x;
-    int64_t B;
-    float *y;
-    char *scratch;
-    size_t slot_bytes;
-    int slots;
-} GEMM_PREFIX(job);
-
 /* One slot: whole batch chunks when there are at least as many as slots, else a share of
  * the rows of one chunk. */
 static void GEMM_PREFIX(slot)(void *arg, int64_t s0, int64_t s1)
 {
-    const GEMM_PREFIX(job) *j = arg;
+    const ts_kjob *j = arg;
     int64_t nbc = (j->B + LANES - 1) / LANES, rows = j->w->rows;
     for (int64_t s = s0; s < s1; s++) {
         VEC *tab = (VEC *)(j->scratch + (size_t)s * j->slot_bytes), *yT = tab + GEMM_TABLE;
@@ -176,12 +166,12 @@ static void GEMM_PREFIX(slot)(void *arg, int64_t s0, int64_t s1)
             int64_t c0, c1;
             ts_ksplit(nbc, 1, j->slots, (int)s, &c0, &c1);
             for (int64_t c = c0; c < c1; c++)
-                GEMM_PREFIX(chunk)(j->w, j->S, j->x, j->B, c * LANES, 0, rows, j->y, tab, yT);
+                GEMM_PREFIX(chunk)(j->w, j->S, j->x, j->B, c * LANES, 0, rows, j->out, tab, yT);
         } else {
             int64_t c = s % nbc, parts = (j->slots - c + nbc - 1) / nbc, r0, r1;
             ts_ksplit(rows, TS_RB, (int)parts, (int)(s / nbc), &r0, &r1);
             if (r0 < r1)
-                GEMM_PREFIX(chunk)(j->w, j->S, j->x, j->B, c * LANES, r0, r1, j->y, tab, yT);
+                GEMM_PREFIX(chunk)(j->w, j->S, j->x, j->B, c * LANES, r0, r1, j->out, tab, yT);
         }
     }
 }
@@ -193,13 +183,8 @@ static int GEMM_PREFIX(forward)(const ts_weights *w, const float *S, const float
     int64_t nbc = (B + LANES - 1) / LANES;
     int64_t max_rows = nbc >= slots ? w->rows : (w->rows + TS_RB - 1) / TS_RB * TS_RB;
     size_t rows_pad = (size_t)max_rows + TS_RB;
-    size_t slot_bytes = (GEMM_TABLE + rows_pad) * sizeof(VEC) + GEMM_SGROUPS * rows_pad * 4;
-    slot_bytes = (slot_bytes + 63) / 64 * 64;
-    char *scratch = ts_kscratch_get(pool, slot_bytes * (size_t)slots);
-    if (!scratch)
-        return -1;
-    GEMM_PREFIX(job) j = {w, S, x, B, y, scratch, slot_bytes, slots};
-    ts_pool_run(pool, slots, 1, GEMM_PREFIX(slot), &j);
-    ts_kscratch_put(pool, scratch);
-    return 0;
+    ts_kjob j = {.w = w, .S = S, .x = x, .B = B, .out = y};
+    return ts_krun(pool, &j,
+                   (GEMM_TABLE + rows_pad) * sizeof(VEC) + GEMM_SGROUPS * rows_pad * sizeof(float),
+                   GEMM_PREFIX(slot));
 }

@@ -100,6 +100,22 @@ void ts_kscratch_put(ts_pool *pool, void *p);
  * slot index, which owns slice `slot` of the scratch. */
 static inline int ts_kslots(ts_pool *pool) { return ts_pool_threads(pool); }
 
+/* One kernel call split into slots: its operands and the slots' scratch. */
+typedef struct {
+    const ts_weights *w;
+    const float *S, *x, *dy;   /* what the call reads (the others NULL) */
+    int64_t B;
+    float *out;                /* y or dx */
+    int64_t *score;
+    char *scratch;             /* slot s owns slot_bytes from s·slot_bytes (64-aligned) */
+    size_t slot_bytes;
+    int slots;
+} ts_kjob;
+
+/* Run fn(j, s, s+1) for every slot s, with slot_bytes of scratch each (rounded up to 64).
+ * Returns 0, or -1 when there is no memory for the scratch (nothing ran). */
+int ts_krun(ts_pool *pool, ts_kjob *j, size_t slot_bytes, ts_pool_fn fn);
+
 /* Split [0, n) into `parts` contiguous ranges aligned to `align`; range i is [*b, *e). */
 static inline void ts_ksplit(int64_t n, int64_t align, int parts, int i, int64_t *b, int64_t *e)
 {

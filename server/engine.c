@@ -344,12 +344,6 @@ int ts_engine_control(ts_engine *e, ts_served *s, ts_control_fn fn, void *arg) {
  * about a hundred microseconds of kernel time. */
 #define POOL_MIN_WORK ((int64_t)1 << 20)
 
-/* Below this many trit-row products a job runs on the loop itself: a few microseconds of
- * kernel time, less than the two thread wake-ups (tens of microseconds on a busy virtual
- * machine) that handing it to the compute thread and back would cost. The loop is never
- * held longer than that, so accepting, batching and answering do not notice. */
-#define INLINE_MAX_WORK ((int64_t)1 << 16)
-
 static ts_pool *pool_for(const ts_job *j) {
     int64_t params = ts_model_params(j->s->model);
     return j->rows * params >= POOL_MIN_WORK ? j->e->cfg.pool : NULL;
@@ -409,14 +403,9 @@ static void run_feedback(ts_job *j) {
         return;
     }
     j->loss = loss;
-    json_t *r = json_pack("{s:s,s:s,s:I}", "model_name", j->s->name, "model_version",
-                          j->s->version_str, "step", (json_int_t)ts_model_step(j->s->model));
-    if (r && it->req->oip.id)
-        json_object_set_new(r, "id", json_string(it->req->oip.id));
-    if (r && it->fin.kind != TS_LOSS_GRAD && isfinite(loss))
-        json_object_set_new(r, "loss", json_real(loss));
-    char *body = r ? json_dumps(r, JSON_COMPACT) : NULL;
-    json_decref(r);
+    char *body = ts_oip_build_feedback_response(j->s->name, j->s->version_str, it->req->oip.id,
+                                                ts_model_step(j->s->model),
+                                                it->fin.kind == TS_LOSS_GRAD ? NAN : loss);
     if (!body) {
         item_set_error(it, 500, "out of memory building the response");
         return;
@@ -518,13 +507,7 @@ static void launch(ts_engine *e, ts_served *s, item_kind kind, int n) {
     j->n = n;
     s->busy = 1;
     e->lane_busy = 1;
-    if (kind != ITEM_EXPORT && j->rows * ts_model_params(s->model) < INLINE_MAX_WORK) {
-        /* A tiny job: two thread hops would cost more than the work (see INLINE_MAX_WORK).
-         * after_cb's pump() is absorbed by the caller's (re-entrancy guard). */
-        work_cb(&j->work);
-        after_cb(&j->work, 0);
-        return;
-    }
+    /* Every job, however small, runs off the loop: the loop never waits on compute. */
     uv_queue_work(e->loop, &j->work, work_cb, after_cb);
 }
 

@@ -258,8 +258,10 @@ static const ts_kernel_family family_portable = {"portable", NULL, NULL, NULL};
 
 /* ── choosing the family ──
  * The choice depends only on the CPU (and TSCALE_KERNEL, for tests and benchmarks), so it
- * is made once per process. */
+ * is made once per process, with the work per thread (TSCALE_KERNEL_SLOT_WORK: tests set
+ * it low so that their small shapes are split between threads too). */
 static const ts_kernel_family *chosen;
+static int64_t slot_work = TS_KSLOT_WORK;
 static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
 
 static const ts_kernel_family *family_named(const char *name)
@@ -280,6 +282,9 @@ static const ts_kernel_family *family_named(const char *name)
 
 static void choose_family(void)
 {
+    const char *work = getenv("TSCALE_KERNEL_SLOT_WORK");
+    if (work && atoll(work) > 0)
+        slot_work = atoll(work);
     const ts_kernel_family *f = family_named(getenv("TSCALE_KERNEL"));
     if (!f)
         f = family_named("avx512");
@@ -305,6 +310,12 @@ int ts_kernel_use(const char *name)
 }
 
 const char *ts_kernel_name(void) { return family()->name; }
+
+int64_t ts_kslot_work(void)
+{
+    pthread_once(&chosen_once, choose_family);
+    return slot_work;
+}
 
 /* ── entry points: the chosen family, or the portable kernel ── */
 
@@ -355,7 +366,7 @@ void ts_kscratch_put(ts_pool *pool, void *p)
 
 int ts_krun(ts_pool *pool, ts_kjob *j, size_t slot_bytes, ts_pool_fn fn)
 {
-    j->slots = ts_kslots(pool);
+    j->slots = ts_kslots(pool, j->w, j->B);
     j->slot_bytes = (slot_bytes + 63) / 64 * 64;
     j->scratch = ts_kscratch_get(pool, j->slot_bytes * (size_t)j->slots);
     if (!j->scratch)

@@ -49,7 +49,10 @@ void ts_kernel_score(const ts_weights *w, const float *dy, const float *x, int64
  * CPU runs, unless the environment variable TSCALE_KERNEL names another one it runs. */
 const char *ts_kernel_name(void);
 /* Use family `name` from now on, for the whole process (tests and benchmarks compare the
- * families with it). Returns 0, or -1 when the name is unknown or the CPU cannot run it. */
+ * families with it). Returns 0, or -1 when the name is unknown or the CPU cannot run it.
+ * (A kernel call uses one pool thread per ~2^20 weight·batch rows of work; tests set the
+ * environment variable TSCALE_KERNEL_SLOT_WORK lower, before the first call, so that
+ * small shapes are split between threads as well.) */
 int ts_kernel_use(const char *name);
 
 #endif

@@ -228,7 +228,7 @@ static int avx512_forward(const ts_weights *w, const float *S, const float *x, i
     float *tabs = ts_kscratch_get(pool, bytes);
     if (!tabs)
         return -1;
-    gemv_job j = {w, S, x, B, y, tabs, ts_kslots(pool)};
+    gemv_job j = {w, S, x, B, y, tabs, ts_kslots(pool, w, B)};
     /* The tables take ~1% of the time: built here, the threads meet once per call (under
      * load a meeting can cost as much as the work). */
     for (int64_t b = 0; b < B; b++)
@@ -374,7 +374,8 @@ static int avx512_backward_x(const ts_weights *w, const float *S, const float *d
 {
     if (w->rows < TS_BWD_MIN_ROWS || w->gpr > INT32_MAX / TS_RB)
         return -1;   /* small layers: the reference's order (kernel_impl.h) */
-    size_t slot_groups = (size_t)((w->gpr + ts_kslots(pool) - 1) / ts_kslots(pool));
+    int slots = ts_kslots(pool, w, B);
+    size_t slot_groups = (size_t)((w->gpr + slots - 1) / slots);
     ts_kjob j = {.w = w, .S = S, .dy = dy, .B = B, .out = dx};
     return ts_krun(pool, &j,
                    ((size_t)w->nblk * (BWD_BATCH + slot_groups) + bwd_io_vectors(w)) *

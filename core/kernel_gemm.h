@@ -179,7 +179,7 @@ static void GEMM_PREFIX(slot)(void *arg, int64_t s0, int64_t s1)
 static int GEMM_PREFIX(forward)(const ts_weights *w, const float *S, const float *x, int64_t B,
                                 float *y, ts_pool *pool)
 {
-    int slots = ts_kslots(pool);
+    int slots = ts_kslots(pool, w, B);
     int64_t nbc = (B + LANES - 1) / LANES;
     int64_t max_rows = nbc >= slots ? w->rows : (w->rows + TS_RB - 1) / TS_RB * TS_RB;
     size_t rows_pad = (size_t)max_rows + TS_RB;

@@ -95,10 +95,19 @@ extern const ts_kernel_family ts_kernel_family_avx512;
 void *ts_kscratch_get(ts_pool *pool, size_t bytes);
 void ts_kscratch_put(ts_pool *pool, void *p);
 
-/* The number of work slots a kernel splits a call into: one per pool thread. Kernels run
- * ts_pool_run(pool, slots, 1, ...) so that each call of the job function gets exactly one
- * slot index, which owns slice `slot` of the scratch. */
-static inline int ts_kslots(ts_pool *pool) { return ts_pool_threads(pool); }
+/* The number of work slots a kernel splits a call into: one per pool thread, but no more
+ * than one per TS_KSLOT_WORK weight·batch rows (~25 µs of work): threads meet once per
+ * call, and on a busy machine a meeting can cost more than splitting a small call saves.
+ * Kernels run ts_pool_run(pool, slots, 1, ...) so that each call of the job function gets
+ * exactly one slot index, which owns slice `slot` of the scratch. */
+#define TS_KSLOT_WORK ((int64_t)1 << 20)
+int64_t ts_kslot_work(void);   /* TS_KSLOT_WORK, or TSCALE_KERNEL_SLOT_WORK (for tests) */
+static inline int ts_kslots(ts_pool *pool, const ts_weights *w, int64_t B)
+{
+    int64_t by_work = w->rows * w->cols * (B > 0 ? B : 1) / ts_kslot_work();
+    int threads = ts_pool_threads(pool);
+    return by_work < 1 ? 1 : by_work < threads ? (int)by_work : threads;
+}
 
 /* One kernel call split into slots: its operands and the slots' scratch. */
 typedef struct {

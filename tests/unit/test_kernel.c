@@ -298,6 +298,8 @@ static Suite *kernel_suite(void)
 
 int main(void)
 {
+    /* Split even the small test shapes between the threads (see ts_kslots). */
+    setenv("TSCALE_KERNEL_SLOT_WORK", "64", 1);
     SRunner *sr = srunner_create(kernel_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

@@ -27,6 +27,10 @@
 
 #define ST_MAX_HEADER 100000000u /* as safetensors: a larger header is refused */
 #define ST_FORMAT "1"
+/* step_counter and corr_accum beyond this are refused: real ones never come near (each
+ * feedback step moves them by 1 and at most 32768), and feedback steps on a model from such
+ * a file could never overflow int64 (signed overflow is undefined behaviour in C). */
+#define ST_MAX_COUNTER ((int64_t)1 << 62)
 
 /* ── the tensors of a model ── */
 
@@ -589,14 +593,18 @@ static int decode(ts_model *m, const st_tensor *t, const uint8_t *src, char *err
         return 0;
     case F_STEP:
         l->step = v0;
-        if (v0 < 0)
-            return fail(err, errlen, "tensor \"%s\": %" PRId64 ", a step count is never negative",
-                        t->name, v0);
+        if (v0 < 0 || v0 > ST_MAX_COUNTER)
+            return fail(err, errlen, "tensor \"%s\": %" PRId64 " is out of range [0, 2^62] for a "
+                        "step count", t->name, v0);
         return 0;
     case F_E: memcpy(l->E, src, (size_t)t->count); return 0;
     case F_CORR:
-        for (int64_t k = 0; k < t->count; k++)
+        for (int64_t k = 0; k < t->count; k++) {
             l->corr_accum[k] = (int64_t)get_le(src + 8 * k, 8);
+            if (l->corr_accum[k] < -ST_MAX_COUNTER || l->corr_accum[k] > ST_MAX_COUNTER)
+                return fail(err, errlen, "tensor \"%s\": element %" PRId64 " is %" PRId64 ", out of "
+                            "range [-2^62, 2^62]", t->name, k, l->corr_accum[k]);
+        }
         return 0;
     case F_BIAS:
         for (int64_t k = 0; k < t->count; k++)

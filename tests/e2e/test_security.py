@@ -164,6 +164,17 @@ class Hostile(unittest.TestCase):
         st, _, data = self.d.request("PUT", "/admin/models/deep", struct.pack("<Q", len(header)) + header, auth)
         self.assert_error(st, {}, data, (400,))
 
+    def test_model_file_counters_out_of_range(self):
+        """A model file whose corr_accum (or step) sits at the edge of int64 would overflow in
+        the next feedback step (found by fuzz_safetensors): refused on PUT."""
+        path = os.path.join(tsd.ROOT, "tests", "fuzz", "regress", "safetensors",
+                            "corr-accum-int64-min-overflows-in-feedback")
+        with open(path, "rb") as f:
+            data = f.read()
+        st, _, body = self.d.request("PUT", "/admin/models/edge", data, {"Authorization": "Bearer " + ADMIN})
+        self.assertEqual(st, 400, body[:300])
+        self.assertIn("out of range", json.loads(body)["error"])
+
     # ---- shape × size and the binary extension ----
 
     def test_shape_arithmetic(self):

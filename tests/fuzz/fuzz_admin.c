@@ -42,10 +42,11 @@ static void fuzz_admin_route(const char *method, const char *url)
     if (r.model[0]) {
         char seg[TS_ROUTE_NAME_MAX + 2];
         snprintf(seg, sizeof seg, "/%s", r.model);
-        const char *at = strstr(url, seg);
-        TS_FUZZ_CHECK(at && (at[strlen(seg)] == '/' || at[strlen(seg)] == '\0' ||
-                             at[strlen(seg)] == '?' || at[strlen(seg)] == '#'),
-                      "model \"%s\" is not a whole segment of %s", r.model, url);
+        size_t sl = strlen(seg);
+        const char *at = url;
+        while ((at = strstr(at, seg)) && !strchr("/?#", at[sl]))   /* strchr finds '\0' too */
+            at++;
+        TS_FUZZ_CHECK(at != NULL, "model \"%s\" is not a whole segment of %s", r.model, url);
     }
     TS_FUZZ_CHECK(ts_endpoint_is_admin(r.ep) == (strncmp(url, "/admin/", 7) == 0),
                   "endpoint %s for %s", ts_endpoint_name(r.ep), url);

@@ -376,6 +376,8 @@ void ts_admin_handle(ts_server *srv, ts_req *req) {
         ts_req_reply_error(req, 404, "unknown model '%s'", req->route.model);
         return;
     }
+    if (ts_req_reply_bad_body(req)) /* restore: 404 first, whatever the body */
+        return;
     switch (ep) {
     case TS_EP_ADMIN_SNAPSHOT:
         if (ts_snapshot_queue(srv, s, "admin", 0, snapshot_replied, req) < 0)

@@ -29,19 +29,12 @@ static void metrics(ts_server *srv, ts_req *req) {
         ts_req_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, -1);
 }
 
+/* The order of the checks is SPEC §4's: an unknown model or version is a 404 whatever the
+ * body, then a body that did not parse is a 400, then the endpoint's own checks. */
 static void model_endpoint(ts_server *srv, ts_req *req) {
     ts_served *s = ts_engine_find(srv->engine, req->route.model, 0);
     if (!s) {
         ts_req_reply_error(req, 404, "unknown model '%s'", req->route.model);
-        return;
-    }
-    ts_endpoint ep = req->route.ep;
-    if (ep == TS_EP_INFER) {
-        ts_engine_infer(srv->engine, s, req);
-        return;
-    }
-    if (ep == TS_EP_FEEDBACK) {
-        ts_engine_feedback(srv->engine, s, req);
         return;
     }
     if (req->route.version[0] && strcmp(req->route.version, s->version_str) != 0) {
@@ -49,10 +42,14 @@ static void model_endpoint(ts_server *srv, ts_req *req) {
                            s->name, req->route.version, s->version_str);
         return;
     }
-    if (ep == TS_EP_MODEL_META)
-        model_metadata(s, req);
-    else
-        ts_req_reply_json(req, 200, json_pack("{s:s,s:b}", "name", s->name, "ready", 1));
+    if (ts_req_reply_bad_body(req))
+        return;
+    switch (req->route.ep) {
+    case TS_EP_INFER: ts_engine_infer(srv->engine, s, req); break;
+    case TS_EP_FEEDBACK: ts_engine_feedback(srv->engine, s, req); break;
+    case TS_EP_MODEL_META: model_metadata(s, req); break;
+    default: ts_req_reply_json(req, 200, json_pack("{s:s,s:b}", "name", s->name, "ready", 1)); break;
+    }
 }
 
 void ts_api_dispatch_begin(void *ctx) { ts_engine_hold(((ts_server *)ctx)->engine); }

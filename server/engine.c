@@ -280,14 +280,6 @@ static ts_item *new_item(ts_req *req, item_kind kind) {
     return it;
 }
 
-static int version_ok(ts_served *s, ts_req *req) {
-    if (!req->route.version[0] || strcmp(req->route.version, s->version_str) == 0)
-        return 1;
-    ts_req_reply_error(req, 404, "model '%s' has no version '%s' (the current version is %s)",
-                       s->name, req->route.version, s->version_str);
-    return 0;
-}
-
 typedef int (*check_fn)(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, char *err, size_t errlen);
 
 /* Validate a request into an item (400 with the reason when it is wrong), then queue it. */
@@ -305,13 +297,10 @@ static void submit(ts_engine *e, ts_served *s, ts_req *req, item_kind kind, chec
 }
 
 void ts_engine_infer(ts_engine *e, ts_served *s, ts_req *req) {
-    if (version_ok(s, req))
-        submit(e, s, req, ITEM_INFER, check_infer);
+    submit(e, s, req, ITEM_INFER, check_infer);
 }
 
 void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req) {
-    if (!version_ok(s, req))
-        return;
     if (e->cfg.feedback_requires_snapshot && s->snapshot_failing) {
         ts_req_reply_error(req, 503, "snapshots of model '%s' are failing (%s); feedback is refused "
                            "until one succeeds", s->name, s->snapshot_error);

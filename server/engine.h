@@ -102,7 +102,8 @@ ts_served *ts_engine_first(ts_engine *e);
 int ts_engine_count(ts_engine *e);
 
 /* Validate and queue an inference / a feedback step; answers the request (now when it
- * is refused, after the compute otherwise). */
+ * is refused, after the compute otherwise). The caller has checked the path's version
+ * and that the body parsed (api.c). */
 void ts_engine_infer(ts_engine *e, ts_served *s, ts_req *req);
 void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req);
 /* Queue an export (the model file of the state at that point in the FIFO). */

@@ -136,11 +136,24 @@ void ts_req_reply_json(ts_req *req, int status, void *json) {
     ts_req_reply(req, status, "application/json", body, strlen(body), -1);
 }
 
+int ts_req_reply_bad_body(ts_req *req) {
+    if (!req->bad_body[0])
+        return 0;
+    ts_req_reply_error(req, 400, "%s", req->bad_body);
+    return 1;
+}
+
 /* ---- the access handler's steps ---- */
 
 static int takes_body(ts_endpoint ep) {
     return ep == TS_EP_INFER || ep == TS_EP_FEEDBACK || ep == TS_EP_ADMIN_PUT ||
            ep == TS_EP_ADMIN_RESTORE;
+}
+
+/* Endpoints on an existing model: a body that does not parse is answered on the loop,
+ * after the lookup (404 first). PUT creates its model, so its 400 needs no lookup. */
+static int needs_model(ts_endpoint ep) {
+    return ep == TS_EP_INFER || ep == TS_EP_FEEDBACK || ep == TS_EP_ADMIN_RESTORE;
 }
 
 /* Checks that need only the headers. 1 when it answered. */
@@ -377,15 +390,19 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                            (long long)h->cfg.max_body_bytes);
         return MHD_YES;
     }
-    char err[1024];
+    char err[sizeof req->bad_body];
     int rc = parse_body(req, conn, err, sizeof err);
     free(req->body);
     req->body = NULL;
     req->body_len = req->body_cap = 0;
-    if (rc < 0)
-        ts_req_reply_error(req, 400, "%s", err);
-    else if (!answer_static(req))
+    if (rc < 0 && needs_model(req->route.ep)) {
+        snprintf(req->bad_body, sizeof req->bad_body, "%s", err);
         hand_to_loop(req, conn);
+    } else if (rc < 0) {
+        ts_req_reply_error(req, 400, "%s", err);
+    } else if (!answer_static(req)) {
+        hand_to_loop(req, conn);
+    }
     return MHD_YES;
 }
 

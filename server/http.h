@@ -14,7 +14,10 @@
  *   [http] headers: route (404/405), shutting down (503), auth (401/403), Content-Length
  *          over the limit (413) are answered at once, before the body is read;
  *   [http] body collected (bounded), then parsed: OIP for infer/feedback, the model file
- *          for PUT, {"snapshot_id"} for restore (400 on error);
+ *          for PUT, {"snapshot_id"} for restore. A PUT that does not parse is a 400 at
+ *          once; for the others the reason travels with the request (bad_body), because
+ *          an unknown model or version is a 404 whatever the body (SPEC §4) and only the
+ *          loop knows the models;
  *   [http] suspend the connection, push to the loop;
  *   [loop] ts_http_dispatch_fn routes it; whoever answers calls ts_req_reply*() exactly
  *          once; after that the request belongs to MHD again (freed when sent).
@@ -44,6 +47,8 @@ struct ts_req {
     ts_model *upload;            /* TS_EP_ADMIN_PUT: the model file, owned until taken */
     uint64_t upload_hash;        /* TS_EP_ADMIN_PUT: hash of the file bytes */
     int64_t snapshot_id;         /* TS_EP_ADMIN_RESTORE */
+    char bad_body[1024];         /* why the body did not parse ("" = it did); answered as a
+                                    400 by ts_req_reply_bad_body after the model lookup */
     /* Private to http.c: */
     int state;
     uint8_t *body;
@@ -105,5 +110,8 @@ void ts_req_reply_error(ts_req *req, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* A jansson value (json_t *), serialised compactly; the reference is stolen. */
 void ts_req_reply_json(ts_req *req, int status, void *json);
+/* When the HTTP thread could not parse the body, answer 400 with the reason and return 1;
+ * else 0. Call it once the model (and version) named by the path is known to exist. */
+int ts_req_reply_bad_body(ts_req *req);
 
 #endif

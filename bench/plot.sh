@@ -22,7 +22,7 @@ set terminal pngcairo size 900,600 noenhanced
 set output "$out/forward_vs_batch.png"
 set title "forward, 4096x4096 layer, 2 threads (medians)"
 set xlabel "batch size"; set ylabel "time per forward (ms)"
-set logscale xy; set grid; set key top left
+set logscale xy; set grid; set key bottom right; set xrange [0.8:320]
 set xtics (1,2,4,8,16,32,64,128,256)
 plot "$dat" using 1:2 with linespoints lw 2 title "tscale ($kernel, ternary, float32 activations)", \
      "$dat" using 1:3 with linespoints lw 2 title "OpenBLAS sgemv/sgemm (dense float32)"

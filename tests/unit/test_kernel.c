@@ -196,6 +196,31 @@ START_TEST(test_families_rows)
     check_shape(9, 50, 128, 1);
     check_shape(9, 50, 128, 33);
     check_shape(3, 200, 200, 8);
+    check_shape(70, 1000, 1000, 3);   /* 334 triples a group: backward_x without tiles */
+}
+END_TEST
+
+START_TEST(test_empty_batch)
+{
+    /* B = 0: score is all zeros (every dW is 0), forward and backward_x write nothing */
+    layer l = layer_make(70, 65, 16, 1, 9);
+    ts_weights *w = ts_weights_build(l.packed, 70, 65, 16);
+    ck_assert_ptr_nonnull(w);
+    for (size_t f = 0; f < sizeof families / sizeof *families; f++) {
+        if (ts_kernel_use(families[f]) != 0)
+            continue;
+        int64_t score[70 * 5];
+        float y = 42.0f, dx = 42.0f;
+        memset(score, 0x7f, sizeof score);
+        ts_kernel_score(w, l.dy, l.x, 0, score, NULL);
+        for (int i = 0; i < 70 * 5; i++)
+            ck_assert_int_eq(score[i], 0);
+        ts_kernel_forward(w, l.S, l.x, 0, &y, NULL);
+        ts_kernel_backward_x(w, l.S, l.dy, 0, &dx, NULL);
+        ck_assert(y == 42.0f && dx == 42.0f);
+    }
+    ts_weights_free(w);
+    layer_free(&l);
 }
 END_TEST
 
@@ -285,6 +310,7 @@ static Suite *kernel_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_families_cols_gs, 0, 24);
     tcase_add_test(tc, test_families_rows);
+    tcase_add_test(tc, test_empty_batch);
     suite_add_tcase(s, tc);
     tc = tcase_create("layout");
     tcase_add_test(tc, test_layout_roundtrip);

@@ -24,7 +24,7 @@ typedef enum {
     OPT_BYTES,   /* int64_t within [min, max], with an optional K/M/G suffix (powers of 1024) */
     OPT_BOOL,    /* int64_t 0/1: yes/no, true/false, on/off, 1/0; "--flag" alone and
                     "--no-flag" too */
-    OPT_MODEL,   /* repeatable NAME=FILE, appended to models[] */
+    OPT_MODEL,   /* repeatable [NAME=]FILE, appended to models[] */
     OPT_HELP,    /* action flags: take no value, not read from the environment */
     OPT_VERSION,
 } opt_type;
@@ -50,8 +50,10 @@ static const ts_option options[] = {
      "HTTP address; port 0 picks a free port and logs it", check_listen},
     {"db", OPT_STRING, F(db), "./tscale.db", 0, 0, "PATH",
      "SQLite database; created and migrated on first start", NULL},
-    {"model", OPT_MODEL, 0, NULL, 0, 0, "NAME=FILE",
-     "load (or replace) model NAME from a model file; repeatable (env: comma-separated)", NULL},
+    {"model", OPT_MODEL, 0, NULL, 0, 0, "[NAME=]FILE",
+     "load (or replace) model NAME from a model file; without NAME=, the name is the file's "
+     "tscale.name, else its file name without directory and .safetensors; repeatable (env: "
+     "comma-separated)", NULL},
     {"snapshot-interval", OPT_INT, F(snapshot_interval), "30", 0, 365 * 86400, "SEC",
      "snapshot each model whose state changed, at most this often; 0 = never on a timer", NULL},
     {"snapshot-keep", OPT_INT, F(snapshot_keep), "20", 0, 1000000, "N",
@@ -181,10 +183,11 @@ static int parse_bool(const char *v, int64_t *out, char *err, size_t errlen) {
     return -1;
 }
 
+/* NAME=FILE, or FILE alone (name NULL: recover.c names it from the file). */
 static int add_model(ts_config *cfg, const char *v, char *err, size_t errlen) {
     const char *eq = strchr(v, '=');
-    if (!eq || eq == v || !eq[1]) {
-        snprintf(err, errlen, "'%s' is not NAME=FILE", v);
+    if (eq == v || (eq && !eq[1])) {
+        snprintf(err, errlen, "'%s' is not NAME=FILE or FILE", v);
         return -1;
     }
     ts_model_arg *grown = realloc(cfg->models, (size_t)(cfg->n_models + 1) * sizeof *grown);
@@ -194,9 +197,9 @@ static int add_model(ts_config *cfg, const char *v, char *err, size_t errlen) {
     }
     cfg->models = grown;
     ts_model_arg *a = &cfg->models[cfg->n_models];
-    a->name = strndup(v, (size_t)(eq - v));
-    a->path = strdup(eq + 1);
-    if (!a->name || !a->path) {
+    a->name = eq ? strndup(v, (size_t)(eq - v)) : NULL;
+    a->path = strdup(eq ? eq + 1 : v);
+    if ((eq && !a->name) || !a->path) {
         free(a->name);
         free(a->path);
         snprintf(err, errlen, "out of memory");
@@ -264,6 +267,32 @@ static void env_name(const ts_option *o, char *out, size_t len) {
         out[i] = out[i] == '-' ? '_' : (char)toupper((unsigned char)out[i]);
 }
 
+#define HELP_COL 37    /* where the help texts start */
+#define HELP_WIDTH 100 /* and the column they wrap before */
+
+/* text from column HELP_COL (where the cursor is), wrapped between words; "[default X]"
+ * stays on one line. */
+static void print_wrapped(FILE *out, const char *text) {
+    int col = HELP_COL;
+    for (const char *p = text; *p;) {
+        const char *close = strncmp(p, "[default ", 9) == 0 ? strchr(p, ']') : NULL;
+        int w = close ? (int)(close - p) + 1 : (int)strcspn(p, " ");
+        if (col > HELP_COL && col + 1 + w > HELP_WIDTH) {
+            fprintf(out, "\n%*s", HELP_COL, "");
+            col = HELP_COL;
+        } else if (col > HELP_COL) {
+            fputc(' ', out);
+            col++;
+        }
+        fprintf(out, "%.*s", w, p);
+        col += w;
+        p += w;
+        while (*p == ' ')
+            p++;
+    }
+    fputc('\n', out);
+}
+
 void ts_config_usage(FILE *out) {
     fprintf(out, "usage: tscaled [serve] [--flag VALUE | --flag=VALUE]...\n\n"
                  "Serves ternary-weight models over HTTP (Open Inference Protocol) and adapts them\n"
@@ -274,10 +303,11 @@ void ts_config_usage(FILE *out) {
         char left[64];
         snprintf(left, sizeof left, "--%s%s%s", o->name, o->metavar ? " " : "",
                  o->metavar ? o->metavar : "");
-        fprintf(out, "  %-34s %s", left, o->help);
-        if (o->def)
-            fprintf(out, " [default %s]", o->def);
-        fprintf(out, "\n");
+        char text[512];
+        snprintf(text, sizeof text, "%s%s%s%s", o->help, o->def ? " [default " : "",
+                 o->def ? o->def : "", o->def ? "]" : "");
+        fprintf(out, "  %-*s ", HELP_COL - 3, left);
+        print_wrapped(out, text);
     }
 }
 
@@ -390,7 +420,8 @@ ts_config_result ts_config_parse(ts_config *cfg, int argc, char **argv, FILE *ou
     }
     for (int i = 0; i < cfg->n_models; i++)
         for (int j = 0; j < i; j++)
-            if (strcmp(cfg->models[i].name, cfg->models[j].name) == 0)
+            if (cfg->models[i].name && cfg->models[j].name &&
+                strcmp(cfg->models[i].name, cfg->models[j].name) == 0)
                 return fail(cfg, err, errlen, "--model", "the same NAME is given twice");
     return TS_CONFIG_OK;
 }

@@ -11,7 +11,8 @@
 #include <stdio.h>
 
 typedef struct {
-    char *name;   /* NAME of --model NAME=FILE */
+    char *name;   /* NAME of --model NAME=FILE; NULL for --model FILE (named when the file
+                     is read: its tscale.name, else its file name, see recover.h) */
     char *path;   /* FILE */
 } ts_model_arg;
 

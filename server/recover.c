@@ -104,36 +104,98 @@ static uint8_t *read_file(const char *path, size_t *len, char *err, size_t errle
     return buf;
 }
 
+#define NAME_RULE "a model name is 1-127 characters of A-Z a-z 0-9 . _ - and does not start with '.'"
+
+/* The name --model FILE serves under (no NAME= given): the file's tscale.name, else its
+ * file name without directory and ".safetensors" (SPEC §2: tscale.name is the model's
+ * default name). 0, or -1 + err naming the file. */
+static int default_name(const char *path, const char *file_name, char *name, char *err,
+                        size_t errlen) {
+    const char *from = "its tscale.name";
+    if (file_name[0]) {
+        snprintf(name, TS_MODEL_NAME_MAX, "%s", file_name);
+    } else {
+        const char *base = strrchr(path, '/');
+        base = base ? base + 1 : path;
+        size_t n = strlen(base), ext = strlen(".safetensors");
+        if (n > ext && strcmp(base + n - ext, ".safetensors") == 0)
+            n -= ext;
+        from = "its file name (the file has no tscale.name)";
+        if (n >= TS_MODEL_NAME_MAX) {
+            n = 0; /* invalid, and said so below */
+            from = "its file name (over 127 characters; the file has no tscale.name)";
+        }
+        memcpy(name, base, n);
+        name[n] = '\0';
+    }
+    if (ts_route_name_valid(name))
+        return 0;
+    snprintf(err, errlen, "--model %s: the model name '%s' from %s is not valid (%s); give one "
+             "with --model NAME=%s", path, name, from, NAME_RULE, path);
+    return -1;
+}
+
+/* Load one --model file; name[] receives the name it is served under. */
 static int apply_model_file(ts_store *st, const ts_config *cfg, ts_engine *e, const ts_model_arg *a,
-                            char *err, size_t errlen) {
-    char why[512];
-    if (!ts_route_name_valid(a->name)) {
-        snprintf(err, errlen, "--model %s=...: a model name is 1-127 characters of A-Z a-z 0-9 . _ - "
-                 "and does not start with '.'", a->name);
+                            char *name, char *err, size_t errlen) {
+    char why[512], file_name[TS_MODEL_NAME_MAX] = "";
+    if (a->name && !ts_route_name_valid(a->name)) {
+        snprintf(err, errlen, "--model %s=...: " NAME_RULE, a->name);
         return -1;
     }
     size_t len = 0;
     uint8_t *buf = read_file(a->path, &len, why, sizeof why);
-    ts_model *m = buf ? ts_safetensors_read(buf, len, NULL, why, sizeof why) : NULL;
+    ts_model *m = buf ? ts_safetensors_read(buf, len, file_name, why, sizeof why) : NULL;
     uint64_t hash = buf ? ts_hash_bytes(buf, len) : 0;
     free(buf);
     if (!m) {
-        snprintf(err, errlen, "--model %s=%s: %s", a->name, a->path, why);
+        snprintf(err, errlen, "--model %s%s%s: %s", a->name ? a->name : "", a->name ? "=" : "",
+                 a->path, why);
+        return -1;
+    }
+    if (a->name)
+        snprintf(name, TS_MODEL_NAME_MAX, "%s", a->name);
+    else if (default_name(a->path, file_name, name, err, errlen) < 0) {
+        ts_model_free(m);
         return -1;
     }
     int64_t held = 0;
-    ts_served *cur = ts_engine_find(e, a->name, 1);
-    if (ts_store_find_version(st, a->name, hash, &held, err, errlen) < 0) {
+    ts_served *cur = ts_engine_find(e, name, 1);
+    if (ts_store_find_version(st, name, hash, &held, err, errlen) < 0) {
         ts_model_free(m);
         return -1;
     }
     if (cur && held != 0 && held == cur->version) {
         ts_log_info("model '%s': %s is version %lld, already held; keeping the recovered state "
-                    "(step %lld)", a->name, a->path, (long long)held, (long long)cur->step);
+                    "(step %lld)", name, a->path, (long long)held, (long long)cur->step);
         ts_model_free(m);
         return 0;
     }
-    return import_model(st, cfg, e, a->name, m, hash, a->path, err, errlen);
+    return import_model(st, cfg, e, name, m, hash, a->path, err, errlen);
+}
+
+/* Every --model file, in order; two that end up with the same name are an error (the
+ * second would silently replace the first). */
+static int apply_model_files(ts_store *st, const ts_config *cfg, ts_engine *e, char *err,
+                             size_t errlen) {
+    char (*names)[TS_MODEL_NAME_MAX] = calloc((size_t)cfg->n_models + 1, sizeof *names);
+    if (!names) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int rc = 0;
+    for (int i = 0; i < cfg->n_models && rc == 0; i++) {
+        rc = apply_model_file(st, cfg, e, &cfg->models[i], names[i], err, errlen);
+        for (int j = 0; j < i && rc == 0; j++)
+            if (strcmp(names[i], names[j]) == 0) {
+                snprintf(err, errlen, "--model %s and --model %s both name model '%s' (give "
+                         "another name with --model NAME=FILE)", cfg->models[j].path,
+                         cfg->models[i].path, names[i]);
+                rc = -1;
+            }
+    }
+    free(names);
+    return rc;
 }
 
 static int add_demo(ts_store *st, const ts_config *cfg, ts_engine *e, char *err, size_t errlen) {
@@ -147,9 +209,8 @@ static int add_demo(ts_store *st, const ts_config *cfg, ts_engine *e, char *err,
 int ts_recover_models(ts_store *st, const ts_config *cfg, ts_engine *e, char *err, size_t errlen) {
     if (recover_stored(st, e, err, errlen) < 0)
         return -1;
-    for (int i = 0; i < cfg->n_models; i++)
-        if (apply_model_file(st, cfg, e, &cfg->models[i], err, errlen) < 0)
-            return -1;
+    if (apply_model_files(st, cfg, e, err, errlen) < 0)
+        return -1;
     if (ts_engine_count(e) == 0 && add_demo(st, cfg, e, err, errlen) < 0)
         return -1;
     return 0;

@@ -2,7 +2,9 @@
  *   1. every active model of the database, from its newest snapshot that verifies;
  *   2. each --model NAME=FILE: a file that is the version already held for NAME keeps the
  *      recovered state (so the same command line restarts forever); any other file
- *      becomes NAME's new version, snapshotted with reason "import";
+ *      becomes NAME's new version, snapshotted with reason "import". --model FILE names
+ *      the model by the file's tscale.name, else by its file name without directory and
+ *      ".safetensors"; two files may not end up with the same name;
  *   3. with nothing at all to serve, the built-in demo model as "demo".
  * Runs on the main thread, which owns the store until the persistence thread starts. */
 #ifndef TS_RECOVER_H

@@ -489,7 +489,7 @@ class CommandLine(unittest.TestCase):
     def test_bad_flags_refused(self):
         for args, word in ((["--max-batch", "0"], "max-batch"), (["--bogus"], "bogus"),
                            (["--listen", "nohost"], "listen"), (["--max-batch"], "value"),
-                           (["--threads", "x"], "threads"), (["--model", "noequals"], "NAME=FILE")):
+                           (["--threads", "x"], "threads"), (["--model", "=noname"], "NAME=FILE")):
             rc, _, err = run_tscaled(*args)
             self.assertEqual(rc, 2, args)
             self.assertIn(word, err)

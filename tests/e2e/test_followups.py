@@ -1,10 +1,31 @@
 """test_followups.py — follow-ups of the SPEC audit of the daemon:
   - 404 before 400: an unknown model or version is a 404 whatever the body (SPEC §4);
+  - --model FILE without NAME=: the file's tscale.name, else its file name (SPEC §2);
 """
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 import unittest
 
 import tsd
+
+
+def tscaled(*args, env=None, cwd=None):
+    """Run build/tscaled to completion: (returncode, stdout, stderr)."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("TSCALE_")}
+    e.update(env or {})
+    binary = tsd.BINARY if os.path.isabs(tsd.BINARY) else os.path.join(tsd.ROOT, tsd.BINARY)
+    p = subprocess.run([binary, *args], capture_output=True, text=True, env=e, cwd=cwd, timeout=60)
+    return p.returncode, p.stdout, p.stderr
+
+
+def init_model(path, layers="linear:4x3/gs2", name=None):
+    args = ["init", "--layers", layers, "--out", path] + (["--name", name] if name else [])
+    rc, _, err = tscaled(*args)
+    assert rc == 0, err
+    return path
 
 
 class NotFoundBeforeBadRequest(unittest.TestCase):
@@ -73,6 +94,110 @@ class NotFoundBeforeBadRequest(unittest.TestCase):
                           {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16],
                                        "data": [0.5] * 16}]})
         self.assertEqual(out["outputs"][0]["shape"], [1, 4])
+
+
+class ModelFileWithoutName(unittest.TestCase):
+    """--model FILE: the name is the file's tscale.name, else its file name without
+    directory and .safetensors; an invalid one is an error naming the file."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="tscale-followups-")
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def served(self, d):
+        return sorted(m["name"] for m in d.json("GET", "/admin/models")["models"])
+
+    def start_fails(self, *args, env=None):
+        rc, _, err = tscaled("--listen", "127.0.0.1:0", "--db", self.path("x.db"), *args, env=env)
+        self.assertEqual(rc, 1, err)
+        return err
+
+    def test_name_from_tscale_name_else_file_name(self):
+        named = init_model(self.path("file-name.safetensors"), name="from_metadata")
+        plain = init_model(self.path("plain.safetensors"))
+        other = init_model(self.path("weights.v2"))   # no .safetensors: the whole file name
+        with tsd.Daemon(args=["--model", named, "--model", plain, "--model", other]) as d:
+            self.assertEqual(self.served(d), ["from_metadata", "plain", "weights.v2"])
+            self.assertEqual(d.request("GET", "/v2/models/file-name")[0], 404)
+            self.assertIn(f"loaded from {plain}", d.log())
+
+    def test_environment_mixes_both_forms(self):
+        a = init_model(self.path("a.safetensors"))
+        c = init_model(self.path("c.safetensors"), name="ignored_under_an_explicit_name")
+        with tsd.Daemon(env={"TSCALE_MODEL": f"{a},b={c}"}) as d:
+            self.assertEqual(self.served(d), ["a", "b"])
+
+    def test_same_file_restarts_with_its_state(self):
+        f = init_model(self.path("keep.safetensors"), layers="linear:4x3/gs2")
+        db_dir = tempfile.mkdtemp(prefix="tscale-followups-db-")
+        try:
+            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                                "data": [1.0, -2.0, 3.0, -4.0]},
+                               {"name": "grad_output", "datatype": "FP32", "shape": [1, 3],
+                                "data": [1.0, -1.0, 0.5]}]}
+            with tsd.Daemon(args=["--model", f], db_dir=db_dir) as d:
+                self.assertEqual(d.json("POST", "/v2/models/keep/feedback", body)["step"], 1)
+                self.assertEqual(d.stop(), 0)
+            with tsd.Daemon(args=["--model", f], db_dir=db_dir) as d:
+                self.assertEqual(d.json("GET", "/admin/models")["models"][0]["step"], 1)
+                self.assertIn("already held", d.log())
+        finally:
+            shutil.rmtree(db_dir, ignore_errors=True)
+
+    def test_invalid_names_are_errors_naming_the_file(self):
+        bad_file = init_model(self.path("bad name.safetensors"))
+        err = self.start_fails("--model", bad_file)
+        self.assertIn(bad_file, err)
+        self.assertIn("file name", err)
+        self.assertIn("NAME=", err)
+        bad_meta = init_model(self.path("ok.safetensors"), name="bad name")
+        err = self.start_fails("--model", bad_meta)
+        self.assertIn(bad_meta, err)
+        self.assertIn("tscale.name", err)
+        hidden = init_model(self.path(".hidden.safetensors"))
+        self.assertIn(hidden, self.start_fails("--model", hidden))
+        # the explicit form still works for such files
+        with tsd.Daemon(args=["--model", f"good={bad_file}"]) as d:
+            self.assertEqual(self.served(d), ["good"])
+
+    def test_two_files_with_one_name_refused(self):
+        a = init_model(self.path("a.safetensors"), name="same")
+        b = init_model(self.path("b.safetensors"))
+        os.makedirs(self.path("sub"))
+        b2 = init_model(self.path("sub/b.safetensors"))
+        for args in ((a, "same=" + b), (b, b2)):
+            err = self.start_fails(*[x for f in args for x in ("--model", f)])
+            self.assertIn("both name model", err)
+
+    def test_missing_file_and_malformed_flags(self):
+        err = self.start_fails("--model", self.path("missing.safetensors"))
+        self.assertIn("missing.safetensors", err)
+        for v in ("=x", "x="):
+            rc, _, err = tscaled("--model", v)
+            self.assertEqual(rc, 2)
+            self.assertIn("NAME=FILE", err)
+
+    def test_help_documents_the_form(self):
+        rc, out, _ = tscaled("--help")
+        self.assertEqual(rc, 0)
+        self.assertIn("--model [NAME=]FILE", out)
+        self.assertIn("tscale.name", out)
+
+    def test_put_uses_the_path_name_not_tscale_name(self):
+        f = init_model(self.path("up.safetensors"), name="from_metadata")
+        with open(f, "rb") as fh:
+            blob = fh.read()
+        with tsd.Daemon() as d:
+            st, _, data = d.request("PUT", "/admin/models/by_path", blob)
+            self.assertEqual(st, 201, data)
+            self.assertEqual(json.loads(data)["model_name"], "by_path")
+            self.assertIn("by_path", self.served(d))
+            self.assertNotIn("from_metadata", self.served(d))
 
 
 if __name__ == "__main__":

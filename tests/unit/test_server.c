@@ -268,6 +268,15 @@ START_TEST(config_defaults_flags_env)
     ck_assert_int_eq(c.n_models, 1);
     ck_assert_str_eq(c.models[0].name, "c");
     ts_config_free(&c);
+    /* --model FILE: no name yet (the file names it, recover.c); NAME= twice is refused,
+     * FILE twice is left to the names the files give */
+    ck_assert_int_eq(parse(&c, err, "--model", "dir/m.safetensors", "--model", "m=dir/m.safetensors",
+                           "--model", "dir/m.safetensors", NULL), TS_CONFIG_OK);
+    ck_assert_int_eq(c.n_models, 3);
+    ck_assert_ptr_null(c.models[0].name);
+    ck_assert_str_eq(c.models[0].path, "dir/m.safetensors");
+    ck_assert_str_eq(c.models[1].name, "m");
+    ts_config_free(&c);
     ck_assert_int_eq(parse(&c, err, "--feedback-requires-snapshot=off", NULL), TS_CONFIG_OK);
     ck_assert_int_eq(c.feedback_requires_snapshot, 0);
     ts_config_free(&c);

@@ -93,6 +93,21 @@ static const ts_option options[] = {
 #undef F
 #define N_OPTIONS (sizeof options / sizeof options[0])
 
+/* The usual short forms; only of action flags, which take no value. */
+static const struct {
+    char letter;
+    const char *name;
+} short_flags[] = {{'h', "help"}, {'V', "version"}};
+#define N_SHORT (sizeof short_flags / sizeof short_flags[0])
+
+/* The letter of o's short form, or 0. */
+static char short_of(const ts_option *o) {
+    for (size_t k = 0; k < N_SHORT; k++)
+        if (strcmp(short_flags[k].name, o->name) == 0)
+            return short_flags[k].letter;
+    return 0;
+}
+
 int ts_config_split_listen(const char *listen, char *host, size_t hostlen, int *port, char *err,
                            size_t errlen) {
     const char *colon = strrchr(listen, ':');
@@ -301,7 +316,9 @@ void ts_config_usage(FILE *out) {
     for (size_t i = 0; i < N_OPTIONS; i++) {
         const ts_option *o = &options[i];
         char left[64];
-        snprintf(left, sizeof left, "--%s%s%s", o->name, o->metavar ? " " : "",
+        char letter = short_of(o);
+        size_t k = letter ? (size_t)snprintf(left, sizeof left, "-%c, ", letter) : 0;
+        snprintf(left + k, sizeof left - k, "--%s%s%s", o->name, o->metavar ? " " : "",
                  o->metavar ? o->metavar : "");
         char text[512];
         snprintf(text, sizeof text, "%s%s%s%s", o->help, o->def ? " [default " : "",
@@ -343,6 +360,12 @@ static ts_config_result apply_defaults_and_env(ts_config *cfg, const int *flagge
 static int next_flag(int argc, char **argv, int *i, const ts_option **opt, const char **value,
                      char *err, size_t errlen) {
     const char *a = argv[*i];
+    for (size_t k = 0; a[0] == '-' && a[1] && !a[2] && k < N_SHORT; k++)
+        if (short_flags[k].letter == a[1]) { /* -h, -V */
+            *opt = find_option(short_flags[k].name, strlen(short_flags[k].name));
+            *value = NULL;
+            return 0;
+        }
     if (strncmp(a, "--", 2) != 0) {
         snprintf(err, errlen, "%s: unexpected argument (flags start with --; see --help)", a);
         return -1;

@@ -1,6 +1,7 @@
 """test_followups.py — follow-ups of the SPEC audit of the daemon:
   - 404 before 400: an unknown model or version is a 404 whatever the body (SPEC §4);
   - --model FILE without NAME=: the file's tscale.name, else its file name (SPEC §2);
+  - -h and -V are --help and --version (SPEC §3: "do what users expect");
 """
 import json
 import os
@@ -198,6 +199,26 @@ class ModelFileWithoutName(unittest.TestCase):
             self.assertEqual(json.loads(data)["model_name"], "by_path")
             self.assertIn("by_path", self.served(d))
             self.assertNotIn("from_metadata", self.served(d))
+
+
+class ShortHelpAndVersion(unittest.TestCase):
+    def test_short_forms_are_the_long_ones(self):
+        for short, long in (("-h", "--help"), ("-V", "--version")):
+            want = tscaled(long)
+            self.assertEqual(want[0], 0)
+            for args in ((short,), ("serve", short), ("--db", "x.db", short)):
+                rc, out, err = tscaled(*args)
+                self.assertEqual((rc, out), want[:2], (args, err))
+        rc, out, _ = tscaled("-h")
+        self.assertIn("-h, --help", out)
+        self.assertIn("-V, --version", out)
+
+    def test_other_short_flags_still_refused(self):
+        for args in (("-x",), ("-hV",), ("-v",), ("-",)):
+            rc, out, err = tscaled(*args)
+            self.assertEqual(rc, 2, args)
+            self.assertIn("--help", err)
+            self.assertEqual(out, "")
 
 
 if __name__ == "__main__":

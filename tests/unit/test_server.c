@@ -328,6 +328,9 @@ START_TEST(config_errors)
     unsetenv("TSCALE_SNAPSHOT_INTERVAL");
     ck_assert_int_eq(parse(&c, err, "--help", NULL), TS_CONFIG_EXIT);
     ck_assert_int_eq(parse(&c, err, "--version", NULL), TS_CONFIG_EXIT);
+    ck_assert_int_eq(parse(&c, err, "-h", NULL), TS_CONFIG_EXIT);
+    ck_assert_int_eq(parse(&c, err, "--db", "x", "-V", NULL), TS_CONFIG_EXIT);
+    ck_assert_int_eq(parse(&c, err, "-v", NULL), TS_CONFIG_ERROR);
 }
 END_TEST
 

@@ -2,9 +2,11 @@
   - 404 before 400: an unknown model or version is a 404 whatever the body (SPEC §4);
   - --model FILE without NAME=: the file's tscale.name, else its file name (SPEC §2);
   - -h and -V are --help and --version (SPEC §3: "do what users expect");
+  - deploy/tscale.env.example lists every flag of the configuration table, with its default;
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -219,6 +221,65 @@ class ShortHelpAndVersion(unittest.TestCase):
             self.assertEqual(rc, 2, args)
             self.assertIn("--help", err)
             self.assertEqual(out, "")
+
+
+def help_flags():
+    """{flag: default or None} of every flag that takes a value, from --help (the config
+    table itself prints it)."""
+    rc, out, _ = tscaled("--help")
+    assert rc == 0
+    entries, text = [], out.split("\nflags:\n", 1)[1]
+    for line in text.splitlines():
+        if re.match(r"^  -", line):
+            entries.append(line.strip())
+        elif line.strip():
+            entries[-1] += " " + line.strip()   # a wrapped help text
+    flags = {}
+    for e in entries:
+        m = re.match(r"^(?:-\w, )?--([a-z-]+)(?: (\S+))?\s", e)
+        assert m, e
+        if m.group(2):   # action flags (--help, --version) have no value and no variable
+            d = re.search(r"\[default ([^\]]*)\]", e)
+            flags[m.group(1)] = d.group(1) if d else None
+    return flags
+
+
+class EnvExample(unittest.TestCase):
+    """deploy/tscale.env.example and the configuration table cannot drift apart."""
+
+    PATH = os.path.join(tsd.ROOT, "deploy", "tscale.env.example")
+    # Shown with a deployment's value rather than the default (see the file's comments).
+    NOT_DEFAULTS = {"TSCALE_DB"}
+
+    def daemon_section(self):
+        with open(self.PATH) as f:
+            text = f.read()
+        section = text.split("# --- the daemon", 1)[1].split("# --- compose only", 1)[0]
+        return dict(re.findall(r"^#?(TSCALE_[A-Z0-9_]+)=(.*)$", section, re.M))
+
+    def test_every_flag_is_listed_with_its_default(self):
+        listed = self.daemon_section()
+        flags = help_flags()
+        self.assertIn("eager-batching", flags)
+        for flag, default in flags.items():
+            var = "TSCALE_" + flag.upper().replace("-", "_")
+            self.assertIn(var, listed, f"{var} (--{flag}) is missing from {self.PATH}")
+            if default is not None and var not in self.NOT_DEFAULTS:
+                self.assertEqual(listed[var], default, f"{var}: the example is not the default")
+
+    def test_compose_passes_every_flag_through(self):
+        # The image fixes --listen and --db (its ENV); everything else reaches the daemon
+        # only when docker-compose.yml names it.
+        with open(os.path.join(tsd.ROOT, "deploy", "docker-compose.yml")) as f:
+            passed = set(re.findall(r"^\s+(TSCALE_[A-Z0-9_]+):", f.read(), re.M))
+        want = {"TSCALE_" + fl.upper().replace("-", "_") for fl in help_flags()}
+        self.assertEqual(want - {"TSCALE_LISTEN", "TSCALE_DB"} - passed, set())
+
+    def test_no_variable_without_a_flag(self):
+        flags = help_flags()
+        for var in self.daemon_section():
+            flag = var[len("TSCALE_"):].lower().replace("_", "-")
+            self.assertIn(flag, flags, f"{var} in {self.PATH} is no daemon flag")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
  * portable kernel.
  */
 #include <immintrin.h>
+#include <string.h>
 
 #include "kernel_impl.h"
 

@@ -112,6 +112,10 @@ static void GEMM_PREFIX(scales)(const ts_weights *w, const float *S, int64_t g0,
 {
     int64_t n = w->gpr - g0 < GEMM_SGROUPS ? w->gpr - g0 : GEMM_SGROUPS;
     for (int64_t r = r0; r < r0 + rpad; r++, ST += GEMM_SGROUPS) {
+        if (r < w->rows && n == GEMM_SGROUPS) {
+            memcpy(ST, S + r * w->gpr + g0, GEMM_SGROUPS * sizeof *ST);
+            continue;
+        }
         int64_t k = 0;
         if (r < w->rows)
             for (; k < n; k++)

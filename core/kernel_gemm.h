@@ -54,54 +54,57 @@ static void GEMM_PREFIX(build)(const ts_weights *w, const float *x, int64_t b0, 
 
 /* One block of 16 rows from r0, one pass (groups g0..g0+ng, words j0..j1 of each):
  * yT[r] += Σ_g S[r,g] · Σ_words tab[fields]. The fields are first turned into byte offsets
- * into the table with vector shifts (GEMM_OFFSETS), so the lookup loop is loads and adds
- * only: a pair of rows' offsets is one 64-bit load, and each row adds its table vector
- * straight from memory. Group sums are scaled into yl (L1); yT (L2) is updated once. */
+ * into the table with vector shifts (GEMM_OFFSETS), all of the pass's before any lookup (a
+ * load right after the vector store that wrote it would wait for the store to complete), so
+ * the lookup loop is loads and adds only: a pair of rows' offsets is one 64-bit load, and
+ * each row adds its table vector straight from memory. The rows go in two halves of eight,
+ * so that the group sums and the scaled sums of a half stay in registers. */
 static void GEMM_PREFIX(block)(const ts_weights *w, const float *ST, int64_t r0, int64_t g0,
                                int64_t ng, int64_t j0, int64_t j1, const VEC *tab, VEC *yT)
 {
-    /* All offsets of the pass first: a load right after the vector store that wrote it
-     * would wait for the store to complete (no forwarding from a wide store to a narrow
-     * load), stalling the lookups that depend on it. */
     uint32_t offs[GEMM_WORDS][TS_FPW][TS_RB] __attribute__((aligned(64)));
-    VEC yl[TS_RB];
-    for (int k = 0; k < TS_RB; k++)
-        yl[k] = VZERO();
     int64_t blk = r0 / TS_RB, nwp = j1 - j0;
-    for (int64_t g = g0, i = 0; g < g0 + ng; g++)
-        for (int64_t j = j0; j < j1; j++, i++)
-            GEMM_OFFSETS(ts_wwords(w, blk, g, j), offs[i]);
-    for (int64_t g = g0; g < g0 + ng; g++) {
+    for (int64_t g = g0, i = 0; g < g0 + ng; g++) {
         /* The rows' words of one group are a block apart (gpr·nw·64 bytes): more than the
          * hardware prefetchers follow, so fetch a few blocks ahead. */
-        if (blk + GEMM_AHEAD < w->nblk)
-            for (int64_t j = j0; j < j1; j++)
+        for (int64_t j = j0; j < j1; j++, i++) {
+            if (blk + GEMM_AHEAD < w->nblk)
                 _mm_prefetch((const char *)ts_wwords(w, blk + GEMM_AHEAD, g, j), _MM_HINT_T0);
-        VEC a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO(), a4 = VZERO(), a5 = VZERO();
-        VEC a6 = VZERO(), a7 = VZERO(), a8 = VZERO(), a9 = VZERO(), a10 = VZERO(), a11 = VZERO();
-        VEC a12 = VZERO(), a13 = VZERO(), a14 = VZERO(), a15 = VZERO();
-        for (int64_t j = j0; j < j1; j++, tab += TS_FPW * 27) {
-            uint32_t (*off)[TS_RB] = offs[(g - g0) * nwp + (j - j0)];
-            int64_t nf = w->ntr - j * TS_FPW < TS_FPW ? w->ntr - j * TS_FPW : TS_FPW;
-            const char *t = (const char *)tab;
-            for (int64_t f = 0; f < nf; f++, t += 27 * sizeof(VEC)) {
-                const uint64_t *o = (const uint64_t *)off[f];
-                uint64_t p;
+            GEMM_OFFSETS(ts_wwords(w, blk, g, j), offs[i]);
+        }
+    }
+    for (int h = 0; h < TS_RB; h += 8) {
+        VEC y0 = VZERO(), y1 = VZERO(), y2 = VZERO(), y3 = VZERO();
+        VEC y4 = VZERO(), y5 = VZERO(), y6 = VZERO(), y7 = VZERO();
+        const VEC *tg = tab;
+        for (int64_t g = g0; g < g0 + ng; g++) {
+            VEC a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO();
+            VEC a4 = VZERO(), a5 = VZERO(), a6 = VZERO(), a7 = VZERO();
+            for (int64_t j = j0; j < j1; j++, tg += TS_FPW * 27) {
+                uint32_t (*off)[TS_RB] = offs[(g - g0) * nwp + (j - j0)];
+                int64_t nf = w->ntr - j * TS_FPW < TS_FPW ? w->ntr - j * TS_FPW : TS_FPW;
+                const char *t = (const char *)tg;
+                for (int64_t f = 0; f < nf; f++, t += 27 * sizeof(VEC)) {
+                    const uint64_t *o = (const uint64_t *)(off[f] + h);
+                    uint64_t p;
 #define GEMM_PAIR(i, a, b) p = o[i], a = VADD(a, VLOAD((const float *)(t + (uint32_t)p))), \
                            b = VADD(b, VLOAD((const float *)(t + (p >> 32))))
-                GEMM_PAIR(0, a0, a1); GEMM_PAIR(1, a2, a3); GEMM_PAIR(2, a4, a5);
-                GEMM_PAIR(3, a6, a7); GEMM_PAIR(4, a8, a9); GEMM_PAIR(5, a10, a11);
-                GEMM_PAIR(6, a12, a13); GEMM_PAIR(7, a14, a15);
+                    GEMM_PAIR(0, a0, a1); GEMM_PAIR(1, a2, a3);
+                    GEMM_PAIR(2, a4, a5); GEMM_PAIR(3, a6, a7);
 #undef GEMM_PAIR
+                }
             }
+            const float *s = ST + (h * GEMM_SGROUPS) + g % GEMM_SGROUPS;
+#define GEMM_SCALE(k) y##k = VFMA(a##k, VBCAST(s[k * GEMM_SGROUPS]), y##k)
+            GEMM_SCALE(0); GEMM_SCALE(1); GEMM_SCALE(2); GEMM_SCALE(3);
+            GEMM_SCALE(4); GEMM_SCALE(5); GEMM_SCALE(6); GEMM_SCALE(7);
+#undef GEMM_SCALE
         }
-        VEC acc[TS_RB] = {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15};
-        const float *s = ST + g % GEMM_SGROUPS;
-        for (int k = 0; k < TS_RB; k++)
-            yl[k] = VFMA(acc[k], VBCAST(s[k * GEMM_SGROUPS]), yl[k]);
+        VEC *yh = yT + h;
+        yh[0] = VADD(yh[0], y0), yh[1] = VADD(yh[1], y1), yh[2] = VADD(yh[2], y2);
+        yh[3] = VADD(yh[3], y3), yh[4] = VADD(yh[4], y4), yh[5] = VADD(yh[5], y5);
+        yh[6] = VADD(yh[6], y6), yh[7] = VADD(yh[7], y7);
     }
-    for (int k = 0; k < TS_RB; k++)
-        yT[k] = VADD(yT[k], yl[k]);
 }
 
 /* ST[r - r0][gg] = S[r, g0 + gg] for 16 groups from g0 (0 past the rows or groups): the

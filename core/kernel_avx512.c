@@ -42,7 +42,7 @@ static inline void avx512_offsets(const uint32_t *words, uint32_t off[TS_FPW][TS
 
 
 /* Below this batch the per-row tables win (measured on a 4096×4096 layer). */
-#define GEMM_MIN_BATCH 12
+#define GEMM_MIN_BATCH 8
 #define GEMV_BLOCKS 4   /* row blocks that share one table load */
 
 /* d-1 of digit i of field v, for v < 27 (0 above), as 32-entry float tables. */

@@ -29,7 +29,7 @@ typedef enum {
 /* The architecture of one layer: what the model file's tscale.layers entry says. */
 typedef struct {
     ts_layer_kind kind;
-    int64_t in_dim, out_dim;   /* activations: both equal the previous layer's out_dim */
+    int64_t in_dim, out_dim;   /* activations: both equal the dim through them (ts_specs_chain) */
     int64_t group_size;        /* ternary layers only */
     int has_bias;              /* ternary_linear only */
 } ts_layer_spec;
@@ -63,8 +63,15 @@ typedef struct {
 #define TS_MAX_PARAMS ((int64_t)1 << 34)  /* trits in one layer */
 
 /* Check that specs chain (each in_dim equals the previous out_dim; activations keep
- * the dim) and every size is within limits. Returns 0, or -1 with a message in err. */
+ * the dim), that there is a ternary layer, and every size is within limits. Returns 0,
+ * or -1 with a message in err. */
 int ts_specs_check(const ts_layer_spec *specs, int n, char *err, size_t errlen);
+
+/* Give every activation its dims, then ts_specs_check: an activation's dims are those of
+ * the layer before it or, when no ternary layer comes before it, the in_dim of the first
+ * ternary layer (a model may start with an activation). For readers of architectures
+ * that do not state activation dims (the model file, the architecture text). */
+int ts_specs_chain(ts_layer_spec *specs, int n, char *err, size_t errlen);
 
 /* Allocate a model for the given architecture with zeroed state (T all 0 trits packed,
  * E = 0, corr_accum = 0, step = 0, bias = 0) and W/S not yet built.
@@ -88,7 +95,7 @@ ts_model *ts_model_init(const ts_layer_spec *specs, int n, uint64_t seed, char *
 
 /* Parse a short architecture text such as "rmsnorm:64,linear:64x128,relu,linear:128x10"
  * with optional per-layer suffixes "/gsN" (group size, default 32) and "+bias":
- *   "linear:64x128/gs16+bias". Activations take the previous layer's dim; spaces around
+ *   "linear:64x128/gs16+bias". Activations take their dims by ts_specs_chain; spaces around
  * items are ignored; "ternary_linear"/"ternary_rmsnorm" are accepted as names too.
  * Fills specs[max] and *n. 0, or -1 + err naming the item that is wrong. */
 int ts_specs_parse(const char *text, ts_layer_spec *specs, int max, int *n, char *err, size_t errlen);

@@ -75,6 +75,19 @@ static int check_one(const ts_layer_spec *s, int i, char *err, size_t errlen)
     return 0;
 }
 
+static int is_ternary(ts_layer_kind k) { return k == TS_LAYER_LINEAR || k == TS_LAYER_RMSNORM; }
+
+/* Index of the first ternary layer, or -1 + err: activations alone have no dims. */
+static int first_ternary(const ts_layer_spec *specs, int n, char *err, size_t errlen)
+{
+    for (int i = 0; i < n; i++)
+        if (is_ternary(specs[i].kind))
+            return i;
+    snprintf(err, errlen, "a model needs a ternary_linear or ternary_rmsnorm layer (activations "
+             "alone have no dims)");
+    return -1;
+}
+
 int ts_specs_check(const ts_layer_spec *specs, int n, char *err, size_t errlen)
 {
     if (n < 1 || n > TS_MAX_LAYERS) {
@@ -91,7 +104,23 @@ int ts_specs_check(const ts_layer_spec *specs, int n, char *err, size_t errlen)
             return -1;
         }
     }
-    return 0;
+    return first_ternary(specs, n, err, errlen) < 0 ? -1 : 0;
+}
+
+int ts_specs_chain(ts_layer_spec *specs, int n, char *err, size_t errlen)
+{
+    if (n < 1 || n > TS_MAX_LAYERS)
+        return ts_specs_check(specs, n, err, errlen);
+    int first = first_ternary(specs, n, err, errlen);
+    if (first < 0)
+        return -1;
+    /* Activations are elementwise: in_dim = out_dim = the dim flowing through them. Before
+     * the first ternary layer that is the model's input, the first ternary layer's in_dim
+     * (nn.Sequential(nn.ReLU(), TernaryScaleTensor(...)) is a valid PyTorch model). */
+    for (int i = 0; i < n; i++)
+        if (!is_ternary(specs[i].kind))
+            specs[i].in_dim = specs[i].out_dim = i < first ? specs[first].in_dim : specs[i - 1].out_dim;
+    return ts_specs_check(specs, n, err, errlen);
 }
 
 /* ── the architecture text ── */
@@ -109,9 +138,9 @@ static int64_t parse_count(const char **p)
     return errno == ERANGE || v > ((int64_t)1 << 40) ? -1 : (int64_t)v;
 }
 
-/* Parse one item [p, end) into *s; prev_dim is the previous layer's out_dim (0 for none).
+/* Parse one item [p, end) into *s (an activation's dims are left to ts_specs_chain).
  * Returns NULL, or a description of what is wrong. */
-static const char *parse_item(const char *p, const char *end, int64_t prev_dim, ts_layer_spec *s)
+static const char *parse_item(const char *p, const char *end, ts_layer_spec *s)
 {
     static const struct { const char *name; ts_layer_kind kind; } names[] = {
         {"linear", TS_LAYER_LINEAR}, {"ternary_linear", TS_LAYER_LINEAR},
@@ -142,10 +171,6 @@ static const char *parse_item(const char *p, const char *end, int64_t prev_dim, 
             if (*p != 'x' || (p++, (s->out_dim = parse_count(&p)) < 1))
                 return "expected INxOUT with positive dimensions, e.g. linear:64x128";
         }
-    } else {
-        if (prev_dim == 0)
-            return "an activation cannot be the first layer (it takes the previous layer's dim)";
-        s->in_dim = s->out_dim = prev_dim;
     }
     int seen_gs = 0;
     while (p < end) {
@@ -186,8 +211,7 @@ int ts_specs_parse(const char *text, ts_layer_spec *specs, int max, int *n, char
             snprintf(err, errlen, "more than %d layers", max);
             return -1;
         }
-        int64_t prev = count ? specs[count - 1].out_dim : 0;
-        const char *why = parse_item(p, item_end, prev, &specs[count]);
+        const char *why = parse_item(p, item_end, &specs[count]);
         if (why) {
             snprintf(err, errlen, "item %d ('%.*s'): %s", count + 1, (int)(item_end - p), p, why);
             return -1;
@@ -198,5 +222,5 @@ int ts_specs_parse(const char *text, ts_layer_spec *specs, int max, int *n, char
         p = end + 1;
     }
     *n = count;
-    return ts_specs_check(specs, count, err, errlen);
+    return ts_specs_chain(specs, count, err, errlen);
 }

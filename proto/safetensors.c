@@ -335,8 +335,8 @@ static int json_get_dim(json_t *o, const char *key, int i, int64_t *out, char *e
     return 0;
 }
 
-/* One tscale.layers entry into s; prev is the previous layer's out_dim (0 for none). */
-static int parse_layer(json_t *o, int i, int64_t prev, ts_layer_spec *s, char *err, size_t errlen)
+/* One tscale.layers entry into s (an activation's dims come from ts_specs_chain). */
+static int parse_layer(json_t *o, int i, ts_layer_spec *s, char *err, size_t errlen)
 {
     static const char *const keys[][6] = {
         [TS_LAYER_LINEAR] = {"type", "in_dim", "out_dim", "group_size", "bias", NULL},
@@ -374,11 +374,6 @@ static int parse_layer(json_t *o, int i, int64_t prev, ts_layer_spec *s, char *e
             json_get_dim(o, "group_size", i, &s->group_size, err, errlen))
             return -1;
         s->out_dim = s->in_dim;
-    } else if (prev == 0) {
-        return fail(err, errlen, "tscale.layers[%d]: an activation (%s) cannot be the first layer",
-                    i, type);
-    } else {
-        s->in_dim = s->out_dim = prev;
     }
     return 0;
 }
@@ -395,11 +390,10 @@ static int parse_layers(const char *text, ts_layer_spec *specs, int *n, char *er
         rc = fail(err, errlen, "metadata: tscale.layers must be a JSON array of 1 to %d layers",
                   TS_MAX_LAYERS);
     for (size_t i = 0; rc == 0 && i < count; i++)
-        rc = parse_layer(json_array_get(a, i), (int)i, i ? specs[i - 1].out_dim : 0, &specs[i],
-                         err, errlen);
+        rc = parse_layer(json_array_get(a, i), (int)i, &specs[i], err, errlen);
     json_decref(a);
     *n = (int)count;
-    if (rc == 0 && ts_specs_check(specs, *n, err, errlen) != 0) {
+    if (rc == 0 && ts_specs_chain(specs, *n, err, errlen) != 0) {
         char why[256];
         snprintf(why, sizeof why, "%s", err);
         rc = fail(err, errlen, "tscale.layers: %s", why);

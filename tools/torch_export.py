@@ -392,7 +392,9 @@ def live_in(seq, steps, batch, gen):
 
 
 def _in_dim(seq):
-    m = seq[0]
+    """The model's input width: its first ternary layer's (activations before it, as in
+    nn.Sequential(nn.ReLU(), ...), keep the width)."""
+    m = next(m for m in seq if hasattr(m, "T_packed"))
     return m.in_dim if hasattr(m, "in_dim") else m.dim
 
 

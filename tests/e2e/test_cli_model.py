@@ -73,7 +73,7 @@ class InitTest(unittest.TestCase):
             (("init", "--layers", LAYERS), "--out is required"),
             (("init", "--out", self.out), "--layers is required"),
             (("init", "--layers", "linear:4x", "--out", self.out), "--layers: item 1"),
-            (("init", "--layers", "relu", "--out", self.out), "cannot be the first layer"),
+            (("init", "--layers", "relu", "--out", self.out), "needs a ternary_linear"),
             (("init", "--layers", LAYERS, "--out", self.out, "--seed", "x"), "--seed wants"),
             (("init", "--layers", LAYERS, "--out", self.out, "--bogus"), "unknown argument '--bogus'"),
             (("init", "--layers"), "--layers needs a value"),

@@ -3,6 +3,8 @@
   - --model FILE without NAME=: the file's tscale.name, else its file name (SPEC §2);
   - -h and -V are --help and --version (SPEC §3: "do what users expect");
   - deploy/tscale.env.example lists every flag of the configuration table, with its default;
+  - an activation as the first layer (valid PyTorch) loads and serves as the reference
+    computes it (tests/data/relu_first.*, from tests/data/gen_relu_first.py).
 """
 import json
 import os
@@ -12,6 +14,8 @@ import subprocess
 import tempfile
 import unittest
 
+import modelstate
+import oipc
 import tsd
 
 
@@ -280,6 +284,85 @@ class EnvExample(unittest.TestCase):
         for var in self.daemon_section():
             flag = var[len("TSCALE_"):].lower().replace("_", "-")
             self.assertIn(flag, flags, f"{var} in {self.PATH} is no daemon flag")
+
+
+class ActivationFirst(unittest.TestCase):
+    """nn.Sequential(nn.ReLU(), TernaryScaleTensor(...), nn.SiLU(), TernaryScaleTensor(...))
+    against the PyTorch reference's outputs, losses and corr_accum."""
+
+    FILE = os.path.join(tsd.ROOT, "tests", "data", "relu_first.safetensors")
+    NAME = "relu_first"   # the file's tscale.name: served by --model FILE under it
+
+    @classmethod
+    def setUpClass(cls):
+        with open(os.path.join(tsd.ROOT, "tests", "data", "relu_first.json")) as f:
+            cls.case = json.load(f)
+        with open(cls.FILE, "rb") as f:
+            cls.blob = f.read()
+
+    def assert_forward(self, d, name, cases):
+        for fw in cases:
+            got = modelstate.infer(d, name, fw["input"])
+            want = oipc.flat(fw["output"])
+            self.assertEqual(len(got), len(want))
+            for k, (a, b) in enumerate(zip(got, want)):
+                self.assertTrue(oipc.close(a, b), f"{name} output {k}: {a} vs reference {b}")
+
+    def assert_state(self, blob, after):
+        want = tuple((i, self.case["layers"][i]["type"], a["step"], tuple(a["corr_accum"]))
+                     for i, a in enumerate(after) if a is not None)
+        self.assertEqual(modelstate.state(blob), want)
+
+    def test_metadata_layers_and_round_trip(self):
+        with tsd.Daemon(args=["--model", self.FILE]) as d:
+            meta = d.json("GET", f"/v2/models/{self.NAME}")
+            self.assertEqual(meta["inputs"][0]["shape"], [-1, 9])
+            self.assertEqual(meta["outputs"][0]["shape"], [-1, 4])
+            m = d.json("GET", "/admin/models")["models"][0]
+            self.assertEqual(m["layers"], self.case["layers"])
+            # export writes the same bytes PyTorch's side (tools/torch_export.py) wrote
+            self.assertEqual(modelstate.export(d, self.NAME), self.blob)
+
+    def test_forward_and_feedback_match_the_reference(self):
+        with tsd.Daemon(args=["--model", self.FILE]) as d:
+            self.assert_forward(d, self.NAME, self.case["forward"])
+            for k, st in enumerate(self.case["feedback"]):
+                signal = st[st["kind"]]
+                _, _, out = modelstate.feedback(d, self.NAME, st["input"], st["kind"], signal)
+                self.assertEqual(out["step"], st["after"][1]["step"], k)
+                if st["loss"] is None:
+                    self.assertNotIn("loss", out)
+                else:
+                    self.assertTrue(oipc.close(out["loss"], st["loss"]), (k, out["loss"], st["loss"]))
+                self.assert_state(modelstate.export(d, self.NAME), st["after"])
+            self.assert_forward(d, self.NAME, self.case["final_forward"])
+
+    def test_put_and_restart_from_the_database(self):
+        db_dir = tempfile.mkdtemp(prefix="tscale-followups-db-")
+        try:
+            st = self.case["feedback"][0]
+            with tsd.Daemon(db_dir=db_dir) as d:
+                modelstate.put(d, "put_name", self.blob)
+                modelstate.feedback(d, "put_name", st["input"], st["kind"], st[st["kind"]])
+                self.assertEqual(d.stop(), 0)
+            with tsd.Daemon(db_dir=db_dir) as d:   # recovered from its snapshot
+                self.assert_state(modelstate.export(d, "put_name"), st["after"])
+                models = {m["name"]: m for m in d.json("GET", "/admin/models")["models"]}
+                self.assertEqual(models["put_name"]["layers"], self.case["layers"])
+        finally:
+            shutil.rmtree(db_dir, ignore_errors=True)
+
+    def test_activations_alone_refused(self):
+        tensors_free = (b'{"__metadata__":{"tscale.format":"1","tscale.layers":'
+                        b'"[{\\"type\\":\\"relu\\"}]"}}')
+        blob = len(tensors_free).to_bytes(8, "little") + tensors_free
+        with tsd.Daemon() as d:
+            st, _, data = d.request("PUT", "/admin/models/acts", blob)
+            self.assertEqual(st, 400, data)
+            self.assertIn("ternary_linear or ternary_rmsnorm", json.loads(data)["error"])
+        rc, _, err = tscaled("init", "--layers", "relu,gelu", "--out", os.path.join(tempfile.gettempdir(), "tscale-never-written"))
+        self.assertEqual(rc, 2)
+        self.assertIn("activations alone", err)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,41 @@ START_TEST(test_specs_parse_ok)
     ck_assert_int_eq(s[0].has_bias, 1);
     ck_assert_int_eq(s[2].kind, TS_LAYER_GELU);
     ck_assert_int_eq(s[2].in_dim, 4);
+    /* activations first take the first ternary layer's in_dim (valid PyTorch) */
+    ck_assert_int_eq(ts_specs_parse("relu,gelu,linear:5x3,silu", s, 8, &n, err, sizeof err), 0);
+    ck_assert_int_eq(n, 4);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(s[i].in_dim, 5);
+        ck_assert_int_eq(s[i].out_dim, 5);
+    }
+    ck_assert_int_eq(s[3].in_dim, 3);
+    ck_assert_int_eq(s[3].out_dim, 3);
+}
+END_TEST
+
+/* ts_specs_chain fills activation dims whatever they held; a model of only activations
+ * has no dims and is refused, also by ts_specs_check. */
+START_TEST(test_specs_chain)
+{
+    char err[256];
+    ts_layer_spec s[3] = {
+        {.kind = TS_LAYER_SILU, .in_dim = 99, .out_dim = 7},
+        {.kind = TS_LAYER_RMSNORM, .in_dim = 6, .out_dim = 6, .group_size = 4},
+        {.kind = TS_LAYER_RELU},
+    };
+    ck_assert_int_eq(ts_specs_chain(s, 3, err, sizeof err), 0);
+    ck_assert_int_eq(s[0].in_dim, 6);
+    ck_assert_int_eq(s[0].out_dim, 6);
+    ck_assert_int_eq(s[2].in_dim, 6);
+    ts_layer_spec acts[2] = {{.kind = TS_LAYER_RELU, .in_dim = 4, .out_dim = 4},
+                             {.kind = TS_LAYER_GELU, .in_dim = 4, .out_dim = 4}};
+    ck_assert_int_eq(ts_specs_check(acts, 2, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "ternary_linear or ternary_rmsnorm"));
+    err[0] = '\0';
+    ck_assert_int_eq(ts_specs_chain(acts, 2, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "activations alone"));
+    ck_assert_int_eq(ts_specs_chain(acts, 0, err, sizeof err), -1);
+    ck_assert_ptr_null(ts_model_alloc(acts, 2, err, sizeof err));
 }
 END_TEST
 
@@ -191,7 +226,8 @@ START_TEST(test_specs_parse_errors)
         {"linear:4x4,,relu", "item 2"},
         {"linear:4x4,", "item 2"},
         {"conv:3x3", "unknown layer type"},
-        {"relu,linear:4x4", "first layer"},
+        {"relu,gelu", "activations alone"},
+        {"relu", "ternary_linear or ternary_rmsnorm"},
         {"linear:4", "INxOUT"},
         {"linear", "':INxOUT'"},
         {"linear:0x4", "positive"},
@@ -696,6 +732,7 @@ static Suite *core_suite(void)
 
     tc = tcase_create("specs");
     tcase_add_test(tc, test_specs_parse_ok);
+    tcase_add_test(tc, test_specs_chain);
     tcase_add_test(tc, test_specs_parse_errors);
     tcase_add_test(tc, test_specs_check_errors);
     tcase_add_test(tc, test_kind_names);

@@ -585,7 +585,6 @@ START_TEST(test_refuse_bad_layers)
         {"\"group_size\":4", "\"group_size\":\"4\"", "\"group_size\" must be an integer"},
         {"\"in_dim\":12,", "", "\"in_dim\" must be an integer (missing)"},
         {"{\"type\":\"gelu\"}", "{\"type\":\"gelu\",\"approximate\":\"tanh\"}", "unknown key \"approximate\""},
-        {"[", "[{\"type\":\"relu\"},", "an activation (relu) cannot be the first layer"},
         {"[", "[1,", "tscale.layers[0]: expected an object"},
         {"]", "", "tscale.layers is not valid JSON"},
     };
@@ -597,6 +596,10 @@ START_TEST(test_refuse_bad_layers)
     st_file f = mini();
     json_object_set_new(json_object_get(f.h, "__metadata__"), "tscale.layers", json_string("[]"));
     expect_refused(&f, 0, "array of 1 to");
+    f = mini(); /* activations alone have no dims */
+    json_object_set_new(json_object_get(f.h, "__metadata__"), "tscale.layers",
+                        json_string("[{\"type\":\"relu\"},{\"type\":\"gelu\"}]"));
+    expect_refused(&f, 0, "tscale.layers: a model needs a ternary_linear or ternary_rmsnorm layer");
 }
 END_TEST
 

@@ -176,6 +176,14 @@ static void gemv_blocks(const gemv_job *j, int64_t blk0, int64_t b, __m512i lane
         for (int k = 0; k < GEMV_BLOCKS; k++)
             acc[k] = _mm512_setzero_ps();
         for (int64_t jw = 0; jw < w->nw; jw++) {
+            if (jw > 0 && jw % GEMM_WORDS == 0) {
+                /* A wide group is scaled in parts of GEMM_WORDS words, as the batch kernel
+                 * does: a row's result must not depend on the batch it came in. */
+                for (int k = 0; k < GEMV_BLOCKS; k++) {
+                    y[k] = _mm512_fmadd_ps(acc[k], win[k][g % 16], y[k]);
+                    acc[k] = _mm512_setzero_ps();
+                }
+            }
             __m512i d[GEMV_BLOCKS];
 #pragma GCC unroll 4
             for (int k = 0; k < GEMV_BLOCKS; k++)

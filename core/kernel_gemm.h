@@ -53,7 +53,9 @@ static void GEMM_PREFIX(build)(const ts_weights *w, const float *x, int64_t b0, 
 }
 
 /* One block of 16 rows from r0, one pass (groups g0..g0+ng, words j0..j1 of each):
- * yT[r] += Σ_g S[r,g] · Σ_words tab[fields]. The fields are first turned into byte offsets
+ * yT[r] = fma(S[r,g], Σ_words tab[fields], yT[r]) group after group: the very operations
+ * of the per-row kernel (avx512 gemv_blocks), so a row's result does not depend on the
+ * batch it came in. The fields are first turned into byte offsets
  * into the table with vector shifts (GEMM_OFFSETS), all of the pass's before any lookup (a
  * load right after the vector store that wrote it would wait for the store to complete), so
  * the lookup loop is loads and adds only: a pair of rows' offsets is one 64-bit load, and
@@ -74,8 +76,9 @@ static void GEMM_PREFIX(block)(const ts_weights *w, const float *ST, int64_t r0,
         }
     }
     for (int h = 0; h < TS_RB; h += 8) {
-        VEC y0 = VZERO(), y1 = VZERO(), y2 = VZERO(), y3 = VZERO();
-        VEC y4 = VZERO(), y5 = VZERO(), y6 = VZERO(), y7 = VZERO();
+        VEC *yh = yT + h;
+        VEC y0 = yh[0], y1 = yh[1], y2 = yh[2], y3 = yh[3];
+        VEC y4 = yh[4], y5 = yh[5], y6 = yh[6], y7 = yh[7];
         const VEC *tg = tab;
         for (int64_t g = g0; g < g0 + ng; g++) {
             VEC a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO();
@@ -100,10 +103,8 @@ static void GEMM_PREFIX(block)(const ts_weights *w, const float *ST, int64_t r0,
             GEMM_SCALE(4); GEMM_SCALE(5); GEMM_SCALE(6); GEMM_SCALE(7);
 #undef GEMM_SCALE
         }
-        VEC *yh = yT + h;
-        yh[0] = VADD(yh[0], y0), yh[1] = VADD(yh[1], y1), yh[2] = VADD(yh[2], y2);
-        yh[3] = VADD(yh[3], y3), yh[4] = VADD(yh[4], y4), yh[5] = VADD(yh[5], y5);
-        yh[6] = VADD(yh[6], y6), yh[7] = VADD(yh[7], y7);
+        yh[0] = y0, yh[1] = y1, yh[2] = y2, yh[3] = y3;
+        yh[4] = y4, yh[5] = y5, yh[6] = y6, yh[7] = y7;
     }
 }
 

@@ -5,7 +5,8 @@
  *
  * forward and backward_x must agree within SPEC §1 (|a−b| ≤ 1e-4 + 1e-4·|b|), score exactly
  * (every family computes dW with the same fused multiply-adds as ts_kernel_dw), and each
- * family's results must be bitwise the same for every thread count.
+ * family's results must be bitwise the same for every thread count, and a row's forward
+ * the same alone as in any batch.
  */
 #include <check.h>
 #include <math.h>
@@ -154,6 +155,13 @@ static void check_shape(int64_t rows, int64_t cols, int64_t gs, int64_t B)
             if (threads == 1) {
                 memcpy(y1, y, ny * sizeof(float));
                 memcpy(dx1, dx, nx * sizeof(float));
+                /* a row's output does not depend on the batch it came in (dynamic batching) */
+                for (int64_t b = 0; b < B; b++) {
+                    ts_kernel_forward(w, l.S, l.x + b * cols, 1, y, NULL);
+                    ck_assert_msg(memcmp(y, y1 + b * rows, (size_t)rows * sizeof(float)) == 0,
+                                  "%s forward of row %lld alone differs from in batch %lld",
+                                  families[f], (long long)b, (long long)B);
+                }
             } else {
                 ck_assert_msg(memcmp(y, y1, ny * sizeof(float)) == 0,
                               "%s forward differs with %d threads", families[f], threads);

@@ -31,6 +31,7 @@ void ts_metrics_init(ts_metrics *m) {
     }
     hist_init(&m->batch_rows, batch_bounds, NB(batch_bounds), 1);
     hist_init(&m->snapshot_us, latency_bounds, NB(latency_bounds), 1e6);
+    hist_init(&m->snapshot_copy_us, latency_bounds, NB(latency_bounds), 1e6);
 }
 
 void ts_metrics_count_request(ts_metrics *m, ts_endpoint ep, int status) {
@@ -121,6 +122,10 @@ void ts_metrics_render(ts_metrics *m, ts_sbuf *out) {
     ts_sbuf_printf(out, "# HELP tscale_snapshot_seconds Snapshot write duration.\n"
                         "# TYPE tscale_snapshot_seconds histogram\n");
     ts_hist_render(&m->snapshot_us, "tscale_snapshot_seconds", "", out);
+    ts_sbuf_printf(out, "# HELP tscale_snapshot_copy_seconds Snapshot state copy on the serving loop "
+                        "(serving of the model waits for it).\n"
+                        "# TYPE tscale_snapshot_copy_seconds histogram\n");
+    ts_hist_render(&m->snapshot_copy_us, "tscale_snapshot_copy_seconds", "", out);
 }
 
 uint64_t ts_now_us(void) {

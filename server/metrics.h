@@ -38,6 +38,7 @@ typedef struct {
     ts_hist total_us[TS_KIND_COUNT];    /* request fully received -> response ready */
     ts_hist batch_rows;                 /* rows per inference forward */
     ts_hist snapshot_us;                /* snapshot write duration (persistence thread) */
+    ts_hist snapshot_copy_us;           /* snapshot state copy: the loop's stall (SPEC §6) */
     _Atomic uint64_t batches;
     _Atomic uint64_t snapshots_ok, snapshots_failed;
     _Atomic uint64_t queue_full;        /* 503s because the queue was full */

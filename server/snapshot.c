@@ -103,6 +103,7 @@ static void take(ts_server *srv, ts_served *s, const char *reason, int only_if_c
             cb(srv, s, NULL, NULL, arg);
         return;
     }
+    uint64_t t0 = ts_now_us(); /* the loop's stall: allocating and filling the copy */
     snap_job *j = calloc(1, sizeof *j);
     size_t len = ts_state_len(s->model);
     int64_t *state = j ? malloc((len ? len : 1) * sizeof *state) : NULL;
@@ -117,6 +118,10 @@ static void take(ts_server *srv, ts_served *s, const char *reason, int only_if_c
         return;
     }
     ts_state_save(s->model, state); /* the only time the loop holds serving: a memcpy */
+    uint64_t copy_us = ts_now_us() - t0;
+    ts_hist_observe(&srv->metrics.snapshot_copy_us, copy_us);
+    ts_log_debug("snapshot of model '%s': state copied on the loop in %.2f ms (%zu bytes)", s->name,
+                 (double)copy_us / 1000.0, len * sizeof *state);
     j->job.work = snap_work;
     j->job.done = snap_done;
     j->srv = srv;

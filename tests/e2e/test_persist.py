@@ -126,6 +126,10 @@ class Persist(unittest.TestCase):
         step0 = ms.step_of(ms.state(ms.export(d, "g")))
         drive(d, "g", 1)
         ms.snapshot_now(d, "g")
+        # The loop's copy of the state is timed once per snapshot it takes (the import's was
+        # written before serving, from the loaded model).
+        metrics = d.request("GET", "/metrics")[2].decode()
+        self.assertIn("\ntscale_snapshot_copy_seconds_count 1\n", metrics)
         drive(d, "g", 1)
         d = self.restart(d)
         snaps = ms.snapshots(d, "g")

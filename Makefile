@@ -161,6 +161,7 @@ FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -pthread -DTS_VERSION='"$(VERSION)"' -I. 
                 -fno-omit-frame-pointer -fno-sanitize-recover=all
 FUZZ_OBJ     := $(patsubst %.c,build/fuzz/obj/%.o,$(LIB_SRC:build/%=%))
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
+.SECONDARY: $(FUZZ_OBJ)
 
 build/fuzz/obj/gen/%.o: build/gen/%.c $(HEADERS)
 	@mkdir -p $(@D)

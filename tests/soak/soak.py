@@ -97,11 +97,11 @@ def step_of(d):
 
 class Admin(threading.Thread):
     """Snapshots every `every` seconds; once `restore_at` (time.time()) passes, a restore to
-    the oldest snapshot taken after `rollback_after`."""
+    a snapshot from the middle of the model's list (one retention has not deleted)."""
 
-    def __init__(self, d, every, restore_at, rollback_after):
+    def __init__(self, d, every, restore_at):
         super().__init__(daemon=True)
-        self.d, self.every, self.restore_at, self.rollback_after = d, every, restore_at, rollback_after
+        self.d, self.every, self.restore_at = d, every, restore_at
         self.stop, self.snapshots, self.statuses = threading.Event(), [], collections.Counter()
         self.restored = None   # (snapshot_id, its step, step just before)
         self.error = None
@@ -119,9 +119,10 @@ class Admin(threading.Thread):
             self.error = repr(e)
 
     def restore(self):
-        cands = [s for t, s in self.snapshots if t >= self.rollback_after]
-        target = cands[0]
         before = step_of(self.d)
+        listed = self.d.json("GET", f"/admin/models/{MODEL}/snapshots")["snapshots"]  # newest first
+        cands = [x for x in listed if int(x["step"]) < before]
+        target = cands[len(cands) // 2]
         status, _, body = self.d.request("POST", f"/admin/models/{MODEL}/restore",
                                          {"snapshot_id": target["snapshot_id"]}, timeout=120)
         self.statuses[f"restore {status}"] += 1
@@ -199,7 +200,7 @@ def main():
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("soak: needs wrk (apt-get install wrk)")
-    warm = max(20, args.seconds // 8)
+    warm = max(20, args.seconds // 4)
     at_cap = (args.seconds - warm) // 2
     over = args.seconds - warm - at_cap
 
@@ -210,7 +211,7 @@ def main():
     tsd.BINARY = os.path.abspath(args.binary)
     daemon_args = ["--model", f"{MODEL}={model_file}", "--snapshot-interval", "5",
                    "--threads", str(args.threads), "--max-queue-rows", "128", "--max-batch", "64",
-                   "--snapshot-keep", "50"]
+                   "--snapshot-keep", "10"]
     failures, lines = [], []
     d = tsd.Daemon(args=daemon_args, db_dir=work)
     try:
@@ -221,22 +222,21 @@ def main():
         applied0 = int(model_info(d)["feedback_steps"])
         # warm-up at the overload's concurrency: its connections' buffers are part of the baseline
         phases = [("warm-up", warm, 96, 4), ("at capacity", at_cap, 4, 4), ("overload", over, 96, 4)]
-        results, wrk_text = [], []
-        admin = None
+        results = []
+        # snapshots from the start: the database reaches its retained size (and SQLite's page
+        # cache its size) during the warm-up
+        admin = Admin(d, 7, restore_at=float("inf"))
+        admin.start()
         warm_end = None
         for name, secs, conns, rows in phases:
             if name == "overload":
-                admin_restore_at = time.time() + secs / 2
-                admin.restore_at = admin_restore_at
-            if admin is None and name == "at capacity":
+                admin.restore_at = time.time() + secs / 2
+            if name == "at capacity":
                 warm_end = time.time() - t0
-                admin = Admin(d, 7, restore_at=float("inf"), rollback_after=time.time())
-                admin.start()
             out = os.path.join(work, f"wrk-{len(results)}.json")
-            r, text = wrk(d.port, secs, conns, 2, rows, 0.3, out)
+            r, _ = wrk(d.port, secs, conns, 2, rows, 0.3, out)
             r["phase"], r["seconds"], r["connections"] = name, secs, conns
             results.append(r)
-            wrk_text.append(f"-- {name}: wrk -c{conns}, {rows} rows/request, 30% feedback\n{text}")
             if d.proc.poll() is not None:
                 failures.append(f"daemon exited with {d.proc.returncode} during {name}")
                 break
@@ -279,7 +279,7 @@ def main():
 
         lines.append(f"tscale soak: {args.seconds} s of load on loopback, model {LAYERS}")
         lines.append(f"daemon: --threads {args.threads} --max-queue-rows 128 --max-batch 64 "
-                     f"--snapshot-interval 5; machine: {os.cpu_count()} cores (shared)")
+                     f"--snapshot-interval 5 --snapshot-keep 10; machine: {os.cpu_count()} cores (shared)")
         lines.append("")
         lines.append(f"{'phase':<12} {'s':>4} {'conns':>5} {'requests':>9} {'req/s':>7} {'p50 ms':>7} "
                      f"{'p99 ms':>7}  responses")

@@ -364,14 +364,14 @@ void ts_kscratch_put(ts_pool *pool, void *p)
         free(p);
 }
 
-int ts_krun(ts_pool *pool, ts_kjob *j, size_t slot_bytes, ts_pool_fn fn)
+int ts_krun(ts_pool *pool, ts_kjob *j, size_t slot_bytes, int64_t n_items, ts_pool_item_fn fn)
 {
     j->slots = ts_kslots(pool, j->w, j->B);
     j->slot_bytes = (slot_bytes + 63) / 64 * 64;
     j->scratch = ts_kscratch_get(pool, j->slot_bytes * (size_t)j->slots);
     if (!j->scratch)
         return -1;
-    ts_pool_run(pool, j->slots, 1, fn, j);
+    ts_pool_run_items(j->slots > 1 ? pool : NULL, n_items, fn, j);
     ts_kscratch_put(pool, j->scratch);
     return 0;
 }

@@ -210,19 +210,16 @@ static void gemv_blocks(const gemv_job *j, int64_t blk0, int64_t b, __m512i lane
         _mm512_mask_storeu_ps(j->y + b * w->rows + (blk0 + k) * TS_RB, rows_mask(w, blk0 + k), y[k]);
 }
 
-static void gemv_rows_slot(void *arg, int64_t s0, int64_t s1)
+/* Item i: the GEMV_BLOCKS row blocks from i·GEMV_BLOCKS, every batch row. */
+static void gemv_item(void *arg, int slot, int64_t i)
 {
     const gemv_job *j = arg;
+    (void)slot;
     __m512i lane_gpr = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4,
                                                            3, 2, 1, 0),
                                           _mm512_set1_epi32((int)j->w->gpr));
-    for (int64_t s = s0; s < s1; s++) {
-        int64_t k0, k1;
-        ts_ksplit(j->w->nblk, GEMV_BLOCKS, j->slots, (int)s, &k0, &k1);
-        for (int64_t blk = k0; blk < k1; blk += GEMV_BLOCKS)
-            for (int64_t b = 0; b < j->B; b++)
-                gemv_blocks(j, blk, b, lane_gpr);
-    }
+    for (int64_t b = 0; b < j->B; b++)
+        gemv_blocks(j, i * GEMV_BLOCKS, b, lane_gpr);
 }
 
 static int avx512_forward(const ts_weights *w, const float *S, const float *x, int64_t B,
@@ -241,7 +238,8 @@ static int avx512_forward(const ts_weights *w, const float *S, const float *x, i
      * load a meeting can cost as much as the work). */
     for (int64_t b = 0; b < B; b++)
         gemv_build(&j, b, 0, w->gpr);
-    ts_pool_run(pool, j.slots, 1, gemv_rows_slot, &j);
+    ts_pool_run_items(j.slots > 1 ? pool : NULL, (w->nblk + GEMV_BLOCKS - 1) / GEMV_BLOCKS,
+                      gemv_item, &j);
     ts_kscratch_put(pool, tabs);
     return 0;
 }
@@ -249,6 +247,7 @@ static int avx512_forward(const ts_weights *w, const float *S, const float *x, i
 /* ── backward_x ── */
 
 #define BWD_BATCH 8        /* batch rows per pass: 3·8 accumulators */
+#define BWD_ITEM_GROUPS 16 /* groups per work item */
 #define BWD_TILE 16        /* blocks per tile: z of 16 blocks · 8 batch rows = 8 KiB */
 #define BWD_TILE_TRIPLES 256   /* wider groups: no tiles (the partial sums would not fit) */
 
@@ -356,24 +355,23 @@ static size_t bwd_io_vectors(const ts_weights *w)
     return w->ntr <= BWD_TILE_TRIPLES ? (size_t)w->ntr * BWD_BATCH * 3 : 0;
 }
 
-static void bwd_slot(void *arg, int64_t s0, int64_t s1)
+/* Item i: groups [16·i, 16·i + 16), every batch row. */
+static void bwd_item(void *arg, int slot, int64_t i)
 {
     const ts_kjob *j = arg;
     const ts_weights *w = j->w;
     __m512 tlo[3], thi[3];
     trit_tables(tlo, thi);
-    for (int64_t s = s0; s < s1; s++) {
-        __m512 *z = (__m512 *)(j->scratch + (size_t)s * j->slot_bytes);
-        __m512 *io = z + (size_t)w->nblk * BWD_BATCH, *sT = io + bwd_io_vectors(w);
-        int64_t g0, g1;
-        ts_ksplit(w->gpr, 1, j->slots, (int)s, &g0, &g1);
-        bwd_scales(w, j->S, g0, g1, sT);
-        for (int64_t b0 = 0; b0 < j->B;) {
-            int nb = j->B - b0 >= 8 ? 8 : j->B - b0 >= 4 ? 4 : j->B - b0 >= 2 ? 2 : 1;
-            for (int64_t g = g0; g < g1; g++)
-                bwd_group(j, g, sT + (g - g0) * w->nblk, b0, nb, z, io, tlo, thi);
-            b0 += nb;
-        }
+    __m512 *z = (__m512 *)(j->scratch + (size_t)slot * j->slot_bytes);
+    __m512 *io = z + (size_t)w->nblk * BWD_BATCH, *sT = io + bwd_io_vectors(w);
+    int64_t g0 = i * BWD_ITEM_GROUPS;
+    int64_t g1 = g0 + BWD_ITEM_GROUPS < w->gpr ? g0 + BWD_ITEM_GROUPS : w->gpr;
+    bwd_scales(w, j->S, g0, g1, sT);
+    for (int64_t b0 = 0; b0 < j->B;) {
+        int nb = j->B - b0 >= 8 ? 8 : j->B - b0 >= 4 ? 4 : j->B - b0 >= 2 ? 2 : 1;
+        for (int64_t g = g0; g < g1; g++)
+            bwd_group(j, g, sT + (g - g0) * w->nblk, b0, nb, z, io, tlo, thi);
+        b0 += nb;
     }
 }
 
@@ -382,13 +380,11 @@ static int avx512_backward_x(const ts_weights *w, const float *S, const float *d
 {
     if (w->rows < TS_BWD_MIN_ROWS || w->gpr > INT32_MAX / TS_RB)
         return -1;   /* small layers: the reference's order (kernel_impl.h) */
-    int slots = ts_kslots(pool, w, B);
-    size_t slot_groups = (size_t)((w->gpr + slots - 1) / slots);
     ts_kjob j = {.w = w, .S = S, .dy = dy, .B = B, .out = dx};
     return ts_krun(pool, &j,
-                   ((size_t)w->nblk * (BWD_BATCH + slot_groups) + bwd_io_vectors(w)) *
+                   ((size_t)w->nblk * (BWD_BATCH + BWD_ITEM_GROUPS) + bwd_io_vectors(w)) *
                        sizeof(__m512),
-                   bwd_slot);
+                   (w->gpr + BWD_ITEM_GROUPS - 1) / BWD_ITEM_GROUPS, bwd_item);
 }
 
 /* ── score ── */
@@ -397,6 +393,7 @@ static int avx512_backward_x(const ts_weights *w, const float *S, const float *d
  * each element (nibble k of this table answers class k: QNaN, SNaN, zero, +1, -inf, +inf,
  * negative, positive) to +0 (8), -1 (9) or +1 (10). */
 #define SIGN_TABLE 0xA9A9A888
+#define SCORE_ITEM_BLOCKS 8   /* row blocks per work item (an even number) */
 
 /* Scores of the 32 rows of blocks blk and blk+1, group g; dyT[b] and dyT[B + b] hold
  * dy[b][rows of each block]. Two blocks share each x broadcast and give the out-of-order
@@ -438,24 +435,22 @@ static void score_blocks_group(const ts_kjob *j, int64_t blk, int64_t g, const _
         j->score[(blk * TS_RB + i) * w->gpr + g] = out[i];
 }
 
-static void score_slot(void *arg, int64_t s0, int64_t s1)
+/* Item i: blocks [SCORE_ITEM_BLOCKS·i, +SCORE_ITEM_BLOCKS), two at a time. */
+static void score_item(void *arg, int slot, int64_t i)
 {
     const ts_kjob *j = arg;
     const ts_weights *w = j->w;
     __m512 tlo[3], thi[3];
     trit_tables(tlo, thi);
-    for (int64_t s = s0; s < s1; s++) {
-        __m512 *dyT = (__m512 *)(j->scratch + (size_t)s * j->slot_bytes);
-        int64_t k0, k1;
-        ts_ksplit(w->nblk, 2, j->slots, (int)s, &k0, &k1);
-        for (int64_t blk = k0; blk < k1; blk += 2) {
-            for (int64_t b = 0; b < j->B; b++)
-                for (int k = 0; k < 2; k++)
-                    dyT[k * j->B + b] = _mm512_maskz_loadu_ps(
-                        rows_mask(w, blk + k), j->dy + b * w->rows + (blk + k) * TS_RB);
-            for (int64_t g = 0; g < w->gpr; g++)
-                score_blocks_group(j, blk, g, dyT, tlo, thi);
-        }
+    __m512 *dyT = (__m512 *)(j->scratch + (size_t)slot * j->slot_bytes);
+    int64_t k1 = (i + 1) * SCORE_ITEM_BLOCKS < w->nblk ? (i + 1) * SCORE_ITEM_BLOCKS : w->nblk;
+    for (int64_t blk = i * SCORE_ITEM_BLOCKS; blk < k1; blk += 2) {
+        for (int64_t b = 0; b < j->B; b++)
+            for (int k = 0; k < 2; k++)
+                dyT[k * j->B + b] = _mm512_maskz_loadu_ps(rows_mask(w, blk + k),
+                                                          j->dy + b * w->rows + (blk + k) * TS_RB);
+        for (int64_t g = 0; g < w->gpr; g++)
+            score_blocks_group(j, blk, g, dyT, tlo, thi);
     }
 }
 
@@ -463,7 +458,8 @@ static int avx512_score(const ts_weights *w, const float *dy, const float *x, in
                         int64_t *score, ts_pool *pool)
 {
     ts_kjob j = {.w = w, .dy = dy, .x = x, .B = B, .score = score};
-    return ts_krun(pool, &j, (2 * (size_t)B + 1) * sizeof(__m512), score_slot);
+    return ts_krun(pool, &j, (2 * (size_t)B + 1) * sizeof(__m512),
+                   (w->nblk + SCORE_ITEM_BLOCKS - 1) / SCORE_ITEM_BLOCKS, score_item);
 }
 
 const ts_kernel_family ts_kernel_family_avx512 = {"avx512", avx512_forward, avx512_backward_x,

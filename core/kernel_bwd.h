@@ -82,25 +82,21 @@ static void BWD_PREFIX(unbin)(const ts_kjob *j, int64_t g, int64_t b0, const BV 
     }
 }
 
-static void BWD_PREFIX(slot)(void *arg, int64_t s0, int64_t s1)
+/* Item i: groups [BWD_SGROUPS·i, +BWD_SGROUPS), every batch row. */
+static void BWD_PREFIX(item)(void *arg, int slot, int64_t i)
 {
     const ts_kjob *j = arg;
     const ts_weights *w = j->w;
-    for (int64_t s = s0; s < s1; s++) {
-        BV *bins = (BV *)(j->scratch + (size_t)s * j->slot_bytes);
-        float *dyT = (float *)(bins + w->ntr * 27);
-        float *ST = dyT + w->rows * BWD_LANES;
-        int64_t g0, g1;
-        ts_ksplit(w->gpr, 1, j->slots, (int)s, &g0, &g1);
-        for (int64_t b0 = 0; b0 < j->B; b0 += BWD_LANES) {
-            BWD_PREFIX(transpose_dy)(j, b0, dyT);
-            for (int64_t g = g0; g < g1; g++) {
-                if (g == g0 || g % BWD_SGROUPS == 0)
-                    BWD_PREFIX(scales)(w, j->S, g, ST);
-                int64_t base = g - g % BWD_SGROUPS > g0 ? g - g % BWD_SGROUPS : g0;
-                BWD_PREFIX(bin_rows)(j, g, dyT, ST + (g - base), bins);
-                BWD_PREFIX(unbin)(j, g, b0, bins);
-            }
+    BV *bins = (BV *)(j->scratch + (size_t)slot * j->slot_bytes);
+    float *dyT = (float *)(bins + w->ntr * 27);
+    float *ST = dyT + w->rows * BWD_LANES;
+    int64_t g0 = i * BWD_SGROUPS, g1 = g0 + BWD_SGROUPS < w->gpr ? g0 + BWD_SGROUPS : w->gpr;
+    BWD_PREFIX(scales)(w, j->S, g0, ST);
+    for (int64_t b0 = 0; b0 < j->B; b0 += BWD_LANES) {
+        BWD_PREFIX(transpose_dy)(j, b0, dyT);
+        for (int64_t g = g0; g < g1; g++) {
+            BWD_PREFIX(bin_rows)(j, g, dyT, ST + (g - g0), bins);
+            BWD_PREFIX(unbin)(j, g, b0, bins);
         }
     }
 }
@@ -111,5 +107,5 @@ static int BWD_PREFIX(backward_x)(const ts_weights *w, const float *S, const flo
     size_t bins = (size_t)w->ntr * 27 * sizeof(BV);
     ts_kjob j = {.w = w, .S = S, .dy = dy, .B = B, .out = dx};
     return ts_krun(pool, &j, bins + (size_t)w->rows * (BWD_LANES + BWD_SGROUPS) * sizeof(float),
-                   BWD_PREFIX(slot));
+                   (w->gpr + BWD_SGROUPS - 1) / BWD_SGROUPS, BWD_PREFIX(item));
 }

@@ -162,37 +162,29 @@ static void GEMM_PREFIX(chunk)(const ts_weights *w, const float *S, const float 
             y[(b0 + l) * w->rows + r] = ((const float *)(yT + (r - r0)))[l];
 }
 
-/* One slot: whole batch chunks when there are at least as many as slots, else a share of
- * the rows of one chunk. */
-static void GEMM_PREFIX(slot)(void *arg, int64_t s0, int64_t s1)
+/* Item i: rows part i % parts of batch chunk i / parts. */
+static void GEMM_PREFIX(item)(void *arg, int slot, int64_t i)
 {
     const ts_kjob *j = arg;
-    int64_t nbc = (j->B + LANES - 1) / LANES, rows = j->w->rows;
-    for (int64_t s = s0; s < s1; s++) {
-        VEC *tab = (VEC *)(j->scratch + (size_t)s * j->slot_bytes), *yT = tab + GEMM_TABLE;
-        if (nbc >= j->slots) {
-            int64_t c0, c1;
-            ts_ksplit(nbc, 1, j->slots, (int)s, &c0, &c1);
-            for (int64_t c = c0; c < c1; c++)
-                GEMM_PREFIX(chunk)(j->w, j->S, j->x, j->B, c * LANES, 0, rows, j->out, tab, yT);
-        } else {
-            int64_t c = s % nbc, parts = (j->slots - c + nbc - 1) / nbc, r0, r1;
-            ts_ksplit(rows, TS_RB, (int)parts, (int)(s / nbc), &r0, &r1);
-            if (r0 < r1)
-                GEMM_PREFIX(chunk)(j->w, j->S, j->x, j->B, c * LANES, r0, r1, j->out, tab, yT);
-        }
-    }
+    VEC *tab = (VEC *)(j->scratch + (size_t)slot * j->slot_bytes), *yT = tab + GEMM_TABLE;
+    int64_t r0, r1;
+    ts_ksplit(j->w->rows, TS_RB, (int)j->parts, (int)(i % j->parts), &r0, &r1);
+    if (r0 < r1)
+        GEMM_PREFIX(chunk)(j->w, j->S, j->x, j->B, i / j->parts * LANES, r0, r1, j->out, tab, yT);
 }
 
 static int GEMM_PREFIX(forward)(const ts_weights *w, const float *S, const float *x, int64_t B,
                                 float *y, ts_pool *pool)
 {
+    /* Whole batch chunks when there are enough to share; else each chunk in row parts, two
+     * per thread (a thread the scheduler keeps waiting leaves less behind). */
     int slots = ts_kslots(pool, w, B);
     int64_t nbc = (B + LANES - 1) / LANES;
-    int64_t max_rows = nbc >= slots ? w->rows : (w->rows + TS_RB - 1) / TS_RB * TS_RB;
-    size_t rows_pad = (size_t)max_rows + TS_RB;
-    ts_kjob j = {.w = w, .S = S, .x = x, .B = B, .out = y};
+    int64_t parts = nbc >= 2 * slots ? 1 : (2 * slots + nbc - 1) / nbc;
+    parts = parts < w->nblk ? parts : w->nblk;
+    size_t rows_pad = (size_t)((w->nblk + parts - 1) / parts + 1) * TS_RB;
+    ts_kjob j = {.w = w, .S = S, .x = x, .B = B, .out = y, .parts = parts};
     return ts_krun(pool, &j,
                    (GEMM_TABLE + rows_pad) * sizeof(VEC) + GEMM_SGROUPS * rows_pad * sizeof(float),
-                   GEMM_PREFIX(slot));
+                   nbc * parts, GEMM_PREFIX(item));
 }

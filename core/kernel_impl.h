@@ -95,11 +95,10 @@ extern const ts_kernel_family ts_kernel_family_avx512;
 void *ts_kscratch_get(ts_pool *pool, size_t bytes);
 void ts_kscratch_put(ts_pool *pool, void *p);
 
-/* The number of work slots a kernel splits a call into: one per pool thread, but no more
- * than one per TS_KSLOT_WORK weight·batch rows (~25 µs of work): threads meet once per
- * call, and on a busy machine a meeting can cost more than splitting a small call saves.
- * Kernels run ts_pool_run(pool, slots, 1, ...) so that each call of the job function gets
- * exactly one slot index, which owns slice `slot` of the scratch. */
+/* The number of threads a kernel call uses: the pool's, but no more than one per
+ * TS_KSLOT_WORK weight·batch rows (~25 µs of work): on a busy machine waking a thread can
+ * cost more than splitting a small call saves. Each thread owns slice `slot` of the
+ * scratch. */
 #define TS_KSLOT_WORK ((int64_t)1 << 20)
 int64_t ts_kslot_work(void);   /* TS_KSLOT_WORK, or TSCALE_KERNEL_SLOT_WORK (for tests) */
 static inline int ts_kslots(ts_pool *pool, const ts_weights *w, int64_t B)
@@ -109,21 +108,24 @@ static inline int ts_kslots(ts_pool *pool, const ts_weights *w, int64_t B)
     return by_work < 1 ? 1 : by_work < threads ? (int)by_work : threads;
 }
 
-/* One kernel call split into slots: its operands and the slots' scratch. */
+/* One kernel call split into items (ts_pool_run_items): its operands and the slots'
+ * (threads') scratch. */
 typedef struct {
     const ts_weights *w;
     const float *S, *x, *dy;   /* what the call reads (the others NULL) */
     int64_t B;
     float *out;                /* y or dx */
     int64_t *score;
+    int64_t parts;             /* the kernel's own split (e.g. row parts per batch chunk) */
     char *scratch;             /* slot s owns slot_bytes from s·slot_bytes (64-aligned) */
     size_t slot_bytes;
     int slots;
 } ts_kjob;
 
-/* Run fn(j, s, s+1) for every slot s, with slot_bytes of scratch each (rounded up to 64).
- * Returns 0, or -1 when there is no memory for the scratch (nothing ran). */
-int ts_krun(ts_pool *pool, ts_kjob *j, size_t slot_bytes, ts_pool_fn fn);
+/* Run fn(j, slot, item) for every item of [0, n_items) on up to ts_kslots threads, with
+ * slot_bytes of scratch per thread (rounded up to 64). Returns 0, or -1 when there is no
+ * memory for the scratch (nothing ran). */
+int ts_krun(ts_pool *pool, ts_kjob *j, size_t slot_bytes, int64_t n_items, ts_pool_item_fn fn);
 
 /* Split [0, n) into `parts` contiguous ranges aligned to `align`; range i is [*b, *e). */
 static inline void ts_ksplit(int64_t n, int64_t align, int parts, int i, int64_t *b, int64_t *e)

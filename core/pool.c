@@ -16,6 +16,7 @@
 #include <time.h>
 
 #define SPIN_NS 200000   /* how long an idle worker waits for the next job before sleeping */
+#define ITEMS_JOB 0x8000 /* in the generation's low 16 bits: a ts_pool_run_items job */
 
 typedef struct {
     struct ts_pool *pool;
@@ -39,6 +40,14 @@ struct ts_pool {
     ts_pool_fn fn;
     void *arg;
     int64_t n;
+    /* the current items job (ts_pool_run_items): atomics, because a worker that wakes late
+     * may read them while the next job is being set up; it then fails to claim (claim's
+     * job id changed) and ignores what it read. */
+    _Atomic(ts_pool_item_fn) item_fn;
+    _Atomic(void *) item_arg;
+    atomic_int_fast64_t item_n;
+    atomic_uint_fast64_t claim;        /* (job id << 32) | next item */
+    atomic_int_fast64_t items_done;
     /* scratch for kernels */
     void *scratch;
     size_t scratch_bytes;
@@ -75,8 +84,11 @@ static uint64_t wait_job(ts_pool *pool, uint64_t seen)
         if (g != seen || atomic_load(&pool->shutdown))
             return g;
         cpu_relax();
-        if (i % 256 == 0 && now_ns() > until)
-            break;
+        if (i % 256 == 0) {
+            if (now_ns() > until)
+                break;
+            sched_yield();   /* more threads than cores: let the one with work run */
+        }
     }
     pthread_mutex_lock(&pool->lock);
     pool->sleeping++;
@@ -89,6 +101,27 @@ static uint64_t wait_job(ts_pool *pool, uint64_t seen)
     return g;
 }
 
+/* Claim and run items of job `id` until none is left or the job is over. */
+static void run_items(ts_pool *pool, uint32_t id, int slot)
+{
+    uint64_t c = atomic_load_explicit(&pool->claim, memory_order_acquire);
+    for (;;) {
+        /* Read after an acquire of claim: the values of the job claim names (or of a later
+         * one, and then the claim below fails). */
+        ts_pool_item_fn fn = atomic_load_explicit(&pool->item_fn, memory_order_relaxed);
+        void *arg = atomic_load_explicit(&pool->item_arg, memory_order_relaxed);
+        int64_t n = atomic_load_explicit(&pool->item_n, memory_order_relaxed);
+        if ((uint32_t)(c >> 32) != id || (int64_t)(c & 0xffffffffu) >= n)
+            return;
+        if (!atomic_compare_exchange_weak_explicit(&pool->claim, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;   /* c holds the new value */
+        fn(arg, slot, (int64_t)(c & 0xffffffffu));
+        atomic_fetch_add_explicit(&pool->items_done, 1, memory_order_release);
+        c = atomic_load_explicit(&pool->claim, memory_order_acquire);
+    }
+}
+
 static void *worker_main(void *p)
 {
     ts_worker *w = p;
@@ -98,6 +131,10 @@ static void *worker_main(void *p)
         seen = wait_job(pool, seen);
         if (atomic_load(&pool->shutdown))
             break;
+        if (seen & ITEMS_JOB) {
+            run_items(pool, (uint32_t)(seen >> 16), w->index);
+            continue;
+        }
         int chunks = (int)(seen & 0xffff);
         if (w->index >= chunks)
             continue;   /* this job has fewer chunks than threads */
@@ -111,7 +148,7 @@ static void *worker_main(void *p)
 
 ts_pool *ts_pool_new(int n_threads)
 {
-    if (n_threads < 1 || n_threads > 0xffff)
+    if (n_threads < 1 || n_threads >= ITEMS_JOB)
         return NULL;
     ts_pool *pool = calloc(1, sizeof *pool);
     if (!pool)
@@ -127,6 +164,11 @@ ts_pool *ts_pool_new(int n_threads)
     atomic_init(&pool->generation, 0);
     atomic_init(&pool->shutdown, 0);
     atomic_init(&pool->pending, 0);
+    atomic_init(&pool->item_fn, NULL);
+    atomic_init(&pool->item_arg, NULL);
+    atomic_init(&pool->item_n, 0);
+    atomic_init(&pool->claim, 0);
+    atomic_init(&pool->items_done, 0);
     for (int i = 1; i < n_threads; i++) {
         ts_worker *w = &pool->workers[i - 1];
         w->pool = pool;
@@ -159,6 +201,28 @@ void ts_pool_free(ts_pool *pool)
 
 int ts_pool_threads(const ts_pool *pool) { return pool ? pool->n_threads : 1; }
 
+/* Publish the next job (what the generation's low 16 bits say) and wake the workers. */
+static void publish(ts_pool *pool, uint64_t low)
+{
+    uint64_t g = atomic_load_explicit(&pool->generation, memory_order_relaxed);
+    atomic_store_explicit(&pool->generation, ((g >> 16) + 1) << 16 | low, memory_order_release);
+    /* A worker that checked the generation before the increment is either still spinning
+     * (it will see it) or counted in sleeping under the lock (it gets the broadcast). */
+    pthread_mutex_lock(&pool->lock);
+    if (pool->sleeping)
+        pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->lock);
+}
+
+static void wait_until(atomic_int_fast64_t *counter, int64_t value)
+{
+    for (unsigned i = 1; atomic_load_explicit(counter, memory_order_acquire) < value; i++) {
+        cpu_relax();
+        if (i % 1024 == 0)
+            sched_yield();   /* a worker was descheduled: let it run */
+    }
+}
+
 void ts_pool_run(ts_pool *pool, int64_t n, int64_t min_chunk, ts_pool_fn fn, void *arg)
 {
     if (n <= 0)
@@ -177,15 +241,7 @@ void ts_pool_run(ts_pool *pool, int64_t n, int64_t min_chunk, ts_pool_fn fn, voi
     pool->arg = arg;
     pool->n = n;
     atomic_store_explicit(&pool->pending, chunks - 1, memory_order_relaxed);
-    uint64_t g = atomic_load_explicit(&pool->generation, memory_order_relaxed);
-    atomic_store_explicit(&pool->generation, ((g >> 16) + 1) << 16 | (uint64_t)chunks,
-                          memory_order_release);
-    /* A worker that checked the generation before the increment is either still spinning
-     * (it will see it) or counted in sleeping under the lock (it gets the broadcast). */
-    pthread_mutex_lock(&pool->lock);
-    if (pool->sleeping)
-        pthread_cond_broadcast(&pool->wake);
-    pthread_mutex_unlock(&pool->lock);
+    publish(pool, (uint64_t)chunks);
 
     int64_t begin, end;
     chunk_range(n, chunks, 0, &begin, &end);
@@ -196,6 +252,28 @@ void ts_pool_run(ts_pool *pool, int64_t n, int64_t min_chunk, ts_pool_fn fn, voi
         if (i % 1024 == 0)
             sched_yield();   /* a worker was descheduled: let it run */
     }
+}
+
+void ts_pool_run_items(ts_pool *pool, int64_t n_items, ts_pool_item_fn fn, void *arg)
+{
+    if (n_items <= 0)
+        return;
+    if (!pool || pool->n_threads == 1 || n_items == 1 || n_items > (int64_t)0xffffffff) {
+        for (int64_t i = 0; i < n_items; i++)
+            fn(arg, 0, i);
+        return;
+    }
+    /* The job id is the generation's counter that publish() is about to set. */
+    uint64_t g = atomic_load_explicit(&pool->generation, memory_order_relaxed);
+    uint32_t id = (uint32_t)((g >> 16) + 1);
+    atomic_store_explicit(&pool->item_fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&pool->item_arg, arg, memory_order_relaxed);
+    atomic_store_explicit(&pool->item_n, n_items, memory_order_relaxed);
+    atomic_store_explicit(&pool->items_done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->claim, (uint64_t)id << 32, memory_order_release);
+    publish(pool, ITEMS_JOB);
+    run_items(pool, id, 0);
+    wait_until(&pool->items_done, n_items);
 }
 
 void *ts_pool_scratch(ts_pool *pool, size_t bytes)

@@ -311,6 +311,51 @@ START_TEST(test_pool_scratch)
 }
 END_TEST
 
+/* ts_pool_run_items: every item once, slots in range, over many back-to-back jobs (a worker
+ * that wakes late must not run items of a job that is over, nor miss the next one). */
+typedef struct {
+    int threads;
+    int64_t n;
+    _Atomic int hits[1000];
+    _Atomic int bad_slot;
+} items_check;
+
+static void count_item(void *arg, int slot, int64_t item)
+{
+    items_check *c = arg;
+    if (slot < 0 || slot >= c->threads || item < 0 || item >= c->n)
+        c->bad_slot = 1;
+    else
+        c->hits[item]++;
+}
+
+START_TEST(test_pool_items)
+{
+    for (int threads = 1; threads <= 3; threads++) {
+        ts_pool *pool = ts_pool_new(threads);
+        ck_assert_ptr_nonnull(pool);
+        items_check *c = calloc(1, sizeof *c);
+        c->threads = threads;
+        for (int job = 0; job < 600; job++) {
+            c->n = job % 7 == 0 ? 0 : job % 1000;
+            for (int64_t i = 0; i < c->n; i++)
+                c->hits[i] = 0;
+            ts_pool_run_items(pool, c->n, count_item, c);
+            for (int64_t i = 0; i < c->n; i++)
+                ck_assert_msg(c->hits[i] == 1, "threads %d job %d: item %lld ran %d times",
+                              threads, job, (long long)i, c->hits[i]);
+            ck_assert_int_eq(c->bad_slot, 0);
+        }
+        free(c);
+        ts_pool_free(pool);
+    }
+    items_check one = {.threads = 1, .n = 5};
+    ts_pool_run_items(NULL, 5, count_item, &one);   /* no pool: in order, on this thread */
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(one.hits[i], 1);
+}
+END_TEST
+
 static Suite *kernel_suite(void)
 {
     Suite *s = suite_create("kernel");
@@ -321,11 +366,13 @@ static Suite *kernel_suite(void)
     tcase_add_test(tc, test_empty_batch);
     suite_add_tcase(s, tc);
     tc = tcase_create("layout");
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_layout_roundtrip);
     tcase_add_test(tc, test_layout_bytes);
     tcase_add_test(tc, test_build_refuses_bad_input);
     tcase_add_test(tc, test_family_choice);
     tcase_add_test(tc, test_pool_scratch);
+    tcase_add_test(tc, test_pool_items);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -705,61 +705,30 @@ const char *ts_jtape_kind_name(const ts_jtape *t, uint32_t i)
 
 /* ---- writer --------------------------------------------------------------------- */
 
-void ts_jbuf_reserve(ts_jbuf *b, size_t extra)
+void ts_json_put_float(ts_buf *b, float f)
 {
-    if (b->oom || b->cap - b->len > extra) return;   /* keep one byte for the NUL */
-    size_t ncap = b->cap ? b->cap : 256;
-    while (ncap - b->len <= extra) {
-        if (ncap > SIZE_MAX / 2) { b->oom = 1; return; }
-        ncap *= 2;
-    }
-    char *np = realloc(b->p, ncap);
-    if (!np) { b->oom = 1; return; }
-    b->p = np;
-    b->cap = ncap;
-}
-
-void ts_jbuf_put(ts_jbuf *b, const char *s, size_t n)
-{
-    ts_jbuf_reserve(b, n);
-    if (b->oom) return;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-void ts_jbuf_puts(ts_jbuf *b, const char *s) { ts_jbuf_put(b, s, strlen(s)); }
-
-void ts_jbuf_i64(ts_jbuf *b, int64_t v)
-{
-    char tmp[24];
-    int n = snprintf(tmp, sizeof tmp, "%lld", (long long)v);
-    ts_jbuf_put(b, tmp, (size_t)n);
-}
-
-void ts_jbuf_float(ts_jbuf *b, float f)
-{
-    if (!isfinite(f)) { ts_jbuf_put(b, "null", 4); return; }
-    ts_jbuf_reserve(b, 32);
+    if (!isfinite(f)) { ts_buf_put(b, "null", 4); return; }
+    ts_buf_reserve(b, 32);
     if (b->oom) return;
     b->len += ts_json_format_float(f, b->p + b->len);
 }
 
-void ts_jbuf_str(ts_jbuf *b, const char *str)
+void ts_json_put_str(ts_buf *b, const char *str)
 {
-    if (!str) { ts_jbuf_put(b, "null", 4); return; }
+    if (!str) { ts_buf_put(b, "null", 4); return; }
     const uint8_t *s = (const uint8_t *)str;
     size_t n = strlen(str);
-    ts_jbuf_put(b, "\"", 1);
+    ts_buf_put(b, "\"", 1);
     for (size_t i = 0; i < n;) {
         size_t run = i;
         while (run < n && s[run] >= 0x20 && s[run] < 0x80 && s[run] != '"' && s[run] != '\\') run++;
-        ts_jbuf_put(b, str + i, run - i);
+        ts_buf_put(b, str + i, run - i);
         if ((i = run) >= n) break;
         uint8_t c = s[i];
         if (c >= 0x80) {
             size_t l = utf8_len(s + i, n - i);
-            if (l) ts_jbuf_put(b, str + i, l);
-            else ts_jbuf_put(b, "\\ufffd", 6);
+            if (l) ts_buf_put(b, str + i, l);
+            else ts_buf_put(b, "\\ufffd", 6);
             i += l ? l : 1;
             continue;
         }
@@ -768,28 +737,8 @@ void ts_jbuf_str(ts_jbuf *b, const char *str)
                           : c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b"
                           : c == '\f' ? "\\f" : NULL;
         if (!named) { snprintf(esc, sizeof esc, "\\u%04x", c); named = esc; }
-        ts_jbuf_puts(b, named);
+        ts_buf_puts(b, named);
         i++;
     }
-    ts_jbuf_put(b, "\"", 1);
-}
-
-char *ts_jbuf_finish(ts_jbuf *b)
-{
-    ts_jbuf_reserve(b, 1);
-    char *p = NULL;
-    if (!b->oom) {
-        b->p[b->len] = 0;
-        p = b->p;
-    } else {
-        free(b->p);
-    }
-    memset(b, 0, sizeof *b);
-    return p;
-}
-
-void ts_jbuf_free(ts_jbuf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof *b);
+    ts_buf_put(b, "\"", 1);
 }

@@ -10,14 +10,16 @@
  * float(double(text)) -- the value Python, numpy and strtod-then-cast give, computed with
  * a fast exact path and strtod for the rare hard cases.
  *
- * The writer is a growing byte buffer with escaped strings and floats printed with the
- * fewest digits that read back to the same float32.
+ * The writers put escaped strings and floats printed with the fewest digits that read back
+ * to the same float32 into a growing byte buffer (buf.h).
  */
 #ifndef TS_JSON_LITE_H
 #define TS_JSON_LITE_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "buf.h"
 
 typedef enum {
     TS_JT_OBJ = 1, TS_JT_ARR, TS_JT_STR, TS_JT_INT, TS_JT_REAL, TS_JT_TRUE, TS_JT_FALSE, TS_JT_NULL
@@ -77,24 +79,11 @@ float ts_json_double_to_float(double d);
  * '.' or an exponent, so JSON readers see a real. f must be finite. Returns the length. */
 size_t ts_json_format_float(float f, char out[32]);
 
-/* Growing output buffer; oom latches on allocation failure (later writes do nothing). */
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int oom;
-} ts_jbuf;
-
-void ts_jbuf_reserve(ts_jbuf *b, size_t extra);
-void ts_jbuf_put(ts_jbuf *b, const char *s, size_t n);
-void ts_jbuf_puts(ts_jbuf *b, const char *s);
-void ts_jbuf_i64(ts_jbuf *b, int64_t v);
+/* Writers into a ts_buf (buf.h). */
 /* A finite float as ts_json_format_float; null for NaN/inf (never bare NaN tokens). */
-void ts_jbuf_float(ts_jbuf *b, float f);
+void ts_json_put_float(ts_buf *b, float f);
 /* s as a quoted JSON string: quotes, backslashes and control characters escaped, each
  * byte that is not part of valid UTF-8 replaced by U+FFFD. NULL writes null. */
-void ts_jbuf_str(ts_jbuf *b, const char *s);
-/* NUL-terminate and hand over the buffer (NULL after oom); b is reset. */
-char *ts_jbuf_finish(ts_jbuf *b);
-void ts_jbuf_free(ts_jbuf *b);
+void ts_json_put_str(ts_buf *b, const char *s);
 
 #endif

@@ -551,17 +551,17 @@ int ts_oip_output_binary(const ts_oip_request *req, const char *name)
 /* ---- responses ------------------------------------------------------------------ */
 
 /* {"model_name":..,"model_version":..,"id":.., -- the common head of both responses. */
-static void put_head(ts_jbuf *b, const char *model_name, const char *model_version, const char *id)
+static void put_head(ts_buf *b, const char *model_name, const char *model_version, const char *id)
 {
-    ts_jbuf_puts(b, "{\"model_name\":");
-    ts_jbuf_str(b, model_name ? model_name : "");
+    ts_buf_puts(b, "{\"model_name\":");
+    ts_json_put_str(b, model_name ? model_name : "");
     if (model_version) {
-        ts_jbuf_puts(b, ",\"model_version\":");
-        ts_jbuf_str(b, model_version);
+        ts_buf_puts(b, ",\"model_version\":");
+        ts_json_put_str(b, model_version);
     }
     if (id) {
-        ts_jbuf_puts(b, ",\"id\":");
-        ts_jbuf_str(b, id);
+        ts_buf_puts(b, ",\"id\":");
+        ts_json_put_str(b, id);
     }
 }
 
@@ -574,21 +574,21 @@ int ts_oip_build_response(const char *model_name, const char *model_version, con
     *json_len = -1;
     if (rows < 0 || cols < 0 || (cols && (uint64_t)rows > SIZE_MAX / 32 / (uint64_t)cols)) return -1;
     size_t n = (size_t)rows * (size_t)cols;
-    ts_jbuf b = { 0 };
-    ts_jbuf_reserve(&b, 256 + (binary ? n * 4 : n * 16));
+    ts_buf b = { 0 };
+    ts_buf_reserve(&b, 256 + (binary ? n * 4 : n * 16));
     put_head(&b, model_name, model_version, id);
-    ts_jbuf_puts(&b, ",\"outputs\":[{\"name\":");
-    ts_jbuf_str(&b, output_name);
-    ts_jbuf_puts(&b, ",\"datatype\":\"FP32\",\"shape\":[");
-    ts_jbuf_i64(&b, rows);
-    ts_jbuf_puts(&b, ",");
-    ts_jbuf_i64(&b, cols);
+    ts_buf_puts(&b, ",\"outputs\":[{\"name\":");
+    ts_json_put_str(&b, output_name);
+    ts_buf_puts(&b, ",\"datatype\":\"FP32\",\"shape\":[");
+    ts_buf_i64(&b, rows);
+    ts_buf_puts(&b, ",");
+    ts_buf_i64(&b, cols);
     if (binary) {
-        ts_jbuf_puts(&b, "],\"parameters\":{\"binary_data_size\":");
-        ts_jbuf_i64(&b, (int64_t)(n * 4));
-        ts_jbuf_puts(&b, "}}]}");
+        ts_buf_puts(&b, "],\"parameters\":{\"binary_data_size\":");
+        ts_buf_i64(&b, (int64_t)(n * 4));
+        ts_buf_puts(&b, "}}]}");
         size_t jl = b.len;
-        ts_jbuf_reserve(&b, n * 4);
+        ts_buf_reserve(&b, n * 4);
         if (!b.oom) {
             if (is_little_endian()) {
                 memcpy(b.p + b.len, data, n * 4);
@@ -603,15 +603,15 @@ int ts_oip_build_response(const char *model_name, const char *model_version, con
         }
         *json_len = (int64_t)jl;
     } else {
-        ts_jbuf_puts(&b, "],\"data\":[");
+        ts_buf_puts(&b, "],\"data\":[");
         for (size_t k = 0; k < n; k++) {
-            if (k) ts_jbuf_put(&b, ",", 1);
-            ts_jbuf_float(&b, data[k]);
+            if (k) ts_buf_put(&b, ",", 1);
+            ts_json_put_float(&b, data[k]);
         }
-        ts_jbuf_puts(&b, "]}]}");
+        ts_buf_puts(&b, "]}]}");
     }
-    size_t total = b.len;
-    char *p = ts_jbuf_finish(&b);
+    size_t total;
+    char *p = ts_buf_take(&b, &total);
     if (!p) { *json_len = -1; return -1; }
     *out = (uint8_t *)p;
     *outlen = total;
@@ -621,30 +621,30 @@ int ts_oip_build_response(const char *model_name, const char *model_version, con
 char *ts_oip_build_feedback_response(const char *model_name, const char *model_version,
                                      const char *id, int64_t step, double loss)
 {
-    ts_jbuf b = { 0 };
+    ts_buf b = { 0 };
     put_head(&b, model_name, model_version, id);
-    ts_jbuf_puts(&b, ",\"step\":");
-    ts_jbuf_i64(&b, step);
+    ts_buf_puts(&b, ",\"step\":");
+    ts_buf_i64(&b, step);
     if (!isnan(loss)) {
-        ts_jbuf_puts(&b, ",\"loss\":");
+        ts_buf_puts(&b, ",\"loss\":");
         if (isinf(loss)) {
-            ts_jbuf_puts(&b, "null");
+            ts_buf_puts(&b, "null");
         } else if ((double)ts_json_double_to_float(loss) == loss) {
-            ts_jbuf_float(&b, (float)loss);
+            ts_json_put_float(&b, (float)loss);
         } else {
             char tmp[32];
-            ts_jbuf_put(&b, tmp, (size_t)snprintf(tmp, sizeof tmp, "%.17g", loss));
+            ts_buf_put(&b, tmp, (size_t)snprintf(tmp, sizeof tmp, "%.17g", loss));
         }
     }
-    ts_jbuf_puts(&b, "}");
-    return ts_jbuf_finish(&b);
+    ts_buf_puts(&b, "}");
+    return ts_buf_take(&b, NULL);
 }
 
 char *ts_oip_error_json(const char *msg)
 {
-    ts_jbuf b = { 0 };
-    ts_jbuf_puts(&b, "{\"error\":");
-    ts_jbuf_str(&b, msg ? msg : "");
-    ts_jbuf_puts(&b, "}");
-    return ts_jbuf_finish(&b);
+    ts_buf b = { 0 };
+    ts_buf_puts(&b, "{\"error\":");
+    ts_json_put_str(&b, msg ? msg : "");
+    ts_buf_puts(&b, "}");
+    return ts_buf_take(&b, NULL);
 }

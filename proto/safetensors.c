@@ -24,6 +24,8 @@
 #include <unistd.h>
 
 #include "../core/trits.h"
+#include "buf.h"
+#include "json_lite.h"
 
 #define ST_MAX_HEADER 100000000u /* as safetensors: a larger header is refused */
 #define ST_FORMAT "1"
@@ -156,87 +158,24 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
 
 /* ── writer ── */
 
-/* A growing byte buffer; a failed allocation sticks (oom) and is checked once at the end. */
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int oom;
-} st_buf;
-
-static void buf_add(st_buf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void buf_str(st_buf *b, const char *s)
-{
-    buf_add(b, s, strlen(s));
-}
-
-static void buf_printf(st_buf *b, const char *fmt, ...)
-{
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    buf_add(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
-}
-
-/* A JSON string as serde_json (and Python's json with ensure_ascii=False) writes it:
- * short escapes where JSON has them, other control characters as \u00xx, the rest raw. */
-static void buf_json_string(st_buf *b, const char *s)
-{
-    buf_add(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        const char *esc = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\b' ? "\\b"
-                        : c == '\f' ? "\\f" : c == '\n' ? "\\n" : c == '\r' ? "\\r"
-                        : c == '\t' ? "\\t" : NULL;
-        if (esc)
-            buf_str(b, esc);
-        else if (c < 0x20)
-            buf_printf(b, "\\u%04x", c);
-        else
-            buf_add(b, (const char *)&c, 1);
-    }
-    buf_add(b, "\"", 1);
-}
-
 /* tscale.layers in its canonical compact form (keys in SPEC order). */
-static void buf_layers(st_buf *b, const ts_model *m)
+static void buf_layers(ts_buf *b, const ts_model *m)
 {
-    buf_add(b, "[", 1);
+    ts_buf_put(b, "[", 1);
     for (int i = 0; i < m->n_layers; i++) {
         const ts_layer_spec *s = &m->layers[i].spec;
         if (i)
-            buf_add(b, ",", 1);
-        buf_printf(b, "{\"type\":\"%s\"", ts_layer_kind_name(s->kind));
+            ts_buf_put(b, ",", 1);
+        ts_buf_printf(b, "{\"type\":\"%s\"", ts_layer_kind_name(s->kind));
         if (s->kind == TS_LAYER_LINEAR)
-            buf_printf(b, ",\"in_dim\":%" PRId64 ",\"out_dim\":%" PRId64 ",\"group_size\":%" PRId64
-                       ",\"bias\":%s", s->in_dim, s->out_dim, s->group_size,
-                       s->has_bias ? "true" : "false");
+            ts_buf_printf(b, ",\"in_dim\":%" PRId64 ",\"out_dim\":%" PRId64 ",\"group_size\":%" PRId64
+                          ",\"bias\":%s", s->in_dim, s->out_dim, s->group_size,
+                          s->has_bias ? "true" : "false");
         else if (s->kind == TS_LAYER_RMSNORM)
-            buf_printf(b, ",\"dim\":%" PRId64 ",\"group_size\":%" PRId64, s->in_dim, s->group_size);
-        buf_add(b, "}", 1);
+            ts_buf_printf(b, ",\"dim\":%" PRId64 ",\"group_size\":%" PRId64, s->in_dim, s->group_size);
+        ts_buf_put(b, "}", 1);
     }
-    buf_add(b, "]", 1);
+    ts_buf_put(b, "]", 1);
 }
 
 /* Data order: dtype alignment descending, then name (byte order). */
@@ -249,31 +188,36 @@ static int data_order(const void *a, const void *b)
 }
 
 /* The JSON header (unpadded) for tensors t[n] already in data order; sets their offsets. */
-static void buf_header(st_buf *b, const ts_model *m, const char *name, st_tensor *t, int n)
+static void buf_header(ts_buf *b, const ts_model *m, const char *name, st_tensor *t, int n)
 {
-    st_buf layers = {0};
+    ts_buf layers = {0};
     buf_layers(&layers, m);
-    b->oom |= layers.oom;
-    buf_str(b, "{\"__metadata__\":{\"tscale.format\":\"" ST_FORMAT "\",\"tscale.layers\":");
-    buf_json_string(b, layers.p ? layers.p : "");
-    free(layers.p);
+    char *layers_text = ts_buf_take(&layers, NULL);
+    if (!layers_text)
+        b->oom = 1;
+    /* JSON strings as serde_json (and Python's json with ensure_ascii=False) write them:
+     * short escapes where JSON has them, other control characters as \u00xx, the rest raw
+     * (the name is valid UTF-8: check_name). */
+    ts_buf_puts(b, "{\"__metadata__\":{\"tscale.format\":\"" ST_FORMAT "\",\"tscale.layers\":");
+    ts_json_put_str(b, layers_text ? layers_text : "");
+    free(layers_text);
     if (name) {
-        buf_str(b, ",\"tscale.name\":");
-        buf_json_string(b, name);
+        ts_buf_puts(b, ",\"tscale.name\":");
+        ts_json_put_str(b, name);
     }
-    buf_add(b, "}", 1);
+    ts_buf_put(b, "}", 1);
     uint64_t offset = 0;
     for (int k = 0; k < n; k++) {
         t[k].begin = offset;
         t[k].end = offset += tensor_bytes(&t[k]);
-        buf_printf(b, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", t[k].name, dtype_names[t[k].dtype]);
+        ts_buf_printf(b, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", t[k].name, dtype_names[t[k].dtype]);
         if (t[k].ndim)
-            buf_printf(b, "%" PRId64, t[k].count);
-        buf_printf(b, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", t[k].begin, t[k].end);
+            ts_buf_printf(b, "%" PRId64, t[k].count);
+        ts_buf_printf(b, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", t[k].begin, t[k].end);
     }
-    buf_add(b, "}", 1);
+    ts_buf_put(b, "}", 1);
     while (b->len % 8)
-        buf_add(b, " ", 1);
+        ts_buf_put(b, " ", 1);
 }
 
 /* A name must be a JSON string (valid UTF-8) short enough for readers to keep. */
@@ -302,12 +246,12 @@ int ts_safetensors_write(const ts_model *m, const char *name, uint8_t **out, siz
         specs[i] = m->layers[i].spec;
     int n = tensor_table(specs, m->n_layers, t);
     qsort(t, (size_t)n, sizeof *t, data_order);
-    st_buf b = {0};
+    ts_buf b = {0};
     buf_header(&b, m, name, t, n);
     uint64_t data = n ? t[n - 1].end : 0;
     uint8_t *file = b.oom ? NULL : malloc(8 + b.len + data);
     if (!file) {
-        free(b.p);
+        ts_buf_free(&b);
         free(t);
         return fail(err, errlen, "out of memory writing a model file (%" PRIu64 " bytes of tensors)",
                     data);
@@ -318,7 +262,7 @@ int ts_safetensors_write(const ts_model *m, const char *name, uint8_t **out, siz
         encode(m, &t[k], file + 8 + b.len + t[k].begin);
     *out = file;
     *outlen = 8 + b.len + data;
-    free(b.p);
+    ts_buf_free(&b);
     free(t);
     return 0;
 }

@@ -18,11 +18,11 @@ static void model_metadata(ts_served *s, ts_req *req) {
 }
 
 static void metrics(ts_server *srv, ts_req *req) {
-    ts_sbuf b = {0};
+    ts_buf b = {0};
     ts_metrics_render(&srv->metrics, &b);
     ts_engine_render_metrics(srv->engine, &b);
     size_t len;
-    char *text = ts_sbuf_take(&b, &len);
+    char *text = ts_buf_take(&b, &len);
     if (!text)
         ts_req_reply_error(req, 500, "out of memory rendering metrics");
     else

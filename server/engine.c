@@ -713,7 +713,7 @@ int ts_engine_idle(ts_engine *e) {
     return 1;
 }
 
-void ts_engine_render_metrics(ts_engine *e, ts_sbuf *out) {
+void ts_engine_render_metrics(ts_engine *e, ts_buf *out) {
     static const struct {
         const char *name, *type, *help;
     } fams[] = {
@@ -727,8 +727,8 @@ void ts_engine_render_metrics(ts_engine *e, ts_sbuf *out) {
         {"tscale_model_snapshot_failures_total", "counter", "Failed snapshot writes of the model."},
     };
     for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++) {
-        ts_sbuf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", fams[f].name, fams[f].help, fams[f].name,
-                       fams[f].type);
+        ts_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", fams[f].name, fams[f].help, fams[f].name,
+                      fams[f].type);
         for (ts_served *s = e->models; s; s = s->next) {
             double v;
             switch (f) {
@@ -743,7 +743,7 @@ void ts_engine_render_metrics(ts_engine *e, ts_sbuf *out) {
             }
             if (isnan(v))
                 continue;
-            ts_sbuf_printf(out, "%s{model=\"%s\"} %.17g\n", fams[f].name, s->name, v);
+            ts_buf_printf(out, "%s{model=\"%s\"} %.17g\n", fams[f].name, s->name, v);
         }
     }
 }

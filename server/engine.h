@@ -42,10 +42,10 @@
 
 #include "../core/model.h"
 #include "../core/pool.h"
+#include "../proto/buf.h"
 #include "../proto/safetensors.h"
 #include "http.h"
 #include "metrics.h"
-#include "sbuf.h"
 #include "store.h"
 
 typedef struct ts_engine ts_engine;
@@ -124,6 +124,6 @@ void ts_engine_drain(ts_engine *e);
 int ts_engine_idle(ts_engine *e);
 
 /* Per-model Prometheus lines (step, feedback steps, last loss, queue depth, snapshots). */
-void ts_engine_render_metrics(ts_engine *e, ts_sbuf *out);
+void ts_engine_render_metrics(ts_engine *e, ts_buf *out);
 
 #endif

@@ -54,28 +54,28 @@ void ts_hist_observe(ts_hist *h, uint64_t value) {
     atomic_fetch_add_explicit(&h->sum, value, memory_order_relaxed);
 }
 
-void ts_hist_render(ts_hist *h, const char *name, const char *labels, ts_sbuf *out) {
+void ts_hist_render(ts_hist *h, const char *name, const char *labels, ts_buf *out) {
     uint64_t cum = 0;
     const char *sep = labels[0] ? "," : "";
     for (int i = 0; i <= h->n_bounds; i++) {
         cum += atomic_load_explicit(&h->buckets[i], memory_order_relaxed);
         if (i < h->n_bounds)
-            ts_sbuf_printf(out, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, h->bounds[i],
-                           (unsigned long long)cum);
+            ts_buf_printf(out, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, h->bounds[i],
+                          (unsigned long long)cum);
         else
-            ts_sbuf_printf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep,
-                           (unsigned long long)cum);
+            ts_buf_printf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep,
+                          (unsigned long long)cum);
     }
     const char *open = labels[0] ? "{" : "", *close = labels[0] ? "}" : "";
-    ts_sbuf_printf(out, "%s_sum%s%s%s %.6f\n", name, open, labels, close,
-                   (double)atomic_load_explicit(&h->sum, memory_order_relaxed) / h->scale);
-    ts_sbuf_printf(out, "%s_count%s%s%s %llu\n", name, open, labels, close,
-                   (unsigned long long)atomic_load_explicit(&h->count, memory_order_relaxed));
+    ts_buf_printf(out, "%s_sum%s%s%s %.6f\n", name, open, labels, close,
+                  (double)atomic_load_explicit(&h->sum, memory_order_relaxed) / h->scale);
+    ts_buf_printf(out, "%s_count%s%s%s %llu\n", name, open, labels, close,
+                  (unsigned long long)atomic_load_explicit(&h->count, memory_order_relaxed));
 }
 
-static void render_kind_hist(ts_hist *hs, const char *name, const char *help, ts_sbuf *out) {
+static void render_kind_hist(ts_hist *hs, const char *name, const char *help, ts_buf *out) {
     static const char *const kinds[TS_KIND_COUNT] = {"infer", "feedback"};
-    ts_sbuf_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    ts_buf_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     for (int k = 0; k < TS_KIND_COUNT; k++) {
         char labels[32];
         snprintf(labels, sizeof labels, "kind=\"%s\"", kinds[k]);
@@ -83,14 +83,14 @@ static void render_kind_hist(ts_hist *hs, const char *name, const char *help, ts
     }
 }
 
-static void render_counter(ts_sbuf *out, const char *name, const char *help, _Atomic uint64_t *v) {
-    ts_sbuf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
-                   (unsigned long long)atomic_load_explicit(v, memory_order_relaxed));
+static void render_counter(ts_buf *out, const char *name, const char *help, _Atomic uint64_t *v) {
+    ts_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+                  (unsigned long long)atomic_load_explicit(v, memory_order_relaxed));
 }
 
-void ts_metrics_render(ts_metrics *m, ts_sbuf *out) {
-    ts_sbuf_printf(out, "# HELP tscale_requests_total HTTP requests answered, by endpoint and status.\n"
-                        "# TYPE tscale_requests_total counter\n");
+void ts_metrics_render(ts_metrics *m, ts_buf *out) {
+    ts_buf_printf(out, "# HELP tscale_requests_total HTTP requests answered, by endpoint and status.\n"
+                       "# TYPE tscale_requests_total counter\n");
     for (int e = 0; e <= TS_EP_COUNT; e++)
         for (int c = 0; c < TS_METRIC_CODES; c++) {
             uint64_t v = atomic_load_explicit(&m->requests[e][c], memory_order_relaxed);
@@ -101,8 +101,8 @@ void ts_metrics_render(ts_metrics *m, ts_sbuf *out) {
                 snprintf(code, sizeof code, "%d", codes[c]);
             else
                 snprintf(code, sizeof code, "other");
-            ts_sbuf_printf(out, "tscale_requests_total{endpoint=\"%s\",code=\"%s\"} %llu\n",
-                           ts_endpoint_name((ts_endpoint)e), code, (unsigned long long)v);
+            ts_buf_printf(out, "tscale_requests_total{endpoint=\"%s\",code=\"%s\"} %llu\n",
+                          ts_endpoint_name((ts_endpoint)e), code, (unsigned long long)v);
         }
     render_kind_hist(m->queue_us, "tscale_queue_seconds",
                      "Time from a request entering its model's queue to its compute starting.", out);
@@ -110,8 +110,8 @@ void ts_metrics_render(ts_metrics *m, ts_sbuf *out) {
                      "Duration of compute jobs (one forward batch or one feedback step).", out);
     render_kind_hist(m->total_us, "tscale_request_seconds",
                      "Time from a request fully received to its response ready.", out);
-    ts_sbuf_printf(out, "# HELP tscale_batch_rows Rows per inference forward (dynamic batching).\n"
-                        "# TYPE tscale_batch_rows histogram\n");
+    ts_buf_printf(out, "# HELP tscale_batch_rows Rows per inference forward (dynamic batching).\n"
+                       "# TYPE tscale_batch_rows histogram\n");
     ts_hist_render(&m->batch_rows, "tscale_batch_rows", "", out);
     render_counter(out, "tscale_batches_total", "Inference forwards run.", &m->batches);
     render_counter(out, "tscale_queue_full_total", "Requests refused (503) because the queue was full.",
@@ -119,12 +119,12 @@ void ts_metrics_render(ts_metrics *m, ts_sbuf *out) {
     render_counter(out, "tscale_snapshots_total", "Snapshots written.", &m->snapshots_ok);
     render_counter(out, "tscale_snapshot_failures_total", "Snapshot writes that failed.",
                    &m->snapshots_failed);
-    ts_sbuf_printf(out, "# HELP tscale_snapshot_seconds Snapshot write duration.\n"
-                        "# TYPE tscale_snapshot_seconds histogram\n");
+    ts_buf_printf(out, "# HELP tscale_snapshot_seconds Snapshot write duration.\n"
+                       "# TYPE tscale_snapshot_seconds histogram\n");
     ts_hist_render(&m->snapshot_us, "tscale_snapshot_seconds", "", out);
-    ts_sbuf_printf(out, "# HELP tscale_snapshot_copy_seconds Snapshot state copy on the serving loop "
-                        "(serving of the model waits for it).\n"
-                        "# TYPE tscale_snapshot_copy_seconds histogram\n");
+    ts_buf_printf(out, "# HELP tscale_snapshot_copy_seconds Snapshot state copy on the serving loop "
+                       "(serving of the model waits for it).\n"
+                       "# TYPE tscale_snapshot_copy_seconds histogram\n");
     ts_hist_render(&m->snapshot_copy_us, "tscale_snapshot_copy_seconds", "", out);
 }
 

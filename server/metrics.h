@@ -12,8 +12,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "../proto/buf.h"
 #include "route.h"
-#include "sbuf.h"
 
 #define TS_HIST_BUCKETS 20
 
@@ -48,9 +48,9 @@ void ts_metrics_init(ts_metrics *m);
 void ts_metrics_count_request(ts_metrics *m, ts_endpoint ep, int status);
 void ts_hist_observe(ts_hist *h, uint64_t value);
 /* Append the text exposition of everything in m. */
-void ts_metrics_render(ts_metrics *m, ts_sbuf *out);
+void ts_metrics_render(ts_metrics *m, ts_buf *out);
 /* Render one histogram as NAME{labels} (labels may be "" or e.g. "kind=\"infer\""). */
-void ts_hist_render(ts_hist *h, const char *name, const char *labels, ts_sbuf *out);
+void ts_hist_render(ts_hist *h, const char *name, const char *labels, ts_buf *out);
 
 /* Monotonic microseconds, for latencies. */
 uint64_t ts_now_us(void);

@@ -1,5 +1,5 @@
-/* test_oip.c — unit tests of the OIP wire format (proto/oip.c) and its JSON reader and
- * writer (proto/json_lite.c): conversions, shapes, binary data that lies, limits, response
+/* test_oip.c — unit tests of the OIP wire format (proto/oip.c), its JSON reader and
+ * writer (proto/json_lite.c) and their byte buffer (proto/buf.c): conversions, shapes, binary data that lies, limits, response
  * round trips, escaping, and a random-mutation loop. */
 #include <check.h>
 #include <float.h>
@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/buf.h"
 #include "proto/json_lite.h"
 #include "proto/oip.h"
 
@@ -997,6 +998,65 @@ START_TEST(test_large_request)
 }
 END_TEST
 
+/* ---- byte buffer ---- */
+
+START_TEST(buf_builds)
+{
+    ts_buf b = {0};
+    for (int i = 0; i < 1000; i++)
+        ts_buf_printf(&b, "%d,", i);
+    ts_buf_put(&b, "end", 3);
+    size_t len;
+    char *s = ts_buf_take(&b, &len);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_uint_eq(len, strlen(s));
+    ck_assert(strncmp(s, "0,1,2,", 6) == 0);
+    ck_assert(strcmp(s + len - 7, "999,end") == 0);
+    free(s);
+    ck_assert_ptr_null(b.p);
+    /* printf text longer than the room left (and than the first allocation) is whole */
+    char big[1001];
+    memset(big, 'x', 1000);
+    big[1000] = 0;
+    ts_buf_puts(&b, "<");
+    ts_buf_printf(&b, "%s>%d", big, 7);
+    s = ts_buf_take(&b, &len);
+    ck_assert_uint_eq(len, 1003);
+    ck_assert(s[0] == '<' && strcmp(s + 1001, ">7") == 0 && strspn(s + 1, "x") == 1000);
+    free(s);
+    /* an empty buffer hands over "" */
+    s = ts_buf_take(&b, &len);
+    ck_assert_str_eq(s, "");
+    ck_assert_uint_eq(len, 0);
+    free(s);
+}
+END_TEST
+
+/* A failed allocation sticks: later writes do nothing and take gives NULL, once. */
+START_TEST(buf_oom_sticks)
+{
+    ts_buf b = {0};
+    ts_buf_puts(&b, "abc");
+    ts_buf_reserve(&b, SIZE_MAX - 8);   /* cannot be had: fails like a refused realloc */
+    ck_assert(b.oom);
+    ts_buf_puts(&b, "def");
+    ts_buf_printf(&b, "%d", 42);
+    ts_buf_i64(&b, 42);
+    ts_json_put_str(&b, "x");
+    ts_json_put_float(&b, 1.0f);
+    ck_assert_uint_eq(b.len, 3);
+    size_t len = 99;
+    ck_assert_ptr_null(ts_buf_take(&b, &len));
+    ck_assert_uint_eq(len, 99);
+    ck_assert_ptr_null(b.p);
+    ck_assert(!b.oom);   /* ready again */
+    ts_buf_i64(&b, INT64_MIN);
+    char *s = ts_buf_take(&b, NULL);
+    ck_assert_str_eq(s, "-9223372036854775808");
+    free(s);
+}
+END_TEST
+
 static Suite *oip_suite(void)
 {
     Suite *s = suite_create("oip");
@@ -1040,6 +1100,10 @@ static Suite *oip_suite(void)
     tcase_add_test(tc, test_seeds);
     tcase_add_test(tc, test_mutation_fuzz);
     tcase_add_test(tc, test_large_request);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("buffer");
+    tcase_add_test(tc, buf_builds);
+    tcase_add_test(tc, buf_oom_sticks);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,7 +1,7 @@
 /* test_server.c — unit tests of the daemon's pure pieces: routing (route.h), bearer tokens
  * and the loopback rule (auth.h), the configuration table (config.h), the file hash
- * (hash.h) and the string buffer (sbuf.h). The rest of the daemon is tested end to end
- * (tests/e2e/). */
+ * (hash.h). The rest of the daemon is tested end to end (tests/e2e/); the byte buffer
+ * (proto/buf.h) in test_oip.c. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <netinet/in.h>
@@ -15,7 +15,6 @@
 #include "server/config.h"
 #include "server/hash.h"
 #include "server/route.h"
-#include "server/sbuf.h"
 
 /* ---- route ---- */
 
@@ -350,7 +349,7 @@ START_TEST(config_listen_split)
 }
 END_TEST
 
-/* ---- hash, sbuf ---- */
+/* ---- hash ---- */
 
 START_TEST(hash_stable_and_sensitive)
 {
@@ -372,23 +371,6 @@ START_TEST(hash_stable_and_sensitive)
 }
 END_TEST
 
-START_TEST(sbuf_builds)
-{
-    ts_sbuf b = {0};
-    for (int i = 0; i < 1000; i++)
-        ts_sbuf_printf(&b, "%d,", i);
-    ts_sbuf_append(&b, "end", 3);
-    size_t len;
-    char *s = ts_sbuf_take(&b, &len);
-    ck_assert_ptr_nonnull(s);
-    ck_assert_uint_eq(len, strlen(s));
-    ck_assert(strncmp(s, "0,1,2,", 6) == 0);
-    ck_assert(strcmp(s + len - 7, "999,end") == 0);
-    free(s);
-    ck_assert_ptr_null(b.data);
-}
-END_TEST
-
 static Suite *server_suite(void)
 {
     Suite *s = suite_create("server");
@@ -403,7 +385,6 @@ static Suite *server_suite(void)
     tcase_add_test(tc, config_errors);
     tcase_add_test(tc, config_listen_split);
     tcase_add_test(tc, hash_stable_and_sensitive);
-    tcase_add_test(tc, sbuf_builds);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -14,6 +14,7 @@
 #include "core/pool.h"
 #include "core/trits.h"
 #include "golden.h"
+#include "testutil.h"
 
 /* A small deterministic generator for test data. */
 static uint64_t lcg(uint64_t *s)
@@ -770,9 +771,5 @@ static Suite *core_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(core_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(core_suite());
 }

@@ -16,22 +16,9 @@
 #include "tests/fuzz/fuzz_oip.c"
 #include "tests/fuzz/fuzz_oip_binary.c"
 #include "tests/fuzz/fuzz_safetensors.c"
+#include "testutil.h"
 
 typedef int (*fuzz_fn)(const uint8_t *, size_t);
-
-static uint8_t *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s (run the tests from the repository root)", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
 
 /* Run fn on every regular file in dir whose name ends with suffix (NULL: any); returns how
  * many. A missing directory counts as empty. */
@@ -52,7 +39,7 @@ static int replay_dir(fuzz_fn fn, const char *dir, const char *suffix)
         if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
             continue;
         size_t len;
-        uint8_t *buf = read_file(path, &len);
+        uint8_t *buf = slurp(path, &len);
         /* The input in an allocation of exactly its size, as libFuzzer gives it. */
         uint8_t *exact = malloc(len ? len : 1);
         memcpy(exact, buf, len);
@@ -130,9 +117,5 @@ int main(void)
     tcase_add_test(tc, admin_seeds_and_regressions);
     tcase_add_test(tc, tiny_inputs);
     suite_add_tcase(s, tc);
-    SRunner *r = srunner_create(s);
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(s);
 }

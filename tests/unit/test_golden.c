@@ -13,6 +13,7 @@
 #include "core/model.h"
 #include "core/pool.h"
 #include "golden.h"
+#include "testutil.h"
 
 static char **g_cases;   /* case names, read in main before the tests are registered */
 static int g_n_cases;
@@ -155,10 +156,7 @@ int main(void)
     tcase_add_test(tc, test_golden_list);
     tcase_add_loop_test(tc, test_golden_case, 0, 2 * g_n_cases);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int rc = run_suite(s);
     golden_cases_free(g_cases, g_n_cases);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return rc;
 }

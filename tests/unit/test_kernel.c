@@ -17,6 +17,7 @@
 #include "core/kernel.h"
 #include "core/pool.h"
 #include "core/trits.h"
+#include "testutil.h"
 
 static const char *families[] = {"portable", "avx2", "avx512"};
 
@@ -381,9 +382,5 @@ int main(void)
 {
     /* Split even the small test shapes between the threads (see ts_kslots). */
     setenv("TSCALE_KERNEL_SLOT_WORK", "64", 1);
-    SRunner *sr = srunner_create(kernel_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(kernel_suite());
 }

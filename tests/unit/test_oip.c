@@ -13,6 +13,7 @@
 #include "proto/buf.h"
 #include "proto/json_lite.h"
 #include "proto/oip.h"
+#include "testutil.h"
 
 static ts_oip_request req;
 static char err[512];
@@ -792,13 +793,7 @@ static char *read_seed(const char *name, size_t *len)
 {
     char path[256];
     snprintf(path, sizeof path, "tests/data/oip/%s", name);
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s (run from the repository root)", path);
-    char *buf = malloc(4096);
-    *len = fread(buf, 1, 4095, f);
-    buf[*len] = 0;
-    fclose(f);
-    return buf;
+    return (char *)slurp(path, len);
 }
 
 START_TEST(test_seeds)
@@ -1110,9 +1105,5 @@ static Suite *oip_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(oip_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(oip_suite());
 }

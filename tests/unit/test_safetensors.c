@@ -22,23 +22,10 @@
 #include "core/forward.h"
 #include "core/model.h"
 #include "proto/safetensors.h"
+#include "testutil.h"
 
 #define MINI "tests/data/mini.safetensors"
 #define MINI_IO "tests/data/mini.io"
-
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s (run the tests from the repository root)", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)n + 1);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
 
 /* ── a file taken apart and put back together, to make malformed variants ── */
 
@@ -685,9 +672,7 @@ START_TEST(test_save_atomic_0600)
     snprintf(path, sizeof path, "%s/m.safetensors", dir);
     ts_model *m = ts_safetensors_load(MINI, name, err, sizeof err);
     ck_assert_msg(m != NULL, "%s", err);
-    FILE *f = fopen(path, "w");   /* an old file is replaced whole */
-    fputs("old", f);
-    fclose(f);
+    write_file(path, "old", 3);   /* an old file is replaced whole */
     ck_assert_int_eq(ts_safetensors_save(m, name, path, err, sizeof err), 0);
     struct stat st;
     ck_assert_int_eq(stat(path, &st), 0);
@@ -766,9 +751,5 @@ int main(void)
     tcase_add_test(tc, test_save_atomic_0600);
     tcase_add_test(tc, test_write_refuses_bad_name);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return run_suite(s);
 }

@@ -15,6 +15,7 @@
 #include "server/config.h"
 #include "server/hash.h"
 #include "server/route.h"
+#include "testutil.h"
 
 /* ---- route ---- */
 
@@ -175,14 +176,6 @@ START_TEST(auth_loopback)
     ck_assert(!ts_auth_is_loopback(NULL));
 }
 END_TEST
-
-static void write_file(const char *path, const char *content, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(fwrite(content, 1, n, f), n);
-    fclose(f);
-}
 
 START_TEST(auth_token_files)
 {
@@ -391,9 +384,5 @@ static Suite *server_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(server_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return run_suite(server_suite());
 }

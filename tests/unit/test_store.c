@@ -16,6 +16,7 @@
 #include "core/model.h"
 #include "server/migrations.h"
 #include "server/store.h"
+#include "testutil.h"
 
 #define ARCH "rmsnorm:12/gs5,linear:12x7/gs4+bias,gelu,linear:7x9/gs3,relu,linear:9x5/gs8+bias"
 
@@ -118,13 +119,6 @@ static void assert_err_has(const char *a, const char *b) {
     ck_assert_msg(strstr(err, a) != NULL, "error '%s' lacks '%s'", err, a);
     if (b)
         ck_assert_msg(strstr(err, b) != NULL, "error '%s' lacks '%s'", err, b);
-}
-
-static void write_file(const char *path, const void *p, size_t n) {
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(fwrite(p, 1, n, f), n);
-    fclose(f);
 }
 
 /* Store m as version 1 of name with one snapshot; returns the open store. */
@@ -806,9 +800,5 @@ int main(void) {
     tcase_add_test(tc, test_model_hash);
     tcase_add_test(tc, test_two_connections);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return run_suite(s);
 }

@@ -80,13 +80,19 @@ static void item_free(ts_item *it) {
     free(it);
 }
 
+/* The item's answer, sent when its job is done (json_len: ts_req_reply's). */
+static void item_answer(ts_item *it, int status, void *body, size_t len, int64_t json_len, const char *ctype) {
+    it->status = status;
+    it->body = body;
+    it->len = len;
+    it->json_len = json_len;
+    it->ctype = ctype;
+}
+
 static void item_set_error(ts_item *it, int status, const char *msg) {
     free(it->body);
-    it->status = status;
-    it->body = ts_oip_error_json(msg);
-    it->len = it->body ? strlen(it->body) : 0;
-    it->json_len = -1;
-    it->ctype = "application/json";
+    char *body = ts_oip_error_json(msg);
+    item_answer(it, status, body, body ? strlen(body) : 0, -1, "application/json");
 }
 
 /* ---- request validation (loop) ---- */
@@ -367,11 +373,8 @@ static void run_infer(ts_job *j) {
                                       it->rows, out, it->binary, &body, &len, &json_len) < 0) {
                 item_set_error(it, 500, "out of memory building the response");
             } else {
-                it->status = 200;
-                it->body = body;
-                it->len = len;
-                it->json_len = json_len;
-                it->ctype = json_len >= 0 ? "application/octet-stream" : "application/json";
+                item_answer(it, 200, body, len, json_len,
+                            json_len >= 0 ? "application/octet-stream" : "application/json");
             }
             off += it->rows;
         }
@@ -399,11 +402,7 @@ static void run_feedback(ts_job *j) {
         item_set_error(it, 500, "out of memory building the response");
         return;
     }
-    it->status = 200;
-    it->body = body;
-    it->len = strlen(body);
-    it->json_len = -1;
-    it->ctype = "application/json";
+    item_answer(it, 200, body, strlen(body), -1, "application/json");
 }
 
 static void run_export(ts_job *j) {
@@ -417,11 +416,7 @@ static void run_export(ts_job *j) {
         item_set_error(it, 500, msg);
         return;
     }
-    it->status = 200;
-    it->body = out;
-    it->len = len;
-    it->json_len = -1;
-    it->ctype = "application/octet-stream";
+    item_answer(it, 200, out, len, -1, "application/octet-stream");
 }
 
 static void work_cb(uv_work_t *w) {

@@ -159,14 +159,29 @@ static int prepare(ts_store *s, const char *sql, sqlite3_stmt **st) {
     return sqlite3_prepare_v2(s->db, sql, -1, st, NULL) == SQLITE_OK ? 0 : -1;
 }
 
+/* Step a prepared one-value query once and finalize it: *out = the first column of its
+ * first row (0 when no row). SQLITE_ROW, SQLITE_DONE, or the error code. */
+static int step_int(sqlite3_stmt *st, int64_t *out) {
+    int rc = sqlite3_step(st);
+    *out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Run a prepared statement that returns no rows, and finalize it. 0, or -1 (the error is
+ * still the connection's for fail_sql). */
+static int step_done(sqlite3_stmt *st) {
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
 /* The single integer a query returns (0 when no row). */
 static int query_int(ts_store *s, const char *sql, int64_t *out) {
     sqlite3_stmt *st;
     if (prepare(s, sql, &st) != 0)
         return -1;
-    int rc = sqlite3_step(st);
-    *out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-    sqlite3_finalize(st);
+    int rc = step_int(st, out);
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
 }
 
@@ -321,10 +336,7 @@ static int model_id(ts_store *s, const char *name, int create, int64_t *id, char
     if (prepare(s, "SELECT id FROM models WHERE name = ?1", &st) != 0)
         return fail_sql(s, err, errlen, "model '%s': lookup failed", name);
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *id = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+    int rc = step_int(st, id);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return fail_sql(s, err, errlen, "model '%s': lookup failed", name);
     if (*id || !create)
@@ -333,9 +345,7 @@ static int model_id(ts_store *s, const char *name, int create, int64_t *id, char
         return fail_sql(s, err, errlen, "model '%s': cannot add", name);
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now_ms());
-    rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE)
+    if (step_done(st) != 0)
         return fail_sql(s, err, errlen, "model '%s': cannot add", name);
     *id = sqlite3_last_insert_rowid(s->db);
     return 0;
@@ -459,9 +469,7 @@ static int weights_put(ts_store *s, const ts_model *m, int64_t *id) {
     sqlite3_bind_int64(st, 3, (int64_t)ts_state_len(m));
     sqlite3_bind_int64(st, 4, weights_bytes(m));
     sqlite3_bind_int64(st, 5, now_ms());
-    rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE)
+    if (step_done(st) != 0)
         return -1;
     *id = sqlite3_last_insert_rowid(s->db);
     return layers_insert(s, *id, m);
@@ -487,10 +495,7 @@ static int version_put(ts_store *s, const char *name, const ts_model *m, uint64_
     sqlite3_bind_int64(st, 1, mid);
     sqlite3_bind_int64(st, 2, (int64_t)file_hash);
     sqlite3_bind_int64(st, 3, wid);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *number = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+    int rc = step_int(st, number);
     if (rc == SQLITE_DONE) {
         *created = 1;
         if (prepare(s, "INSERT INTO versions (model_id, number, weights_id, file_hash, created_at) "
@@ -513,9 +518,7 @@ static int version_put(ts_store *s, const char *name, const ts_model *m, uint64_
     sqlite3_bind_int64(st, 1, mid);
     sqlite3_bind_int64(st, 2, *number);
     sqlite3_bind_int64(st, 3, now_ms());
-    rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? 0 : fail_sql(s, err, errlen, "model '%s': cannot update", name);
+    return step_done(st) == 0 ? 0 : fail_sql(s, err, errlen, "model '%s': cannot update", name);
 }
 
 int ts_store_put_version(ts_store *s, const char *name, const ts_model *m, uint64_t file_hash, int64_t *version,
@@ -537,10 +540,7 @@ int ts_store_find_version(ts_store *s, const char *name, uint64_t file_hash, int
         return fail_sql(s, err, errlen, "model '%s': version lookup failed", name);
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, (int64_t)file_hash);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *version = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+    int rc = step_int(st, version);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return fail_sql(s, err, errlen, "model '%s': version lookup failed", name);
     return 0;
@@ -558,9 +558,7 @@ static int retention(ts_store *s, int64_t mid, int keep) {
         return -1;
     sqlite3_bind_int64(st, 1, mid);
     sqlite3_bind_int64(st, 2, keep);
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? 0 : -1;
+    return step_done(st);
 }
 
 /* The row ids of name's version and model, and the state length that version needs. */
@@ -610,9 +608,7 @@ static int snapshot_put(ts_store *s, const char *name, int64_t version, const in
     sqlite3_bind_blob64(st, 6, state_len ? (const void *)state : "", (sqlite3_uint64)bytes, SQLITE_STATIC);
     sqlite3_bind_int64(st, 7, (int64_t)state_checksum(state, (size_t)bytes));
     sqlite3_bind_int64(st, 8, bytes);
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE)
+    if (step_done(st) != 0)
         return fail_sql(s, err, errlen, "snapshot of model '%s'", name);
     if (out) {
         *out = (ts_snapshot_info){.snapshot_id = sqlite3_last_insert_rowid(s->db), .version = version,
@@ -945,9 +941,7 @@ int ts_store_deactivate(ts_store *s, const char *name, char *err, size_t errlen)
         return fail_sql(s, err, errlen, "model '%s': cannot deactivate", name);
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now_ms());
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE)
+    if (step_done(st) != 0)
         return fail_sql(s, err, errlen, "model '%s': cannot deactivate", name);
     return sqlite3_changes(s->db) ? 0 : fail(s, err, errlen, "model '%s' not found", name);
 }

@@ -29,17 +29,6 @@ static void fill_floats(float *x, size_t n, uint64_t seed)
         x[k] = (float)((double)lcg(&seed) / 2147483648.0 * 4.0 - 2.0);
 }
 
-static ts_model *model_from(const char *text, uint64_t seed)
-{
-    ts_layer_spec specs[16];
-    int n;
-    char err[256];
-    ck_assert_msg(ts_specs_parse(text, specs, 16, &n, err, sizeof err) == 0, "%s: %s", text, err);
-    ts_model *m = ts_model_init(specs, n, seed, err, sizeof err);
-    ck_assert_msg(m != NULL, "%s: %s", text, err);
-    return m;
-}
-
 /* ── trits ── */
 
 START_TEST(test_pack_roundtrip_small)

@@ -188,13 +188,8 @@ END_TEST
 /* A C-made model with a lived-in state survives write → read with every value intact. */
 START_TEST(test_init_feedback_roundtrip)
 {
-    ts_layer_spec specs[TS_MAX_LAYERS];
-    int n;
     char err[512], name[TS_MODEL_NAME_MAX];
-    ck_assert_int_eq(ts_specs_parse("linear:10x16/gs4+bias,relu,rmsnorm:16/gs3,linear:16x6/gs5,gelu",
-                                    specs, TS_MAX_LAYERS, &n, err, sizeof err), 0);
-    ts_model *m = ts_model_init(specs, n, 42, err, sizeof err);
-    ck_assert_msg(m != NULL, "%s", err);
+    ts_model *m = model_from("linear:10x16/gs4+bias,relu,rmsnorm:16/gs3,linear:16x6/gs5,gelu", 42);
     m->layers[0].bias[3] = -7;
     float x[3 * 10], t[3 * 6];
     for (int k = 0; k < 30; k++)
@@ -240,11 +235,8 @@ END_TEST
 /* The header is exactly safetensors' layout: 8-aligned, compact, I64 tensors first. */
 START_TEST(test_header_layout)
 {
-    ts_layer_spec specs[4];
-    int n;
     char err[512];
-    ck_assert_int_eq(ts_specs_parse("linear:3x2/gs2+bias", specs, 4, &n, err, sizeof err), 0);
-    ts_model *m = ts_model_init(specs, n, 1, err, sizeof err);
+    ts_model *m = model_from("linear:3x2/gs2+bias", 1);
     uint8_t *b;
     size_t len;
     ck_assert_int_eq(ts_safetensors_write(m, "t", &b, &len, err, sizeof err), 0);

@@ -38,15 +38,6 @@ static void teardown(void) {
 
 /* ---- helpers -------------------------------------------------------------------------- */
 
-static ts_model *model_new(const char *arch, uint64_t seed) {
-    ts_layer_spec specs[TS_MAX_LAYERS];
-    int n;
-    ck_assert_int_eq(ts_specs_parse(arch, specs, TS_MAX_LAYERS, &n, err, sizeof err), 0);
-    ts_model *m = ts_model_init(specs, n, seed, err, sizeof err);
-    ck_assert_msg(m != NULL, "%s", err);
-    return m;
-}
-
 /* Give m a recognisable state: step k in every ternary layer, corr_accum from k. */
 static void model_set_state(ts_model *m, int64_t k) {
     for (int i = 0; i < m->n_layers; i++) {
@@ -178,7 +169,7 @@ START_TEST(test_open_create_reopen) {
 END_TEST
 
 START_TEST(test_migrations_idempotent) {
-    ts_model *m = model_new(ARCH, 1);
+    ts_model *m = model_from(ARCH, 1);
     ts_store *s = store_with("m", m);
     ts_store_close(s);
     int64_t objects = sql_int("SELECT count(*) FROM sqlite_master");
@@ -196,7 +187,7 @@ START_TEST(test_migrations_idempotent) {
 END_TEST
 
 START_TEST(test_upgrade_from_schema_1) {
-    ts_model *m = model_new(ARCH, 2);
+    ts_model *m = model_from(ARCH, 2);
     model_set_state(m, 5);
     ts_store *s = ts_store_open_version(db, 1, err, sizeof err);
     ck_assert_msg(s != NULL, "%s", err);
@@ -280,7 +271,7 @@ END_TEST
 /* ---- versions --------------------------------------------------------------------------------- */
 
 START_TEST(test_put_version_content_addressed) {
-    ts_model *a = model_new(ARCH, 3), *b = model_new(ARCH, 4);
+    ts_model *a = model_from(ARCH, 3), *b = model_from(ARCH, 4);
     ts_store *s = open_ok(db);
     int64_t v;
     int created;
@@ -331,7 +322,7 @@ END_TEST
 START_TEST(test_hash_collision_is_not_equality) {
     /* Two weights rows with the same content hash but different bytes (what a 64-bit
      * hash collision would give): putting a must reuse the row holding a's bytes. */
-    ts_model *a = model_new(ARCH, 5), *b = model_new(ARCH, 6);
+    ts_model *a = model_from(ARCH, 5), *b = model_from(ARCH, 6);
     ts_store *s = open_ok(db);
     int64_t v;
     int created;
@@ -356,7 +347,7 @@ END_TEST
 /* ---- snapshots ------------------------------------------------------------------------------- */
 
 START_TEST(test_snapshots_order_and_retention) {
-    ts_model *m = model_new(ARCH, 7);
+    ts_model *m = model_from(ARCH, 7);
     ts_store *s = store_with("m", m);
     ts_snapshot_info info;
     const char *reasons[] = {"timer", "admin", "timer", "shutdown", "restore"};
@@ -414,7 +405,7 @@ START_TEST(test_snapshots_order_and_retention) {
 END_TEST
 
 START_TEST(test_put_snapshot_errors) {
-    ts_model *m = model_new(ARCH, 8);
+    ts_model *m = model_from(ARCH, 8);
     ts_store *s = store_with("m", m);
     size_t n;
     int64_t *st = state_of(m, &n);
@@ -446,7 +437,7 @@ END_TEST
 /* ---- load ------------------------------------------------------------------------------------ */
 
 START_TEST(test_load_newest_and_by_id) {
-    ts_model *m = model_new(ARCH, 9);
+    ts_model *m = model_from(ARCH, 9);
     ts_store *s = store_with("m", m);
     ts_snapshot_info info, got;
     uint64_t hashes[3];
@@ -484,7 +475,7 @@ START_TEST(test_load_newest_and_by_id) {
     assert_err_has(db, "not found");
 
     /* Another model's snapshot id is not this model's. */
-    ts_model *o = model_new("linear:3x2", 1);
+    ts_model *o = model_from("linear:3x2", 1);
     int64_t v;
     int created;
     ck_assert_int_eq(ts_store_put_model(s, "o", o, 1, "import", 0, &v, &created, &info, err, sizeof err), 0);
@@ -510,7 +501,7 @@ START_TEST(test_load_newest_and_by_id) {
 END_TEST
 
 START_TEST(test_load_skips_damaged_snapshots) {
-    ts_model *m = model_new(ARCH, 10);
+    ts_model *m = model_from(ARCH, 10);
     ts_store *s = store_with("m", m);
     ts_snapshot_info info;
     model_set_state(m, 20);
@@ -552,7 +543,7 @@ START_TEST(test_load_skips_damaged_snapshots) {
 END_TEST
 
 START_TEST(test_damaged_version_is_an_error) {
-    ts_model *m = model_new(ARCH, 11);
+    ts_model *m = model_from(ARCH, 11);
     ts_store *s = store_with("m", m);
     const char *damage[][2] = {
         {"UPDATE weight_layers SET t_packed = x'00' WHERE idx = 1", "T_packed has 1 bytes"},
@@ -583,7 +574,7 @@ START_TEST(test_damaged_version_is_an_error) {
 END_TEST
 
 START_TEST(test_snapshot_of_older_version_loads_its_weights) {
-    ts_model *a = model_new(ARCH, 12), *b = model_new("linear:4x4/gs2", 13);
+    ts_model *a = model_from(ARCH, 12), *b = model_from("linear:4x4/gs2", 13);
     ts_store *s = store_with("m", a);
     ts_snapshot_info first;
     int64_t v;
@@ -612,7 +603,7 @@ END_TEST
 /* ---- models, backup, faults ------------------------------------------------------------------- */
 
 START_TEST(test_deactivate) {
-    ts_model *m = model_new(ARCH, 14);
+    ts_model *m = model_from(ARCH, 14);
     ts_store *s = store_with("zeta", m);
     int64_t v;
     int created;
@@ -646,7 +637,7 @@ START_TEST(test_deactivate) {
 END_TEST
 
 START_TEST(test_backup) {
-    ts_model *m = model_new(ARCH, 15);
+    ts_model *m = model_from(ARCH, 15);
     model_set_state(m, 3);
     ts_store *s = store_with("m", m);
     char dest[160];
@@ -692,7 +683,7 @@ static int put_with_no_space(ts_store *s, const ts_model *m) {
 }
 
 START_TEST(test_write_fault_fails_cleanly_then_recovers) {
-    ts_model *m = model_new(ARCH, 16);
+    ts_model *m = model_from(ARCH, 16);
     ts_store *s = store_with("m", m);
     /* Grow past the WAL's first frames so that the failing write is an append. */
     for (int k = 1; k <= 3; k++) {
@@ -759,7 +750,7 @@ START_TEST(test_model_hash) {
 END_TEST
 
 START_TEST(test_two_connections) {
-    ts_model *m = model_new(ARCH, 17);
+    ts_model *m = model_from(ARCH, 17);
     ts_store *a = store_with("m", m), *b = open_ok(db);
     model_set_state(m, 8);
     ck_assert_int_eq(put_state(a, "m", 1, m, "timer", 0, NULL), 0);

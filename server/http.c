@@ -1,5 +1,6 @@
 /* http.c — libmicrohttpd front end (see http.h for the design and a request's life). */
 #include "http.h"
+#include "admin.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -252,21 +253,6 @@ static enum MHD_Result collect(ts_req *req, const char *data, size_t *size) {
     return MHD_YES;
 }
 
-static int parse_restore(ts_req *req, char *err, size_t errlen) {
-    json_error_t je;
-    json_t *j = json_loadb((const char *)req->body, req->body_len, 0, &je);
-    json_t *id = j ? json_object_get(j, "snapshot_id") : NULL;
-    int ok = id && json_is_integer(id) && json_integer_value(id) > 0;
-    if (ok)
-        req->snapshot_id = json_integer_value(id);
-    else if (!j)
-        snprintf(err, errlen, "body is not JSON (%s); expected {\"snapshot_id\": N}", je.text);
-    else
-        snprintf(err, errlen, "expected {\"snapshot_id\": N} with N a positive integer");
-    json_decref(j);
-    return ok ? 0 : -1;
-}
-
 /* Parse the complete body. 0, or -1 with the reason (a 400). */
 static int parse_body(ts_req *req, struct MHD_Connection *conn, char *err, size_t errlen) {
     ts_http *h = req->http;
@@ -308,7 +294,8 @@ static int parse_body(ts_req *req, struct MHD_Connection *conn, char *err, size_
         req->upload_hash = ts_hash_bytes(req->body, req->body_len);
         return 0;
     }
-    case TS_EP_ADMIN_RESTORE: return parse_restore(req, err, errlen);
+    case TS_EP_ADMIN_RESTORE:
+        return ts_admin_parse_restore(req->body, req->body_len, &req->snapshot_id, err, errlen);
     default: return 0;
     }
 }

@@ -5,17 +5,20 @@
  * Input: byte 0 picks the method (GET HEAD POST PUT DELETE OPTIONS, or the bytes up to the
  * first NUL when bit 7 is set); the rest is split at the first NUL into the URL (as MHD
  * hands it over: percent-decoded) and an Authorization header value; the header's token
- * is also compared with a fixed token.
+ * is also compared with a fixed token. The whole input is also parsed as a restore body.
  * Properties:
  *  - routing answers 0/400/404/405 with a message; 405 lists allowed methods;
  *  - a routed request names a valid model (never "..", "/", empty or over 127 bytes) and
  *    the endpoint the path spells; admin endpoints only under /admin/;
  *  - ts_auth_equal is string equality; ts_auth_check is OK exactly when the header is
- *    "Bearer <token>" (any case, spaces after "Bearer") for one of the tokens.
+ *    "Bearer <token>" (any case, spaces after "Bearer") for one of the tokens;
+ *  - the restore body parser (server/admin.c) accepts only a positive snapshot_id and
+ *    otherwise says why.
  */
 #include <string.h>
 #include <strings.h>
 
+#include "server/admin.h"
 #include "server/auth.h"
 #include "server/route.h"
 #include "tests/fuzz/fuzz.h"
@@ -70,6 +73,16 @@ static void fuzz_admin_auth(const char *header)
     TS_FUZZ_CHECK(ts_auth_check(header, "", NULL) != TS_AUTH_OK, "no token configured but OK");
 }
 
+static void fuzz_admin_restore(const uint8_t *data, size_t size)
+{
+    int64_t id = 0;
+    char err[256] = "";
+    if (ts_admin_parse_restore(data, size, &id, err, sizeof err) == 0)
+        TS_FUZZ_CHECK(id > 0, "accepted snapshot_id %lld", (long long)id);
+    else
+        TS_FUZZ_CHECK(err[0] != '\0', "refused without a reason");
+}
+
 int ts_fuzz_admin(const uint8_t *data, size_t size)
 {
     static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"};
@@ -91,6 +104,7 @@ int ts_fuzz_admin(const uint8_t *data, size_t size)
     char *header = strdup(rest + ul + (rest + ul < text + b.n));
     fuzz_admin_route(method, url);
     fuzz_admin_auth(header);
+    fuzz_admin_restore(data, size);
     free(url);
     free(header);
     free(method_own);

@@ -12,9 +12,9 @@
 CC      ?= cc
 PKGS    := libuv libmicrohttpd jansson sqlite3
 DEB_PKGS := gcc make pkg-config libuv1-dev libmicrohttpd-dev libjansson-dev libsqlite3-dev \
-            check python3 curl ca-certificates libopenblas-dev
-# Only for `make bench-plot` (not installed by `make test`).
-BENCH_DEB_PKGS := gnuplot-nox
+            check python3 curl ca-certificates
+# Only for `make bench` and `make bench-plot` (not installed by `make run` or `make test`).
+BENCH_DEB_PKGS := libopenblas-dev gnuplot-nox
 
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 # Flags of the libraries, looked up only when they exist (deps installs them first).
@@ -130,7 +130,7 @@ test: deps
 	@$(MAKE) --no-print-directory e2e
 	@$(MAKE) --no-print-directory e2e-asan
 
-bench: deps
+bench: bench-deps
 	@$(MAKE) --no-print-directory build/tscale-bench
 
 # A bare libmicrohttpd server with a fixed answer: the ceiling for tscaled's HTTP path.

@@ -100,12 +100,22 @@ static int layer_prepare(ts_layer *l, int i, char *err, size_t errlen)
                  (long long)l->T_pad, n, ts_trits_pad(n));
         return -1;
     }
+    if (!l->T_packed) {   /* prepared before: W holds T, only the scales may have changed */
+        ts_layer_update_scales(l);
+        return 0;
+    }
     for (size_t k = 0; k < nbytes; k++) {
         if (l->T_packed[k] >= 243) {
             snprintf(err, errlen, "layer %d: T_packed byte %zu is %u (must be < 243): corrupt "
                      "ternary data", i, k, l->T_packed[k]);
             return -1;
         }
+    }
+    static const unsigned pow3[] = {1, 3, 9, 27, 81, 243};
+    if (l->T_pad && l->T_packed[nbytes - 1] >= pow3[5 - l->T_pad]) {
+        snprintf(err, errlen, "layer %d: the %d pad digits of the last T_packed byte must be 0 "
+                 "(byte is %u)", i, (int)l->T_pad, l->T_packed[nbytes - 1]);
+        return -1;
     }
     ts_weights *W = ts_weights_build(l->T_packed, l->rows, l->cols, l->spec.group_size);
     if (!W) {
@@ -115,8 +125,18 @@ static int layer_prepare(ts_layer *l, int i, char *err, size_t errlen)
     }
     ts_weights_free(l->W);
     l->W = W;
+    free(l->T_packed);   /* W gives the bytes back (ts_layer_packed): keep one copy of T */
+    l->T_packed = NULL;
     ts_layer_update_scales(l);
     return 0;
+}
+
+void ts_layer_packed(const ts_layer *l, uint8_t *out)
+{
+    if (l->T_packed)
+        memcpy(out, l->T_packed, ts_trits_packed_size((size_t)l->rows * (size_t)l->cols));
+    else
+        ts_weights_pack(l->W, out);
 }
 
 int ts_model_prepare(ts_model *m, char *err, size_t errlen)
@@ -203,8 +223,7 @@ ts_model *ts_model_clone(const ts_model *m)
         if (!is_ternary(src->spec.kind))
             continue;
         size_t G = (size_t)src->n_groups;
-        memcpy(dst->T_packed, src->T_packed,
-               ts_trits_packed_size((size_t)src->rows * (size_t)src->cols));
+        ts_layer_packed(src, dst->T_packed);
         dst->T_pad = src->T_pad;
         memcpy(dst->E, src->E, G * sizeof *dst->E);
         memcpy(dst->corr_accum, src->corr_accum, G * sizeof *dst->corr_accum);
@@ -244,7 +263,8 @@ size_t ts_model_bytes(const ts_model *m)
         if (!is_ternary(l->spec.kind))
             continue;
         size_t G = (size_t)l->n_groups;
-        bytes += ts_trits_packed_size((size_t)l->rows * (size_t)l->cols);
+        if (l->T_packed)   /* only until ts_model_prepare */
+            bytes += ts_trits_packed_size((size_t)l->rows * (size_t)l->cols);
         bytes += G * (sizeof *l->E + sizeof *l->corr_accum + sizeof *l->S);
         if (l->bias)
             bytes += (size_t)l->rows * sizeof *l->bias;

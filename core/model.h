@@ -40,7 +40,9 @@ typedef struct {
     int64_t rows, cols;        /* _T_shape: linear [out,in], rmsnorm [1,dim] */
     int64_t gpr;               /* groups per row: ceil(cols / gs) */
     int64_t n_groups;          /* G = rows · gpr */
-    uint8_t *T_packed;         /* [ceil(rows·cols/5)]  persistent, immutable */
+    uint8_t *T_packed;         /* [ceil(rows·cols/5)]  persistent, immutable; filled between
+                                * alloc and prepare, then freed (NULL): W holds T, read the
+                                * bytes with ts_layer_packed */
     int64_t T_pad;             /* pad digits in the last byte of T_packed */
     int8_t *E;                 /* [G]     persistent, immutable */
     int64_t *corr_accum;       /* [G]     persistent, mutable (update_corr) */
@@ -79,9 +81,15 @@ int ts_specs_chain(ts_layer_spec *specs, int n, char *err, size_t errlen);
 ts_model *ts_model_alloc(const ts_layer_spec *specs, int n, char *err, size_t errlen);
 void ts_model_free(ts_model *m);
 
-/* Build W from T_packed and S from the state, for every layer. 0, or -1 + err
- * (e.g. a T_packed byte >= 243). Call after filling or replacing persistent state. */
+/* Build W from T_packed and S from the state, for every layer, then free T_packed (W holds
+ * the same trits, so a served layer keeps one copy of T). 0, or -1 + err (a T_packed byte
+ * >= 243, or pad digits that are not 0, which W could not give back byte for byte). Call
+ * after filling the persistent state; again after changing E, corr_accum or step. */
 int ts_model_prepare(ts_model *m, char *err, size_t errlen);
+
+/* The packed trits of ternary layer l, ts_trits_packed_size(rows·cols) bytes, into out:
+ * T_packed before ts_model_prepare, rebuilt from W after it (byte-identical). */
+void ts_layer_packed(const ts_layer *l, uint8_t *out);
 
 /* Recompute S of one ternary layer from E, corr_accum and step. */
 void ts_layer_update_scales(ts_layer *l);

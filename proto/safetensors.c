@@ -123,7 +123,7 @@ static int64_t element(const ts_model *m, const st_tensor *t, int64_t k)
 {
     const ts_layer *l = &m->layers[t->layer];
     switch (t->field) {
-    case F_T_PACKED: return l->T_packed[k];
+    case F_T_PACKED: return 0;   /* encode copies T_packed whole (ts_layer_packed) */
     case F_T_SHAPE: return k == 0 ? l->rows : l->cols;
     case F_T_PAD: return l->T_pad;
     case F_E: return l->E[k];
@@ -138,7 +138,7 @@ static void encode(const ts_model *m, const st_tensor *t, uint8_t *out)
 {
     int size = dtype_sizes[t->dtype];
     if (t->field == F_T_PACKED) {
-        memcpy(out, m->layers[t->layer].T_packed, (size_t)t->count);
+        ts_layer_packed(&m->layers[t->layer], out);
         return;
     }
     for (int64_t k = 0; k < t->count; k++)

@@ -120,8 +120,18 @@ static size_t packed_bytes(const ts_layer *l) {
     return ts_trits_packed_size((size_t)(l->rows * l->cols));
 }
 
-/* Architecture and immutable parts; with_state adds step and corr_accum. */
-static uint64_t model_hash(const ts_model *m, int with_state) {
+/* The packed trits of ternary layer l as a malloc'd copy (a prepared model keeps them only
+ * in its compute layout), or NULL when out of memory. */
+static uint8_t *packed_copy(const ts_layer *l) {
+    uint8_t *p = malloc(packed_bytes(l));
+    if (p)
+        ts_layer_packed(l, p);
+    return p;
+}
+
+/* Architecture and immutable parts; with_state adds step and corr_accum. 0, or -1 when
+ * out of memory. */
+static int model_hash(const ts_model *m, int with_state, uint64_t *out) {
     uint64_t h = fnv_i64(FNV_OFFSET, m->n_layers);
     for (int i = 0; i < m->n_layers; i++) {
         const ts_layer *l = &m->layers[i];
@@ -135,7 +145,11 @@ static uint64_t model_hash(const ts_model *m, int with_state) {
         h = fnv_i64(h, l->spec.group_size);
         h = fnv_i64(h, l->spec.has_bias);
         h = fnv_i64(h, l->T_pad);
-        h = fnv_bytes(h, l->T_packed, packed_bytes(l));
+        uint8_t *packed = packed_copy(l);
+        if (!packed)
+            return -1;
+        h = fnv_bytes(h, packed, packed_bytes(l));
+        free(packed);
         h = fnv_bytes(h, l->E, (size_t)l->n_groups);
         if (l->bias)
             h = fnv_bytes(h, l->bias, (size_t)l->rows * sizeof *l->bias);
@@ -144,10 +158,14 @@ static uint64_t model_hash(const ts_model *m, int with_state) {
             h = fnv_bytes(h, l->corr_accum, (size_t)l->n_groups * sizeof *l->corr_accum);
         }
     }
-    return h;
+    *out = h;
+    return 0;
 }
 
-uint64_t ts_store_model_hash(const ts_model *m) { return model_hash(m, 1); }
+uint64_t ts_store_model_hash(const ts_model *m) {
+    uint64_t h;
+    return model_hash(m, 1, &h) == 0 ? h : 0;
+}
 
 /* ---- small SQL helpers ----------------------------------------------------------------- */
 
@@ -382,16 +400,20 @@ static int weights_equal(ts_store *s, int64_t id, const ts_model *m) {
         return -1;
     sqlite3_bind_int64(st, 1, id);
     int i = 0, same = 1, rc = SQLITE_DONE;
-    while (same && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    while (same == 1 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         const ts_layer *l = i < m->n_layers ? &m->layers[i] : NULL;
         same = l && sqlite3_column_int64(st, 0) == i &&
                strcmp((const char *)sqlite3_column_text(st, 1), ts_layer_kind_name(l->spec.kind)) == 0 &&
                sqlite3_column_int64(st, 2) == l->spec.in_dim && sqlite3_column_int64(st, 3) == l->spec.out_dim;
-        if (same && is_ternary(l))
-            same = sqlite3_column_int64(st, 4) == l->spec.group_size &&
-                   sqlite3_column_int64(st, 5) == l->spec.has_bias && sqlite3_column_int64(st, 6) == l->T_pad &&
-                   blob_is(st, 7, l->T_packed, packed_bytes(l)) && blob_is(st, 8, l->E, (size_t)l->n_groups) &&
-                   blob_is(st, 9, l->bias, (size_t)l->rows * sizeof(int32_t));
+        if (same && is_ternary(l)) {
+            uint8_t *packed = packed_copy(l);
+            same = !packed ? -1
+                   : sqlite3_column_int64(st, 4) == l->spec.group_size &&
+                     sqlite3_column_int64(st, 5) == l->spec.has_bias && sqlite3_column_int64(st, 6) == l->T_pad &&
+                     blob_is(st, 7, packed, packed_bytes(l)) && blob_is(st, 8, l->E, (size_t)l->n_groups) &&
+                     blob_is(st, 9, l->bias, (size_t)l->rows * sizeof(int32_t));
+            free(packed);
+        }
         i++;
     }
     if (same && rc != SQLITE_DONE)
@@ -424,10 +446,16 @@ static int layers_insert(ts_store *s, int64_t weights_id, const ts_model *m) {
         sqlite3_bind_int64(st, 6, t ? l->spec.group_size : 0);
         sqlite3_bind_int64(st, 7, t && l->spec.has_bias);
         sqlite3_bind_int64(st, 8, t ? l->T_pad : 0);
-        bind_blob(st, 9, t ? l->T_packed : NULL, t ? packed_bytes(l) : 0);
+        uint8_t *packed = t ? packed_copy(l) : NULL;
+        if (t && !packed) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        bind_blob(st, 9, packed, t ? packed_bytes(l) : 0);
         bind_blob(st, 10, t ? l->E : NULL, t ? (size_t)l->n_groups : 0);
         bind_blob(st, 11, t ? l->bias : NULL, t ? (size_t)l->rows * sizeof(int32_t) : 0);
         rc = sqlite3_step(st);
+        free(packed);   /* bound SQLITE_STATIC: used until the step is done */
     }
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? 0 : -1;
@@ -446,8 +474,10 @@ static int64_t weights_bytes(const ts_model *m) {
 /* The weights row holding m's immutable parts, inserted when there is none. In a
  * transaction. 0, or -1 (SQLite error). */
 static int weights_put(ts_store *s, const ts_model *m, int64_t *id) {
-    uint64_t h = model_hash(m, 0);
+    uint64_t h;
     sqlite3_stmt *st;
+    if (model_hash(m, 0, &h) != 0)
+        return -1;
     if (prepare(s, "SELECT id FROM weights WHERE content_hash = ?1 AND n_layers = ?2", &st) != 0)
         return -1;
     sqlite3_bind_int64(st, 1, (int64_t)h);

@@ -64,7 +64,7 @@ int ts_store_find_version(ts_store *s, const char *name, uint64_t file_hash, int
                           char *err, size_t errlen);
 
 /* A stable 64-bit hash of the model's whole persistent state (architecture, immutable
- * and mutable parts). Pure function; usable from any thread. */
+ * and mutable parts). Pure function; usable from any thread. 0 when out of memory. */
 uint64_t ts_store_model_hash(const ts_model *m);
 
 /* Append a snapshot of name at version: state[state_len] as from ts_state_save, step as

@@ -316,12 +316,27 @@ START_TEST(test_alloc_zero_state)
     ck_assert_int_eq(ts_model_params(m), 21);
     ck_assert_int_eq(ts_model_groups(m), 6);
     ck_assert_uint_gt(ts_model_bytes(m), 21 / 5 + 6 * 13 + 12);
-    /* corrupt data and a wrong pad are refused by prepare, with the layer named */
+    /* prepare keeps T only in W, and gives the bytes back from it */
+    ck_assert_ptr_null(l->T_packed);
+    uint8_t zeros[5];
+    ts_layer_packed(l, zeros);
+    for (int k = 0; k < 4; k++)
+        ck_assert_int_eq(zeros[k], 121);   /* five trits 0: digits 1 */
+    ck_assert_int_eq(zeros[4], 1);         /* one trit 0, four pad digits 0 */
+    ts_model_free(m);
+    /* corrupt data, pad digits that are not 0 and a wrong pad are refused by prepare, with
+     * the layer named */
+    m = ts_model_alloc(&s, 1, err, sizeof err);
+    l = &m->layers[0];
     l->T_packed[2] = 250;
     ck_assert_int_eq(ts_model_prepare(m, err, sizeof err), -1);
     ck_assert_ptr_nonnull(strstr(err, "layer 0"));
     ck_assert_ptr_nonnull(strstr(err, "243"));
     l->T_packed[2] = 121;
+    l->T_packed[4] = 1 + 3;
+    ck_assert_int_eq(ts_model_prepare(m, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "pad digits"));
+    l->T_packed[4] = 1;
     l->T_pad = 1;
     ck_assert_int_eq(ts_model_prepare(m, err, sizeof err), -1);
     ck_assert_ptr_nonnull(strstr(err, "_T_pad"));
@@ -475,8 +490,12 @@ START_TEST(test_init_seeded)
     ts_model *a = model_from("linear:40x30", 99), *b = model_from("linear:40x30", 99),
              *c = model_from("linear:40x30", 100);
     size_t nb = ts_trits_packed_size(40 * 30);
-    ck_assert_mem_eq(a->layers[0].T_packed, b->layers[0].T_packed, nb);
-    ck_assert_int_ne(memcmp(a->layers[0].T_packed, c->layers[0].T_packed, nb), 0);
+    uint8_t pa[240], pb[240], pc[240];
+    ts_layer_packed(&a->layers[0], pa);
+    ts_layer_packed(&b->layers[0], pb);
+    ts_layer_packed(&c->layers[0], pc);
+    ck_assert_mem_eq(pa, pb, nb);
+    ck_assert_int_ne(memcmp(pa, pc, nb), 0);
     ts_model_free(a);
     ts_model_free(b);
     ts_model_free(c);
@@ -493,7 +512,10 @@ START_TEST(test_demo)
     ck_assert_int_eq(m->out_dim, 4);
     ck_assert_int_eq(ts_model_params(m), 16 + 16 * 64 + 64 * 4);
     ck_assert_int_eq(ts_model_groups(m), 2 + 64 * 2 + 4 * 4);
-    ck_assert_mem_eq(m->layers[1].T_packed, m2->layers[1].T_packed, ts_trits_packed_size(1024));
+    uint8_t p1[205], p2[205];
+    ts_layer_packed(&m->layers[1], p1);
+    ts_layer_packed(&m2->layers[1], p2);
+    ck_assert_mem_eq(p1, p2, ts_trits_packed_size(1024));
     float x[16], y[4];
     fill_floats(x, 16, 1);
     ck_assert_int_eq(ts_model_forward(m, x, 1, y, NULL), 0);

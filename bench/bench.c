@@ -5,9 +5,12 @@
  *
  * forward:  y = x · W_effᵀ (ts_kernel_forward) vs sgemm (sgemv at batch 1) on the dense
  *           float32 W of the same shape.
- * feedback: forward + backward_x + score of one layer (what a feedback step costs per
- *           ternary layer) vs the dense equivalent: sgemm forward, dx = dy · W, dW = dyᵀ · x.
- *           It also times the forward alone, for the feedback/forward ratio.
+ * feedback: one feedback step (ts_model_feedback with grad_output dy) of a model that is
+ *           this one layer: forward, score (sign(dyᵀ·x)·T per group), update_corr and the
+ *           refresh of every scale; no dx, as no layer lies below (the reference's autograd
+ *           skips it too) — vs the dense equivalent: sgemm forward, dW = dyᵀ · x. It also
+ *           times the parts alone, the forward for the feedback/forward ratio, and dx = dy·W
+ *           (backward_x), which a layer with layers below it adds to its step.
  * --cold:   before every timed run, write a buffer of twice the last-level cache, so the
  *           weights (and scales) come from DRAM, as for a model not used in a while.
  *
@@ -24,7 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/feedback.h"
 #include "core/kernel.h"
+#include "core/model.h"
 #include "core/pool.h"
 #include "core/trits.h"
 
@@ -114,12 +119,42 @@ static float randn(void)
 
 /* The layer under test, in both forms. */
 typedef struct {
-    ts_weights *w;
-    float *S, *x, *y, *dy, *dx;   /* tscale buffers */
+    ts_model *m;                  /* a model of this one layer */
+    const ts_weights *w;          /* its compute layout and scales */
+    const float *S;
+    float *x, *y, *dy, *dx;       /* tscale buffers */
     int64_t *score;
     float *W, *yd, *dxd, *dW;     /* dense: W [out][in], outputs, dW [out][in] */
     size_t packed_bytes, groups;
 } layer;
+
+/* A one-layer model with the trits t, E = -7 and a lived-in state (step 100, corr_accum
+ * spread so that S = 2^(-7 + 0.25·N(0,1)) roughly), prepared for serving. */
+static ts_model *model_make(const options *o, const uint8_t *packed)
+{
+    ts_layer_spec spec = {.kind = TS_LAYER_LINEAR, .in_dim = o->in, .out_dim = o->out,
+                          .group_size = o->gs};
+    char err[256];
+    ts_model *m = ts_model_alloc(&spec, 1, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "tscale-bench: %s\n", err);
+        exit(1);
+    }
+    ts_layer *l = &m->layers[0];
+    memcpy(l->T_packed, packed, ts_trits_packed_size((size_t)(o->out * o->in)));
+    l->step = 100;
+    int64_t lim = l->step * o->gs;
+    for (int64_t g = 0; g < l->n_groups; g++) {
+        l->E[g] = -7;
+        int64_t c = (int64_t)lrintf(randn() * 0.0625f * (float)lim);
+        l->corr_accum[g] = c > lim ? lim : c < -lim ? -lim : c;
+    }
+    if (ts_model_prepare(m, err, sizeof err) != 0) {
+        fprintf(stderr, "tscale-bench: %s\n", err);
+        exit(1);
+    }
+    return m;
+}
 
 static layer layer_make(const options *o)
 {
@@ -130,7 +165,6 @@ static layer layer_make(const options *o)
     l.groups = (size_t)o->out * gpr;
     uint8_t *packed = malloc(l.packed_bytes);
     l.W = malloc(n * sizeof(float));
-    l.S = malloc(l.groups * sizeof(float));
     l.x = malloc((size_t)(o->batch * o->in) * sizeof(float));
     l.y = malloc((size_t)(o->batch * o->out) * sizeof(float));
     l.dy = malloc((size_t)(o->batch * o->out) * sizeof(float));
@@ -139,32 +173,29 @@ static layer layer_make(const options *o)
     l.dxd = malloc((size_t)(o->batch * o->in) * sizeof(float));
     l.dW = malloc(n * sizeof(float));
     l.score = malloc(l.groups * sizeof(int64_t));
-    if (!t || !packed || !l.W || !l.S || !l.x || !l.y || !l.dy || !l.dx || !l.yd || !l.dxd ||
+    if (!t || !packed || !l.W || !l.x || !l.y || !l.dy || !l.dx || !l.yd || !l.dxd ||
         !l.dW || !l.score) {
         fprintf(stderr, "tscale-bench: out of memory for a %lldx%lld layer\n",
                 (long long)o->out, (long long)o->in);
         exit(1);
     }
     srand(1);
-    float s0 = exp2f(-7.0f);
     for (size_t i = 0; i < n; i++) {   /* the reference's init: ternarise N(0, 0.1²) at 0.05 */
         float v = 0.1f * randn();
         t[i] = (int8_t)(v > 0.05f ? 1 : v < -0.05f ? -1 : 0);
     }
     ts_trits_pack(t, n, packed);
-    for (size_t g = 0; g < l.groups; g++)
-        l.S[g] = s0 * exp2f(0.25f * randn());
+    l.m = model_make(o, packed);
+    l.w = l.m->layers[0].W;
+    l.S = l.m->layers[0].S;
     for (size_t i = 0; i < n; i++)
-        l.W[i] = l.S[(i / (size_t)o->in) * gpr + (i % (size_t)o->in) / (size_t)o->gs] * (float)t[i];
+        l.W[i] = ts_layer_scale(&l.m->layers[0], (int64_t)(i / (size_t)o->in),
+                                (int64_t)((i % (size_t)o->in) / (size_t)o->gs)) * (float)t[i];
     for (int64_t i = 0; i < o->batch * o->in; i++)
         l.x[i] = randn();
     for (int64_t i = 0; i < o->batch * o->out; i++)
         l.dy[i] = randn();
-    l.w = ts_weights_build(packed, o->out, o->in, o->gs);
-    if (!l.w) {
-        fprintf(stderr, "tscale-bench: ts_weights_build failed\n");
-        exit(1);
-    }
+    (void)gpr;
     free(t);
     free(packed);
     return l;
@@ -185,10 +216,17 @@ static void run_forward(ctx *c)
 
 static void run_feedback(ctx *c)
 {
-    layer *l = c->l;
-    ts_kernel_forward(l->w, l->S, l->x, c->o->batch, l->y, c->pool);
-    ts_kernel_backward_x(l->w, l->S, l->dy, c->o->batch, l->dx, c->pool);
-    ts_kernel_score(l->w, l->dy, l->x, c->o->batch, l->score, c->pool);
+    ts_feedback_input in = {.kind = TS_LOSS_GRAD, .target = c->l->dy};
+    char err[256];
+    if (ts_model_feedback(c->l->m, c->l->x, c->o->batch, &in, NULL, c->pool, err, sizeof err) != 0) {
+        fprintf(stderr, "tscale-bench: feedback: %s\n", err);
+        exit(1);
+    }
+}
+
+static void run_scales(ctx *c)
+{
+    ts_layer_update_scales(&c->l->m->layers[0], c->pool);
 }
 
 static void run_backward(ctx *c)
@@ -219,8 +257,6 @@ static void dense_feedback(ctx *c)
     layer *l = c->l;
     int B = (int)o->batch, N = (int)o->out, K = (int)o->in;
     dense_forward(c);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, K, N, 1.0f, l->dy, N, l->W, K,
-                0.0f, l->dxd, K);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, B, 1.0f, l->dy, N, l->x, K, 0.0f,
                 l->dW, K);
 }
@@ -320,12 +356,15 @@ int main(int argc, char **argv)
     ctx c = {&o, &l, pool};
     int feedback = !strcmp(o.op, "feedback");
     stats ts = measure(feedback ? run_feedback : run_forward, &c);
+    stats none = {0, 0, 0, 0, 0};
     stats fw = feedback ? measure(run_forward, &c) : ts;
-    stats bw = feedback ? measure(run_backward, &c) : ts, sc = feedback ? measure(run_score, &c) : ts;
+    stats bw = feedback ? measure(run_backward, &c) : none;
+    stats sc = feedback ? measure(run_score, &c) : none;
+    stats up = feedback ? measure(run_scales, &c) : none;
     stats blas = measure(feedback ? dense_feedback : dense_forward, &c);
     double params = (double)o.out * (double)o.in;
-    /* resident state of the layer: compute layout + S (f32) + E (i8) + corr_accum (i64) */
-    double state = (double)ts_weights_bytes(l.w) + (double)l.groups * (4 + 1 + 8) + 8;
+    /* resident state of the layer, all of it: compute layout, S, E, corr_accum, step */
+    double state = (double)ts_model_bytes(l.m) - (double)sizeof(ts_model) - (double)sizeof(ts_layer);
     double bpw = state / params, bpw_packed = (state + (double)l.packed_bytes) / params;
     const char *blas_name = o.batch == 1 && !feedback ? "sgemv" : "sgemm";
     if (o.json) {
@@ -334,13 +373,14 @@ int main(int argc, char **argv)
                "\"reps\":%d,\"cpu_us\":%.1f,\"openblas\":\"%s\",\"openblas_median_us\":%.1f,"
                "\"ratio_to_openblas\":%.3f,\"forward_median_us\":%.1f,"
                "\"backward_x_median_us\":%.1f,\"score_median_us\":%.1f,"
-               "\"over_forward\":%.2f,\"bytes_per_weight\":%.3f,"
+               "\"scales_median_us\":%.1f,\"over_forward\":%.2f,"
+               "\"with_backward_x_over_forward\":%.2f,\"bytes_per_weight\":%.3f,"
                "\"bytes_per_weight_with_T_packed\":%.3f}\n",
                o.op, (long long)o.out, (long long)o.in, (long long)o.batch, o.threads,
                o.cold ? "true" : "false", (long long)o.gs, ts_kernel_name(), ts.median, ts.min,
                ts.max, ts.reps, ts.cpu, blas_name, blas.median, ts.median / blas.median, fw.median,
-               bw.median, sc.median,
-               ts.median / fw.median, bpw, bpw_packed);
+               bw.median, sc.median, up.median, ts.median / fw.median,
+               (ts.median + bw.median) / fw.median, bpw, bpw_packed);
     } else {
         printf("%s %lldx%lld batch %lld threads %d gs %lld %s: tscale (%s) median %.1f us "
                "(min %.1f, max %.1f, %d runs; cpu %.1f us); OpenBLAS %s median %.1f us "
@@ -350,12 +390,13 @@ int main(int argc, char **argv)
                ts.max, ts.reps, ts.cpu, blas_name, blas.median, blas.cpu,
                ts.median / blas.median);
         if (feedback)
-            printf("  alone: forward %.1f us, backward_x %.1f us, score %.1f us (medians; cpu "
-                   "%.1f, %.1f, %.1f us); feedback / forward = %.2f\n", fw.median, bw.median,
-                   sc.median, fw.cpu, bw.cpu, sc.cpu, ts.median / fw.median);
+            printf("  alone: forward %.1f us, score %.1f us, scale refresh %.1f us, backward_x "
+                   "%.1f us (medians); feedback / forward = %.2f (with backward_x, for a layer "
+                   "with layers below: %.2f)\n", fw.median, sc.median, up.median, bw.median,
+                   ts.median / fw.median, (ts.median + bw.median) / fw.median);
         printf("  resident state %.3f bytes/weight (%.3f with T_packed kept)\n", bpw, bpw_packed);
     }
     ts_pool_free(pool);
-    ts_weights_free(l.w);
+    ts_model_free(l.m);
     return 0;
 }

@@ -192,7 +192,7 @@ static void backward(const ts_model *m, int64_t B, fb_work *w, ts_pool *pool)
 
 /* update_corr: corr_accum -= score; the reference sums each score as int16, so a group
  * wider than 32767 wraps there, and here alike. */
-static void apply_scores(ts_model *m, const fb_work *w)
+static void apply_scores(ts_model *m, const fb_work *w, ts_pool *pool)
 {
     for (int i = 0; i < m->n_layers; i++) {
         ts_layer *l = &m->layers[i];
@@ -204,7 +204,7 @@ static void apply_scores(ts_model *m, const fb_work *w)
             l->corr_accum[g] -= s >= 0x8000 ? s - 0x10000 : s;
         }
         l->step += 1;
-        ts_layer_update_scales(l);
+        ts_layer_update_scales(l, pool);
     }
 }
 
@@ -257,7 +257,7 @@ int ts_model_feedback(ts_model *m, const float *x, int64_t B, const ts_feedback_
     double l = loss_grad(in, w.acts + w.act_off[m->n_layers], B, m->out_dim, w.grad[0]);
     /* 3. backward with the pre-step state, 4. update_corr */
     backward(m, B, &w, pool);
-    apply_scores(m, &w);
+    apply_scores(m, &w, pool);
     work_free(&w);
     if (loss)
         *loss = l;

@@ -22,7 +22,7 @@ float ts_rmsnorm_rscale(const float *x, int64_t dim)
 
 float ts_rmsnorm_weight(const ts_layer *l, int64_t c)
 {
-    return l->S[c / l->spec.group_size] * (float)ts_weights_trit(l->W, 0, c);
+    return ts_layer_scale(l, 0, c / l->spec.group_size) * (float)ts_weights_trit(l->W, 0, c);
 }
 
 /* y = (x · rsqrt(mean(x²) + ε)) ⊙ w_eff, in the reference's order. */

@@ -98,6 +98,12 @@ static size_t layout_words(const ts_weights *w)
     return blocks * (size_t)w->gpr * (size_t)w->nw * TS_RB;
 }
 
+int ts_weights_pass(const ts_weights *w)
+{
+    /* The counter is a hint shared by concurrent callers; w is heap memory, never const. */
+    return (int)(atomic_fetch_add_explicit(&((ts_weights *)w)->passes, 1, memory_order_relaxed) & 1);
+}
+
 ts_weights *ts_weights_build(const uint8_t *T_packed, int64_t rows, int64_t cols, int64_t gs)
 {
     if (rows < 1 || cols < 1 || gs < 1 || rows > INT32_MAX || cols > INT32_MAX || gs > INT32_MAX)
@@ -110,6 +116,7 @@ ts_weights *ts_weights_build(const uint8_t *T_packed, int64_t rows, int64_t cols
     int8_t *t = malloc((size_t)cols);
     if (!w || !t)
         goto fail;
+    atomic_init(&w->passes, 0);
     w->rows = rows;
     w->cols = cols;
     w->gs = gs;
@@ -195,7 +202,7 @@ static void forward_rows(void *arg, int64_t r0, int64_t r1)
         for (int64_t r = r0; r < r1; r++) {
             float acc = 0.0f;
             for (int64_t g = 0; g < w->gpr; g++)
-                acc += j->S[r * w->gpr + g] * group_dot(w, r, g, j->x + b * w->cols);
+                acc += j->S[ts_scale_index(w->gpr, r, g)] * group_dot(w, r, g, j->x + b * w->cols);
             j->out[b * w->rows + r] = acc;
         }
 }
@@ -212,7 +219,7 @@ static void backward_groups(void *arg, int64_t g0, int64_t g1)
         memset(dx + g0 * w->gs, 0, (size_t)(c1 - g0 * w->gs) * sizeof *dx);
         for (int64_t r = 0; r < w->rows; r++)
             for (int64_t g = g0; g < g1; g++) {
-                float z = dy[r] * j->S[r * w->gpr + g];
+                float z = dy[r] * j->S[ts_scale_index(w->gpr, r, g)];
                 for (int64_t t = 0; t < w->ntr; t++) {
                     const int8_t *tr = trits_of[ts_wfield(w, r, g, t)];
                     for (int k = 0; k < ts_wtriple_cols(w, g, t); k++)
@@ -362,6 +369,39 @@ void ts_kscratch_put(ts_pool *pool, void *p)
 {
     if (!pool)
         free(p);
+}
+
+void ts_kranges_init(ts_krange *r, int n, int64_t units)
+{
+    for (int i = 0; i < n; i++) {
+        int64_t b, e;
+        ts_ksplit(units, 1, n, i, &b, &e);
+        atomic_init(&r[i].span, (uint64_t)b << 32 | (uint64_t)e);
+    }
+}
+
+/* Take one unit of range r from its front or back; -1 when it is empty. */
+static int64_t krange_take(ts_krange *r, int back)
+{
+    uint64_t v = atomic_load_explicit(&r->span, memory_order_relaxed);
+    for (;;) {
+        uint64_t lo = v >> 32, hi = v & 0xffffffffu;
+        if (lo >= hi)
+            return -1;
+        uint64_t next = back ? lo << 32 | (hi - 1) : (lo + 1) << 32 | hi;
+        if (atomic_compare_exchange_weak_explicit(&r->span, &v, next, memory_order_relaxed,
+                                                  memory_order_relaxed))
+            return (int64_t)(back ? hi - 1 : lo);
+    }
+}
+
+int64_t ts_kranges_next(ts_krange *r, int n, int home, int reverse)
+{
+    home %= n;
+    int64_t u = krange_take(&r[home], reverse);
+    for (int k = 1; u < 0 && k < n; k++)
+        u = krange_take(&r[(home + k) % n], !reverse);
+    return u;
 }
 
 int ts_krun(ts_pool *pool, ts_kjob *j, size_t slot_bytes, int64_t n_items, ts_pool_item_fn fn)

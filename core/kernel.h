@@ -5,8 +5,9 @@
  * per-group scales S are passed separately because feedback changes them after each step.
  *
  * Shapes: the layer has `rows` outputs and `cols` inputs; groups are `gs` consecutive
- * columns of one row, gpr = ceil(cols/gs) groups per row, G = rows·gpr, and S[r·gpr + g]
- * is the scale of group g of row r. W_eff[r][c] = S[r·gpr + c/gs] · T[r][c].
+ * columns of one row, gpr = ceil(cols/gs) groups per row, G = rows·gpr, and S[r, g]
+ * is the scale of group g of row r, stored at S[ts_scale_index(gpr, r, g)] (below).
+ * W_eff[r][c] = S[r, c/gs] · T[r][c].
  *
  * All functions are pure compute: no I/O, no allocation on the hot path. pool may be NULL.
  */
@@ -19,6 +20,24 @@
 #include "pool.h"
 
 typedef struct ts_weights ts_weights;
+
+/* S is kept in the kernels' order, not row-major: rows in blocks of TS_SCALE_ROWS, each
+ * block group by group, the block's 16 rows of one group side by side in one 64-byte line
+ * (padding rows of the last block hold 0; the array is 64-byte aligned). A kernel then reads the scales of 16 rows with
+ * one aligned load, where a row-major S costs a gather or a transpose per group (a quarter
+ * of a batch-1 forward) and, read down a column, misses the cache at power-of-two widths.
+ * The model refreshes S in this order after every feedback step (ts_layer_update_scales). */
+#define TS_SCALE_ROWS 16
+/* Floats in S for a layer of `rows` rows and gpr groups per row. */
+static inline int64_t ts_scale_count(int64_t rows, int64_t gpr)
+{
+    return (rows + TS_SCALE_ROWS - 1) / TS_SCALE_ROWS * TS_SCALE_ROWS * gpr;
+}
+/* Index in S of the scale of group g of row r. */
+static inline int64_t ts_scale_index(int64_t gpr, int64_t r, int64_t g)
+{
+    return ((r / TS_SCALE_ROWS) * gpr + g) * TS_SCALE_ROWS + r % TS_SCALE_ROWS;
+}
 
 /* Build the compute layout. T_packed holds rows·cols trits (ts_trits_pack format).
  * Returns NULL on allocation failure or corrupt T_packed (a byte >= 243). */

@@ -65,55 +65,10 @@ static inline __mmask16 rows_mask(const ts_weights *w, int64_t blk)
     return n >= TS_RB ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
 }
 
-/* S[r, g] for the 16 rows of block blk (0 for padding rows). */
-static inline __m512 block_scales(const ts_weights *w, const float *S, int64_t blk, int64_t g,
-                                  __m512i lane_gpr)
+/* S[rows of block blk, g] (S in the kernels' order: one aligned line; 0 for padding rows). */
+static inline __m512 block_scales(const ts_weights *w, const float *S, int64_t blk, int64_t g)
 {
-    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rows_mask(w, blk), lane_gpr,
-                                    S + blk * TS_RB * w->gpr + g, 4);
-}
-
-/* In-register 16×16 transpose: r[i][j] becomes r[j][i]. */
-static inline void transpose16(__m512 r[16])
-{
-    __m512 t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-#define PD(v) _mm512_castps_pd(v)
-#define PS(v) _mm512_castpd_ps(v)
-    for (int i = 0; i < 16; i += 4) {
-        r[i] = PS(_mm512_unpacklo_pd(PD(t[i]), PD(t[i + 2])));
-        r[i + 1] = PS(_mm512_unpackhi_pd(PD(t[i]), PD(t[i + 2])));
-        r[i + 2] = PS(_mm512_unpacklo_pd(PD(t[i + 1]), PD(t[i + 3])));
-        r[i + 3] = PS(_mm512_unpackhi_pd(PD(t[i + 1]), PD(t[i + 3])));
-    }
-#undef PD
-#undef PS
-    for (int h = 0; h < 16; h += 8)
-        for (int i = 0; i < 4; i++) {
-            t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
-            t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
-        }
-    for (int i = 0; i < 8; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-    }
-}
-
-/* win[gg] = S[rows of block blk, g0 + gg] for 16 groups from g0 (0 for padding): 16 row
- * loads and a transpose, instead of a gather (16 loads) per group. */
-static void block_scales16(const ts_weights *w, const float *S, int64_t blk, int64_t g0,
-                           __m512 win[16])
-{
-    int64_t n = w->gpr - g0;
-    __mmask16 gm = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
-    for (int i = 0; i < TS_RB; i++) {
-        int64_t r = blk * TS_RB + i;
-        win[i] = r < w->rows ? _mm512_maskz_loadu_ps(gm, S + r * w->gpr + g0) : _mm512_setzero_ps();
-    }
-    transpose16(win);
+    return _mm512_load_ps(S + ts_scale_index(w->gpr, blk * TS_RB, g));
 }
 
 /* ── forward, small batch ── */
@@ -124,7 +79,9 @@ typedef struct {
     int64_t B;
     float *y;
     float *tabs;   /* [B][gpr][ntr][32] */
-    int slots;
+    ts_krange *ranges;   /* [nranges] of units of GEMV_BLOCKS row blocks */
+    int nranges;
+    int reverse;   /* walk the home ranges backwards (ts_weights_pass) */
 } gemv_job;
 
 /* Tables for batch row b, groups [g0, g1). */
@@ -150,97 +107,133 @@ static void gemv_build(const gemv_job *j, int64_t b, int64_t g0, int64_t g1)
         }
 }
 
-/* GEMV_BLOCKS row blocks from blk0, batch row b. */
-static void gemv_blocks(const gemv_job *j, int64_t blk0, int64_t b, __m512i lane_gpr)
+/* One word (up to six fields) of GEMV_BLOCKS blocks, NB batch rows from tab (whose batch rows
+ * are bstride floats apart): acc[b][k] += table[field] field after field. The indices are
+ * shifted out of the loaded words afresh for each field, so the permute may overwrite them
+ * and no register is copied; vpermt2ps reads the low 5 bits only, so no mask is needed. */
+static inline __attribute__((always_inline)) void gemv_word(const __m512i d[GEMV_BLOCKS],
+                                                            int64_t nf, const float *tab,
+                                                            int64_t bstride, const int NB,
+                                                            __m512 acc[][GEMV_BLOCKS])
 {
-    const ts_weights *w = j->w;
-    const float *tab = j->tabs + b * w->gpr * w->ntr * 32;
-    __m512 y[GEMV_BLOCKS];
-    for (int k = 0; k < GEMV_BLOCKS; k++)
-        y[k] = _mm512_setzero_ps();
-    __m512 win[GEMV_BLOCKS][16];   /* the scales of 16 groups, see block_scales16 */
-    /* The next blocks' scales (GEMV_BLOCKS·16 rows of S: contiguous, 4·gpr lines) are
-     * fetched ahead, 4 lines per group: block_scales16 reads them down columns, which the
-     * hardware prefetchers do not follow. */
-    const char *s_ahead = (const char *)(j->S + (blk0 + GEMV_BLOCKS) * TS_RB * w->gpr);
-    int ahead = (blk0 + GEMV_BLOCKS) * TS_RB < w->rows;
-    for (int64_t g = 0; g < w->gpr; g++) {
-        __m512 acc[GEMV_BLOCKS];
-        if (ahead)
-            for (int i = 0; i < GEMV_BLOCKS; i++)
-                _mm_prefetch(s_ahead + (g * GEMV_BLOCKS + i) * 64, _MM_HINT_T0);
-        if (g % 16 == 0)
-            for (int k = 0; k < GEMV_BLOCKS; k++)
-                block_scales16(w, j->S, blk0 + k, g, win[k]);
-#pragma GCC unroll 4
-        for (int k = 0; k < GEMV_BLOCKS; k++)
-            acc[k] = _mm512_setzero_ps();
-        for (int64_t jw = 0; jw < w->nw; jw++) {
-            if (jw > 0 && jw % GEMM_WORDS == 0) {
-                /* A wide group is scaled in parts of GEMM_WORDS words, as the batch kernel
-                 * does: a row's result must not depend on the batch it came in. */
-                for (int k = 0; k < GEMV_BLOCKS; k++) {
-                    y[k] = _mm512_fmadd_ps(acc[k], win[k][g % 16], y[k]);
-                    acc[k] = _mm512_setzero_ps();
-                }
-            }
-            __m512i d[GEMV_BLOCKS];
-#pragma GCC unroll 4
-            for (int k = 0; k < GEMV_BLOCKS; k++)
-                d[k] = _mm512_load_si512(ts_wwords(w, blk0 + k, g, jw));
-            int64_t nf = w->ntr - jw * TS_FPW < TS_FPW ? w->ntr - jw * TS_FPW : TS_FPW;
-            /* Each field's indices are shifted out of the loaded words afresh (not shifted
-             * in place), so the permute may overwrite them and no register is copied. */
 #define GEMV_FIELD(f)                                                                        \
     if (f < nf) {                                                                            \
-        __m512 lo = _mm512_load_ps(tab + 32 * f), hi = _mm512_load_ps(tab + 32 * f + 16);    \
-        _Pragma("GCC unroll 4") for (int k = 0; k < GEMV_BLOCKS; k++)                        \
-            acc[k] = _mm512_add_ps(acc[k], _mm512_permutex2var_ps(                           \
-                                               lo, _mm512_srli_epi32(d[k], 5 * f), hi));     \
+        __m512i idx[GEMV_BLOCKS];                                                            \
+        _Pragma("GCC unroll 8")                                                              \
+        for (int k = 0; k < GEMV_BLOCKS; k++)                                                \
+            idx[k] = f ? _mm512_srli_epi32(d[k], 5 * f) : d[k];                             \
+        _Pragma("GCC unroll 8")                                                              \
+        for (int b = 0; b < NB; b++) {                                                       \
+            const float *t = tab + b * bstride + 32 * f;                                     \
+            __m512 lo = _mm512_load_ps(t), hi = _mm512_load_ps(t + 16);                      \
+            _Pragma("GCC unroll 8")                                                          \
+            for (int k = 0; k < GEMV_BLOCKS; k++)                                            \
+                acc[b][k] = _mm512_add_ps(acc[b][k], _mm512_permutex2var_ps(lo, idx[k], hi)); \
+        }                                                                                    \
     }
-            GEMV_FIELD(0) GEMV_FIELD(1) GEMV_FIELD(2) GEMV_FIELD(3) GEMV_FIELD(4) GEMV_FIELD(5)
+    GEMV_FIELD(0) GEMV_FIELD(1) GEMV_FIELD(2) GEMV_FIELD(3) GEMV_FIELD(4) GEMV_FIELD(5)
 #undef GEMV_FIELD
-            tab += 32 * nf;
-        }
-#pragma GCC unroll 4
-        for (int k = 0; k < GEMV_BLOCKS; k++)
-            y[k] = _mm512_fmadd_ps(acc[k], win[k][g % 16], y[k]);
-    }
-    for (int k = 0; k < GEMV_BLOCKS && (blk0 + k) * TS_RB < w->rows; k++)
-        _mm512_mask_storeu_ps(j->y + b * w->rows + (blk0 + k) * TS_RB, rows_mask(w, blk0 + k), y[k]);
 }
 
-/* Item i: the GEMV_BLOCKS row blocks from i·GEMV_BLOCKS, every batch row. */
+/* GEMV_BLOCKS row blocks from blk0, batch rows b0..b0+NB: y[r] = Σ_g S[r,g] · Σ_t
+ * table[t][field], groups in order, each group's sum scaled in parts of GEMM_WORDS words as
+ * the batch kernel does (a row's result must not depend on the batch it came in). */
+static inline __attribute__((always_inline)) void gemv_blocks(const gemv_job *j, int64_t blk0,
+                                                              int64_t b0, const int NB)
+{
+    const ts_weights *w = j->w;
+    const int64_t bstride = w->gpr * w->ntr * 32;
+    const float *tab = j->tabs + b0 * bstride;
+    int nb = w->nblk - blk0 < GEMV_BLOCKS ? (int)(w->nblk - blk0) : GEMV_BLOCKS;
+    __m512 y[NB][GEMV_BLOCKS], acc[NB][GEMV_BLOCKS];
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; b++)
+#pragma GCC unroll 8
+        for (int k = 0; k < GEMV_BLOCKS; k++)
+            y[b][k] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < w->gpr; g++) {
+#pragma GCC unroll 8
+        for (int b = 0; b < NB; b++)
+#pragma GCC unroll 8
+            for (int k = 0; k < GEMV_BLOCKS; k++)
+                acc[b][k] = _mm512_setzero_ps();
+        for (int64_t jw = 0; jw < w->nw; jw++) {
+            if (jw > 0 && jw % GEMM_WORDS == 0)
+#pragma GCC unroll 8
+                for (int k = 0; k < nb; k++) {
+                    __m512 s = block_scales(w, j->S, blk0 + k, g);
+    #pragma GCC unroll 8
+                    for (int b = 0; b < NB; b++) {
+                        y[b][k] = _mm512_fmadd_ps(acc[b][k], s, y[b][k]);
+                        acc[b][k] = _mm512_setzero_ps();
+                    }
+                }
+            __m512i d[GEMV_BLOCKS];
+#pragma GCC unroll 8
+            for (int k = 0; k < GEMV_BLOCKS; k++)   /* stored blocks: a multiple of 4 */
+                d[k] = _mm512_load_si512(ts_wwords(w, blk0 + k, g, jw));
+            int64_t nf = w->ntr - jw * TS_FPW < TS_FPW ? w->ntr - jw * TS_FPW : TS_FPW;
+            switch (nf) {   /* a constant field count: acc stays in registers */
+            case 6: gemv_word(d, 6, tab, bstride, NB, acc); break;
+            case 5: gemv_word(d, 5, tab, bstride, NB, acc); break;
+            case 4: gemv_word(d, 4, tab, bstride, NB, acc); break;
+            case 3: gemv_word(d, 3, tab, bstride, NB, acc); break;
+            case 2: gemv_word(d, 2, tab, bstride, NB, acc); break;
+            default: gemv_word(d, 1, tab, bstride, NB, acc); break;
+            }
+            tab += 32 * nf;
+        }
+#pragma GCC unroll 8
+        for (int k = 0; k < nb; k++) {
+            __m512 s = block_scales(w, j->S, blk0 + k, g);
+#pragma GCC unroll 8
+            for (int b = 0; b < NB; b++)
+                y[b][k] = _mm512_fmadd_ps(acc[b][k], s, y[b][k]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; b++)
+#pragma GCC unroll 8
+        for (int k = 0; k < nb; k++)
+            _mm512_mask_storeu_ps(j->y + (b0 + b) * w->rows + (blk0 + k) * TS_RB,
+                                  rows_mask(w, blk0 + k), y[b][k]);
+}
+
+/* A thread's share: units of GEMV_BLOCKS row blocks from its home range, then what is left of
+ * the others' (ts_kranges_next), every batch row (two at a time where there are two: they
+ * share the words' loads and shifts). */
 static void gemv_item(void *arg, int slot, int64_t i)
 {
     const gemv_job *j = arg;
-    (void)slot;
-    __m512i lane_gpr = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4,
-                                                           3, 2, 1, 0),
-                                          _mm512_set1_epi32((int)j->w->gpr));
-    for (int64_t b = 0; b < j->B; b++)
-        gemv_blocks(j, i * GEMV_BLOCKS, b, lane_gpr);
+    (void)i;
+    for (int64_t u; (u = ts_kranges_next(j->ranges, j->nranges, slot, j->reverse)) >= 0;) {
+        int64_t b = 0;
+        for (; b + 2 <= j->B; b += 2)
+            gemv_blocks(j, u * GEMV_BLOCKS, b, 2);
+        if (b < j->B)
+            gemv_blocks(j, u * GEMV_BLOCKS, b, 1);
+    }
 }
 
 static int avx512_forward(const ts_weights *w, const float *S, const float *x, int64_t B,
                           float *y, ts_pool *pool)
 {
-    if (w->gpr > INT32_MAX / TS_RB || w->cols > INT32_MAX / LANES)
-        return -1;   /* gather indices are 32-bit */
     if (B >= GEMM_MIN_BATCH)
         return avx512_gemm_forward(w, S, x, B, y, pool);
-    size_t bytes = (size_t)B * (size_t)w->gpr * (size_t)w->ntr * 32 * sizeof(float);
-    float *tabs = ts_kscratch_get(pool, bytes);
-    if (!tabs)
+    int slots = ts_kslots(pool, w, B);
+    size_t tab_bytes = (size_t)B * (size_t)w->gpr * (size_t)w->ntr * 32 * sizeof(float);
+    char *scratch = ts_kscratch_get(pool, tab_bytes + (size_t)slots * sizeof(ts_krange));
+    if (!scratch)
         return -1;
-    gemv_job j = {w, S, x, B, y, tabs, ts_kslots(pool, w, B)};
+    gemv_job j = {w, S, x, B, y, (float *)scratch, (ts_krange *)(scratch + tab_bytes), slots,
+                  ts_weights_pass(w)};
+    ts_kranges_init(j.ranges, slots, (w->nblk + GEMV_BLOCKS - 1) / GEMV_BLOCKS);
     /* The tables take ~1% of the time: built here, the threads meet once per call (under
      * load a meeting can cost as much as the work). */
     for (int64_t b = 0; b < B; b++)
         gemv_build(&j, b, 0, w->gpr);
-    ts_pool_run_items(j.slots > 1 ? pool : NULL, (w->nblk + GEMV_BLOCKS - 1) / GEMV_BLOCKS,
-                      gemv_item, &j);
-    ts_kscratch_put(pool, tabs);
+    ts_pool_run_items(slots > 1 ? pool : NULL, slots, gemv_item, &j);
+    ts_kscratch_put(pool, scratch);
     return 0;
 }
 
@@ -251,30 +244,16 @@ static int avx512_forward(const ts_weights *w, const float *S, const float *x, i
 #define BWD_TILE 16        /* blocks per tile: z of 16 blocks · 8 batch rows = 8 KiB */
 #define BWD_TILE_TRIPLES 256   /* wider groups: no tiles (the partial sums would not fit) */
 
-/* sT[(g - g0)·nblk + blk] = S[rows of blk, g] for g in [g0, g1) (0 for padding rows): the
- * slot's scales in lane order, made once per call with block_scales16, so that no group's
- * pass walks down a column of S (which, at a power-of-two stride, misses the cache). */
-static void bwd_scales(const ts_weights *w, const float *S, int64_t g0, int64_t g1, __m512 *sT)
-{
-    __m512 win[16];
-    for (int64_t g = g0; g < g1; g += 16)
-        for (int64_t blk = 0; blk < w->nblk; blk++) {
-            block_scales16(w, S, blk, g, win);
-            for (int64_t gg = 0; gg < 16 && g + gg < g1; gg++)
-                sT[(g + gg - g0) * w->nblk + blk] = win[gg];
-        }
-}
-
-/* z[blk][bb] = dy[b0+bb][rows of blk] · S[rows of blk, g] for bb < nb (0 for padding);
- * s[blk] holds the scales of group g. */
-static void bwd_z(const ts_kjob *j, const __m512 *s, int64_t b0, int nb, __m512 *z)
+/* z[blk][bb] = dy[b0+bb][rows of blk] · S[rows of blk, g] for bb < nb (0 for padding). */
+static void bwd_z(const ts_kjob *j, int64_t g, int64_t b0, int nb, __m512 *z)
 {
     const ts_weights *w = j->w;
     for (int64_t blk = 0; blk < w->nblk; blk++) {
         __mmask16 m = rows_mask(w, blk);
+        __m512 s = block_scales(w, j->S, blk, g);
         for (int bb = 0; bb < nb; bb++) {
             __m512 d = _mm512_maskz_loadu_ps(m, j->dy + (b0 + bb) * w->rows + blk * TS_RB);
-            z[blk * nb + bb] = _mm512_mul_ps(d, s[blk]);
+            z[blk * nb + bb] = _mm512_mul_ps(d, s);
         }
     }
 }
@@ -327,11 +306,11 @@ BWD_TRIPLE(8)
 
 /* One group for batch rows b0..b0+nb: z for all blocks, then tiles of BWD_TILE blocks (their
  * z stays in L1 while every triple of the group runs over it; partial sums go through io). */
-static void bwd_group(const ts_kjob *j, int64_t g, const __m512 *s, int64_t b0, int nb, __m512 *z,
-                      __m512 *io, const __m512 *tlo, const __m512 *thi)
+static void bwd_group(const ts_kjob *j, int64_t g, int64_t b0, int nb, __m512 *z, __m512 *io,
+                      const __m512 *tlo, const __m512 *thi)
 {
     const ts_weights *w = j->w;
-    bwd_z(j, s, b0, nb, z);
+    bwd_z(j, g, b0, nb, z);
     int64_t tile = w->ntr <= BWD_TILE_TRIPLES ? BWD_TILE : w->nblk;
     for (int64_t k0 = 0; k0 < w->nblk; k0 += tile) {
         int64_t k1 = k0 + tile < w->nblk ? k0 + tile : w->nblk;
@@ -363,14 +342,13 @@ static void bwd_item(void *arg, int slot, int64_t i)
     __m512 tlo[3], thi[3];
     trit_tables(tlo, thi);
     __m512 *z = (__m512 *)(j->scratch + (size_t)slot * j->slot_bytes);
-    __m512 *io = z + (size_t)w->nblk * BWD_BATCH, *sT = io + bwd_io_vectors(w);
+    __m512 *io = z + (size_t)w->nblk * BWD_BATCH;
     int64_t g0 = i * BWD_ITEM_GROUPS;
     int64_t g1 = g0 + BWD_ITEM_GROUPS < w->gpr ? g0 + BWD_ITEM_GROUPS : w->gpr;
-    bwd_scales(w, j->S, g0, g1, sT);
     for (int64_t b0 = 0; b0 < j->B;) {
         int nb = j->B - b0 >= 8 ? 8 : j->B - b0 >= 4 ? 4 : j->B - b0 >= 2 ? 2 : 1;
         for (int64_t g = g0; g < g1; g++)
-            bwd_group(j, g, sT + (g - g0) * w->nblk, b0, nb, z, io, tlo, thi);
+            bwd_group(j, g, b0, nb, z, io, tlo, thi);
         b0 += nb;
     }
 }
@@ -382,7 +360,7 @@ static int avx512_backward_x(const ts_weights *w, const float *S, const float *d
         return -1;   /* small layers: the reference's order (kernel_impl.h) */
     ts_kjob j = {.w = w, .S = S, .dy = dy, .B = B, .out = dx};
     return ts_krun(pool, &j,
-                   ((size_t)w->nblk * (BWD_BATCH + BWD_ITEM_GROUPS) + bwd_io_vectors(w)) *
+                   ((size_t)w->nblk * BWD_BATCH + bwd_io_vectors(w)) *
                        sizeof(__m512),
                    (w->gpr + BWD_ITEM_GROUPS - 1) / BWD_ITEM_GROUPS, bwd_item);
 }

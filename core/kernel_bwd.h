@@ -24,13 +24,13 @@ static void BWD_PREFIX(transpose_dy)(const ts_kjob *j, int64_t b0, float *dyT)
             dyT[r * BWD_LANES + l] = b0 + l < j->B ? j->dy[(b0 + l) * w->rows + r] : 0.0f;
 }
 
-/* ST[r][gg] = S[r, g0 + gg] (rows of S read along, not down: see kernel_gemm.h). */
+/* ST[r][gg] = S[r, g0 + gg]: the scales of BWD_SGROUPS groups, row by row. */
 static void BWD_PREFIX(scales)(const ts_weights *w, const float *S, int64_t g0, float *ST)
 {
     int64_t n = w->gpr - g0 < BWD_SGROUPS ? w->gpr - g0 : BWD_SGROUPS;
     for (int64_t r = 0; r < w->rows; r++)
         for (int64_t k = 0; k < BWD_SGROUPS; k++)
-            ST[r * BWD_SGROUPS + k] = k < n ? S[r * w->gpr + g0 + k] : 0.0f;
+            ST[r * BWD_SGROUPS + k] = k < n ? S[ts_scale_index(w->gpr, r, g0 + k)] : 0.0f;
 }
 
 /* The bins of group g: every row's z added into bins[t·27 + field]. */

@@ -18,7 +18,6 @@
 #define GEMM_WORDS 4   /* words per table: 24 triples · 27 · LANES floats (≤ 41 KiB) */
 #define GEMM_TABLE (GEMM_WORDS * TS_FPW * 27)   /* vectors in one table */
 #define GEMM_AHEAD 4   /* blocks to prefetch ahead */
-#define GEMM_SGROUPS 16   /* groups whose scales are copied out at a time */
 
 /* Gather column c of the batch chunk into a vector (lanes past B are 0). */
 static inline VEC GEMM_PREFIX(column)(const float *x, int64_t cols, int64_t b0, int64_t B,
@@ -61,7 +60,7 @@ static void GEMM_PREFIX(build)(const ts_weights *w, const float *x, int64_t b0, 
  * the lookup loop is loads and adds only: a pair of rows' offsets is one 64-bit load, and
  * each row adds its table vector straight from memory. The rows go in two halves of eight,
  * so that the group sums and the scaled sums of a half stay in registers. */
-static void GEMM_PREFIX(block)(const ts_weights *w, const float *ST, int64_t r0, int64_t g0,
+static void GEMM_PREFIX(block)(const ts_weights *w, const float *S, int64_t r0, int64_t g0,
                                int64_t ng, int64_t j0, int64_t j1, const VEC *tab, VEC *yT)
 {
     uint32_t offs[GEMM_WORDS][TS_FPW][TS_RB] __attribute__((aligned(64)));
@@ -97,8 +96,8 @@ static void GEMM_PREFIX(block)(const ts_weights *w, const float *ST, int64_t r0,
 #undef GEMM_PAIR
                 }
             }
-            const float *s = ST + (h * GEMM_SGROUPS) + g % GEMM_SGROUPS;
-#define GEMM_SCALE(k) y##k = VFMA(a##k, VBCAST(s[k * GEMM_SGROUPS]), y##k)
+            const float *s = S + ts_scale_index(w->gpr, r0, g) + h;   /* rows r0+h.. */
+#define GEMM_SCALE(k) y##k = VFMA(a##k, VBCAST(s[k]), y##k)
             GEMM_SCALE(0); GEMM_SCALE(1); GEMM_SCALE(2); GEMM_SCALE(3);
             GEMM_SCALE(4); GEMM_SCALE(5); GEMM_SCALE(6); GEMM_SCALE(7);
 #undef GEMM_SCALE
@@ -108,44 +107,18 @@ static void GEMM_PREFIX(block)(const ts_weights *w, const float *ST, int64_t r0,
     }
 }
 
-/* ST[r - r0][gg] = S[r, g0 + gg] for 16 groups from g0 (0 past the rows or groups): the
- * rows' scales of one group 64 bytes apart. Reading S down a column instead (a stride of
- * gpr floats, often a power of two) would use a few cache sets only and miss every time. */
-static void GEMM_PREFIX(scales)(const ts_weights *w, const float *S, int64_t g0, int64_t r0,
-                                int64_t rpad, float *ST)
-{
-    int64_t n = w->gpr - g0 < GEMM_SGROUPS ? w->gpr - g0 : GEMM_SGROUPS;
-    for (int64_t r = r0; r < r0 + rpad; r++, ST += GEMM_SGROUPS) {
-        if (r < w->rows && n == GEMM_SGROUPS) {
-            memcpy(ST, S + r * w->gpr + g0, GEMM_SGROUPS * sizeof *ST);
-            continue;
-        }
-        int64_t k = 0;
-        if (r < w->rows)
-            for (; k < n; k++)
-                ST[k] = S[r * w->gpr + g0 + k];
-        for (; k < GEMM_SGROUPS; k++)
-            ST[k] = 0.0f;
-    }
-}
-
 /* Batch chunk starting at b0, rows [r0, r1) (block-aligned): y = x · W_effᵀ. */
 static void GEMM_PREFIX(chunk)(const ts_weights *w, const float *S, const float *x, int64_t B,
                                int64_t b0, int64_t r0, int64_t r1, float *y, VEC *tab, VEC *yT)
 {
     int64_t rpad = (r1 - r0 + TS_RB - 1) / TS_RB * TS_RB;   /* whole blocks */
-    float *ST = (float *)(yT + rpad);                       /* [rpad][GEMM_SGROUPS] */
     for (int64_t r = 0; r < rpad; r++)
         yT[r] = VZERO();
-    /* A pass: the table of GEMM_WORDS words, i.e. of several whole groups (not crossing a
-     * GEMM_SGROUPS boundary) or of a part of one wide group. */
+    /* A pass: the table of GEMM_WORDS words, i.e. of several whole groups or of a part of
+     * one wide group. */
     int64_t per = GEMM_WORDS / w->nw > 1 ? GEMM_WORDS / w->nw : 1;
     for (int64_t g0 = 0; g0 < w->gpr;) {
-        int64_t ng = per, room = GEMM_SGROUPS - g0 % GEMM_SGROUPS;
-        ng = ng < room ? ng : room;
-        ng = ng < w->gpr - g0 ? ng : w->gpr - g0;
-        if (g0 % GEMM_SGROUPS == 0)
-            GEMM_PREFIX(scales)(w, S, g0, r0, rpad, ST);
+        int64_t ng = per < w->gpr - g0 ? per : w->gpr - g0;
         for (int64_t j0 = 0; j0 < w->nw; j0 += GEMM_WORDS) {
             int64_t j1 = j0 + GEMM_WORDS < w->nw ? j0 + GEMM_WORDS : w->nw;
             int64_t t1 = j1 * TS_FPW < w->ntr ? j1 * TS_FPW : w->ntr;
@@ -153,7 +126,7 @@ static void GEMM_PREFIX(chunk)(const ts_weights *w, const float *S, const float 
                 GEMM_PREFIX(build)(w, x, b0, B, g0 + q, j0 * TS_FPW, t1,
                                    tab + q * (j1 - j0) * TS_FPW * 27);
             for (int64_t r = 0; r < rpad; r += TS_RB)
-                GEMM_PREFIX(block)(w, ST + r * GEMM_SGROUPS, r0 + r, g0, ng, j0, j1, tab, yT + r);
+                GEMM_PREFIX(block)(w, S, r0 + r, g0, ng, j0, j1, tab, yT + r);
         }
         g0 += ng;
     }
@@ -185,6 +158,6 @@ static int GEMM_PREFIX(forward)(const ts_weights *w, const float *S, const float
     size_t rows_pad = (size_t)((w->nblk + parts - 1) / parts + 1) * TS_RB;
     ts_kjob j = {.w = w, .S = S, .x = x, .B = B, .out = y, .parts = parts};
     return ts_krun(pool, &j,
-                   (GEMM_TABLE + rows_pad) * sizeof(VEC) + GEMM_SGROUPS * rows_pad * sizeof(float),
+                   (GEMM_TABLE + rows_pad) * sizeof(VEC),
                    nbc * parts, GEMM_PREFIX(item));
 }

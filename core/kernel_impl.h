@@ -21,6 +21,7 @@
 #ifndef TS_KERNEL_IMPL_H
 #define TS_KERNEL_IMPL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,7 +39,15 @@ struct ts_weights {
     int64_t ntr;          /* triples per group: ceil(gs / 3) */
     int64_t nw;           /* words per group and row: ceil(ntr / TS_FPW) */
     uint32_t *bits;       /* [stored blocks][gpr][nw][TS_RB], 64-byte aligned */
+    atomic_uint passes;   /* batch-1 forwards so far: the one field a kernel writes, a hint
+                           * for the walking order (ts_weights_pass), never read for results */
 };
+
+/* Odd or even pass over w: a kernel that streams the weights walks its rows backwards on
+ * odd passes. A layer slightly larger than the caches then finds, at the start of each
+ * call, the rows the previous call read last still in this core's L2 (walking the same way
+ * every time, least-recently-used replacement leaves nothing useful behind). */
+int ts_weights_pass(const ts_weights *w);
 
 /* The TS_RB words (one per row of the block) of word j of group g of row block blk. */
 static inline const uint32_t *ts_wwords(const ts_weights *w, int64_t blk, int64_t g, int64_t j)
@@ -126,6 +135,21 @@ typedef struct {
  * slot_bytes of scratch per thread (rounded up to 64). Returns 0, or -1 when there is no
  * memory for the scratch (nothing ran). */
 int ts_krun(ts_pool *pool, ts_kjob *j, size_t slot_bytes, int64_t n_items, ts_pool_item_fn fn);
+
+/* Units of work (e.g. groups of row blocks) in n contiguous home ranges, one per thread:
+ * a thread walks its home range from one end and, when it is done, takes units from the
+ * other end of the others' ranges. Home ranges keep a core on the same rows call after call
+ * (see ts_weights_pass); taking the others' leftovers keeps a thread the scheduler delays
+ * from holding up the call. Each unit is handed out once. */
+typedef struct {
+    atomic_uint_fast64_t span;   /* (first unit left << 32) | end: units [first, end) left */
+    char pad[64 - sizeof(atomic_uint_fast64_t)];   /* one range per cache line */
+} ts_krange;
+void ts_kranges_init(ts_krange *r, int n, int64_t units);
+/* The next unit for a thread at home in range `home` (any slot number: taken modulo n),
+ * from the front of its range (the back when `reverse`), then from the others; -1 when no
+ * unit is left. */
+int64_t ts_kranges_next(ts_krange *r, int n, int home, int reverse);
 
 /* Split [0, n) into `parts` contiguous ranges aligned to `align`; range i is [*b, *e). */
 static inline void ts_ksplit(int64_t n, int64_t align, int parts, int i, int64_t *b, int64_t *e)

@@ -25,6 +25,16 @@ static void fill_zero_trits(uint8_t *packed, size_t n)
     }
 }
 
+/* S in the kernels' order (kernel.h): 64-byte aligned, padding rows 0. */
+static float *scales_alloc(int64_t rows, int64_t gpr)
+{
+    size_t bytes = (size_t)ts_scale_count(rows, gpr) * sizeof(float);
+    float *S = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (S)
+        memset(S, 0, bytes);
+    return S;
+}
+
 /* Allocate one ternary layer's state; the specs are already checked, so every size
  * below is far from overflow (TS_MAX_PARAMS trits, TS_MAX_DIM rows). */
 static int layer_alloc(ts_layer *l)
@@ -39,13 +49,13 @@ static int layer_alloc(ts_layer *l)
     l->T_packed = malloc(ts_trits_packed_size(n));
     l->E = calloc(G, sizeof *l->E);
     l->corr_accum = calloc(G, sizeof *l->corr_accum);
-    l->S = calloc(G, sizeof *l->S);
+    l->S = scales_alloc(l->rows, l->gpr);
     if (s->has_bias)
         l->bias = calloc((size_t)l->rows, sizeof *l->bias);
     if (!l->T_packed || !l->E || !l->corr_accum || !l->S || (s->has_bias && !l->bias))
         return -1;
     fill_zero_trits(l->T_packed, n);
-    ts_layer_update_scales(l);
+    ts_layer_update_scales(l, NULL);
     return 0;
 }
 
@@ -101,7 +111,7 @@ static int layer_prepare(ts_layer *l, int i, char *err, size_t errlen)
         return -1;
     }
     if (!l->T_packed) {   /* prepared before: W holds T, only the scales may have changed */
-        ts_layer_update_scales(l);
+        ts_layer_update_scales(l, NULL);
         return 0;
     }
     for (size_t k = 0; k < nbytes; k++) {
@@ -127,7 +137,7 @@ static int layer_prepare(ts_layer *l, int i, char *err, size_t errlen)
     l->W = W;
     free(l->T_packed);   /* W gives the bytes back (ts_layer_packed): keep one copy of T */
     l->T_packed = NULL;
-    ts_layer_update_scales(l);
+    ts_layer_update_scales(l, NULL);
     return 0;
 }
 
@@ -150,20 +160,54 @@ int ts_model_prepare(ts_model *m, char *err, size_t errlen)
 /* The reference (torch 1.13, checked): corr_accum.float() / denom is an IEEE float32
  * division by the float32 value of the Python int step·gs (not a multiply by its
  * reciprocal); "* 4.0" and "E.float() +" are float32; torch.exp2 matches libm exp2f. */
-void ts_layer_update_scales(ts_layer *l)
+static void scales_of(const ts_layer *l, int64_t g0, int64_t n, float denom, float *out)
 {
-    int64_t gs = l->spec.group_size;
-    float denom = 1.0f;
-    if (l->step > 0)
-        denom = l->step <= INT64_MAX / gs ? (float)(l->step * gs) : (float)l->step * (float)gs;
-    for (int64_t g = 0; g < l->n_groups; g++) {
+    for (int64_t g = g0; g < g0 + n; g++) {
         float e = (float)l->E[g];
         if (l->step > 0) {
             float mean_corr = (float)l->corr_accum[g] / denom;
             e = e + mean_corr * 4.0f;
         }
-        l->S[g] = exp2f(e);
+        out[g - g0] = exp2f(e);
     }
+}
+
+typedef struct {
+    ts_layer *l;
+    float denom;
+} scales_job;
+
+/* Rows [r0, r1): each row's scales computed along the row, then stored in the kernels'
+ * order (16 rows of a block write the same lines, which stay in cache meanwhile). */
+static void scales_rows(void *arg, int64_t r0, int64_t r1)
+{
+    const scales_job *j = arg;
+    ts_layer *l = j->l;
+    float row[256];
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t g0 = 0; g0 < l->gpr; g0 += 256) {
+            int64_t n = l->gpr - g0 < 256 ? l->gpr - g0 : 256;
+            scales_of(l, r * l->gpr + g0, n, j->denom, row);
+            float *S = l->S + ts_scale_index(l->gpr, r, g0);
+            for (int64_t k = 0; k < n; k++)
+                S[k * TS_SCALE_ROWS] = row[k];
+        }
+}
+
+void ts_layer_update_scales(ts_layer *l, ts_pool *pool)
+{
+    int64_t gs = l->spec.group_size;
+    scales_job j = {l, 1.0f};
+    if (l->step > 0)
+        j.denom = l->step <= INT64_MAX / gs ? (float)(l->step * gs) : (float)l->step * (float)gs;
+    /* whole blocks of 16 rows per thread, and enough groups (~2^16) to be worth a thread */
+    int64_t min_rows = (((int64_t)1 << 16) / l->gpr + TS_SCALE_ROWS) / TS_SCALE_ROWS * TS_SCALE_ROWS;
+    ts_pool_run(pool, l->rows, min_rows, scales_rows, &j);
+}
+
+float ts_layer_scale(const ts_layer *l, int64_t r, int64_t g)
+{
+    return l->S[ts_scale_index(l->gpr, r, g)];
 }
 
 int64_t ts_model_step(const ts_model *m)
@@ -204,7 +248,7 @@ void ts_state_load(ts_model *m, const int64_t *in)
         l->step = *in++;
         memcpy(l->corr_accum, in, (size_t)l->n_groups * sizeof *in);
         in += l->n_groups;
-        ts_layer_update_scales(l);
+        ts_layer_update_scales(l, NULL);
     }
 }
 
@@ -265,7 +309,8 @@ size_t ts_model_bytes(const ts_model *m)
         size_t G = (size_t)l->n_groups;
         if (l->T_packed)   /* only until ts_model_prepare */
             bytes += ts_trits_packed_size((size_t)l->rows * (size_t)l->cols);
-        bytes += G * (sizeof *l->E + sizeof *l->corr_accum + sizeof *l->S);
+        bytes += G * (sizeof *l->E + sizeof *l->corr_accum) +
+                 (size_t)ts_scale_count(l->rows, l->gpr) * sizeof *l->S;
         if (l->bias)
             bytes += (size_t)l->rows * sizeof *l->bias;
         bytes += ts_weights_bytes(l->W);

@@ -49,7 +49,9 @@ typedef struct {
     int64_t step;              /* step_counter, persistent, mutable */
     int32_t *bias;             /* [rows]  persistent, immutable; NULL when no bias */
     ts_weights *W;             /* derived: compute layout of T */
-    float *S;                  /* [G]     derived: scales, see ts_layer_update_scales */
+    float *S;                  /* [ts_scale_count(rows, gpr)] derived: scales in the kernels'
+                                * order (kernel.h), see ts_layer_update_scales and
+                                * ts_layer_scale */
 } ts_layer;
 
 typedef struct {
@@ -91,8 +93,11 @@ int ts_model_prepare(ts_model *m, char *err, size_t errlen);
  * T_packed before ts_model_prepare, rebuilt from W after it (byte-identical). */
 void ts_layer_packed(const ts_layer *l, uint8_t *out);
 
-/* Recompute S of one ternary layer from E, corr_accum and step. */
-void ts_layer_update_scales(ts_layer *l);
+/* Recompute S of one ternary layer from E, corr_accum and step (on the pool's threads when
+ * pool is not NULL: after a feedback step every scale changes). */
+void ts_layer_update_scales(ts_layer *l, ts_pool *pool);
+/* The scale of group g of row r (S is stored in the kernels' order). */
+float ts_layer_scale(const ts_layer *l, int64_t r, int64_t g);
 
 /* Initialise as the reference's constructors do, from a seeded RNG (not bit-identical
  * to torch.randn; the procedure is the same): linear: w ~ N(0, std²) with std 0.1

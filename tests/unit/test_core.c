@@ -312,7 +312,7 @@ START_TEST(test_alloc_zero_state)
         for (int64_t c = 0; c < 7; c++)
             ck_assert_int_eq(ts_weights_trit(l->W, r, c), 0);
     for (int g = 0; g < 6; g++)
-        ck_assert(l->S[g] == 1.0f);
+        ck_assert(ts_layer_scale(l, g / l->gpr, g % l->gpr) == 1.0f);
     ck_assert_int_eq(ts_model_params(m), 21);
     ck_assert_int_eq(ts_model_groups(m), 6);
     ck_assert_uint_gt(ts_model_bytes(m), 21 / 5 + 6 * 13 + 12);
@@ -355,15 +355,15 @@ START_TEST(test_update_scales)
     l->E[1] = 0;
     l->corr_accum[0] = 5;
     l->corr_accum[1] = -7;
-    ts_layer_update_scales(l);
-    ck_assert(l->S[0] == 0.125f);   /* step 0: corr_accum is ignored */
-    ck_assert(l->S[1] == 1.0f);
+    ts_layer_update_scales(l, NULL);
+    ck_assert(ts_layer_scale(l, 0, 0) == 0.125f);   /* step 0: corr_accum is ignored */
+    ck_assert(ts_layer_scale(l, 0, 1) == 1.0f);
     l->step = 7;
-    ts_layer_update_scales(l);
+    ts_layer_update_scales(l, NULL);
     volatile float d = 21.0f, c0 = 5.0f, c1 = -7.0f;
-    ck_assert(l->S[0] == exp2f(-3.0f + (c0 / d) * 4.0f));
-    ck_assert(l->S[1] == exp2f(0.0f + (c1 / d) * 4.0f));
-    ck_assert_float_eq_tol(l->S[1], powf(2.0f, -4.0f / 3.0f), 1e-6f);
+    ck_assert(ts_layer_scale(l, 0, 0) == exp2f(-3.0f + (c0 / d) * 4.0f));
+    ck_assert(ts_layer_scale(l, 0, 1) == exp2f(0.0f + (c1 / d) * 4.0f));
+    ck_assert_float_eq_tol(ts_layer_scale(l, 0, 1), powf(2.0f, -4.0f / 3.0f), 1e-6f);
     ts_model_free(m);
 }
 END_TEST
@@ -407,7 +407,7 @@ START_TEST(test_clone)
     m->layers[0].bias[1] = -2;
     m->layers[2].step = 5;
     m->layers[2].corr_accum[0] = -3;
-    ts_layer_update_scales(&m->layers[2]);
+    ts_layer_update_scales(&m->layers[2], NULL);
     ts_model *c = ts_model_clone(m);
     ck_assert_ptr_nonnull(c);
     float x[9], ym[2], yc[2];

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "core/kernel.h"
+#include "core/kernel_impl.h"
 #include "core/pool.h"
 #include "core/trits.h"
 #include "testutil.h"
@@ -26,7 +27,7 @@ typedef struct {
     int64_t rows, cols, gs, gpr, B;
     int8_t *T;        /* [rows][cols] */
     uint8_t *packed;
-    float *S;         /* [rows·gpr] */
+    float *S;         /* [ts_scale_count(rows, gpr)], the kernels' order */
     float *x, *dy;    /* [B][cols], [B][rows] */
 } layer;
 
@@ -39,15 +40,17 @@ static layer layer_make(int64_t rows, int64_t cols, int64_t gs, int64_t B, unsig
     size_t n = (size_t)(rows * cols);
     l.T = malloc(n);
     l.packed = malloc(ts_trits_packed_size(n));
-    l.S = malloc((size_t)(rows * l.gpr) * sizeof *l.S);
+    l.S = aligned_alloc(64, (size_t)ts_scale_count(rows, l.gpr) * sizeof *l.S + 64);
     l.x = malloc((size_t)(B * cols) * sizeof *l.x);
     l.dy = malloc((size_t)(B * rows) * sizeof *l.dy);
     ck_assert(l.T && l.packed && l.S && l.x && l.dy);
     for (size_t i = 0; i < n; i++)
         l.T[i] = (int8_t)(rand() % 3 - 1);
     ts_trits_pack(l.T, n, l.packed);
+    for (int64_t i = 0; i < ts_scale_count(rows, l.gpr); i++)
+        l.S[i] = 0.0f;   /* padding rows */
     for (int64_t g = 0; g < rows * l.gpr; g++)
-        l.S[g] = exp2f((float)(rand() % 9 - 8) + frand());
+        l.S[ts_scale_index(l.gpr, g / l.gpr, g % l.gpr)] = exp2f((float)(rand() % 9 - 8) + frand());
     for (int64_t i = 0; i < B * cols; i++)
         l.x[i] = frand();
     for (int64_t i = 0; i < B * rows; i++)
@@ -66,7 +69,7 @@ static void layer_free(layer *l)
 
 static float w_eff(const layer *l, int64_t r, int64_t c)
 {
-    return l->S[r * l->gpr + c / l->gs] * (float)l->T[r * l->cols + c];
+    return l->S[ts_scale_index(l->gpr, r, c / l->gs)] * (float)l->T[r * l->cols + c];
 }
 
 static double tol(double b) { return 1e-4 + 1e-4 * fabs(b); }
@@ -144,6 +147,11 @@ static void check_shape(int64_t rows, int64_t cols, int64_t gs, int64_t B)
             memset(dx, 0xff, nx * sizeof(float));
             memset(s, 0x7f, ns * sizeof(int64_t));
             ts_kernel_forward(w, l.S, l.x, B, y, pool);
+            /* again: the second pass walks the rows the other way (ts_weights_pass) */
+            memcpy(y1, y, ny * sizeof(float));
+            ts_kernel_forward(w, l.S, l.x, B, y, pool);
+            ck_assert_msg(memcmp(y, y1, ny * sizeof(float)) == 0,
+                          "%s forward differs between two passes (%d threads)", families[f], threads);
             ts_kernel_backward_x(w, l.S, l.dy, B, dx, pool);
             ts_kernel_score(w, l.dy, l.x, B, s, pool);
             check_close(y, y_ref, (int64_t)ny, "forward", &l, families[f], threads);
@@ -357,6 +365,60 @@ START_TEST(test_pool_items)
 }
 END_TEST
 
+/* ts_kranges_next hands every unit out once, whichever threads ask and from which end. */
+typedef struct {
+    ts_krange ranges[3];
+    int n, reverse;
+    int hits[1000];
+    int64_t order[3][1000];   /* the units each slot got, in order */
+    int got[3];
+} ranges_check;
+
+static void take_units(void *arg, int slot, int64_t item)
+{
+    ranges_check *c = arg;
+    (void)item;
+    for (int64_t u; (u = ts_kranges_next(c->ranges, c->n, slot, c->reverse)) >= 0;) {
+        __atomic_fetch_add(&c->hits[u], 1, __ATOMIC_RELAXED);
+        c->order[slot][c->got[slot]++] = u;
+    }
+}
+
+START_TEST(test_kranges)
+{
+    for (int threads = 1; threads <= 3; threads++) {
+        ts_pool *pool = ts_pool_new(threads);
+        ranges_check *c = calloc(1, sizeof *c);
+        for (int job = 0; job < 200; job++) {
+            int64_t units = job % 13 == 0 ? 0 : job * 5 % 1000;
+            memset(c->hits, 0, sizeof c->hits);
+            memset(c->got, 0, sizeof c->got);
+            c->n = threads;
+            c->reverse = job & 1;
+            ts_kranges_init(c->ranges, c->n, units);
+            ts_pool_run_items(pool, threads, take_units, c);
+            for (int64_t u = 0; u < units; u++)
+                ck_assert_msg(c->hits[u] == 1, "threads %d job %d: unit %lld taken %d times",
+                              threads, job, (long long)u, c->hits[u]);
+        }
+        free(c);
+        ts_pool_free(pool);
+    }
+    /* one thread alone: its home range front to back (back to front when reversed), then
+     * the others' from their far ends */
+    ranges_check *c = calloc(1, sizeof *c);
+    c->n = 2;
+    c->reverse = 1;
+    ts_kranges_init(c->ranges, 2, 6);   /* ranges [0,3) and [3,6) */
+    take_units(c, 1, 0);
+    static const int64_t want[6] = {5, 4, 3, 0, 1, 2};
+    ck_assert_int_eq(c->got[1], 6);
+    for (int i = 0; i < 6; i++)
+        ck_assert_int_eq(c->order[1][i], want[i]);
+    free(c);
+}
+END_TEST
+
 static Suite *kernel_suite(void)
 {
     Suite *s = suite_create("kernel");
@@ -374,6 +436,7 @@ static Suite *kernel_suite(void)
     tcase_add_test(tc, test_family_choice);
     tcase_add_test(tc, test_pool_scratch);
     tcase_add_test(tc, test_pool_items);
+    tcase_add_test(tc, test_kranges);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -47,7 +47,7 @@ static void model_set_state(ts_model *m, int64_t k) {
         l->step = k;
         for (int64_t g = 0; g < l->n_groups; g++)
             l->corr_accum[g] = (k * 1000 + g * 7 + i) * (g % 2 ? -1 : 1);
-        ts_layer_update_scales(l);
+        ts_layer_update_scales(l, NULL);
     }
 }
 

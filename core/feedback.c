@@ -190,22 +190,12 @@ static void backward(const ts_model *m, int64_t B, fb_work *w, ts_pool *pool)
     }
 }
 
-/* update_corr: corr_accum -= score; the reference sums each score as int16, so a group
- * wider than 32767 wraps there, and here alike. */
+/* update_corr of every ternary_linear layer. */
 static void apply_scores(ts_model *m, const fb_work *w, ts_pool *pool)
 {
-    for (int i = 0; i < m->n_layers; i++) {
-        ts_layer *l = &m->layers[i];
-        if (l->spec.kind != TS_LAYER_LINEAR)
-            continue;
-        const int64_t *score = w->score + w->score_off[i];
-        for (int64_t g = 0; g < l->n_groups; g++) {
-            int64_t s = score[g] & 0xffff;
-            l->corr_accum[g] -= s >= 0x8000 ? s - 0x10000 : s;
-        }
-        l->step += 1;
-        ts_layer_update_scales(l, pool);
-    }
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i].spec.kind == TS_LAYER_LINEAR)
+            ts_layer_update_corr(&m->layers[i], w->score + w->score_off[i], pool);
 }
 
 static int check_input(const ts_model *m, int64_t B, const ts_feedback_input *in, char *err,

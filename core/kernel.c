@@ -65,7 +65,7 @@ static void layout_row(ts_weights *w, int64_t r, const int8_t *t)
                 }
                 word |= (uint32_t)v << (5 * k);
             }
-            w->bits[((r / TS_RB * w->gpr + g) * w->nw + j) * TS_RB + r % TS_RB] = word;
+            ((uint32_t *)ts_wwords(w, r / TS_RB, g, j))[r % TS_RB] = word;
         }
 }
 
@@ -78,9 +78,7 @@ static void fill_zero_words(uint32_t *bits, size_t n)
         bits[i] = zero;
 }
 
-/* The layout's memory: a large one on 2 MiB pages where the kernel allows (fewer TLB misses
- * when a forward streams it from DRAM), else 64-byte aligned. */
-static void *layout_alloc(size_t bytes)
+void *ts_kernel_alloc(size_t bytes)
 {
     const size_t huge = (size_t)2 << 20;
     if (bytes < huge)
@@ -125,7 +123,7 @@ ts_weights *ts_weights_build(const uint8_t *T_packed, int64_t rows, int64_t cols
     w->ntr = (gs + 2) / 3;
     w->nw = (w->ntr + TS_FPW - 1) / TS_FPW;
     size_t bytes = layout_words(w) * sizeof(uint32_t);
-    w->bits = layout_alloc(bytes);
+    w->bits = ts_kernel_alloc(bytes);
     if (!w->bits)
         goto fail;
     fill_zero_words(w->bits, layout_words(w));   /* padding rows of the last block */

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "scales.h"
 #include "trits.h"
 
 static int is_ternary(ts_layer_kind k) { return k == TS_LAYER_LINEAR || k == TS_LAYER_RMSNORM; }
@@ -29,7 +30,7 @@ static void fill_zero_trits(uint8_t *packed, size_t n)
 static float *scales_alloc(int64_t rows, int64_t gpr)
 {
     size_t bytes = (size_t)ts_scale_count(rows, gpr) * sizeof(float);
-    float *S = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    float *S = ts_kernel_alloc(bytes);
     if (S)
         memset(S, 0, bytes);
     return S;
@@ -157,52 +158,46 @@ int ts_model_prepare(ts_model *m, char *err, size_t errlen)
     return 0;
 }
 
-/* The reference (torch 1.13, checked): corr_accum.float() / denom is an IEEE float32
- * division by the float32 value of the Python int step·gs (not a multiply by its
- * reciprocal); "* 4.0" and "E.float() +" are float32; torch.exp2 matches libm exp2f. */
-static void scales_of(const ts_layer *l, int64_t g0, int64_t n, float denom, float *out)
-{
-    for (int64_t g = g0; g < g0 + n; g++) {
-        float e = (float)l->E[g];
-        if (l->step > 0) {
-            float mean_corr = (float)l->corr_accum[g] / denom;
-            e = e + mean_corr * 4.0f;
-        }
-        out[g - g0] = exp2f(e);
-    }
-}
-
 typedef struct {
     ts_layer *l;
+    const int64_t *score;   /* [G] to subtract from corr_accum first, or NULL */
     float denom;
 } scales_job;
 
-/* Rows [r0, r1): each row's scales computed along the row, then stored in the kernels'
- * order (16 rows of a block write the same lines, which stay in cache meanwhile). */
+/* Rows [r0, r1): update_corr when there is a score (the reference sums each group's score
+ * as int16, so a group wider than 32767 wraps there, and here alike), then S of each row
+ * computed along the row into its places in the kernels' order. */
 static void scales_rows(void *arg, int64_t r0, int64_t r1)
 {
     const scales_job *j = arg;
     ts_layer *l = j->l;
-    float row[256];
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t g0 = 0; g0 < l->gpr; g0 += 256) {
-            int64_t n = l->gpr - g0 < 256 ? l->gpr - g0 : 256;
-            scales_of(l, r * l->gpr + g0, n, j->denom, row);
-            float *S = l->S + ts_scale_index(l->gpr, r, g0);
-            for (int64_t k = 0; k < n; k++)
-                S[k * TS_SCALE_ROWS] = row[k];
-        }
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t *corr = l->corr_accum + r * l->gpr;
+        if (j->score)
+            for (int64_t g = 0; g < l->gpr; g++) {
+                int64_t s = j->score[r * l->gpr + g] & 0xffff;
+                corr[g] -= s >= 0x8000 ? s - 0x10000 : s;
+            }
+        ts_scales_compute(l->E + r * l->gpr, corr, l->gpr, l->step, j->denom,
+                          l->S + ts_scale_index(l->gpr, r, 0), TS_SCALE_STRIDE);
+    }
 }
 
-void ts_layer_update_scales(ts_layer *l, ts_pool *pool)
+/* Both run over the rows on the pool's threads, enough groups (~2^16) per thread to be worth
+ * waking it. S = exp2f(E + ((float)corr_accum / (float)(step·gs)) · 4) in float32 (scales.h
+ * has the reference's exact operations). */
+static void scales_run(ts_layer *l, const int64_t *score, ts_pool *pool)
 {
-    int64_t gs = l->spec.group_size;
-    scales_job j = {l, 1.0f};
-    if (l->step > 0)
-        j.denom = l->step <= INT64_MAX / gs ? (float)(l->step * gs) : (float)l->step * (float)gs;
-    /* whole blocks of 16 rows per thread, and enough groups (~2^16) to be worth a thread */
-    int64_t min_rows = (((int64_t)1 << 16) / l->gpr + TS_SCALE_ROWS) / TS_SCALE_ROWS * TS_SCALE_ROWS;
-    ts_pool_run(pool, l->rows, min_rows, scales_rows, &j);
+    scales_job j = {l, score, ts_scales_denom(l->step, l->spec.group_size)};
+    ts_pool_run(pool, l->rows, ((int64_t)1 << 16) / l->gpr + 1, scales_rows, &j);
+}
+
+void ts_layer_update_scales(ts_layer *l, ts_pool *pool) { scales_run(l, NULL, pool); }
+
+void ts_layer_update_corr(ts_layer *l, const int64_t *score, ts_pool *pool)
+{
+    l->step += 1;
+    scales_run(l, score, pool);
 }
 
 float ts_layer_scale(const ts_layer *l, int64_t r, int64_t g)

@@ -1,7 +1,7 @@
 /* test_kernel.c — the compute layout and every kernel family the CPU runs, against a naive
  * float reference computed from the unpacked trits, on odd shapes: rows not a multiple of
  * the 16-row block, cols not a multiple of 64 (or of gs, or of 3), gs 5/8/16/32/64 and
- * wider than cols, batches 1, 3, 17 (around the AVX-512 table/GEMM switch), 1–3 threads.
+ * wider than cols, batches 1, 3, 9, 17 (around the AVX-512 kernel switches), 1–3 threads.
  *
  * forward and backward_x must agree within SPEC §1 (|a−b| ≤ 1e-4 + 1e-4·|b|), score exactly
  * (every family computes dW with the same fused multiply-adds as ts_kernel_dw), and each
@@ -195,6 +195,7 @@ START_TEST(test_families_cols_gs)
     int64_t cols = test_cols[_i / 4], gs = test_gs[_i % 4];
     check_shape(70, cols, gs, 1);   /* 70 rows: 4 blocks and 6 rows; ≥ 64 for AVX-512 backward_x */
     check_shape(70, cols, gs, 3);
+    check_shape(70, cols, gs, 9);
     check_shape(70, cols, gs, 17);
 }
 END_TEST

@@ -283,7 +283,10 @@ static void evict(void)
 
 typedef struct {
     double median, min, max;
-    double cpu;   /* median process CPU time per run, all threads: shows time lost to sharing */
+    /* mean process CPU time per run, all threads (summed over the runs: Linux adds a running
+     * thread's time to the process clock at ticks, so one run's difference misses a pool
+     * thread that never sleeps); about threads × median when nothing else takes the cores */
+    double cpu;
     int reps;
 } stats;
 
@@ -332,8 +335,10 @@ static stats measure(void (*fn)(ctx *), ctx *c)
         cpu[i] = cpu_us() - c0;
     }
     qsort(t, (size_t)reps, sizeof *t, cmp_double);
-    qsort(cpu, (size_t)reps, sizeof *cpu, cmp_double);
-    stats s = {median(t, reps), t[0], t[reps - 1], median(cpu, reps), reps};
+    double cpu_sum = 0;
+    for (int i = 0; i < reps; i++)
+        cpu_sum += cpu[i];
+    stats s = {median(t, reps), t[0], t[reps - 1], cpu_sum / reps, reps};
     free(t);
     return s;
 }

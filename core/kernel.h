@@ -21,30 +21,24 @@
 
 typedef struct ts_weights ts_weights;
 
-/* S is kept in the kernels' order, not row-major: rows in blocks of TS_SCALE_ROWS (16), the
- * block's 16 rows of one group side by side in one 64-byte line, and the lines of
- * TS_SCALE_BLOCKS (4) blocks, i.e. of 64 rows, group after group:
- *     S[((r/64 · gpr + g) · 4 + (r/16) % 4) · 16 + r % 16] = S[r, g]
+/* S is kept in the kernels' order, not row-major: rows in blocks of TS_SCALE_ROWS (16), each
+ * block group by group, the block's 16 rows of one group side by side in one 64-byte line:
+ *     S[((r/16) · gpr + g) · 16 + r % 16] = S[r, g]
  * (rows past the layer's end hold 0; the array is 64-byte aligned). A kernel reads the scales
  * of 16 rows with one aligned load, where a row-major S costs a gather or a transpose per group
- * (a quarter of a batch-1 forward), and the 4 blocks a kernel runs side by side read one
- * stream, as their weights do (kernel_impl.h). The model refreshes S in this order after every
- * feedback step (ts_layer_update_scales). */
+ * (a quarter of a batch-1 forward). The model refreshes S in this order after every feedback
+ * step (ts_layer_update_scales). */
 #define TS_SCALE_ROWS 16
-#define TS_SCALE_BLOCKS 4
 /* Floats in S for a layer of `rows` rows and gpr groups per row. */
 static inline int64_t ts_scale_count(int64_t rows, int64_t gpr)
 {
-    int64_t quad = TS_SCALE_ROWS * TS_SCALE_BLOCKS;
-    return (rows + quad - 1) / quad * quad * gpr;
+    return (rows + TS_SCALE_ROWS - 1) / TS_SCALE_ROWS * TS_SCALE_ROWS * gpr;
 }
-/* Index in S of the scale of group g of row r; a row's groups are TS_SCALE_STRIDE apart. */
+/* Index in S of the scale of group g of row r; a row's groups are TS_SCALE_ROWS apart. */
 static inline int64_t ts_scale_index(int64_t gpr, int64_t r, int64_t g)
 {
-    int64_t quad = TS_SCALE_ROWS * TS_SCALE_BLOCKS;
-    return (r / quad * gpr + g) * quad + r % quad;
+    return ((r / TS_SCALE_ROWS) * gpr + g) * TS_SCALE_ROWS + r % TS_SCALE_ROWS;
 }
-#define TS_SCALE_STRIDE (TS_SCALE_ROWS * TS_SCALE_BLOCKS)
 
 /* Memory a kernel streams (the layout, S): 64-byte aligned and, when large, on 2 MiB pages
  * where the OS allows (a forward from DRAM then walks few pages: fewer TLB misses, and the

@@ -179,7 +179,7 @@ static void scales_rows(void *arg, int64_t r0, int64_t r1)
                 corr[g] -= s >= 0x8000 ? s - 0x10000 : s;
             }
         ts_scales_compute(l->E + r * l->gpr, corr, l->gpr, l->step, j->denom,
-                          l->S + ts_scale_index(l->gpr, r, 0), TS_SCALE_STRIDE);
+                          l->S + ts_scale_index(l->gpr, r, 0), TS_SCALE_ROWS);
     }
 }
 

@@ -1,7 +1,7 @@
 /* bench.c — build/tscale-bench: time one ternary linear layer against dense OpenBLAS.
  *
  *   tscale-bench --op forward|feedback --out N --in K --batch B --threads T
- *                [--gs GS] [--cold] [--reps R] [--kernel NAME] [--json]
+ *                [--gs GS] [--cold | --cold-clean] [--reps R] [--kernel NAME] [--json]
  *
  * forward:  y = x · W_effᵀ (ts_kernel_forward) vs sgemm (sgemv at batch 1) on the dense
  *           float32 W of the same shape.
@@ -12,7 +12,11 @@
  *           times the parts alone, the forward for the feedback/forward ratio, and dx = dy·W
  *           (backward_x), which a layer with layers below it adds to its step.
  * --cold:   before every timed run, write a buffer of twice the last-level cache, so the
- *           weights (and scales) come from DRAM, as for a model not used in a while.
+ *           weights (and scales) come from DRAM, as for a model not used in a while. The
+ *           caches are then full of dirty lines: each line the run reads first writes one
+ *           back, so DRAM moves twice the bytes (the worst case).
+ * --cold-clean: the same, but the buffer is read, not written: the caches hold clean lines
+ *           (what other models' weights leave behind).
  *
  * Prints the median, min and max over R runs (default: as many as fit in about a second,
  * 5..200) and the ratio to OpenBLAS in the same run; --json prints one JSON object per line.
@@ -36,13 +40,14 @@
 typedef struct {
     const char *op, *kernel;
     int64_t out, in, batch, gs;
-    int threads, cold, json, reps;
+    int threads, cold, json, reps;   /* cold: 0, 1 (--cold) or 2 (--cold-clean) */
 } options;
 
 static void usage(void)
 {
     fprintf(stderr, "usage: tscale-bench --op forward|feedback --out N --in K --batch B "
-                    "--threads T [--gs GS] [--cold] [--reps R] [--kernel portable|avx2|avx512] "
+                    "--threads T [--gs GS] [--cold | --cold-clean] [--reps R] "
+                    "[--kernel portable|avx2|avx512] "
                     "[--json]\n");
     exit(2);
 }
@@ -82,6 +87,8 @@ static options parse(int argc, char **argv)
             o.kernel = argv[++i];
         else if (!strcmp(a, "--cold"))
             o.cold = 1;
+        else if (!strcmp(a, "--cold-clean"))
+            o.cold = 2;
         else if (!strcmp(a, "--json"))
             o.json = 1;
         else
@@ -261,8 +268,9 @@ static void dense_feedback(ctx *c)
                 l->dW, K);
 }
 
-/* Write a buffer of twice the last-level cache (at least 64 MiB): whatever was cached is out. */
-static void evict(void)
+/* Write (clean: read) a buffer of twice the last-level cache (at least 64 MiB): whatever was
+ * cached is out. */
+static void evict(int clean)
 {
     static char *buf;
     static size_t size;
@@ -278,7 +286,17 @@ static void evict(void)
         }
     }
     static unsigned char v;
-    memset(buf, ++v, size);
+    if (!clean || v == 0) {
+        memset(buf, ++v, size);   /* the first clean pass still writes: pages are mapped */
+        if (!clean)
+            return;
+    }
+    static volatile unsigned long sink;   /* keeps the loads */
+    const unsigned long *p = (const unsigned long *)buf;
+    unsigned long sum = 0;
+    for (size_t i = 0; i < size / sizeof *p; i += 8)   /* one load per 64-byte line */
+        sum += p[i];
+    sink += sum;
 }
 
 typedef struct {
@@ -323,7 +341,7 @@ static stats measure(void (*fn)(ctx *), ctx *c)
     double *t = malloc(2 * (size_t)reps * sizeof *t), *cpu = t + reps;
     for (int i = 0; i < reps; i++) {
         if (c->o->cold) {
-            evict();
+            evict(c->o->cold == 2);
             /* Wake the pool's threads (they sleep after a while idle): --cold measures cold
              * weights, not the scheduler. */
             ts_pool_run(c->pool, ts_pool_threads(c->pool), 1, noop, NULL);
@@ -373,7 +391,7 @@ int main(int argc, char **argv)
     double bpw = state / params, bpw_packed = (state + (double)l.packed_bytes) / params;
     const char *blas_name = o.batch == 1 && !feedback ? "sgemv" : "sgemm";
     if (o.json) {
-        printf("{\"op\":\"%s\",\"out\":%lld,\"in\":%lld,\"batch\":%lld,\"threads\":%d,\"cold\":%s,"
+        printf("{\"op\":\"%s\",\"out\":%lld,\"in\":%lld,\"batch\":%lld,\"threads\":%d,\"cold\":%s,\"cold_clean\":%s,"
                "\"gs\":%lld,\"kernel\":\"%s\",\"median_us\":%.1f,\"min_us\":%.1f,\"max_us\":%.1f,"
                "\"reps\":%d,\"cpu_us\":%.1f,\"openblas\":\"%s\",\"openblas_median_us\":%.1f,"
                "\"ratio_to_openblas\":%.3f,\"forward_median_us\":%.1f,"
@@ -382,7 +400,7 @@ int main(int argc, char **argv)
                "\"with_backward_x_over_forward\":%.2f,\"bytes_per_weight\":%.3f,"
                "\"bytes_per_weight_with_T_packed\":%.3f}\n",
                o.op, (long long)o.out, (long long)o.in, (long long)o.batch, o.threads,
-               o.cold ? "true" : "false", (long long)o.gs, ts_kernel_name(), ts.median, ts.min,
+               o.cold ? "true" : "false", o.cold == 2 ? "true" : "false", (long long)o.gs, ts_kernel_name(), ts.median, ts.min,
                ts.max, ts.reps, ts.cpu, blas_name, blas.median, ts.median / blas.median, fw.median,
                bw.median, sc.median, up.median, ts.median / fw.median,
                (ts.median + bw.median) / fw.median, bpw, bpw_packed);
@@ -391,7 +409,7 @@ int main(int argc, char **argv)
                "(min %.1f, max %.1f, %d runs; cpu %.1f us); OpenBLAS %s median %.1f us "
                "(cpu %.1f us); ratio %.3f\n",
                o.op, (long long)o.out, (long long)o.in, (long long)o.batch, o.threads,
-               (long long)o.gs, o.cold ? "cold" : "hot", ts_kernel_name(), ts.median, ts.min,
+               (long long)o.gs, o.cold == 2 ? "cold-clean" : o.cold ? "cold" : "hot", ts_kernel_name(), ts.median, ts.min,
                ts.max, ts.reps, ts.cpu, blas_name, blas.median, blas.cpu,
                ts.median / blas.median);
         if (feedback)

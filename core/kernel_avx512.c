@@ -1,10 +1,14 @@
 /* kernel_avx512.c — the AVX-512 family (compiled with -mavx512f/bw/vl/dq; chosen at run
  * time by kernel.c only on CPUs that have them).
  *
- * forward, small batch: per batch row a 32-float table per triple of x columns (the 27 sums
- *   ±x0 ± x1 ± x2), and vpermt2ps looks up 16 rows' 5-bit fields in it at once: one lookup
- *   and one add per 3 weights × 16 rows. Per group, the 16 sums are scaled by the rows'
- *   S (a gather) into the row accumulators.
+ * forward, small batch (< GEMM_MIN_BATCH): per batch row a 32-float table per triple of x
+ *   columns (the 27 sums ±x0 ± x1 ± x2), and vpermt2ps looks up 16 rows' 5-bit fields in it
+ *   at once: one shift, one lookup and one add per 3 weights × 16 rows, 4 blocks sharing each
+ *   table load, 2 batch rows sharing each word load and shift. Per group, the 16 sums are
+ *   scaled by the rows' S (one aligned load: S is in the kernels' order) into the rows'
+ *   accumulators. Every accumulator stays in a register: the loops are unrolled and each
+ *   word's field count is a constant (the compiler spilled them to the stack otherwise, 2×
+ *   slower). Threads own home ranges of rows, walked backwards on odd passes (ts_krange).
  * forward, larger batch: kernel_gemm.h with 16 batch lanes.
  * backward_x: per group, z[r] = dy[r]·S[r,g]; per triple of columns the three trit vectors
  *   of 16 rows (looked up from the field) are multiplied into z and summed over all rows.

@@ -1,7 +1,8 @@
 /* bench.c — build/tscale-bench: time one ternary linear layer against dense OpenBLAS.
  *
  *   tscale-bench --op forward|feedback --out N --in K --batch B --threads T
- *                [--gs GS] [--cold | --cold-clean] [--reps R] [--kernel NAME] [--json]
+ *                [--gs GS] [--cold | --cold-clean | --cold-weights] [--reps R] [--kernel NAME]
+ *                [--json]
  *
  * forward:  y = x · W_effᵀ (ts_kernel_forward) vs sgemm (sgemv at batch 1) on the dense
  *           float32 W of the same shape.
@@ -17,6 +18,9 @@
  *           back, so DRAM moves twice the bytes (the worst case).
  * --cold-clean: the same, but the buffer is read, not written: the caches hold clean lines
  *           (what other models' weights leave behind).
+ * --cold-weights: flush exactly the layer's layout and scales from every cache level
+ *           (clflush), nothing else: "weights cold", with x, the scratch and the code
+ *           where the previous run left them.
  *
  * Prints the median, min and max over R runs (default: as many as fit in about a second,
  * 5..200) and the ratio to OpenBLAS in the same run; --json prints one JSON object per line.
@@ -24,6 +28,7 @@
  * OPENBLAS_CORETYPE=SkylakeX (unless set) and OPENBLAS_NUM_THREADS=T before OpenBLAS starts.
  */
 #include <cblas.h>
+#include <immintrin.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,20 +38,24 @@
 
 #include "core/feedback.h"
 #include "core/kernel.h"
+#include "core/kernel_impl.h"   /* the layout's memory, for --cold-weights */
 #include "core/model.h"
 #include "core/pool.h"
 #include "core/trits.h"
 
+enum { COLD_CACHE = 1, COLD_CACHE_CLEAN, COLD_WEIGHTS };
+static const char *const cold_names[] = {"hot", "cold", "cold-clean", "cold-weights"};
+
 typedef struct {
     const char *op, *kernel;
     int64_t out, in, batch, gs;
-    int threads, cold, json, reps;   /* cold: 0, 1 (--cold) or 2 (--cold-clean) */
+    int threads, cold, json, reps;   /* cold: 0, or one of the COLD_ modes */
 } options;
 
 static void usage(void)
 {
     fprintf(stderr, "usage: tscale-bench --op forward|feedback --out N --in K --batch B "
-                    "--threads T [--gs GS] [--cold | --cold-clean] [--reps R] "
+                    "--threads T [--gs GS] [--cold | --cold-clean | --cold-weights] [--reps R] "
                     "[--kernel portable|avx2|avx512] "
                     "[--json]\n");
     exit(2);
@@ -86,9 +95,11 @@ static options parse(int argc, char **argv)
         else if (!strcmp(a, "--kernel") && v)
             o.kernel = argv[++i];
         else if (!strcmp(a, "--cold"))
-            o.cold = 1;
+            o.cold = COLD_CACHE;
         else if (!strcmp(a, "--cold-clean"))
-            o.cold = 2;
+            o.cold = COLD_CACHE_CLEAN;
+        else if (!strcmp(a, "--cold-weights"))
+            o.cold = COLD_WEIGHTS;
         else if (!strcmp(a, "--json"))
             o.json = 1;
         else
@@ -299,6 +310,18 @@ static void evict(int clean)
     sink += sum;
 }
 
+/* Flush the layer's layout and scales out of every cache level. */
+static void flush_weights(const layer *l)
+{
+    const char *spans[2] = {(const char *)l->w->bits, (const char *)l->S};
+    size_t bytes[2] = {ts_weights_bytes(l->w) - sizeof *l->w,
+                       (size_t)ts_scale_count(l->m->layers[0].rows, l->m->layers[0].gpr) * sizeof(float)};
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < bytes[k]; i += 64)
+            _mm_clflush(spans[k] + i);
+    _mm_mfence();
+}
+
 typedef struct {
     double median, min, max;
     /* mean process CPU time per run, all threads (summed over the runs: Linux adds a running
@@ -341,7 +364,10 @@ static stats measure(void (*fn)(ctx *), ctx *c)
     double *t = malloc(2 * (size_t)reps * sizeof *t), *cpu = t + reps;
     for (int i = 0; i < reps; i++) {
         if (c->o->cold) {
-            evict(c->o->cold == 2);
+            if (c->o->cold == COLD_WEIGHTS)
+                flush_weights(c->l);
+            else
+                evict(c->o->cold == COLD_CACHE_CLEAN);
             /* Wake the pool's threads (they sleep after a while idle): --cold measures cold
              * weights, not the scheduler. */
             ts_pool_run(c->pool, ts_pool_threads(c->pool), 1, noop, NULL);
@@ -391,7 +417,7 @@ int main(int argc, char **argv)
     double bpw = state / params, bpw_packed = (state + (double)l.packed_bytes) / params;
     const char *blas_name = o.batch == 1 && !feedback ? "sgemv" : "sgemm";
     if (o.json) {
-        printf("{\"op\":\"%s\",\"out\":%lld,\"in\":%lld,\"batch\":%lld,\"threads\":%d,\"cold\":%s,\"cold_clean\":%s,"
+        printf("{\"op\":\"%s\",\"out\":%lld,\"in\":%lld,\"batch\":%lld,\"threads\":%d,\"cold\":%s,\"cold_mode\":\"%s\","
                "\"gs\":%lld,\"kernel\":\"%s\",\"median_us\":%.1f,\"min_us\":%.1f,\"max_us\":%.1f,"
                "\"reps\":%d,\"cpu_us\":%.1f,\"openblas\":\"%s\",\"openblas_median_us\":%.1f,"
                "\"ratio_to_openblas\":%.3f,\"forward_median_us\":%.1f,"
@@ -400,7 +426,7 @@ int main(int argc, char **argv)
                "\"with_backward_x_over_forward\":%.2f,\"bytes_per_weight\":%.3f,"
                "\"bytes_per_weight_with_T_packed\":%.3f}\n",
                o.op, (long long)o.out, (long long)o.in, (long long)o.batch, o.threads,
-               o.cold ? "true" : "false", o.cold == 2 ? "true" : "false", (long long)o.gs, ts_kernel_name(), ts.median, ts.min,
+               o.cold ? "true" : "false", cold_names[o.cold], (long long)o.gs, ts_kernel_name(), ts.median, ts.min,
                ts.max, ts.reps, ts.cpu, blas_name, blas.median, ts.median / blas.median, fw.median,
                bw.median, sc.median, up.median, ts.median / fw.median,
                (ts.median + bw.median) / fw.median, bpw, bpw_packed);
@@ -409,7 +435,7 @@ int main(int argc, char **argv)
                "(min %.1f, max %.1f, %d runs; cpu %.1f us); OpenBLAS %s median %.1f us "
                "(cpu %.1f us); ratio %.3f\n",
                o.op, (long long)o.out, (long long)o.in, (long long)o.batch, o.threads,
-               (long long)o.gs, o.cold == 2 ? "cold-clean" : o.cold ? "cold" : "hot", ts_kernel_name(), ts.median, ts.min,
+               (long long)o.gs, cold_names[o.cold], ts_kernel_name(), ts.median, ts.min,
                ts.max, ts.reps, ts.cpu, blas_name, blas.median, blas.cpu,
                ts.median / blas.median);
         if (feedback)

@@ -6,6 +6,7 @@ set -e
 bench=${1:-build/tscale-bench}
 run() { "$bench" --threads "${THREADS:-2}" --json "$@"; }
 {
+  run --op forward --out 4096 --in 4096 --batch 1 --cold-weights --reps 31
   run --op forward --out 4096 --in 4096 --batch 1 --cold --reps 31
   run --op forward --out 4096 --in 4096 --batch 1 --reps 1001
   run --op forward --out 4096 --in 4096 --batch 8 --reps 31
@@ -26,7 +27,7 @@ for line in sys.stdin:
     if not note and r["batch"] == 1 and r["out"] == 4096:
         note = "%.3f bytes/weight resident" % r["bytes_per_weight"]
     print("| %s | %dx%d | %d | %s | %.0f (%.0f–%.0f) | %.0f | %.0f %s | %.3f | %s |" % (
-        r["op"], r["out"], r["in"], r["batch"], "cold" if r["cold"] else "hot", r["median_us"],
+        r["op"], r["out"], r["in"], r["batch"], r["cold_mode"], r["median_us"],
         r["min_us"], r["max_us"], r["cpu_us"], r["openblas_median_us"], r["openblas"],
         r["ratio_to_openblas"], note))
 '

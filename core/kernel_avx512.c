@@ -390,73 +390,387 @@ static int avx512_backward_x(const ts_weights *w, const float *S, const float *d
  * each element (nibble k of this table answers class k: QNaN, SNaN, zero, +1, -inf, +inf,
  * negative, positive) to +0 (8), -1 (9) or +1 (10). */
 #define SIGN_TABLE 0xA9A9A888
-#define SCORE_ITEM_BLOCKS 8   /* row blocks per work item (an even number) */
+#define SCORE_NT 3            /* triples per step (1, 2 or 3): their dW chains interleave */
+#define SCORE_NACC 3          /* accumulators per step (shorter add chains) */
+#define SCORE_BC 8            /* batch rows per chunk: a chunk's dy stay in registers */
+#define SCORE_XT_FLOATS 32768 /* an x tile's size (floats), at least */
+#define SCORE_ITEM_BLOCKS 8   /* row blocks per work item when B ≤ SCORE_BC */
+#define SCORE_SPW (TS_FPW / SCORE_NT)   /* steps per word of fields */
+#define SCORE_INLINE static inline __attribute__((always_inline))
 
-/* Scores of the 32 rows of blocks blk and blk+1, group g; dyT[b] and dyT[B + b] hold
- * dy[b][rows of each block]. Two blocks share each x broadcast and give the out-of-order
- * core two independent multiply-add chains per column. The count Σ sign(dW)·T is kept in
- * float, exact below 2^24 (a group is at most 2^16 columns). */
-static void score_blocks_group(const ts_kjob *j, int64_t blk, int64_t g, const __m512 *dyT,
-                               const __m512 *tlo, const __m512 *thi)
+/* Row block blk. x is read in place when B ≤ SCORE_BC (row b at byte xoff[b] from row 0),
+ * else from an x tile, chunk by chunk of 8 batch rows. */
+typedef struct {
+    const ts_kjob *j;
+    int64_t blk;
+    int64_t chunks;          /* whole chunks before the last one (0 when B ≤ 8) */
+    int64_t cstride;         /* floats from one chunk of the x tile to the next */
+    int64_t xoff[SCORE_BC];
+    const __m512 *dyT;       /* [b]: dy[b][rows of block blk], 0 from B on */
+    __m512 dy[SCORE_BC];     /* the same in registers when B ≤ 8 */
+    __m512 tlo[3], thi[3];   /* trit_tables */
+} score_ctx;
+
+/* dW chains of n columns continued over bc batch rows (n, bc constants after inlining);
+ * q is x at the chunk's first row and the first column: x[b][i] is q[8i + b] in an x tile,
+ * at byte xoff[b] from &q[i] in place. b outermost, so that the n chains interleave. */
+SCORE_INLINE void score_fma(const score_ctx *c, const float *q, int n, int bc, int tiled,
+                            const __m512 *dy, __m512 *dw)
 {
-    const ts_weights *w = j->w;
-    const __m512i sign_table = _mm512_set1_epi32(SIGN_TABLE);
-    const __m512 *dyT1 = dyT + j->B;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    for (int64_t t = 0; t < w->ntr; t++) {
-        int n = ts_wtriple_cols(w, g, t);
-        if (n == 0)
-            break;
-        __m512i shift = _mm512_set1_epi32((int)(5 * (t % TS_FPW)));
-        __m512i f0 = _mm512_srlv_epi32(_mm512_load_si512(ts_wwords(w, blk, g, t / TS_FPW)), shift);
-        __m512i f1 = _mm512_srlv_epi32(_mm512_load_si512(ts_wwords(w, blk + 1, g, t / TS_FPW)),
-                                       shift);
-        for (int i = 0; i < n; i++) {
-            const float *xc = j->x + g * w->gs + 3 * t + i;
-            __m512 dw0 = _mm512_setzero_ps(), dw1 = _mm512_setzero_ps();
-            for (int64_t b = 0; b < j->B; b++) {
-                __m512 xb = _mm512_set1_ps(xc[b * w->cols]);
-                dw0 = _mm512_fmadd_ps(dyT[b], xb, dw0);
-                dw1 = _mm512_fmadd_ps(dyT1[b], xb, dw1);
-            }
-            acc0 = _mm512_fmadd_ps(_mm512_fixupimm_ps(dw0, dw0, sign_table, 0),
-                                   _mm512_permutex2var_ps(tlo[i], f0, thi[i]), acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_fixupimm_ps(dw1, dw1, sign_table, 0),
-                                   _mm512_permutex2var_ps(tlo[i], f1, thi[i]), acc1);
-        }
-    }
-    int32_t out[2 * TS_RB] __attribute__((aligned(64)));
-    _mm512_store_si512(out, _mm512_cvtps_epi32(acc0));
-    _mm512_store_si512(out + TS_RB, _mm512_cvtps_epi32(acc1));
-    for (int i = 0; i < 2 * TS_RB && blk * TS_RB + i < w->rows; i++)
-        j->score[(blk * TS_RB + i) * w->gpr + g] = out[i];
+#pragma GCC unroll 8
+    for (int b = 0; b < bc; b++)
+#pragma GCC unroll 9
+        for (int i = 0; i < n; i++)
+            dw[i] = _mm512_fmadd_ps(
+                dy[b],
+                _mm512_set1_ps(tiled ? q[SCORE_BC * i + b]
+                                     : *(const float *)((const char *)(q + i) + c->xoff[b])),
+                dw[i]);
 }
 
-/* Item i: blocks [SCORE_ITEM_BLOCKS·i, +SCORE_ITEM_BLOCKS), two at a time. */
+/* acc += sign(dW)·T for n consecutive columns (x at q), T looked up from the fields f of the
+ * first column's triple. With chunked, dW goes over the whole chunks (their dy loaded for
+ * each: few loads next to the multiply-adds), then over the last chunk of bc rows. The
+ * count is kept in float, exact below 2^24 (a group is at most 2^16 columns). */
+SCORE_INLINE void score_cols(const score_ctx *c, const float *q, int n, int bc, int chunked,
+                             __m512i f, __m512 *acc)
+{
+    __m512 dw[3 * SCORE_NT], dy[SCORE_BC];
+#pragma GCC unroll 9
+    for (int i = 0; i < n; i++)
+        dw[i] = _mm512_setzero_ps();
+    if (chunked) {
+        const __m512 *d = c->dyT;
+        for (int64_t ch = 0; ch < c->chunks; ch++, q += c->cstride, d += SCORE_BC)
+            score_fma(c, q, n, SCORE_BC, 1, d, dw);
+        memcpy(dy, d, (size_t)bc * sizeof *dy);
+        score_fma(c, q, n, bc, 1, dy, dw);
+    } else {
+        memcpy(dy, c->dy, sizeof dy);
+        score_fma(c, q, n, bc, 0, dy, dw);
+    }
+    const __m512i sign_table = _mm512_set1_epi32(SIGN_TABLE);
+#pragma GCC unroll 9
+    for (int i = 0; i < n; i++) {
+        __m512i fi = i < 3 ? f : _mm512_srli_epi32(f, 5 * (i / 3));
+        acc[i % SCORE_NACC] =
+            _mm512_fmadd_ps(_mm512_fixupimm_ps(dw[i], dw[i], sign_table, 0),
+                            _mm512_permutex2var_ps(c->tlo[i % 3], fi, c->thi[i % 3]),
+                            acc[i % SCORE_NACC]);
+    }
+}
+
+/* score_cols for n < 3·SCORE_NT columns (a part's last step: its remaining whole triples
+ * and the group's partial one), n a constant in each case. */
+SCORE_INLINE void score_cols_rest(const score_ctx *c, const float *q, int n, int bc,
+                                  int chunked, __m512i f, __m512 *acc)
+{
+    switch (n) {
+#define SCORE_REST(m)                                                                          \
+    case m:                                                                                    \
+        score_cols(c, q, m, bc, chunked, f, acc);                                              \
+        break;
+        SCORE_REST(1) SCORE_REST(2) SCORE_REST(3) SCORE_REST(4) SCORE_REST(5) SCORE_REST(6)
+        SCORE_REST(7) SCORE_REST(8)
+#undef SCORE_REST
+    }
+}
+
+/* A part of group g: triples [t0, t1) (t0 a multiple of TS_FPW) in whole steps of
+ * SCORE_NT triples, then a last step of what is left (its whole triples and the group's
+ * partial one). All whole groups but the row's last have one shape, so the loops'
+ * branches are predicted. */
+typedef struct {
+    int64_t g, t0, t1;
+    int64_t steps;
+    int rest;   /* columns of the last step, < 3·SCORE_NT */
+} score_part;
+
+static inline score_part score_part_of(const ts_weights *w, int64_t g, int64_t t0, int64_t t1)
+{
+    int64_t ncols = w->cols - g * w->gs < w->gs ? w->cols - g * w->gs : w->gs;
+    int64_t t3 = ncols / 3 < t1 ? ncols / 3 : t1;   /* triples of 3 columns end here */
+    int tail = t1 > ncols / 3 ? (int)(ncols % 3) : 0;
+    score_part pt = {g, t0, t1, (t3 - t0) / SCORE_NT, (int)(3 * ((t3 - t0) % SCORE_NT)) + tail};
+    return pt;
+}
+
+/* acc += the counts of part pt for the block's rows; q is x at the part's first column. A
+ * step's fields are its word's (loaded at the word's first step) shifted down by the steps
+ * before. */
+SCORE_INLINE void score_run_part(const score_ctx *c, score_part pt, const float *q, int bc,
+                                 int chunked, __m512 *acc)
+{
+    const uint32_t *wp = ts_wwords(c->j->w, c->blk, pt.g, pt.t0 / TS_FPW);
+    __m512i f = _mm512_setzero_si512();
+    int r = 0;   /* steps of the current word done */
+    for (int64_t st = 0; st <= pt.steps; st++) {
+        if (st == pt.steps && pt.rest == 0)
+            break;
+        f = r == 0 ? _mm512_load_si512(wp) : _mm512_srli_epi32(f, 5 * SCORE_NT);
+        if (st < pt.steps)
+            score_cols(c, q, 3 * SCORE_NT, bc, chunked, f, acc);
+        else
+            score_cols_rest(c, q, pt.rest, bc, chunked, f, acc);
+        q += 3 * SCORE_NT * (chunked ? SCORE_BC : 1);
+        if (++r == SCORE_SPW)
+            r = 0, wp += TS_RB;
+    }
+}
+
+/* score[rows of block blk, g0 + gg] for gg < ng ≤ 16 from sc[gg] (the rows' counts for
+ * group g0 + gg as int32): a transpose gives each row its run of ng groups, two vector
+ * stores instead of a scattered store per row and group. */
+static void score_flush(const ts_kjob *j, int64_t blk, int64_t g0, int ng, const __m512 *sc)
+{
+    const ts_weights *w = j->w;
+    __mmask8 lo = (__mmask8)(ng >= 8 ? 0xff : (1u << ng) - 1);
+    __mmask8 hi = (__mmask8)(ng >= 16 ? 0xff : ng <= 8 ? 0 : (1u << (ng - 8)) - 1);
+    __m512 r[TS_RB];
+    memcpy(r, sc, sizeof r);
+    transpose16(r);
+    for (int i = 0; i < TS_RB && blk * TS_RB + i < w->rows; i++) {
+        __m512i v = _mm512_castps_si512(r[i]);
+        int64_t *dst = j->score + (blk * TS_RB + i) * w->gpr + g0;
+        _mm512_mask_storeu_epi64(dst, lo, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
+        _mm512_mask_storeu_epi64(dst + 8, hi,
+                                 _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
+    }
+}
+
+/* How a call is split into items, each a range of row blocks and one set of x tiles.
+ * With B ≤ SCORE_BC the set is the whole row, x read in place. Else x is transposed into
+ * tiles of up to 16 whole groups (SCORE_XT_FLOATS, columns rounded up to 16 per chunk), or
+ * when one group is bigger, a set is the tiles of `per` triples of one group, in order; a
+ * tile is transposed once per item, so there are few row ranges. */
+typedef struct {
+    int64_t groups;     /* groups per tile set, or 0 when groups are split */
+    int64_t per;        /* triples per tile of a split group */
+    int64_t cpad;       /* columns per chunk in an x tile (a multiple of 16) */
+    int64_t sets;       /* tile sets of a row */
+    int64_t rblocks;    /* row blocks per item */
+    int64_t items;
+} score_plan;
+
+static score_plan score_plan_of(const ts_weights *w, int64_t B, int slots)
+{
+    score_plan pl = {w->gpr, 0, 0, 1, SCORE_ITEM_BLOCKS, 0};
+    if (B > SCORE_BC) {
+        int64_t chunk_cols = SCORE_XT_FLOATS / (SCORE_BC * ((B + SCORE_BC - 1) / SCORE_BC));
+        pl.groups = chunk_cols / w->gs < TS_RB ? chunk_cols / w->gs : TS_RB;
+        if (pl.groups > 0) {
+            pl.cpad = (pl.groups * w->gs + 15) / 16 * 16;
+            pl.sets = (w->gpr + pl.groups - 1) / pl.groups;
+        } else {
+            pl.per = chunk_cols / 3 / TS_FPW * TS_FPW > TS_FPW ? chunk_cols / 3 / TS_FPW * TS_FPW
+                                                               : TS_FPW;
+            pl.cpad = (3 * pl.per + 15) / 16 * 16;
+            pl.sets = w->gpr;
+        }
+        /* enough items that a thread the scheduler delays costs little */
+        int64_t ranges = (4 * slots + pl.sets - 1) / pl.sets;
+        ranges = ranges < w->nblk ? ranges : w->nblk;
+        pl.rblocks = (w->nblk + ranges - 1) / ranges;
+    }
+    pl.items = pl.sets * ((w->nblk + pl.rblocks - 1) / pl.rblocks);
+    return pl;
+}
+
+/* A slot's scratch. */
+typedef struct {
+    float *xT;       /* an x tile: [chunk][column][8] */
+    __m512 *dyT;     /* [b]: dy of the block's rows, 8·chunks batch rows */
+    __m512 *sc;      /* [16]: counts of up to 16 groups, waiting for score_flush */
+    __m512 *held;    /* [block of the item][SCORE_NACC]: acc of a split group between tiles */
+    __m512 tlo[3], thi[3];   /* trit_tables */
+} score_scratch;
+
+static size_t score_scratch_at(const score_plan *pl, int64_t B, char *base, score_scratch *ss)
+{
+    int64_t rows8 = (B + SCORE_BC - 1) / SCORE_BC * SCORE_BC;
+    size_t xt = (size_t)(rows8 * pl->cpad) * sizeof(float);
+    size_t dyt = (size_t)(B > SCORE_BC ? rows8 : 0) * sizeof(__m512);
+    size_t sc = TS_RB * sizeof(__m512);
+    size_t held = (size_t)(pl->groups > 0 ? 0 : pl->rblocks * SCORE_NACC) * sizeof(__m512);
+    if (ss) {
+        ss->xT = (float *)base;
+        ss->dyT = (__m512 *)(base + xt);
+        ss->sc = (__m512 *)(base + xt + dyt);
+        ss->held = (__m512 *)(base + xt + dyt + sc);
+    }
+    return xt + dyt + sc + held;
+}
+
+/* The x tile: xT[ch][c - c0][b] = x[8·ch + b][c] for c in [c0, c1) (0 past B and, up to a
+ * multiple of 16 columns, past c1), cpad·8 floats per chunk. 8×16 blocks are transposed in
+ * registers: unpacks give each column's rows 0-3 and 4-7 in 128-bit lanes, two permutes
+ * put a column pair's 8 rows together. */
+static void score_transpose(const ts_kjob *j, int64_t c0, int64_t c1, int64_t cpad, float *xT)
+{
+    const ts_weights *w = j->w;
+    const __m512i pair0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    const __m512i pair1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+#define PD(v) _mm512_castps_pd(v)
+#define PS(v) _mm512_castpd_ps(v)
+    for (int64_t b0 = 0; b0 < j->B; b0 += SCORE_BC)
+        for (int64_t c = c0; c < c1; c += 16) {
+            __mmask16 m = c1 - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c1 - c)) - 1);
+            __m512 r[8], t[8], u[8], v[4][2];
+            for (int b = 0; b < 8; b++)
+                r[b] = b0 + b < j->B ? _mm512_maskz_loadu_ps(m, j->x + (b0 + b) * w->cols + c)
+                                     : _mm512_setzero_ps();
+            for (int b = 0; b < 8; b += 2) {
+                t[b] = _mm512_unpacklo_ps(r[b], r[b + 1]);
+                t[b + 1] = _mm512_unpackhi_ps(r[b], r[b + 1]);
+            }
+            for (int h = 0; h < 8; h += 4) {   /* rows h..h+3: u[h + k] = column 4L + k */
+                u[h] = PS(_mm512_unpacklo_pd(PD(t[h]), PD(t[h + 2])));
+                u[h + 1] = PS(_mm512_unpackhi_pd(PD(t[h]), PD(t[h + 2])));
+                u[h + 2] = PS(_mm512_unpacklo_pd(PD(t[h + 1]), PD(t[h + 3])));
+                u[h + 3] = PS(_mm512_unpackhi_pd(PD(t[h + 1]), PD(t[h + 3])));
+            }
+            for (int k = 0; k < 4; k++) {   /* v[k][P] = columns 8P + k and 8P + 4 + k */
+                v[k][0] = PS(_mm512_permutex2var_pd(PD(u[k]), pair0, PD(u[4 + k])));
+                v[k][1] = PS(_mm512_permutex2var_pd(PD(u[k]), pair1, PD(u[4 + k])));
+            }
+            float *o = xT + ((b0 / SCORE_BC) * cpad + (c - c0)) * SCORE_BC;
+            for (int P = 0; P < 2; P++)
+                for (int k = 0; k < 4; k += 2) {   /* columns 8P + k + {0, 1} and + 4 */
+                    _mm512_store_ps(o + (8 * P + k) * SCORE_BC,
+                                    _mm512_shuffle_f32x4(v[k][P], v[k + 1][P], 0x44));
+                    _mm512_store_ps(o + (8 * P + 4 + k) * SCORE_BC,
+                                    _mm512_shuffle_f32x4(v[k][P], v[k + 1][P], 0xee));
+                }
+        }
+#undef PD
+#undef PS
+}
+
+/* Row blocks [blk0, blk1) over groups [g0, g1), or when split (t1 short of a group's end)
+ * over triples [t0, t1) of group g0, `held` keeping the counts between the parts. x is read
+ * in place, or from the tile at xT that starts at column g0·gs + 3·t0. The batch's last
+ * chunk has bc rows (a constant after inlining); with chunked = 0 it is the only one. */
+SCORE_INLINE void score_rows(const ts_kjob *j, const score_scratch *ss, int64_t blk0,
+                             int64_t blk1, int64_t g0, int64_t g1, int64_t t0, int64_t t1,
+                             int64_t cpad, int bc, int chunked)
+{
+    const ts_weights *w = j->w;
+    score_ctx c = {.j = j, .chunks = (j->B - bc) / SCORE_BC, .cstride = cpad * SCORE_BC,
+                   .dyT = ss->dyT};
+    memcpy(c.tlo, ss->tlo, sizeof c.tlo);
+    memcpy(c.thi, ss->thi, sizeof c.thi);
+    for (int b = 0; b < SCORE_BC; b++)
+        c.xoff[b] = b * w->cols * (int64_t)sizeof(float);
+    int64_t ntr = (w->gs + 2) / 3, c0 = g0 * w->gs + 3 * t0;
+    int ends = t1 == ntr || g0 * w->gs + 3 * t1 >= w->cols;   /* the last part of its group */
+    score_part whole = score_part_of(w, 0, 0, ntr);           /* of all groups but the last */
+    for (int64_t blk = blk0; blk < blk1; blk++) {
+        c.blk = blk;
+        for (int64_t b = 0; b < (chunked ? j->B : bc); b++) {
+            __m512 d = _mm512_maskz_loadu_ps(rows_mask(w, blk), j->dy + b * w->rows + blk * TS_RB);
+            if (chunked)
+                ss->dyT[b] = d;
+            else
+                c.dy[b] = d;
+        }
+        if (chunked)   /* the last chunk's rows past B are read: 0 */
+            for (int64_t b = j->B; b < (j->B + SCORE_BC - 1) / SCORE_BC * SCORE_BC; b++)
+                ss->dyT[b] = _mm512_setzero_ps();
+        __m512 *held = ss->held + (blk - blk0) * SCORE_NACC;
+        for (int64_t g = g0; g < g1; g++) {
+            score_part pt = g < w->gpr - 1 && t0 == 0 && t1 == ntr ? whole
+                                                                   : score_part_of(w, g, t0, t1);
+            pt.g = g;
+            __m512 acc[SCORE_NACC];
+            for (int a = 0; a < SCORE_NACC; a++)
+                acc[a] = t0 == 0 ? _mm512_setzero_ps() : held[a];
+            int64_t col = g * w->gs + 3 * t0;
+            score_run_part(&c, pt, chunked ? ss->xT + (col - c0) * SCORE_BC : j->x + col, bc,
+                           chunked, acc);
+            if (!ends) {   /* the group goes on in the next tile */
+                memcpy(held, acc, sizeof acc);
+                break;
+            }
+            for (int a = 1; a < SCORE_NACC; a++)
+                acc[0] = _mm512_add_ps(acc[0], acc[a]);
+            int64_t gg = (g - g0) % TS_RB;
+            ss->sc[gg] = _mm512_castsi512_ps(_mm512_cvtps_epi32(acc[0]));
+            if (gg == TS_RB - 1 || g == g1 - 1)
+                score_flush(j, blk, g - gg, (int)gg + 1, ss->sc);
+        }
+    }
+}
+
+typedef void (*score_rows_fn)(const ts_kjob *j, const score_scratch *ss, int64_t blk0,
+                              int64_t blk1, int64_t g0, int64_t g1, int64_t t0, int64_t t1,
+                              int64_t cpad);
+#define SCORE_ROWS_FN(bc)                                                                      \
+    static void score_rows_##bc(const ts_kjob *j, const score_scratch *ss, int64_t blk0,     \
+                                int64_t blk1, int64_t g0, int64_t g1, int64_t t0, int64_t t1, \
+                                int64_t cpad)                                                \
+    {                                                                                          \
+        score_rows(j, ss, blk0, blk1, g0, g1, t0, t1, cpad, bc, 0);                            \
+    }                                                                                          \
+    static void score_rows_chunked_##bc(const ts_kjob *j, const score_scratch *ss,           \
+                                        int64_t blk0, int64_t blk1, int64_t g0, int64_t g1,  \
+                                        int64_t t0, int64_t t1, int64_t cpad)                \
+    {                                                                                          \
+        score_rows(j, ss, blk0, blk1, g0, g1, t0, t1, cpad, bc, 1);                            \
+    }
+SCORE_ROWS_FN(1)
+SCORE_ROWS_FN(2)
+SCORE_ROWS_FN(3)
+SCORE_ROWS_FN(4)
+SCORE_ROWS_FN(5)
+SCORE_ROWS_FN(6)
+SCORE_ROWS_FN(7)
+SCORE_ROWS_FN(8)
+#undef SCORE_ROWS_FN
+
+/* Item i: tile set i % sets for row range i / sets. */
 static void score_item(void *arg, int slot, int64_t i)
 {
+    static const score_rows_fn by_last_chunk[2][SCORE_BC] = {
+        {score_rows_1, score_rows_2, score_rows_3, score_rows_4, score_rows_5, score_rows_6,
+         score_rows_7, score_rows_8},
+        {score_rows_chunked_1, score_rows_chunked_2, score_rows_chunked_3,
+         score_rows_chunked_4, score_rows_chunked_5, score_rows_chunked_6,
+         score_rows_chunked_7, score_rows_chunked_8}};
     const ts_kjob *j = arg;
     const ts_weights *w = j->w;
-    __m512 tlo[3], thi[3];
-    trit_tables(tlo, thi);
-    __m512 *dyT = (__m512 *)(j->scratch + (size_t)slot * j->slot_bytes);
-    int64_t k1 = (i + 1) * SCORE_ITEM_BLOCKS < w->nblk ? (i + 1) * SCORE_ITEM_BLOCKS : w->nblk;
-    for (int64_t blk = i * SCORE_ITEM_BLOCKS; blk < k1; blk += 2) {
-        for (int64_t b = 0; b < j->B; b++)
-            for (int k = 0; k < 2; k++)
-                dyT[k * j->B + b] = _mm512_maskz_loadu_ps(rows_mask(w, blk + k),
-                                                          j->dy + b * w->rows + (blk + k) * TS_RB);
-        for (int64_t g = 0; g < w->gpr; g++)
-            score_blocks_group(j, blk, g, dyT, tlo, thi);
+    score_plan pl = score_plan_of(w, j->B, j->slots);
+    score_scratch ss;
+    score_scratch_at(&pl, j->B, j->scratch + (size_t)slot * j->slot_bytes, &ss);
+    trit_tables(ss.tlo, ss.thi);
+    score_rows_fn fn = by_last_chunk[j->B > SCORE_BC][(j->B - 1) % SCORE_BC];
+    int64_t set = i % pl.sets, blk0 = i / pl.sets * pl.rblocks;
+    int64_t blk1 = blk0 + pl.rblocks < w->nblk ? blk0 + pl.rblocks : w->nblk;
+    int64_t ntr = (w->gs + 2) / 3;
+    if (j->B <= SCORE_BC) {
+        fn(j, &ss, blk0, blk1, 0, w->gpr, 0, ntr, 0);
+    } else if (pl.groups > 0) {
+        int64_t g0 = set * pl.groups, g1 = g0 + pl.groups < w->gpr ? g0 + pl.groups : w->gpr;
+        score_transpose(j, g0 * w->gs, g1 * w->gs < w->cols ? g1 * w->gs : w->cols, pl.cpad,
+                        ss.xT);
+        fn(j, &ss, blk0, blk1, g0, g1, 0, ntr, pl.cpad);
+    } else {   /* the parts of group `set`, one tile each */
+        int64_t c0 = set * w->gs, c1 = c0 + w->gs < w->cols ? c0 + w->gs : w->cols;
+        for (int64_t t0 = 0; c0 + 3 * t0 < c1; t0 += pl.per) {
+            int64_t t1 = t0 + pl.per < ntr ? t0 + pl.per : ntr;
+            score_transpose(j, c0 + 3 * t0, c0 + 3 * t1 < c1 ? c0 + 3 * t1 : c1, pl.cpad, ss.xT);
+            fn(j, &ss, blk0, blk1, set, set + 1, t0, t1, pl.cpad);
+        }
     }
 }
 
 static int avx512_score(const ts_weights *w, const float *dy, const float *x, int64_t B,
                         int64_t *score, ts_pool *pool)
 {
+    if (B <= 0)
+        return -1;   /* every score is 0: the portable kernel writes them */
     ts_kjob j = {.w = w, .dy = dy, .x = x, .B = B, .score = score};
-    return ts_krun(pool, &j, (2 * (size_t)B + 1) * sizeof(__m512),
-                   (w->nblk + SCORE_ITEM_BLOCKS - 1) / SCORE_ITEM_BLOCKS, score_item);
+    score_plan pl = score_plan_of(w, B, ts_kslots(pool, w, B));
+    return ts_krun(pool, &j, score_scratch_at(&pl, B, NULL, NULL), pl.items, score_item);
 }
 
 const ts_kernel_family ts_kernel_family_avx512 = {"avx512", avx512_forward, avx512_backward_x,

@@ -218,6 +218,64 @@ START_TEST(test_families_rows)
 }
 END_TEST
 
+/* score alone, every family and 1-3 threads, against ref_score on a layer whose inputs hold
+ * the values where a sign is easy to get wrong: +0 and -0 products, products that round to
+ * ±0 or to subnormals, dW exactly 1.0 (its own class for vfixupimmps), ±inf and NaN. */
+static void check_score_special(int64_t rows, int64_t cols, int64_t gs, int64_t B)
+{
+    layer l = layer_make(rows, cols, gs, B, (unsigned)(rows * 31 + cols * 7 + gs + B));
+    static const float xs[] = {-0.0f, 1e-30f, -1e-30f, 1e-40f, INFINITY, -INFINITY, NAN, 1.0f};
+    static const float dys[] = {-0.0f, 1e-20f, -1e-20f, 1e-38f, INFINITY, 1.0f};
+    for (int64_t i = 0; i < B * cols; i += 7)
+        l.x[i] = xs[(i / 7) % (sizeof xs / sizeof *xs)];
+    for (int64_t i = 0; i < B * rows; i += 11)
+        l.dy[i] = dys[(i / 11) % (sizeof dys / sizeof *dys)];
+    /* row 1: dW = dy[0][1] · x[0][c] alone, 1.0 where x is 1 */
+    for (int64_t b = 0; b < B && rows > 1; b++)
+        l.dy[b * rows + 1] = b == 0 ? 1.0f : 0.0f;
+    for (int64_t c = 0; c < cols; c += 3)
+        l.x[c] = 1.0f;
+    ts_weights *w = ts_weights_build(l.packed, rows, cols, gs);
+    ck_assert_ptr_nonnull(w);
+    size_t ns = (size_t)(rows * l.gpr);
+    int64_t *s_ref = malloc(ns * sizeof(int64_t)), *s = malloc(ns * sizeof(int64_t));
+    ref_score(&l, s_ref);
+    for (size_t f = 0; f < sizeof families / sizeof *families; f++) {
+        if (ts_kernel_use(families[f]) != 0)
+            continue;
+        for (int threads = 1; threads <= 3; threads++) {
+            ts_pool *pool = threads == 1 ? NULL : ts_pool_new(threads);
+            memset(s, 0x7f, ns * sizeof(int64_t));
+            ts_kernel_score(w, l.dy, l.x, B, s, pool);
+            for (size_t i = 0; i < ns; i++)
+                ck_assert_msg(s[i] == s_ref[i], "%s score (special values) rows %lld cols %lld "
+                              "gs %lld B %lld threads %d: [%zu] = %lld, reference %lld",
+                              families[f], (long long)rows, (long long)cols, (long long)gs,
+                              (long long)B, threads, i, (long long)s[i], (long long)s_ref[i]);
+            ts_pool_free(pool);
+        }
+    }
+    ck_assert_int_eq(ts_kernel_use("portable"), 0);
+    free(s_ref), free(s);
+    ts_weights_free(w);
+    layer_free(&l);
+}
+
+START_TEST(test_score_batches)
+{
+    /* around the AVX-512 score's 8-row batch chunks, and groups split between x tiles
+     * (a tile holds 32768 floats: 3000 columns × 33 rows do not fit) */
+    static const int64_t batches[] = {1, 2, 7, 8, 9, 16, 24, 64};
+    for (size_t i = 0; i < sizeof batches / sizeof *batches; i++) {
+        check_score_special(45, 130, 32, batches[i]);
+        check_score_special(70, 101, 16, batches[i]);
+    }
+    check_score_special(33, 3000, 3000, 33);   /* one group in 4 tiles */
+    check_score_special(20, 3000, 2500, 20);   /* 3 tiles, then a group of 500 columns */
+    check_score_special(17, 1000, 8, 70);      /* 4 groups a tile, 250 tiles */
+}
+END_TEST
+
 START_TEST(test_empty_batch)
 {
     /* B = 0: score is all zeros (every dW is 0), forward and backward_x write nothing */
@@ -428,6 +486,7 @@ static Suite *kernel_suite(void)
     tcase_add_loop_test(tc, test_families_cols_gs, 0, 24);
     tcase_add_test(tc, test_families_rows);
     tcase_add_test(tc, test_empty_batch);
+    tcase_add_test(tc, test_score_batches);
     suite_add_tcase(s, tc);
     tc = tcase_create("layout");
     tcase_set_timeout(tc, 60);

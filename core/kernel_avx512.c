@@ -518,23 +518,55 @@ SCORE_INLINE void score_run_part(const score_ctx *c, score_part pt, const float 
     }
 }
 
+/* o[m] = lanes 2m of r[0..8) and then lanes 2m + 1 of r[0..8): an 8×16 block transposed in
+ * registers (unpacks give each lane's r[0..4) and r[4..8) in 128-bit lanes, two permutes
+ * put a lane pair's 8 values together). */
+static inline void score_transpose8(const __m512 r[8], __m512 o[8])
+{
+#define PD(v) _mm512_castps_pd(v)
+#define PS(v) _mm512_castpd_ps(v)
+    const __m512i pair0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    const __m512i pair1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    __m512 t[8], u[8], v[4][2];
+    for (int b = 0; b < 8; b += 2) {
+        t[b] = _mm512_unpacklo_ps(r[b], r[b + 1]);
+        t[b + 1] = _mm512_unpackhi_ps(r[b], r[b + 1]);
+    }
+    for (int h = 0; h < 8; h += 4) {   /* r[h..h+4): u[h + k] = lane 4L + k */
+        u[h] = PS(_mm512_unpacklo_pd(PD(t[h]), PD(t[h + 2])));
+        u[h + 1] = PS(_mm512_unpackhi_pd(PD(t[h]), PD(t[h + 2])));
+        u[h + 2] = PS(_mm512_unpacklo_pd(PD(t[h + 1]), PD(t[h + 3])));
+        u[h + 3] = PS(_mm512_unpackhi_pd(PD(t[h + 1]), PD(t[h + 3])));
+    }
+    for (int k = 0; k < 4; k++) {   /* v[k][P] = lanes 8P + k and 8P + 4 + k */
+        v[k][0] = PS(_mm512_permutex2var_pd(PD(u[k]), pair0, PD(u[4 + k])));
+        v[k][1] = PS(_mm512_permutex2var_pd(PD(u[k]), pair1, PD(u[4 + k])));
+    }
+    for (int P = 0; P < 2; P++)
+        for (int k = 0; k < 4; k += 2) {   /* lanes 8P + k + {0, 1}, and + 4 */
+            o[4 * P + k / 2] = _mm512_shuffle_f32x4(v[k][P], v[k + 1][P], 0x44);
+            o[4 * P + 2 + k / 2] = _mm512_shuffle_f32x4(v[k][P], v[k + 1][P], 0xee);
+        }
+#undef PD
+#undef PS
+}
+
 /* score[rows of block blk, g0 + gg] for gg < ng ≤ 16 from sc[gg] (the rows' counts for
- * group g0 + gg as int32): a transpose gives each row its run of ng groups, two vector
- * stores instead of a scattered store per row and group. */
+ * group g0 + gg as int32): transposed 8 groups at a time, each row gets its run of groups
+ * in one store instead of a scattered store per row and group. */
 static void score_flush(const ts_kjob *j, int64_t blk, int64_t g0, int ng, const __m512 *sc)
 {
     const ts_weights *w = j->w;
-    __mmask8 lo = (__mmask8)(ng >= 8 ? 0xff : (1u << ng) - 1);
-    __mmask8 hi = (__mmask8)(ng >= 16 ? 0xff : ng <= 8 ? 0 : (1u << (ng - 8)) - 1);
-    __m512 r[TS_RB];
-    memcpy(r, sc, sizeof r);
-    transpose16(r);
-    for (int i = 0; i < TS_RB && blk * TS_RB + i < w->rows; i++) {
-        __m512i v = _mm512_castps_si512(r[i]);
-        int64_t *dst = j->score + (blk * TS_RB + i) * w->gpr + g0;
-        _mm512_mask_storeu_epi64(dst, lo, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
-        _mm512_mask_storeu_epi64(dst + 8, hi,
-                                 _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
+    for (int h = 0; h < ng; h += 8) {
+        __mmask8 m = (__mmask8)(ng - h >= 8 ? 0xff : (1u << (ng - h)) - 1);
+        __m512 o[8];
+        score_transpose8(sc + h, o);
+        for (int i = 0; i < TS_RB && blk * TS_RB + i < w->rows; i++) {
+            __m512i v = _mm512_castps_si512(o[i / 2]);
+            __m256i row = i % 2 ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v);
+            _mm512_mask_storeu_epi64(j->score + (blk * TS_RB + i) * w->gpr + g0 + h, m,
+                                     _mm512_cvtepi32_epi64(row));
+        }
     }
 }
 
@@ -602,48 +634,22 @@ static size_t score_scratch_at(const score_plan *pl, int64_t B, char *base, scor
 }
 
 /* The x tile: xT[ch][c - c0][b] = x[8·ch + b][c] for c in [c0, c1) (0 past B and, up to a
- * multiple of 16 columns, past c1), cpad·8 floats per chunk. 8×16 blocks are transposed in
- * registers: unpacks give each column's rows 0-3 and 4-7 in 128-bit lanes, two permutes
- * put a column pair's 8 rows together. */
+ * multiple of 16 columns, past c1), cpad·8 floats per chunk. */
 static void score_transpose(const ts_kjob *j, int64_t c0, int64_t c1, int64_t cpad, float *xT)
 {
     const ts_weights *w = j->w;
-    const __m512i pair0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
-    const __m512i pair1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
-#define PD(v) _mm512_castps_pd(v)
-#define PS(v) _mm512_castpd_ps(v)
     for (int64_t b0 = 0; b0 < j->B; b0 += SCORE_BC)
         for (int64_t c = c0; c < c1; c += 16) {
             __mmask16 m = c1 - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c1 - c)) - 1);
-            __m512 r[8], t[8], u[8], v[4][2];
+            __m512 r[8], o[8];
             for (int b = 0; b < 8; b++)
                 r[b] = b0 + b < j->B ? _mm512_maskz_loadu_ps(m, j->x + (b0 + b) * w->cols + c)
                                      : _mm512_setzero_ps();
-            for (int b = 0; b < 8; b += 2) {
-                t[b] = _mm512_unpacklo_ps(r[b], r[b + 1]);
-                t[b + 1] = _mm512_unpackhi_ps(r[b], r[b + 1]);
-            }
-            for (int h = 0; h < 8; h += 4) {   /* rows h..h+3: u[h + k] = column 4L + k */
-                u[h] = PS(_mm512_unpacklo_pd(PD(t[h]), PD(t[h + 2])));
-                u[h + 1] = PS(_mm512_unpackhi_pd(PD(t[h]), PD(t[h + 2])));
-                u[h + 2] = PS(_mm512_unpacklo_pd(PD(t[h + 1]), PD(t[h + 3])));
-                u[h + 3] = PS(_mm512_unpackhi_pd(PD(t[h + 1]), PD(t[h + 3])));
-            }
-            for (int k = 0; k < 4; k++) {   /* v[k][P] = columns 8P + k and 8P + 4 + k */
-                v[k][0] = PS(_mm512_permutex2var_pd(PD(u[k]), pair0, PD(u[4 + k])));
-                v[k][1] = PS(_mm512_permutex2var_pd(PD(u[k]), pair1, PD(u[4 + k])));
-            }
-            float *o = xT + ((b0 / SCORE_BC) * cpad + (c - c0)) * SCORE_BC;
-            for (int P = 0; P < 2; P++)
-                for (int k = 0; k < 4; k += 2) {   /* columns 8P + k + {0, 1} and + 4 */
-                    _mm512_store_ps(o + (8 * P + k) * SCORE_BC,
-                                    _mm512_shuffle_f32x4(v[k][P], v[k + 1][P], 0x44));
-                    _mm512_store_ps(o + (8 * P + 4 + k) * SCORE_BC,
-                                    _mm512_shuffle_f32x4(v[k][P], v[k + 1][P], 0xee));
-                }
+            score_transpose8(r, o);
+            float *dst = xT + ((b0 / SCORE_BC) * cpad + (c - c0)) * SCORE_BC;
+            for (int k = 0; k < 8; k++)
+                _mm512_store_ps(dst + 2 * SCORE_BC * k, o[k]);
         }
-#undef PD
-#undef PS
 }
 
 /* Row blocks [blk0, blk1) over groups [g0, g1), or when split (t1 short of a group's end)

@@ -164,32 +164,35 @@ typedef struct {
     float denom;
 } scales_job;
 
-/* Rows [r0, r1): update_corr when there is a score (the reference sums each group's score
- * as int16, so a group wider than 32767 wraps there, and here alike), then S of each row
- * computed along the row into its places in the kernels' order. */
-static void scales_rows(void *arg, int64_t r0, int64_t r1)
+/* Row blocks [k0, k1): update_corr of their rows when there is a score (the reference sums
+ * each group's score as int16, so a group wider than 32767 wraps there, and here alike), then
+ * their scales, a block of 16 rows at a time into the kernels' order. */
+static void scales_blocks(void *arg, int64_t k0, int64_t k1)
 {
     const scales_job *j = arg;
     ts_layer *l = j->l;
-    for (int64_t r = r0; r < r1; r++) {
-        int64_t *corr = l->corr_accum + r * l->gpr;
+    for (int64_t k = k0; k < k1; k++) {
+        int64_t r0 = k * TS_SCALE_ROWS;
+        int nrows = (int)(l->rows - r0 < TS_SCALE_ROWS ? l->rows - r0 : TS_SCALE_ROWS);
+        int64_t *corr = l->corr_accum + r0 * l->gpr;
         if (j->score)
-            for (int64_t g = 0; g < l->gpr; g++) {
-                int64_t s = j->score[r * l->gpr + g] & 0xffff;
+            for (int64_t g = 0; g < nrows * l->gpr; g++) {
+                int64_t s = j->score[r0 * l->gpr + g] & 0xffff;
                 corr[g] -= s >= 0x8000 ? s - 0x10000 : s;
             }
-        ts_scales_compute(l->E + r * l->gpr, corr, l->gpr, l->step, j->denom,
-                          l->S + ts_scale_index(l->gpr, r, 0), TS_SCALE_ROWS);
+        ts_scales_block(l->E + r0 * l->gpr, corr, l->gpr, nrows, l->step, j->denom,
+                        l->S + ts_scale_index(l->gpr, r0, 0));
     }
 }
 
-/* Both run over the rows on the pool's threads, enough groups (~2^16) per thread to be worth
+/* Both run over the row blocks on the pool's threads, enough groups (~2^16) per thread to be worth
  * waking it. S = exp2f(E + ((float)corr_accum / (float)(step·gs)) · 4) in float32 (scales.h
  * has the reference's exact operations). */
 static void scales_run(ts_layer *l, const int64_t *score, ts_pool *pool)
 {
     scales_job j = {l, score, ts_scales_denom(l->step, l->spec.group_size)};
-    ts_pool_run(pool, l->rows, ((int64_t)1 << 16) / l->gpr + 1, scales_rows, &j);
+    int64_t blocks = (l->rows + TS_SCALE_ROWS - 1) / TS_SCALE_ROWS;
+    ts_pool_run(pool, blocks, ((int64_t)1 << 16) / (l->gpr * TS_SCALE_ROWS) + 1, scales_blocks, &j);
 }
 
 void ts_layer_update_scales(ts_layer *l, ts_pool *pool) { scales_run(l, NULL, pool); }

@@ -28,6 +28,13 @@ static void compute_portable(const int8_t *E, const int64_t *corr, int64_t n, in
     }
 }
 
+static void block_portable(const int8_t *E, const int64_t *corr, int64_t gpr, int nrows,
+                           int64_t step, float denom, float *S)
+{
+    for (int r = 0; r < nrows; r++)
+        compute_portable(E + r * gpr, step > 0 ? corr + r * gpr : NULL, gpr, step, denom, S + r, 16);
+}
+
 static void exp2_portable(const float *x, int64_t n, float *y)
 {
     for (int64_t i = 0; i < n; i++)
@@ -39,10 +46,14 @@ typedef struct {
     void (*compute)(const int8_t *E, const int64_t *corr, int64_t n, int64_t step, float denom,
                     float *S, int64_t stride);
     void (*exp2)(const float *x, int64_t n, float *y);
+    void (*block)(const int8_t *E, const int64_t *corr, int64_t gpr, int nrows, int64_t step,
+                  float denom, float *S);
 } scales_path;
 
-static const scales_path path_portable = {"portable", compute_portable, exp2_portable};
-static const scales_path path_avx512 = {"avx512", ts_scales_compute_avx512, ts_scales_exp2_avx512};
+static const scales_path path_portable = {"portable", compute_portable, exp2_portable,
+                                          block_portable};
+static const scales_path path_avx512 = {"avx512", ts_scales_compute_avx512, ts_scales_exp2_avx512,
+                                        ts_scales_block_avx512};
 
 /* Inputs where glibc 2.36's exp2f is not the correctly rounded result (found by comparing it
  * with exp2 in double over every float), spread over the range, and a few ordinary, subnormal
@@ -98,6 +109,12 @@ void ts_scales_compute(const int8_t *E, const int64_t *corr, int64_t n, int64_t 
                        float *S, int64_t stride)
 {
     path()->compute(E, corr, n, step, denom, S, stride);
+}
+
+void ts_scales_block(const int8_t *E, const int64_t *corr, int64_t gpr, int nrows, int64_t step,
+                     float denom, float *S)
+{
+    path()->block(E, corr, gpr, nrows, step, denom, S);
 }
 
 void ts_scales_exp2(const float *x, int64_t n, float *y)

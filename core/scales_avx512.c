@@ -126,3 +126,55 @@ void ts_scales_exp2_avx512(const float *x, int64_t n, float *y)
         memcpy(y + i, buf, (size_t)(n - i) * sizeof *buf);
     }
 }
+
+/* In-register 16×16 transpose: r[i][j] becomes r[j][i]. */
+static inline void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    for (int h = 0; h < 16; h += 8)
+        for (int i = 0; i < 4; i++) {
+            t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+            t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+        }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+
+/* 16 groups of 16 rows at a time: each row's 16 scales as ts_scales_compute makes them, then
+ * a register transpose, so the stores are whole lines (16 rows of one group). The rest (a
+ * block of fewer rows, the last groups) row by row. */
+void ts_scales_block_avx512(const int8_t *E, const int64_t *corr, int64_t gpr, int nrows,
+                            int64_t step, float denom, float *S)
+{
+    const __m512 d = _mm512_set1_ps(denom);
+    int64_t g0 = 0;
+    if (nrows == 16)
+        for (; g0 + 16 <= gpr; g0 += 16) {
+            float tile[16][16] __attribute__((aligned(64)));
+            for (int r = 0; r < 16; r++)
+                exp2_16(exponent_16(E + r * gpr + g0, step > 0 ? corr + r * gpr + g0 : NULL, step, d),
+                        tile[r]);
+            __m512 v[16];
+            for (int r = 0; r < 16; r++)
+                v[r] = _mm512_load_ps(tile[r]);
+            transpose16(v);
+            for (int g = 0; g < 16; g++)
+                _mm512_store_ps(S + (g0 + g) * 16, v[g]);
+        }
+    if (g0 < gpr)
+        for (int r = 0; r < nrows; r++)
+            ts_scales_compute_avx512(E + r * gpr + g0, step > 0 ? corr + r * gpr + g0 : NULL,
+                                     gpr - g0, step, denom, S + g0 * 16 + r, 16);
+}

@@ -139,6 +139,50 @@ START_TEST(test_stride)
 }
 END_TEST
 
+/* ts_scales_block: a block of rows in the kernels' order, the same bits as row by row; rows
+ * past nrows untouched; full 16×16 tiles and the groups and rows left over. */
+START_TEST(test_block)
+{
+    static const int64_t gprs[] = {1, 15, 16, 17, 40, 128};
+    static const int rows[] = {1, 2, 7, 15, 16};
+    srand(17);
+    for (size_t q = 0; q < sizeof gprs / sizeof gprs[0]; q++)
+        for (size_t qr = 0; qr < sizeof rows / sizeof rows[0]; qr++) {
+            int64_t gpr = gprs[q], n = 16 * gpr;
+            int nrows = rows[qr];
+            int8_t *E = malloc((size_t)n);
+            int64_t *corr = malloc((size_t)n * sizeof *corr);
+            float *flat = malloc((size_t)n * sizeof *flat), *S = malloc((size_t)n * sizeof *S);
+            for (int64_t i = 0; i < n; i++) {
+                E[i] = (int8_t)(rand() % 16 - 12);
+                corr[i] = rand() % 6401 - 3200;
+            }
+            for (int64_t step = 0; step <= 100; step += 100) {
+                float denom = ts_scales_denom(step, 32);
+                ck_assert_int_eq(ts_scales_use("portable"), 0);
+                ts_scales_compute(E, corr, n, step, denom, flat, 1);   /* row-major */
+                int avx = ts_scales_use("avx512") == 0;
+                for (int k = 0; k < 1 + avx; k++) {
+                    ck_assert_int_eq(ts_scales_use(k ? "avx512" : "portable"), 0);
+                    for (int64_t i = 0; i < n; i++)
+                        S[i] = -1.0f;
+                    ts_scales_block(E, corr, gpr, nrows, step, denom, S);
+                    for (int64_t g = 0; g < gpr; g++)
+                        for (int r = 0; r < 16; r++) {
+                            float got = S[g * 16 + r];
+                            ck_assert_msg(r >= nrows ? got == -1.0f
+                                                     : memcmp(&got, &flat[r * gpr + g], sizeof got) == 0,
+                                          "%s gpr %lld rows %d step %lld: [%lld][%d] = %a",
+                                          ts_scales_name(), (long long)gpr, nrows, (long long)step,
+                                          (long long)g, r, got);
+                        }
+                }
+            }
+            free(E), free(corr), free(flat), free(S);
+        }
+}
+END_TEST
+
 START_TEST(test_denom)
 {
     ck_assert(ts_scales_denom(0, 32) == 1.0f);
@@ -354,6 +398,7 @@ static Suite *scales_suite(void)
     tcase_add_loop_test(tc, test_every_e, 0, (int)(sizeof steps / sizeof steps[0]));
     tcase_add_test(tc, test_lengths);
     tcase_add_test(tc, test_stride);
+    tcase_add_test(tc, test_block);
     tcase_add_test(tc, test_denom);
     tcase_add_test(tc, test_exp2);
     tcase_add_test(tc, test_errno);

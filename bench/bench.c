@@ -141,7 +141,7 @@ typedef struct {
     const ts_weights *w;          /* its compute layout and scales */
     const float *S;
     float *x, *y, *dy, *dx;       /* tscale buffers */
-    int64_t *score;
+    int16_t *score;
     float *W, *yd, *dxd, *dW;     /* dense: W [out][in], outputs, dW [out][in] */
     size_t packed_bytes, groups;
 } layer;
@@ -190,7 +190,7 @@ static layer layer_make(const options *o)
     l.yd = malloc((size_t)(o->batch * o->out) * sizeof(float));
     l.dxd = malloc((size_t)(o->batch * o->in) * sizeof(float));
     l.dW = malloc(n * sizeof(float));
-    l.score = malloc(l.groups * sizeof(int64_t));
+    l.score = malloc(l.groups * sizeof *l.score);
     if (!t || !packed || !l.W || !l.x || !l.y || !l.dy || !l.dx || !l.yd || !l.dxd ||
         !l.dW || !l.score) {
         fprintf(stderr, "tscale-bench: out of memory for a %lldx%lld layer\n",

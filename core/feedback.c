@@ -18,7 +18,7 @@ typedef struct {
     float *acts;        /* Σ_i [B][dim_i]: input of every layer, then the model output */
     size_t *act_off;    /* [n_layers + 1] offsets into acts */
     float *grad[2];     /* [B][max dim] each: dL/d(output), dL/d(input) of the current layer */
-    int64_t *score;     /* Σ G of the ternary_linear layers */
+    int16_t *score;     /* Σ G of the ternary_linear layers (ts_kernel_score) */
     size_t *score_off;  /* [n_layers] offsets into score */
 } fb_work;
 

@@ -177,7 +177,7 @@ typedef struct {
     const float *S, *x, *dy;
     int64_t B;
     float *out;
-    int64_t *score;
+    int16_t *score;
 } port_job;
 
 static float group_dot(const ts_weights *w, int64_t r, int64_t g, const float *x)
@@ -255,7 +255,7 @@ static void score_rows(void *arg, int64_t r0, int64_t r1)
                     s += ((dw > 0.0f) - (dw < 0.0f)) * tr[k];
                 }
             }
-            j->score[r * w->gpr + g] = s;
+            j->score[r * w->gpr + g] = ts_wrap16(s);
         }
 }
 
@@ -345,7 +345,7 @@ void ts_kernel_backward_x(const ts_weights *w, const float *S, const float *dy, 
 }
 
 void ts_kernel_score(const ts_weights *w, const float *dy, const float *x, int64_t B,
-                     int64_t *score, ts_pool *pool)
+                     int16_t *score, ts_pool *pool)
 {
     const ts_kernel_family *f = family();
     if (f->score && f->score(w, dy, x, B, score, pool) == 0)

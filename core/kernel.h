@@ -66,9 +66,17 @@ void ts_kernel_backward_x(const ts_weights *w, const float *S, const float *dy, 
                           float *dx, ts_pool *pool);
 
 /* score[G] = Σ_{c∈group} sign(dW[r][c]) · T[r][c], with dW = dyᵀ · x summed over the
- * batch (dW[r][c] = Σ_b dy[b][r] · x[b][c]) and sign(0) = 0. */
+ * batch (dW[r][c] = Σ_b dy[b][r] · x[b][c]) and sign(0) = 0, as int16: the reference sums
+ * each group's score as int16, so a group wider than 32767 wraps there (ts_wrap16), and here
+ * alike; and the step then reads a quarter of the bytes an int64 score would take. */
 void ts_kernel_score(const ts_weights *w, const float *dy, const float *x, int64_t B,
-                     int64_t *score, ts_pool *pool);
+                     int16_t *score, ts_pool *pool);
+/* v modulo 2^16 as int16 (two's complement), without implementation-defined conversions. */
+static inline int16_t ts_wrap16(int64_t v)
+{
+    int64_t s = v & 0xffff;
+    return (int16_t)(s >= 0x8000 ? s - 0x10000 : s);
+}
 
 /* Name of the kernel family chosen at run time ("portable", "avx2", "avx512"): the best the
  * CPU runs, unless the environment variable TSCALE_KERNEL names another one it runs. */

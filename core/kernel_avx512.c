@@ -564,8 +564,8 @@ static void score_flush(const ts_kjob *j, int64_t blk, int64_t g0, int ng, const
         for (int i = 0; i < TS_RB && blk * TS_RB + i < w->rows; i++) {
             __m512i v = _mm512_castps_si512(o[i / 2]);
             __m256i row = i % 2 ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v);
-            _mm512_mask_storeu_epi64(j->score + (blk * TS_RB + i) * w->gpr + g0 + h, m,
-                                     _mm512_cvtepi32_epi64(row));
+            _mm_mask_storeu_epi16(j->score + (blk * TS_RB + i) * w->gpr + g0 + h, m,
+                                  _mm256_cvtepi32_epi16(row));   /* wraps, as ts_wrap16 */
         }
     }
 }
@@ -770,7 +770,7 @@ static void score_item(void *arg, int slot, int64_t i)
 }
 
 static int avx512_score(const ts_weights *w, const float *dy, const float *x, int64_t B,
-                        int64_t *score, ts_pool *pool)
+                        int16_t *score, ts_pool *pool)
 {
     if (B <= 0)
         return -1;   /* every score is 0: the portable kernel writes them */

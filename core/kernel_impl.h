@@ -91,7 +91,7 @@ typedef struct {
                    ts_pool *pool);
     int (*backward_x)(const ts_weights *w, const float *S, const float *dy, int64_t B, float *dx,
                       ts_pool *pool);
-    int (*score)(const ts_weights *w, const float *dy, const float *x, int64_t B, int64_t *score,
+    int (*score)(const ts_weights *w, const float *dy, const float *x, int64_t B, int16_t *score,
                  ts_pool *pool);
 } ts_kernel_family;
 
@@ -129,7 +129,7 @@ typedef struct {
     const float *S, *x, *dy;   /* what the call reads (the others NULL) */
     int64_t B;
     float *out;                /* y or dx */
-    int64_t *score;
+    int16_t *score;
     int64_t parts;             /* the kernel's own split (e.g. row parts per batch chunk) */
     char *scratch;             /* slot s owns slot_bytes from s·slot_bytes (64-aligned) */
     size_t slot_bytes;

@@ -160,13 +160,12 @@ int ts_model_prepare(ts_model *m, char *err, size_t errlen)
 
 typedef struct {
     ts_layer *l;
-    const int64_t *score;   /* [G] to subtract from corr_accum first, or NULL */
+    const int16_t *score;   /* [G] to subtract from corr_accum first, or NULL */
     float denom;
 } scales_job;
 
-/* Row blocks [k0, k1): update_corr of their rows when there is a score (the reference sums
- * each group's score as int16, so a group wider than 32767 wraps there, and here alike), then
- * their scales, a block of 16 rows at a time into the kernels' order. */
+/* Row blocks [k0, k1): update_corr of their rows when there is a score, then their scales,
+ * a block of 16 rows at a time into the kernels' order, in one pass (ts_scales_block). */
 static void scales_blocks(void *arg, int64_t k0, int64_t k1)
 {
     const scales_job *j = arg;
@@ -174,21 +173,16 @@ static void scales_blocks(void *arg, int64_t k0, int64_t k1)
     for (int64_t k = k0; k < k1; k++) {
         int64_t r0 = k * TS_SCALE_ROWS;
         int nrows = (int)(l->rows - r0 < TS_SCALE_ROWS ? l->rows - r0 : TS_SCALE_ROWS);
-        int64_t *corr = l->corr_accum + r0 * l->gpr;
-        if (j->score)
-            for (int64_t g = 0; g < nrows * l->gpr; g++) {
-                int64_t s = j->score[r0 * l->gpr + g] & 0xffff;
-                corr[g] -= s >= 0x8000 ? s - 0x10000 : s;
-            }
-        ts_scales_block(l->E + r0 * l->gpr, corr, l->gpr, nrows, l->step, j->denom,
-                        l->S + ts_scale_index(l->gpr, r0, 0));
+        ts_scales_block(l->E + r0 * l->gpr, l->corr_accum + r0 * l->gpr,
+                        j->score ? j->score + r0 * l->gpr : NULL, l->gpr, nrows, l->step,
+                        j->denom, l->S + ts_scale_index(l->gpr, r0, 0));
     }
 }
 
 /* Both run over the row blocks on the pool's threads, enough groups (~2^16) per thread to be worth
  * waking it. S = exp2f(E + ((float)corr_accum / (float)(step·gs)) · 4) in float32 (scales.h
  * has the reference's exact operations). */
-static void scales_run(ts_layer *l, const int64_t *score, ts_pool *pool)
+static void scales_run(ts_layer *l, const int16_t *score, ts_pool *pool)
 {
     scales_job j = {l, score, ts_scales_denom(l->step, l->spec.group_size)};
     int64_t blocks = (l->rows + TS_SCALE_ROWS - 1) / TS_SCALE_ROWS;
@@ -197,7 +191,7 @@ static void scales_run(ts_layer *l, const int64_t *score, ts_pool *pool)
 
 void ts_layer_update_scales(ts_layer *l, ts_pool *pool) { scales_run(l, NULL, pool); }
 
-void ts_layer_update_corr(ts_layer *l, const int64_t *score, ts_pool *pool)
+void ts_layer_update_corr(ts_layer *l, const int16_t *score, ts_pool *pool)
 {
     l->step += 1;
     scales_run(l, score, pool);

@@ -96,9 +96,9 @@ void ts_layer_packed(const ts_layer *l, uint8_t *out);
 /* Recompute S of one ternary layer from E, corr_accum and step (on the pool's threads when
  * pool is not NULL: after a feedback step every scale changes). */
 void ts_layer_update_scales(ts_layer *l, ts_pool *pool);
-/* update_corr (SPEC §1) of one ternary_linear layer: corr_accum -= score[G] (each score
- * taken as int16, as the reference sums it), step += 1, S recomputed; pool as above. */
-void ts_layer_update_corr(ts_layer *l, const int64_t *score, ts_pool *pool);
+/* update_corr (SPEC §1) of one ternary_linear layer: corr_accum -= score[G] (the int16
+ * scores of ts_kernel_score), step += 1, S recomputed; pool as above. */
+void ts_layer_update_corr(ts_layer *l, const int16_t *score, ts_pool *pool);
 /* The scale of group g of row r (S is stored in the kernels' order). */
 float ts_layer_scale(const ts_layer *l, int64_t r, int64_t g);
 

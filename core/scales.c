@@ -28,9 +28,12 @@ static void compute_portable(const int8_t *E, const int64_t *corr, int64_t n, in
     }
 }
 
-static void block_portable(const int8_t *E, const int64_t *corr, int64_t gpr, int nrows,
-                           int64_t step, float denom, float *S)
+static void block_portable(const int8_t *E, int64_t *corr, const int16_t *score, int64_t gpr,
+                           int nrows, int64_t step, float denom, float *S)
 {
+    if (score)
+        for (int64_t i = 0; i < nrows * gpr; i++)
+            corr[i] -= score[i];
     for (int r = 0; r < nrows; r++)
         compute_portable(E + r * gpr, step > 0 ? corr + r * gpr : NULL, gpr, step, denom, S + r, 16);
 }
@@ -46,8 +49,8 @@ typedef struct {
     void (*compute)(const int8_t *E, const int64_t *corr, int64_t n, int64_t step, float denom,
                     float *S, int64_t stride);
     void (*exp2)(const float *x, int64_t n, float *y);
-    void (*block)(const int8_t *E, const int64_t *corr, int64_t gpr, int nrows, int64_t step,
-                  float denom, float *S);
+    void (*block)(const int8_t *E, int64_t *corr, const int16_t *score, int64_t gpr, int nrows,
+                  int64_t step, float denom, float *S);
 } scales_path;
 
 static const scales_path path_portable = {"portable", compute_portable, exp2_portable,
@@ -111,10 +114,10 @@ void ts_scales_compute(const int8_t *E, const int64_t *corr, int64_t n, int64_t 
     path()->compute(E, corr, n, step, denom, S, stride);
 }
 
-void ts_scales_block(const int8_t *E, const int64_t *corr, int64_t gpr, int nrows, int64_t step,
-                     float denom, float *S)
+void ts_scales_block(const int8_t *E, int64_t *corr, const int16_t *score, int64_t gpr, int nrows,
+                     int64_t step, float denom, float *S)
 {
-    path()->block(E, corr, gpr, nrows, step, denom, S);
+    path()->block(E, corr, score, gpr, nrows, step, denom, S);
 }
 
 void ts_scales_exp2(const float *x, int64_t n, float *y)

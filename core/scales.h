@@ -28,9 +28,10 @@ void ts_scales_compute(const int8_t *E, const int64_t *corr, int64_t n, int64_t 
 
 /* The scales of a block of nrows <= 16 rows of gpr groups (row r's E and corr at E + r·gpr,
  * corr + r·gpr) into S[g·16 + r], g < gpr: the kernels' order (kernel.h), where 16 rows'
- * scales of one group are side by side. The same bits as ts_scales_compute. */
-void ts_scales_block(const int8_t *E, const int64_t *corr, int64_t gpr, int nrows, int64_t step,
-                     float denom, float *S);
+ * scales of one group are side by side. The same bits as ts_scales_compute. When score is
+ * not NULL, update_corr comes first: corr -= score (same layout as corr), in the same pass. */
+void ts_scales_block(const int8_t *E, int64_t *corr, const int16_t *score, int64_t gpr, int nrows,
+                     int64_t step, float denom, float *S);
 
 /* y[i] = exp2f(x[i]) for i in [0, n), bit for bit (the same choice of path as above). */
 void ts_scales_exp2(const float *x, int64_t n, float *y);
@@ -46,7 +47,7 @@ int ts_scales_use(const char *name);
 void ts_scales_compute_avx512(const int8_t *E, const int64_t *corr, int64_t n, int64_t step,
                               float denom, float *S, int64_t stride);
 void ts_scales_exp2_avx512(const float *x, int64_t n, float *y);
-void ts_scales_block_avx512(const int8_t *E, const int64_t *corr, int64_t gpr, int nrows,
-                            int64_t step, float denom, float *S);
+void ts_scales_block_avx512(const int8_t *E, int64_t *corr, const int16_t *score, int64_t gpr,
+                            int nrows, int64_t step, float denom, float *S);
 
 #endif

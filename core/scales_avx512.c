@@ -152,20 +152,34 @@ static inline void transpose16(__m512 r[16])
     }
 }
 
-/* 16 groups of 16 rows at a time: each row's 16 scales as ts_scales_compute makes them, then
- * a register transpose, so the stores are whole lines (16 rows of one group). The rest (a
- * block of fewer rows, the last groups) row by row. */
-void ts_scales_block_avx512(const int8_t *E, const int64_t *corr, int64_t gpr, int nrows,
-                            int64_t step, float denom, float *S)
+/* corr[0..16) -= score[0..16) (update_corr, 16 groups). */
+static inline void update_16(int64_t *corr, const int16_t *score)
+{
+    __m256i s = _mm256_loadu_si256((const __m256i *)score);
+    __m512i lo = _mm512_cvtepi16_epi64(_mm256_castsi256_si128(s));
+    __m512i hi = _mm512_cvtepi16_epi64(_mm256_extracti128_si256(s, 1));
+    _mm512_storeu_si512(corr, _mm512_sub_epi64(_mm512_loadu_si512(corr), lo));
+    _mm512_storeu_si512(corr + 8, _mm512_sub_epi64(_mm512_loadu_si512(corr + 8), hi));
+}
+
+/* 16 groups of 16 rows at a time: update_corr of their corr when there is a score, then each
+ * row's 16 scales as ts_scales_compute makes them, and a register transpose, so the stores
+ * are whole lines (16 rows of one group). The rest (a block of fewer rows, the last groups)
+ * row by row. */
+void ts_scales_block_avx512(const int8_t *E, int64_t *corr, const int16_t *score, int64_t gpr,
+                            int nrows, int64_t step, float denom, float *S)
 {
     const __m512 d = _mm512_set1_ps(denom);
     int64_t g0 = 0;
     if (nrows == 16)
         for (; g0 + 16 <= gpr; g0 += 16) {
             float tile[16][16] __attribute__((aligned(64)));
-            for (int r = 0; r < 16; r++)
+            for (int r = 0; r < 16; r++) {
+                if (score)
+                    update_16(corr + r * gpr + g0, score + r * gpr + g0);
                 exp2_16(exponent_16(E + r * gpr + g0, step > 0 ? corr + r * gpr + g0 : NULL, step, d),
                         tile[r]);
+            }
             __m512 v[16];
             for (int r = 0; r < 16; r++)
                 v[r] = _mm512_load_ps(tile[r]);
@@ -174,7 +188,11 @@ void ts_scales_block_avx512(const int8_t *E, const int64_t *corr, int64_t gpr, i
                 _mm512_store_ps(S + (g0 + g) * 16, v[g]);
         }
     if (g0 < gpr)
-        for (int r = 0; r < nrows; r++)
+        for (int r = 0; r < nrows; r++) {
+            if (score)
+                for (int64_t g = g0; g < gpr; g++)
+                    corr[r * gpr + g] -= score[r * gpr + g];
             ts_scales_compute_avx512(E + r * gpr + g0, step > 0 ? corr + r * gpr + g0 : NULL,
                                      gpr - g0, step, denom, S + g0 * 16 + r, 16);
+        }
 }

@@ -134,7 +134,7 @@ static void check_shape(int64_t rows, int64_t cols, int64_t gs, int64_t B)
     int64_t *s_ref = malloc(ns * sizeof(int64_t));
     float *y = malloc(ny * sizeof(float)), *dx = malloc(nx * sizeof(float));
     float *y1 = malloc(ny * sizeof(float)), *dx1 = malloc(nx * sizeof(float));
-    int64_t *s = malloc(ns * sizeof(int64_t));
+    int16_t *s = malloc(ns * sizeof(int16_t));
     ref_forward(&l, y_ref);
     ref_backward(&l, dx_ref);
     ref_score(&l, s_ref);
@@ -145,7 +145,7 @@ static void check_shape(int64_t rows, int64_t cols, int64_t gs, int64_t B)
             ts_pool *pool = threads == 1 ? NULL : ts_pool_new(threads);
             memset(y, 0xff, ny * sizeof(float));   /* NaN: every element must be written */
             memset(dx, 0xff, nx * sizeof(float));
-            memset(s, 0x7f, ns * sizeof(int64_t));
+            memset(s, 0x7f, ns * sizeof(int16_t));
             ts_kernel_forward(w, l.S, l.x, B, y, pool);
             /* again: the second pass walks the rows the other way (ts_weights_pass) */
             memcpy(y1, y, ny * sizeof(float));
@@ -157,7 +157,7 @@ static void check_shape(int64_t rows, int64_t cols, int64_t gs, int64_t B)
             check_close(y, y_ref, (int64_t)ny, "forward", &l, families[f], threads);
             check_close(dx, dx_ref, (int64_t)nx, "backward_x", &l, families[f], threads);
             for (size_t i = 0; i < ns; i++)
-                ck_assert_msg(s[i] == s_ref[i], "%s score rows %lld cols %lld gs %lld B %lld: "
+                ck_assert_msg(s[i] == ts_wrap16(s_ref[i]), "%s score rows %lld cols %lld gs %lld B %lld: "
                               "[%zu] = %lld, reference %lld", families[f], (long long)rows,
                               (long long)cols, (long long)gs, (long long)B, i, (long long)s[i],
                               (long long)s_ref[i]);
@@ -238,17 +238,18 @@ static void check_score_special(int64_t rows, int64_t cols, int64_t gs, int64_t 
     ts_weights *w = ts_weights_build(l.packed, rows, cols, gs);
     ck_assert_ptr_nonnull(w);
     size_t ns = (size_t)(rows * l.gpr);
-    int64_t *s_ref = malloc(ns * sizeof(int64_t)), *s = malloc(ns * sizeof(int64_t));
+    int64_t *s_ref = malloc(ns * sizeof(int64_t));
+    int16_t *s = malloc(ns * sizeof(int16_t));
     ref_score(&l, s_ref);
     for (size_t f = 0; f < sizeof families / sizeof *families; f++) {
         if (ts_kernel_use(families[f]) != 0)
             continue;
         for (int threads = 1; threads <= 3; threads++) {
             ts_pool *pool = threads == 1 ? NULL : ts_pool_new(threads);
-            memset(s, 0x7f, ns * sizeof(int64_t));
+            memset(s, 0x7f, ns * sizeof(int16_t));
             ts_kernel_score(w, l.dy, l.x, B, s, pool);
             for (size_t i = 0; i < ns; i++)
-                ck_assert_msg(s[i] == s_ref[i], "%s score (special values) rows %lld cols %lld "
+                ck_assert_msg(s[i] == ts_wrap16(s_ref[i]), "%s score (special values) rows %lld cols %lld "
                               "gs %lld B %lld threads %d: [%zu] = %lld, reference %lld",
                               families[f], (long long)rows, (long long)cols, (long long)gs,
                               (long long)B, threads, i, (long long)s[i], (long long)s_ref[i]);
@@ -285,7 +286,7 @@ START_TEST(test_empty_batch)
     for (size_t f = 0; f < sizeof families / sizeof *families; f++) {
         if (ts_kernel_use(families[f]) != 0)
             continue;
-        int64_t score[70 * 5];
+        int16_t score[70 * 5];
         float y = 42.0f, dx = 42.0f;
         memset(score, 0x7f, sizeof score);
         ts_kernel_score(w, l.dy, l.x, 0, score, NULL);

@@ -140,7 +140,8 @@ START_TEST(test_stride)
 END_TEST
 
 /* ts_scales_block: a block of rows in the kernels' order, the same bits as row by row; rows
- * past nrows untouched; full 16×16 tiles and the groups and rows left over. */
+ * past nrows untouched; full 16×16 tiles and the groups and rows left over; with a score,
+ * corr -= score first (update_corr), rows past nrows untouched too. */
 START_TEST(test_block)
 {
     static const int64_t gprs[] = {1, 15, 16, 17, 40, 128};
@@ -151,34 +152,44 @@ START_TEST(test_block)
             int64_t gpr = gprs[q], n = 16 * gpr;
             int nrows = rows[qr];
             int8_t *E = malloc((size_t)n);
-            int64_t *corr = malloc((size_t)n * sizeof *corr);
+            int16_t *score = malloc((size_t)n * sizeof *score);
+            int64_t *corr = malloc((size_t)n * sizeof *corr), *want = malloc((size_t)n * sizeof *want);
+            int64_t *work = malloc((size_t)n * sizeof *work);
             float *flat = malloc((size_t)n * sizeof *flat), *S = malloc((size_t)n * sizeof *S);
             for (int64_t i = 0; i < n; i++) {
                 E[i] = (int8_t)(rand() % 16 - 12);
                 corr[i] = rand() % 6401 - 3200;
+                score[i] = (int16_t)(rand() % 65 - 32);
             }
-            for (int64_t step = 0; step <= 100; step += 100) {
-                float denom = ts_scales_denom(step, 32);
-                ck_assert_int_eq(ts_scales_use("portable"), 0);
-                ts_scales_compute(E, corr, n, step, denom, flat, 1);   /* row-major */
-                int avx = ts_scales_use("avx512") == 0;
-                for (int k = 0; k < 1 + avx; k++) {
-                    ck_assert_int_eq(ts_scales_use(k ? "avx512" : "portable"), 0);
+            for (int with_score = 0; with_score <= 1; with_score++)
+                for (int64_t step = 0; step <= 100; step += 100) {
                     for (int64_t i = 0; i < n; i++)
-                        S[i] = -1.0f;
-                    ts_scales_block(E, corr, gpr, nrows, step, denom, S);
-                    for (int64_t g = 0; g < gpr; g++)
-                        for (int r = 0; r < 16; r++) {
-                            float got = S[g * 16 + r];
-                            ck_assert_msg(r >= nrows ? got == -1.0f
-                                                     : memcmp(&got, &flat[r * gpr + g], sizeof got) == 0,
-                                          "%s gpr %lld rows %d step %lld: [%lld][%d] = %a",
-                                          ts_scales_name(), (long long)gpr, nrows, (long long)step,
-                                          (long long)g, r, got);
-                        }
+                        want[i] = corr[i] - (with_score && i < nrows * gpr ? score[i] : 0);
+                    float denom = ts_scales_denom(step, 32);
+                    ck_assert_int_eq(ts_scales_use("portable"), 0);
+                    ts_scales_compute(E, want, n, step, denom, flat, 1);   /* row-major */
+                    int avx = ts_scales_use("avx512") == 0;
+                    for (int k = 0; k < 1 + avx; k++) {
+                        ck_assert_int_eq(ts_scales_use(k ? "avx512" : "portable"), 0);
+                        memcpy(work, corr, (size_t)n * sizeof *work);
+                        for (int64_t i = 0; i < n; i++)
+                            S[i] = -1.0f;
+                        ts_scales_block(E, work, with_score ? score : NULL, gpr, nrows, step, denom, S);
+                        ck_assert_msg(memcmp(work, want, (size_t)n * sizeof *work) == 0,
+                                      "%s gpr %lld rows %d: corr after update_corr", ts_scales_name(),
+                                      (long long)gpr, nrows);
+                        for (int64_t g = 0; g < gpr; g++)
+                            for (int r = 0; r < 16; r++) {
+                                float got = S[g * 16 + r];
+                                ck_assert_msg(r >= nrows ? got == -1.0f
+                                                         : memcmp(&got, &flat[r * gpr + g], sizeof got) == 0,
+                                              "%s gpr %lld rows %d step %lld score %d: [%lld][%d] = %a",
+                                              ts_scales_name(), (long long)gpr, nrows, (long long)step,
+                                              with_score, (long long)g, r, got);
+                            }
+                    }
                 }
-            }
-            free(E), free(corr), free(flat), free(S);
+            free(E), free(score), free(corr), free(want), free(work), free(flat), free(S);
         }
 }
 END_TEST

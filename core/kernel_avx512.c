@@ -49,6 +49,7 @@ static inline void avx512_offsets(const uint32_t *words, uint32_t off[TS_FPW][TS
 #define GEMM_MIN_BATCH 12
 #define GEMV_MAX_TABLES ((size_t)2 << 20)
 #define GEMV_BLOCKS 4   /* row blocks that share one table load */
+#define GEMV_PREFETCH 4 /* groups ahead */
 
 /* d-1 of digit i of field v, for v < 27 (0 above), as 32-entry float tables. */
 static void trit_tables(__m512 lo[3], __m512 hi[3])
@@ -162,6 +163,19 @@ static inline __attribute__((always_inline)) void gemv_blocks(const gemv_job *j,
         for (int k = 0; k < GEMV_BLOCKS; k++)
             y[b][k] = _mm512_setzero_ps();
     for (int64_t g = 0; g < w->gpr; g++) {
+        /* The words and scales a few groups ahead, from each of the blocks' 8 streams: from
+         * DRAM the hardware prefetchers alone leave the cores waiting (measured: 4096×4096
+         * batch 1 with the weights flushed, 2 threads, ~270 µs without, ~245 µs with). */
+        if (g + GEMV_PREFETCH < w->gpr)
+#pragma GCC unroll 8
+            for (int k = 0; k < GEMV_BLOCKS; k++) {
+                for (int64_t jw = 0; jw < w->nw; jw++)
+                    _mm_prefetch((const char *)ts_wwords(w, blk0 + k, g + GEMV_PREFETCH, jw), _MM_HINT_T0);
+                if (blk0 + k < w->nblk)
+                    _mm_prefetch((const char *)(j->S + ts_scale_index(w->gpr, (blk0 + k) * TS_RB,
+                                                                      g + GEMV_PREFETCH)),
+                                 _MM_HINT_T0);
+            }
 #pragma GCC unroll 8
         for (int b = 0; b < NB; b++)
 #pragma GCC unroll 8

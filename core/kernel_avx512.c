@@ -398,7 +398,16 @@ static int avx512_backward_x(const ts_weights *w, const float *S, const float *d
                    (w->gpr + BWD_ITEM_GROUPS - 1) / BWD_ITEM_GROUPS, bwd_item);
 }
 
-/* ── score ── */
+/* ── score ──
+ * Per row block (16 rows in the lanes), a step takes 9 columns (3 triples, one word's
+ * fields shifted): their 9 dW chains of fused multiply-adds over the batch interleave, x
+ * broadcast from memory, dy of 8 batch rows in registers; then per column one vfixupimmps
+ * (the sign), one vpermt2ps (the trits of the field) and one multiply-add into the count.
+ * That is B + 3 vector operations per column and 16 rows, the multiply-adds being the
+ * bound. With B ≤ 8, x is read in place; with more, in chunks of 8 batch rows, from a
+ * tile of x transposed once per work item ([chunk][column][8]: one pointer, constant
+ * offsets; rows of x 4 KiB apart would share L1 sets). The counts of 16 groups are
+ * transposed so that each row's 8 groups go out in one store. */
 
 /* sign(v) as a float (0 for zero and NaN) in one instruction: vfixupimmps maps the class of
  * each element (nibble k of this table answers class k: QNaN, SNaN, zero, +1, -inf, +inf,
@@ -542,21 +551,26 @@ static inline void score_transpose8(const __m512 r[8], __m512 o[8])
     const __m512i pair0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
     const __m512i pair1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
     __m512 t[8], u[8], v[4][2];
+#pragma GCC unroll 4
     for (int b = 0; b < 8; b += 2) {
         t[b] = _mm512_unpacklo_ps(r[b], r[b + 1]);
         t[b + 1] = _mm512_unpackhi_ps(r[b], r[b + 1]);
     }
+#pragma GCC unroll 2
     for (int h = 0; h < 8; h += 4) {   /* r[h..h+4): u[h + k] = lane 4L + k */
         u[h] = PS(_mm512_unpacklo_pd(PD(t[h]), PD(t[h + 2])));
         u[h + 1] = PS(_mm512_unpackhi_pd(PD(t[h]), PD(t[h + 2])));
         u[h + 2] = PS(_mm512_unpacklo_pd(PD(t[h + 1]), PD(t[h + 3])));
         u[h + 3] = PS(_mm512_unpackhi_pd(PD(t[h + 1]), PD(t[h + 3])));
     }
+#pragma GCC unroll 4
     for (int k = 0; k < 4; k++) {   /* v[k][P] = lanes 8P + k and 8P + 4 + k */
         v[k][0] = PS(_mm512_permutex2var_pd(PD(u[k]), pair0, PD(u[4 + k])));
         v[k][1] = PS(_mm512_permutex2var_pd(PD(u[k]), pair1, PD(u[4 + k])));
     }
+#pragma GCC unroll 2
     for (int P = 0; P < 2; P++)
+#pragma GCC unroll 2
         for (int k = 0; k < 4; k += 2) {   /* lanes 8P + k + {0, 1}, and + 4 */
             o[4 * P + k / 2] = _mm512_shuffle_f32x4(v[k][P], v[k + 1][P], 0x44);
             o[4 * P + 2 + k / 2] = _mm512_shuffle_f32x4(v[k][P], v[k + 1][P], 0xee);
@@ -567,7 +581,9 @@ static inline void score_transpose8(const __m512 r[8], __m512 o[8])
 
 /* score[rows of block blk, g0 + gg] for gg < ng ≤ 16 from sc[gg] (the rows' counts for
  * group g0 + gg as int32): transposed 8 groups at a time, each row gets its run of groups
- * in one store instead of a scattered store per row and group. */
+ * in one store instead of a scattered store per row and group; vpmovdw narrows to int16
+ * modulo 2^16, as ts_wrap16. The stores miss the cache, so the lines of the next 16 groups
+ * are fetched for writing meanwhile (prefetchw: every AVX-512 CPU has it). */
 static void score_flush(const ts_kjob *j, int64_t blk, int64_t g0, int ng, const __m512 *sc)
 {
     const ts_weights *w = j->w;
@@ -575,11 +591,19 @@ static void score_flush(const ts_kjob *j, int64_t blk, int64_t g0, int ng, const
         __mmask8 m = (__mmask8)(ng - h >= 8 ? 0xff : (1u << (ng - h)) - 1);
         __m512 o[8];
         score_transpose8(sc + h, o);
-        for (int i = 0; i < TS_RB && blk * TS_RB + i < w->rows; i++) {
-            __m512i v = _mm512_castps_si512(o[i / 2]);
-            __m256i row = i % 2 ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v);
-            _mm_mask_storeu_epi16(j->score + (blk * TS_RB + i) * w->gpr + g0 + h, m,
-                                  _mm256_cvtepi32_epi16(row));   /* wraps, as ts_wrap16 */
+#pragma GCC unroll 16
+        for (int i = 0; i < TS_RB; i++) {
+            if (blk * TS_RB + i >= w->rows)
+                break;
+            int16_t *dst = j->score + (blk * TS_RB + i) * w->gpr + g0 + h;
+            __m256i pair = _mm512_cvtepi32_epi16(_mm512_castps_si512(o[i / 2]));
+            __m128i row = i % 2 ? _mm256_extracti128_si256(pair, 1) : _mm256_castsi256_si128(pair);
+            if (m == 0xff)
+                _mm_storeu_si128((__m128i *)dst, row);
+            else
+                _mm_mask_storeu_epi16(dst, m, row);
+            if (h == 0 && g0 + TS_RB < w->gpr)
+                __asm__ volatile("prefetchw %0" ::"m"(*(const char *)(dst + TS_RB)));
         }
     }
 }
@@ -613,8 +637,9 @@ static score_plan score_plan_of(const ts_weights *w, int64_t B, int slots)
             pl.cpad = (3 * pl.per + 15) / 16 * 16;
             pl.sets = w->gpr;
         }
-        /* enough items that a thread the scheduler delays costs little */
-        int64_t ranges = (4 * slots + pl.sets - 1) / pl.sets;
+        /* enough items that the threads end together (a tile's transpose is little next
+         * to the item's multiply-adds) */
+        int64_t ranges = (16 * slots + pl.sets - 1) / pl.sets;
         ranges = ranges < w->nblk ? ranges : w->nblk;
         pl.rblocks = (w->nblk + ranges - 1) / ranges;
     }

@@ -581,9 +581,9 @@ static inline void score_transpose8(const __m512 r[8], __m512 o[8])
 
 /* score[rows of block blk, g0 + gg] for gg < ng ≤ 16 from sc[gg] (the rows' counts for
  * group g0 + gg as int32): transposed 8 groups at a time, each row gets its run of groups
- * in one store instead of a scattered store per row and group; vpmovdw narrows to int16
- * modulo 2^16, as ts_wrap16. The stores miss the cache, so the lines of the next 16 groups
- * are fetched for writing meanwhile (prefetchw: every AVX-512 CPU has it). */
+ * in one store instead of a scattered store per row and group (masked stores only for a
+ * row's last groups: they cost more); vpmovdw narrows to int16 modulo 2^16, as
+ * ts_wrap16. */
 static void score_flush(const ts_kjob *j, int64_t blk, int64_t g0, int ng, const __m512 *sc)
 {
     const ts_weights *w = j->w;
@@ -602,8 +602,6 @@ static void score_flush(const ts_kjob *j, int64_t blk, int64_t g0, int ng, const
                 _mm_storeu_si128((__m128i *)dst, row);
             else
                 _mm_mask_storeu_epi16(dst, m, row);
-            if (h == 0 && g0 + TS_RB < w->gpr)
-                __asm__ volatile("prefetchw %0" ::"m"(*(const char *)(dst + TS_RB)));
         }
     }
 }

@@ -429,7 +429,7 @@ typedef struct {
     int64_t chunks;          /* whole chunks before the last one (0 when B ≤ 8) */
     int64_t cstride;         /* floats from one chunk of the x tile to the next */
     int64_t xoff[SCORE_BC];
-    const __m512 *dyT;       /* [b]: dy[b][rows of block blk], 0 from B on */
+    const __m512 *dyT;       /* [b]: dy[b][rows of block blk] */
     __m512 dy[SCORE_BC];     /* the same in registers when B ≤ 8 */
     __m512 tlo[3], thi[3];   /* trit_tables */
 } score_ctx;
@@ -648,7 +648,7 @@ static score_plan score_plan_of(const ts_weights *w, int64_t B, int slots)
 /* A slot's scratch. */
 typedef struct {
     float *xT;       /* an x tile: [chunk][column][8] */
-    __m512 *dyT;     /* [b]: dy of the block's rows, 8·chunks batch rows */
+    __m512 *dyT;     /* [b]: dy of the block's rows */
     __m512 *sc;      /* [16]: counts of up to 16 groups, waiting for score_flush */
     __m512 *held;    /* [block of the item][SCORE_NACC]: acc of a split group between tiles */
     __m512 tlo[3], thi[3];   /* trit_tables */
@@ -658,7 +658,7 @@ static size_t score_scratch_at(const score_plan *pl, int64_t B, char *base, scor
 {
     int64_t rows8 = (B + SCORE_BC - 1) / SCORE_BC * SCORE_BC;
     size_t xt = (size_t)(rows8 * pl->cpad) * sizeof(float);
-    size_t dyt = (size_t)(B > SCORE_BC ? rows8 : 0) * sizeof(__m512);
+    size_t dyt = (size_t)(B > SCORE_BC ? B : 0) * sizeof(__m512);
     size_t sc = TS_RB * sizeof(__m512);
     size_t held = (size_t)(pl->groups > 0 ? 0 : pl->rblocks * SCORE_NACC) * sizeof(__m512);
     if (ss) {
@@ -716,9 +716,6 @@ SCORE_INLINE void score_rows(const ts_kjob *j, const score_scratch *ss, int64_t 
             else
                 c.dy[b] = d;
         }
-        if (chunked)   /* the last chunk's rows past B are read: 0 */
-            for (int64_t b = j->B; b < (j->B + SCORE_BC - 1) / SCORE_BC * SCORE_BC; b++)
-                ss->dyT[b] = _mm512_setzero_ps();
         __m512 *held = ss->held + (blk - blk0) * SCORE_NACC;
         for (int64_t g = g0; g < g1; g++) {
             score_part pt = g < w->gpr - 1 && t0 == 0 && t1 == ntr ? whole

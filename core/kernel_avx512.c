@@ -162,20 +162,30 @@ static inline __attribute__((always_inline)) void gemv_blocks(const gemv_job *j,
 #pragma GCC unroll 8
         for (int k = 0; k < GEMV_BLOCKS; k++)
             y[b][k] = _mm512_setzero_ps();
+    const char *pf_w[GEMV_BLOCKS], *pf_s[GEMV_BLOCKS];   /* GEMV_PREFETCH groups ahead */
+#pragma GCC unroll 8
+    for (int k = 0; k < GEMV_BLOCKS; k++) {   /* stored blocks are a multiple of 4; S is not */
+        int64_t sb = blk0 + k < w->nblk ? blk0 + k : blk0;
+        pf_w[k] = (const char *)ts_wwords(w, blk0 + k, GEMV_PREFETCH, 0);
+        pf_s[k] = (const char *)(j->S + ts_scale_index(w->gpr, sb * TS_RB, GEMV_PREFETCH));
+    }
     for (int64_t g = 0; g < w->gpr; g++) {
         /* The words and scales a few groups ahead, from each of the blocks' 8 streams: from
          * DRAM the hardware prefetchers alone leave the cores waiting (measured: 4096×4096
-         * batch 1 with the weights flushed, 2 threads, ~270 µs without, ~245 µs with). */
-        if (g + GEMV_PREFETCH < w->gpr)
+         * batch 1 with the weights flushed, 2 threads, 266 µs without, 245 µs with; 134 → 140
+         * µs with them in cache).
+         * Pointers stepped once per group: address arithmetic here competes with the
+         * lookups for ports. */
+        if (g + GEMV_PREFETCH < w->gpr) {
 #pragma GCC unroll 8
             for (int k = 0; k < GEMV_BLOCKS; k++) {
-                for (int64_t jw = 0; jw < w->nw; jw++)
-                    _mm_prefetch((const char *)ts_wwords(w, blk0 + k, g + GEMV_PREFETCH, jw), _MM_HINT_T0);
-                if (blk0 + k < w->nblk)
-                    _mm_prefetch((const char *)(j->S + ts_scale_index(w->gpr, (blk0 + k) * TS_RB,
-                                                                      g + GEMV_PREFETCH)),
-                                 _MM_HINT_T0);
+                for (int64_t l = 0; l < w->nw; l++)
+                    _mm_prefetch(pf_w[k] + 64 * l, _MM_HINT_T0);
+                _mm_prefetch(pf_s[k], _MM_HINT_T0);
+                pf_w[k] += 64 * w->nw;
+                pf_s[k] += 64;
             }
+        }
 #pragma GCC unroll 8
         for (int b = 0; b < NB; b++)
 #pragma GCC unroll 8

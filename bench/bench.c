@@ -142,7 +142,7 @@ typedef struct {
     const float *S;
     float *x, *y, *dy, *dx;       /* tscale buffers */
     int16_t *score;
-    float *W, *yd, *dxd, *dW;     /* dense: W [out][in], outputs, dW [out][in] */
+    float *W, *yd, *dW;           /* dense: W [out][in], outputs, dW [out][in] */
     size_t packed_bytes, groups;
 } layer;
 
@@ -188,10 +188,9 @@ static layer layer_make(const options *o)
     l.dy = malloc((size_t)(o->batch * o->out) * sizeof(float));
     l.dx = malloc((size_t)(o->batch * o->in) * sizeof(float));
     l.yd = malloc((size_t)(o->batch * o->out) * sizeof(float));
-    l.dxd = malloc((size_t)(o->batch * o->in) * sizeof(float));
     l.dW = malloc(n * sizeof(float));
     l.score = malloc(l.groups * sizeof *l.score);
-    if (!t || !packed || !l.W || !l.x || !l.y || !l.dy || !l.dx || !l.yd || !l.dxd ||
+    if (!t || !packed || !l.W || !l.x || !l.y || !l.dy || !l.dx || !l.yd ||
         !l.dW || !l.score) {
         fprintf(stderr, "tscale-bench: out of memory for a %lldx%lld layer\n",
                 (long long)o->out, (long long)o->in);
@@ -213,7 +212,6 @@ static layer layer_make(const options *o)
         l.x[i] = randn();
     for (int64_t i = 0; i < o->batch * o->out; i++)
         l.dy[i] = randn();
-    (void)gpr;
     free(t);
     free(packed);
     return l;

@@ -83,10 +83,11 @@ void *ts_kernel_alloc(size_t bytes)
     const size_t huge = (size_t)2 << 20;
     if (bytes < huge)
         return aligned_alloc(64, (bytes + 63) / 64 * 64);
+    size_t whole = (bytes + huge - 1) / huge * huge;
     void *p = NULL;
-    if (posix_memalign(&p, huge, (bytes + huge - 1) / huge * huge) != 0)
+    if (posix_memalign(&p, huge, whole) != 0)
         return NULL;
-    madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);   /* a hint: may be refused */
+    madvise(p, whole, MADV_HUGEPAGE);   /* a hint: may be refused */
     return p;
 }
 

@@ -44,7 +44,7 @@ struct ts_weights {
     int64_t ntr;          /* triples per group: ceil(gs / 3) */
     int64_t nw;           /* words per group and row: ceil(ntr / TS_FPW) */
     uint32_t *bits;       /* [stored blocks][gpr][nw][TS_RB], 64-byte aligned */
-    atomic_uint passes;   /* batch-1 forwards so far: the one field a kernel writes, a hint
+    atomic_uint passes;   /* small-batch forwards so far: the one field a kernel writes, a hint
                            * for the walking order (ts_weights_pass), never read for results */
 };
 

@@ -29,6 +29,7 @@ struct ts_item {
     ts_feedback_input fin;
     float *t_owned;            /* integer grad_output/target converted to float */
     int binary;                /* infer: answer with binary tensor data */
+    int64_t in_dim, out_dim;   /* infer/feedback: the model dims it was validated against */
     ts_control_fn fn;
     void *arg;
     /* the answer, written by the compute thread */
@@ -147,6 +148,8 @@ static int check_input(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, cha
         return -1;
     }
     it->bytes = (size_t)it->rows * (size_t)(s->model->in_dim + s->model->out_dim) * sizeof(float);
+    it->in_dim = s->model->in_dim;
+    it->out_dim = s->model->out_dim;
     return 0;
 }
 
@@ -495,6 +498,38 @@ static void launch(ts_engine *e, ts_served *s, item_kind kind, int n) {
     uv_queue_work(e->loop, &j->work, work_cb, after_cb);
 }
 
+/* A request is validated against the model served when it is queued (check_input), but a
+ * control item ahead of it may swap in a model of another architecture (PUT, restore).
+ * After every control item, answer 409 to each queued request whose dims no longer match
+ * the model that would run it: a compute over the wrong shape would read past its input
+ * and write garbage into corr_accum. Same dims mean the validation still holds (labels
+ * are checked against out_dim). */
+static void drop_stale(ts_engine *e, ts_served *s) {
+    ts_item *keep = NULL, **tail = &keep;
+    while (s->head) {
+        ts_item *it = pop(e, s);
+        int stale = (it->kind == ITEM_INFER || it->kind == ITEM_FEEDBACK) &&
+                    (it->in_dim != s->model->in_dim || it->out_dim != s->model->out_dim);
+        if (!stale) {
+            *tail = it;
+            tail = &it->next;
+            continue;
+        }
+        ts_req_reply_error(it->req, 409, "model '%s' was replaced by version %s (input [B,%lld], "
+                           "output [B,%lld]) while this request waited; it was made for input "
+                           "[B,%lld], output [B,%lld]: nothing was computed, resend it for the "
+                           "new model", s->name, s->version_str, (long long)s->model->in_dim,
+                           (long long)s->model->out_dim, (long long)it->in_dim, (long long)it->out_dim);
+        item_free(it);
+    }
+    for (ts_item *it = keep, *next; it; it = next) {
+        next = it->next;
+        uint64_t t_enq = it->t_enq;
+        append(e, s, it); /* same order; keeps the counters right */
+        it->t_enq = t_enq;
+    }
+}
+
 /* Run the control items at the head of every idle model's FIFO. */
 static void run_controls(ts_engine *e) {
     for (ts_served *s = e->models; s; s = s->next)
@@ -502,6 +537,7 @@ static void run_controls(ts_engine *e) {
             ts_item *it = pop(e, s);
             it->fn(e, s, it->arg);
             item_free(it);
+            drop_stale(e, s);
         }
 }
 

@@ -22,6 +22,9 @@ static void hist_init(ts_hist *h, const double *bounds, int n, double scale) {
 
 #define NB(a) ((int)(sizeof a / sizeof a[0]))
 
+void ts_hist_init_latency(ts_hist *h) { hist_init(h, latency_bounds, NB(latency_bounds), 1e6); }
+void ts_hist_init_counts(ts_hist *h) { hist_init(h, batch_bounds, NB(batch_bounds), 1); }
+
 void ts_metrics_init(ts_metrics *m) {
     memset(m, 0, sizeof *m);
     for (int k = 0; k < TS_KIND_COUNT; k++) {
@@ -132,4 +135,10 @@ uint64_t ts_now_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+int64_t ts_wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }

@@ -47,6 +47,10 @@ typedef struct {
 void ts_metrics_init(ts_metrics *m);
 void ts_metrics_count_request(ts_metrics *m, ts_endpoint ep, int status);
 void ts_hist_observe(ts_hist *h, uint64_t value);
+/* Set up a histogram of latencies observed in µs (rendered in seconds, 50 µs .. 10 s), or
+ * of counts (powers of two, 1 .. 65536), for modules that keep their own. */
+void ts_hist_init_latency(ts_hist *h);
+void ts_hist_init_counts(ts_hist *h);
 /* Append the text exposition of everything in m. */
 void ts_metrics_render(ts_metrics *m, ts_buf *out);
 /* Render one histogram as NAME{labels} (labels may be "" or e.g. "kind=\"infer\""). */
@@ -54,5 +58,7 @@ void ts_hist_render(ts_hist *h, const char *name, const char *labels, ts_buf *ou
 
 /* Monotonic microseconds, for latencies. */
 uint64_t ts_now_us(void);
+/* Unix time in milliseconds (wall clock: records that outlive the process). */
+int64_t ts_wall_ms(void);
 
 #endif

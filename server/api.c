@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "admin.h"
+#include "memory.h"
 
 static void model_metadata(ts_served *s, ts_req *req) {
     json_t *j = json_pack("{s:s,s:[s],s:s,s:[{s:s,s:s,s:[I,I]}],s:[{s:s,s:s,s:[I,I]}]}",
@@ -21,6 +22,7 @@ static void metrics(ts_server *srv, ts_req *req) {
     ts_buf b = {0};
     ts_metrics_render(&srv->metrics, &b);
     ts_engine_render_metrics(srv->engine, &b);
+    ts_memory_render(&b);
     size_t len;
     char *text = ts_buf_take(&b, &len);
     if (!text)

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "admin.h"
+#include "memory.h"
 
 static void model_metadata(ts_served *s, ts_req *req) {
     json_t *j = json_pack("{s:s,s:[s],s:s,s:[{s:s,s:s,s:[I,I]}],s:[{s:s,s:s,s:[I,I]}]}",
@@ -25,6 +26,7 @@ static void metrics(ts_server *srv, ts_req *req) {
     ts_buf_printf(&b, "# HELP tscale_feedback_ids Feedback ids remembered for exactly-once.\n"
                       "# TYPE tscale_feedback_ids gauge\ntscale_feedback_ids %lld\n",
                   (long long)(srv->idem ? ts_idem_count(srv->idem) : 0));
+    ts_memory_render(&b);
     size_t len;
     char *text = ts_buf_take(&b, &len);
     if (!text)

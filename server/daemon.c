@@ -23,6 +23,7 @@
 #include "api.h"
 #include "cli.h"
 #include "log.h"
+#include "memory.h"
 #include "recover.h"
 #include "server.h"
 #include "snapshot.h"
@@ -280,6 +281,7 @@ int ts_cmd_serve(int argc, char **argv) {
     ts_log_level_parse(srv.cfg.log_level, &level);
     ts_log_set_level(level);
     signal(SIGPIPE, SIG_IGN); /* a client that hangs up must not kill the daemon */
+    ts_memory_setup();
     uv_loop_t loop;
     uv_loop_init(&loop);
     int rc = run(&srv, &loop);

@@ -418,6 +418,9 @@ int ts_engine_control(ts_engine *e, ts_served *s, ts_control_fn fn, void *arg) {
 /* Below this many trit-row products a job runs on the compute thread alone (see engine.h):
  * about a hundred microseconds of kernel time. */
 #define POOL_MIN_WORK ((int64_t)1 << 20)
+/* Inference batches with at most this many weight·rows (a few µs of compute) run on the
+ * loop itself instead of the thread pool (launch). */
+#define INLINE_MAX_WORK ((int64_t)1 << 16)
 
 static ts_pool *pool_for(const ts_job *j) {
     int64_t params = ts_model_params(j->s->model);
@@ -670,7 +673,15 @@ static void launch(ts_engine *e, ts_served *s, item_kind kind, int n) {
     j->n = n;
     s->busy = 1;
     e->lane_busy = 1;
-    /* Every job, however small, runs off the loop: the loop never waits on compute. */
+    if (kind == ITEM_INFER && j->rows * ts_model_params(s->model) <= INLINE_MAX_WORK) {
+        /* A tiny forward runs here: the loop waits a few µs, where the thread pool's two
+         * hand-offs (wake a worker, wake the loop back) cost more than the compute. pump()
+         * is guarded against re-entry, so after_cb's pump() only marks it to run again. */
+        work_cb(&j->work);
+        after_cb(&j->work, 0);
+        return;
+    }
+    /* Other jobs run off the loop: the loop never waits on real compute. */
     uv_queue_work(e->loop, &j->work, work_cb, after_cb);
 }
 

@@ -3,7 +3,8 @@
 #
 #   make            build build/tscaled (and the test binaries' objects)
 #   make run        serve (the built-in demo model unless told otherwise): ARGS="--listen ..."
-#   make test       unit tests (plain and ASan+UBSan), golden tests, end-to-end tests
+#   make test       unit tests (plain and ASan+UBSan), golden tests, end-to-end tests, the Python
+#                   client against the daemon, the PyTorch modules (installs python3-torch)
 #   make bench      build/tscale-bench (one ternary layer vs dense OpenBLAS; bench/README.md)
 #   make bench-plot bench/forward_vs_batch.png: forward time vs batch size (gnuplot)
 #   make bench-http wrk: tscaled batch-1 inference vs a bare libmicrohttpd server (bench/http_bench.sh)
@@ -13,6 +14,9 @@ CC      ?= cc
 PKGS    := libuv libmicrohttpd jansson sqlite3
 DEB_PKGS := gcc make pkg-config libuv1-dev libmicrohttpd-dev libjansson-dev libsqlite3-dev \
             check python3 curl ca-certificates
+# `make test` checks the project's PyTorch modules (clients/python/tscale/torch_layers.py) and
+# tools/torch_export.py with Debian's torch: ~150 MB of packages, ~50 s to install here.
+TORCH_DEB_PKGS := python3-torch
 # Only for `make bench` and `make bench-plot` (not installed by `make run` or `make test`).
 BENCH_DEB_PKGS := libopenblas-dev gnuplot-nox
 
@@ -44,7 +48,7 @@ SAN_TESTS:= $(patsubst tests/unit/%.c,build/asan/tests/%,$(TEST_SRC))
 # chosen at run time (core/kernel.c), so the binary still runs on older CPUs.
 isa_flags = $(if $(findstring _avx512,$1),-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2,$(if $(findstring _avx2,$1),-mavx2 -mfma,))
 
-.PHONY: all run test deps bench-deps unit unit-asan e2e bench bench-http bench-plot clean help
+.PHONY: all run test deps bench-deps unit unit-asan e2e bench bench-http bench-plot clean help torch-test
 all: build/tscaled
 
 help:
@@ -129,6 +133,13 @@ test: deps
 	@$(MAKE) --no-print-directory unit-asan
 	@$(MAKE) --no-print-directory e2e
 	@$(MAKE) --no-print-directory e2e-asan
+	@$(MAKE) --no-print-directory torch-test
+
+# The PyTorch modules against the golden cases (and the reference, when ../shared has it),
+# and torch_export.py's commands. Debian's torch lives in /usr/bin/python3.
+torch-test:
+	$(call install_missing,$(TORCH_DEB_PKGS))
+	/usr/bin/python3 tests/torch/test_torch_layers.py
 
 bench: bench-deps
 	@$(MAKE) --no-print-directory build/tscale-bench

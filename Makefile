@@ -17,6 +17,8 @@ DEB_PKGS := gcc make pkg-config libuv1-dev libmicrohttpd-dev libjansson-dev libs
 # `make test` checks the project's PyTorch modules (clients/python/tscale/torch_layers.py) and
 # tools/torch_export.py with Debian's torch: ~150 MB of packages, ~50 s to install here.
 TORCH_DEB_PKGS := python3-torch
+# The Python client's tests: installed offline with pip, numpy in and out (both small).
+CLIENT_DEB_PKGS := python3-pip python3-numpy
 # Only for `make bench` and `make bench-plot` (not installed by `make run` or `make test`).
 BENCH_DEB_PKGS := libopenblas-dev gnuplot-nox
 
@@ -48,7 +50,7 @@ SAN_TESTS:= $(patsubst tests/unit/%.c,build/asan/tests/%,$(TEST_SRC))
 # chosen at run time (core/kernel.c), so the binary still runs on older CPUs.
 isa_flags = $(if $(findstring _avx512,$1),-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2,$(if $(findstring _avx2,$1),-mavx2 -mfma,))
 
-.PHONY: all run test deps bench-deps unit unit-asan e2e bench bench-http bench-plot clean help torch-test
+.PHONY: all run test deps bench-deps unit unit-asan e2e bench bench-http bench-plot clean help torch-test client-test
 all: build/tscaled
 
 help:
@@ -133,7 +135,17 @@ test: deps
 	@$(MAKE) --no-print-directory unit-asan
 	@$(MAKE) --no-print-directory e2e
 	@$(MAKE) --no-print-directory e2e-asan
+	@$(MAKE) --no-print-directory client-test
 	@$(MAKE) --no-print-directory torch-test
+
+# The Python client (clients/python), installed as users install it (pip, offline) into
+# build/client-py, against build/tscaled. Debian's python (and numpy) is /usr/bin/python3.
+client-test: build/tscaled
+	$(call install_missing,$(CLIENT_DEB_PKGS))
+	@rm -rf build/client-py
+	/usr/bin/python3 -m pip install -q --no-index --no-compile --target build/client-py ./clients/python
+	PYTHONPATH=build/client-py TSCALE_CLIENT_REQUIRE_NUMPY=1 \
+	  /usr/bin/python3 clients/python/tests/test_client.py build/tscaled
 
 # The PyTorch modules against the golden cases (and the reference, when ../shared has it),
 # and torch_export.py's commands. Debian's torch lives in /usr/bin/python3.

@@ -8,6 +8,8 @@
 #   make bench      build/tscale-bench (one ternary layer vs dense OpenBLAS; bench/README.md)
 #   make bench-plot bench/forward_vs_batch.png: forward time vs batch size (gnuplot)
 #   make bench-http wrk: tscaled batch-1 inference vs a bare libmicrohttpd server (bench/http_bench.sh)
+#   make example    examples/digits-drift: train, serve, adapt under drift, plot (a few minutes)
+#   make example-short  the same, short (CI: ~1 minute once the packages are installed)
 #   make deps       install missing Debian packages (apt-get; sudo when not root)
 
 CC      ?= cc
@@ -19,6 +21,8 @@ DEB_PKGS := gcc make pkg-config libuv1-dev libmicrohttpd-dev libjansson-dev libs
 TORCH_DEB_PKGS := python3-torch
 # The Python client's tests: installed offline with pip, numpy in and out (both small).
 CLIENT_DEB_PKGS := python3-pip python3-numpy
+# Only for `make example` and `make example-short` (scikit-learn's bundled digits, the plot).
+EXAMPLE_DEB_PKGS := python3-torch python3-sklearn python3-matplotlib
 # Only for `make bench` and `make bench-plot` (not installed by `make run` or `make test`).
 BENCH_DEB_PKGS := libopenblas-dev gnuplot-nox
 
@@ -50,7 +54,7 @@ SAN_TESTS:= $(patsubst tests/unit/%.c,build/asan/tests/%,$(TEST_SRC))
 # chosen at run time (core/kernel.c), so the binary still runs on older CPUs.
 isa_flags = $(if $(findstring _avx512,$1),-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2,$(if $(findstring _avx2,$1),-mavx2 -mfma,))
 
-.PHONY: all run test deps bench-deps unit unit-asan e2e bench bench-http bench-plot clean help torch-test client-test
+.PHONY: all run test deps bench-deps unit unit-asan e2e bench bench-http bench-plot clean help torch-test client-test example example-short
 all: build/tscaled
 
 help:
@@ -155,6 +159,17 @@ torch-test:
 
 bench: bench-deps
 	@$(MAKE) --no-print-directory build/tscale-bench
+
+# examples/digits-drift/README.md: the committed plot and table come from `make example`.
+example: deps
+	$(call install_missing,$(EXAMPLE_DEB_PKGS))
+	@$(MAKE) --no-print-directory build/tscaled
+	/usr/bin/python3 examples/digits-drift/run.py
+example-short: deps
+	$(call install_missing,$(EXAMPLE_DEB_PKGS))
+	@$(MAKE) --no-print-directory build/tscaled
+	/usr/bin/python3 examples/digits-drift/run.py --samples-per-phase 200 --epochs 15 --check \
+	  --out build/example-short --png build/example-short/digits_drift.png
 
 # A bare libmicrohttpd server with a fixed answer: the ceiling for tscaled's HTTP path.
 # `make bench-http` runs wrk against both (bench/http_bench.sh).

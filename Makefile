@@ -168,7 +168,7 @@ example: deps
 example-short: deps
 	$(call install_missing,$(EXAMPLE_DEB_PKGS))
 	@$(MAKE) --no-print-directory build/tscaled
-	/usr/bin/python3 examples/digits-drift/run.py --samples-per-phase 200 --epochs 15 --check \
+	/usr/bin/python3 examples/digits-drift/run.py --samples-per-phase 200 --epochs 15 --seeds 1 --check \
 	  --out build/example-short --png build/example-short/digits_drift.png
 
 # A bare libmicrohttpd server with a fixed answer: the ceiling for tscaled's HTTP path.

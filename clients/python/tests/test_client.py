@@ -295,6 +295,27 @@ class RetryRules(unittest.TestCase):
         self.assertEqual(e.exception.status, 0)
         self.assertEqual(len(self.srv.seen), 1)      # a second request could take a second snapshot
 
+    def test_feedback_by_id_request_and_errors(self):
+        """The by-id body (SPEC draft: id, exactly one signal tensor, parameters.rows, no input),
+        and 404/410/409 as UnknownId/IdExpired/IdConflict; checked here because the real test
+        skips on a daemon without the extension."""
+        self.srv.script = [self.OK,
+                           (404, {}, {"error": "no inference with id 'a' for model 'm'"}, 0),
+                           (410, {}, {"error": "inference 'a' expired from the window"}, 0),
+                           (409, {}, {"error": "id 'a' already had feedback with another body"}, 0)]
+        c = Client(self.url, token="t", retries=2)
+        c.feedback_by_id("m", "inf-7", target=[[0.5, 1.5]], rows=[2])
+        path, body = self.srv.seen[0]
+        self.assertEqual(path, "/v2/models/m/feedback")
+        self.assertEqual(body, {"id": "inf-7", "parameters": {"rows": [2]},
+                                "inputs": [{"name": "target", "datatype": "FP32", "shape": [1, 2],
+                                            "data": [0.5, 1.5]}]})
+        for cls in (tscale.UnknownId, tscale.IdExpired, tscale.IdConflict):
+            with self.assertRaises(cls) as e:
+                c.feedback_by_id("m", "a", label=[1])
+            self.assertIn("'a'", e.exception.message)
+        self.assertEqual(len(self.srv.seen), 4)      # none of them retried
+
     def test_connection_refused(self):
         port = self.srv.server_address[1]
         self.tearDown()

@@ -95,17 +95,22 @@ class ShadowMLP(nn.Module):
                              tl.TernaryScaleTensor.from_float(self.w2.detach(), GS))
 
 
-def train_offline(x, y, epochs, seed):
-    torch.manual_seed(seed)
-    m = ShadowMLP()
-    opt = torch.optim.Adam(m.parameters(), lr=0.01)
+def fit(forward, params, lr, x, y, epochs, seed):
+    """Adam on the cross-entropy of forward(x) against y, minibatches of 64 in a seeded order."""
+    opt = torch.optim.Adam(params, lr=lr)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for idx in torch.randperm(len(xt), generator=gen).split(64):
             opt.zero_grad()
-            F.cross_entropy(m(xt[idx]), yt[idx]).backward()
+            F.cross_entropy(forward(xt[idx]), yt[idx]).backward()
             opt.step()
+
+
+def train_offline(x, y, epochs, seed):
+    torch.manual_seed(seed)
+    m = ShadowMLP()
+    fit(m, m.parameters(), 0.01, x, y, epochs, seed)
     return m.to_ternary()
 
 
@@ -113,30 +118,21 @@ def best_scales(seq, x, y, epochs, seed):
     """The best a scale-only update could reach: a copy of seq whose per-group log2-scales are
     trained by gradient descent (Adam) on (x, y) with the trits T fixed and each log2-scale kept
     within E ± 4 — exactly the range 2^(E + 4·mean_corr), mean_corr ∈ [-1, 1], can reach."""
-    torch.manual_seed(seed)
     layers = [m for m in seq if isinstance(m, tl.TernaryScaleTensor)]
     logs = [nn.Parameter(m.E.float().clone()) for m in layers]
-    opt = torch.optim.Adam(logs, lr=0.05)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     Ts = [m._get_T().float() for m in layers]
     Es = [m.E.float() for m in layers]
 
     def forward(v):
         for i, (T, E, lg) in enumerate(zip(Ts, Es, logs)):
             s = torch.exp2(torch.minimum(torch.maximum(lg, E - 4), E + 4))
-            v = F.linear(v, s.view(T.shape[0], -1).repeat_interleave(GS, dim=1)[:, :T.shape[1]] * T)
+            v = F.linear(v, tl.expand_scales(s, *T.shape, GS) * T)
             if i + 1 < len(layers):
                 v = F.relu(v)
         return v
 
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(xt), generator=gen).split(64):
-            opt.zero_grad()
-            F.cross_entropy(forward(xt[idx]), yt[idx]).backward()
-            opt.step()
-    with torch.no_grad():
-        return lambda v: forward(v)
+    fit(forward, logs, 0.05, x, y, epochs, seed)
+    return forward
 
 
 def accuracy(seq, x, y):

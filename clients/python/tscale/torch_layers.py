@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["TernaryScaleTensor", "TernaryRMSNorm", "pack_ternary", "unpack_ternary",
-           "quantize", "ternary_weight", "rms_norm"]
+           "quantize", "ternary_weight", "expand_scales", "rms_norm"]
 
 
 def rms_norm(x, dim):
@@ -81,7 +81,7 @@ def _group_scales(E, corr_accum, step, gs):
     return torch.exp2(E_adj)
 
 
-def _expand(S, rows, cols, gs):
+def expand_scales(S, rows, cols, gs):
     """The [rows, cols] per-weight scale of per-group scales S [rows · ceil(cols/gs)]."""
     return S.view(rows, ceil(cols / gs)).repeat_interleave(gs, dim=1)[:, :cols]
 
@@ -120,7 +120,7 @@ class _TernaryState(nn.Module):
     def effective_weight(self):
         """W_eff = S[group] · T, float32 [rows, cols]: what the forward multiplies by."""
         rows, cols = self._T_shape.tolist()
-        return _expand(self.scales(), rows, cols, self.group_size) * self._get_T().float()
+        return expand_scales(self.scales(), rows, cols, self.group_size) * self._get_T().float()
 
     def n_groups(self):
         return self.E.numel()
@@ -222,7 +222,7 @@ def quantize(w, group_size):
     mean = g.sum(dim=2) / n
     E = torch.round(torch.log2(mean.clamp_min(2.0 ** -126))).clamp(-128, 127)
     E = torch.where(mean > 0, E, torch.zeros_like(E))   # an all-zero group: T = 0, E = 0
-    S = _expand(torch.exp2(E).flatten(), rows, cols, group_size)
+    S = expand_scales(torch.exp2(E).flatten(), rows, cols, group_size)
     T = torch.where(w.abs() > S / 2, w.sign(), torch.zeros_like(w))
     return T.to(torch.int8), E.flatten().to(torch.int8)
 
@@ -231,5 +231,5 @@ def ternary_weight(w, group_size):
     """2^E·T of quantize(w), with the gradient passed straight through to w (the usual
     quantisation-aware training estimator): train a float w, serve its quantized form."""
     T, E = quantize(w.detach(), group_size)
-    q = _expand(torch.exp2(E.float()), *w.shape, group_size) * T.float()
+    q = expand_scales(torch.exp2(E.float()), *w.shape, group_size) * T.float()
     return w + (q - w).detach()

@@ -22,9 +22,9 @@ Command line (run with /usr/bin/python3, Debian's python3-torch):
     torch_export.py example OUT.safetensors OUT.io --layers ... [--steps N] [--seed N]
     torch_export.py forward IN.safetensors IN.io OUT.io
 
-The modules are the project's own, clients/python/tscale/torch_layers.py (the `tscale`
-package: importable once `pip install ./clients/python` ran, found in the repository
-otherwise), which match the reference exactly (SPEC §1; tests/torch/ proves it). Every
+The modules are the project's own, clients/python/tscale/torch_layers.py (this
+repository's copy of the `tscale` package, else an installed one), which match the
+reference exactly (SPEC §1; tests/torch/ proves it). Every
 command takes `--reference PATH` to use another implementation of the same classes
 instead, e.g. ../shared/reference/tscale_mini.py.
 
@@ -98,11 +98,9 @@ def reference(path=None):
     reference unpickle. A module already imported for the same path is reused, so that
     modules built by the caller and by load() share their classes."""
     if path is None:
-        try:
-            from tscale import torch_layers
-        except ImportError:
+        if CLIENT_DIR not in sys.path:   # this repository's copy first, then an installed one
             sys.path.insert(0, CLIENT_DIR)
-            from tscale import torch_layers
+        from tscale import torch_layers
         return torch_layers
     path = os.path.abspath(path)
     mod = sys.modules.get("tscale_mini")

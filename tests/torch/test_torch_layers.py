@@ -212,6 +212,16 @@ class ExportCli(unittest.TestCase):
         self.assertIn("'3.E': missing", err)
         self.assertFalse(os.path.exists(self.p("x.safetensors")))
 
+    def test_example_command_writes_the_committed_mini_model(self):
+        # tests/data/mini.safetensors was written with the reference (tests/unit/test_safetensors.c
+        # gives the command): random state, then 8 feedback steps in torch
+        rc, err = run_cli("example", self.p("mini.safetensors"), self.p("mini.io"), "--layers",
+                          "rmsnorm:12/gs5,linear:12x7/gs4+bias,gelu,linear:7x9/gs3+bias,relu,linear:9x5/gs2,silu",
+                          "--steps", "8", "--batch", "3", "--rows", "6", "--seed", "11", "--name", "mini")
+        self.assertEqual(rc, 0, err)
+        with open(os.path.join(ROOT, "tests", "data", "mini.safetensors"), "rb") as f:
+            self.assertEqual(self.read("mini.safetensors"), f.read())
+
     def test_roundtrip_command(self):
         rc, err = run_cli("roundtrip")
         self.assertEqual(rc, 0, err)

@@ -8,8 +8,8 @@
 #   make bench      build/tscale-bench (one ternary layer vs dense OpenBLAS; bench/README.md)
 #   make bench-plot bench/forward_vs_batch.png: forward time vs batch size (gnuplot)
 #   make bench-http wrk: tscaled batch-1 inference vs a bare libmicrohttpd server (bench/http_bench.sh)
-#   make example    examples/digits-drift: train, serve, adapt under drift, plot (a few minutes)
-#   make example-short  the same, short (CI: ~1 minute once the packages are installed)
+#   make example    examples/digits-drift: train, serve, adapt under drift, plot (~70 s)
+#   make example-short  the same, short, with checks (CI candidate: 5-15 s once installed)
 #   make deps       install missing Debian packages (apt-get; sudo when not root)
 
 CC      ?= cc
@@ -58,7 +58,7 @@ isa_flags = $(if $(findstring _avx512,$1),-mavx512f -mavx512bw -mavx512vl -mavx5
 all: build/tscaled
 
 help:
-	@sed -n '1,9p' Makefile
+	@sed -n '1,13p' Makefile
 
 # Install the missing packages of $(1) (apt-get; sudo when not root).
 define install_missing

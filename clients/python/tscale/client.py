@@ -57,7 +57,8 @@ class TscaleError(Exception):
 
 
 class UnknownId(TscaleError):
-    """Feedback by id: the daemon holds no inference with that id (404)."""
+    """Feedback by id: 404 — the daemon holds no inference with that id (or, as for any
+    request, no such model: the message says which)."""
 
 
 class IdExpired(TscaleError):
@@ -373,7 +374,9 @@ def _matrix(x: Rows, what: str) -> Tuple[List[int], List[float]]:
     return [len(rows), width], [float(v) for r in rows for v in r]
 
 
-def _signal(label, target, grad_output, n_rows: Optional[int]) -> Tuple[str, str, List[int], List]:
+def _signal(label: Optional[Sequence[int]], target: Optional[Rows], grad_output: Optional[Rows],
+            n_rows: Optional[int]) -> Tuple[str, str, List[int], List]:
+    """The feedback signal tensor (name, datatype, shape, flat values) of the one given."""
     given = [(k, v) for k, v in (("label", label), ("target", target), ("grad_output", grad_output))
              if v is not None]
     if len(given) != 1:

@@ -30,14 +30,17 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 try:  # optional: numpy in, numpy out
     import numpy as _np
 except ImportError:  # pragma: no cover - depends on the environment
-    _np = None
+    _np = None  # type: ignore[assignment]
 
 Rows = Any  # a list of rows of floats, or a numpy array
+Json = Dict[str, Any]
+# One OIP tensor to send: (name, datatype, shape, flat values).
+Tensor = Tuple[str, str, List[int], Sequence[float]]
 __all__ = ["Client", "InferResult", "FeedbackResult", "TscaleError", "UnknownId", "IdExpired",
            "IdConflict"]
 
@@ -174,11 +177,11 @@ class Client:
         raise AssertionError("unreachable")
 
     def _json(self, method: str, path: str, payload: Any = None, token: Optional[str] = None,
-              retry_timeouts: bool = True) -> Any:
+              retry_timeouts: bool = True) -> Json:
+        """The daemon's JSON answer (always an object; {} when the body is empty)."""
         body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json"} if body is not None else {}
-        r = self._request(method, path, body, headers, token, retry_timeouts)
-        return json.loads(r.body) if r.body else None
+        return _object(self._request(method, path, body, headers, token, retry_timeouts))
 
     def _admin_token(self) -> Optional[str]:
         return self.admin_token or self.token
@@ -283,7 +286,7 @@ class Client:
         params = {"rows": [int(i) for i in rows]} if rows is not None else None
         return self._feedback(model, inference_id, [signal], params, binary, by_id=True)
 
-    def _feedback(self, model: str, id: Optional[str], tensors: List[Tuple], params: Optional[Dict],
+    def _feedback(self, model: str, id: Optional[str], tensors: List[Tensor], params: Optional[Json],
                   binary: bool, by_id: bool = False) -> FeedbackResult:
         header: Dict[str, Any] = {"id": id or str(uuid.uuid4())}
         if params:
@@ -301,8 +304,7 @@ class Client:
 
     def list_models(self) -> List[Dict[str, Any]]:
         """GET /admin/models: each model's name, layers, step and newest snapshot."""
-        j = self._json("GET", "/admin/models", token=self._admin_token())
-        return j["models"] if isinstance(j, dict) and "models" in j else j
+        return cast(List[Json], self._json("GET", "/admin/models", token=self._admin_token())["models"])
 
     def snapshot(self, model: str) -> Dict[str, Any]:
         """POST /admin/models/{m}/snapshots: snapshot now → {"snapshot_id", "step", …}."""
@@ -311,8 +313,8 @@ class Client:
 
     def snapshots(self, model: str) -> List[Dict[str, Any]]:
         """GET /admin/models/{m}/snapshots, newest first."""
-        return self._json("GET", f"/admin/models/{_q(model)}/snapshots",
-                          token=self._admin_token())["snapshots"]
+        return cast(List[Json], self._json("GET", f"/admin/models/{_q(model)}/snapshots",
+                                           token=self._admin_token())["snapshots"])
 
     def restore(self, model: str, snapshot_id: int) -> Dict[str, Any]:
         """POST /admin/models/{m}/restore: the model's state becomes that snapshot's."""
@@ -333,16 +335,14 @@ class Client:
         if isinstance(model_file, str):
             with open(model_file, "rb") as f:
                 model_file = f.read()
-        r = self._request("PUT", f"/admin/models/{_q(model)}", bytes(model_file),
-                          {"Content-Type": "application/octet-stream"}, self._admin_token())
-        return json.loads(r.body) if r.body else {}
+        return _object(self._request("PUT", f"/admin/models/{_q(model)}", bytes(model_file),
+                                     {"Content-Type": "application/octet-stream"}, self._admin_token()))
 
     import_model = put_model
 
     def delete_model(self, model: str) -> Dict[str, Any]:
         """DELETE /admin/models/{m}: unload it (its snapshots stay)."""
-        r = self._request("DELETE", f"/admin/models/{_q(model)}", token=self._admin_token())
-        return json.loads(r.body) if r.body else {}
+        return _object(self._request("DELETE", f"/admin/models/{_q(model)}", token=self._admin_token()))
 
 
 # ─── Encoding ───
@@ -375,17 +375,17 @@ def _matrix(x: Rows, what: str) -> Tuple[List[int], List[float]]:
 
 
 def _signal(label: Optional[Sequence[int]], target: Optional[Rows], grad_output: Optional[Rows],
-            n_rows: Optional[int]) -> Tuple[str, str, List[int], List]:
+            n_rows: Optional[int]) -> Tensor:
     """The feedback signal tensor (name, datatype, shape, flat values) of the one given."""
     given = [(k, v) for k, v in (("label", label), ("target", target), ("grad_output", grad_output))
              if v is not None]
     if len(given) != 1:
         raise ValueError("give exactly one of label, target or grad_output")
     kind, value = given[0]
+    flat: Sequence[float]
     if kind == "label":
-        flat = [int(v) for v in (value.ravel().tolist() if _is_np(value) else value)]
-        shape = [len(flat)]
-        dt = "INT64"
+        labels = [int(v) for v in (value.ravel().tolist() if _is_np(value) else value)]  # type: ignore[union-attr]
+        shape, flat, dt = [len(labels)], labels, "INT64"
     else:
         shape, flat = _matrix(value, kind)
         dt = "FP32"
@@ -394,7 +394,7 @@ def _signal(label: Optional[Sequence[int]], target: Optional[Rows], grad_output:
     return kind, dt, shape, flat
 
 
-def _encode(header: Dict[str, Any], tensors: List[Tuple], binary: bool) -> Tuple[bytes, Dict[str, str]]:
+def _encode(header: Json, tensors: List[Tensor], binary: bool) -> Tuple[bytes, Dict[str, str]]:
     """The OIP body of `header` plus tensors [(name, datatype, shape, flat values)]: JSON, or the
     binary tensor data extension (JSON header, then each tensor's little-endian bytes)."""
     header = dict(header, inputs=[])
@@ -440,6 +440,10 @@ def _shape_rows(values: List[float], shape: List[int], want_np: bool) -> Rows:
         return _np.asarray(values, dtype=_np.float32).reshape(shape)
     b, n = shape
     return [values[i * n:(i + 1) * n] for i in range(b)]
+
+
+def _object(r: _Response) -> Json:
+    return cast(Json, json.loads(r.body)) if r.body else {}
 
 
 def _retry_after(v: Optional[str]) -> Optional[float]:

@@ -146,9 +146,6 @@ class AgainstDaemon(unittest.TestCase):
         x = rows(2, seed=9)
         first = self.c.feedback("m", x, label=[0, 2], id="once-1")
         again = self.c.feedback("m", x, label=[0, 2], id="once-1")     # what a retry sends
-        if again.step != first.step and not self.by_id:
-            self.skipTest("this daemon does not deduplicate feedback ids yet (SPEC §6; no "
-                          "feedback_by_id extension): the client side is tested by RetryRules")
         self.assertEqual((again.step, again.loss), (first.step, first.loss))
         self.assertEqual(self.step(), first.step)
         with self.assertRaises(IdConflict):

@@ -27,6 +27,7 @@
 
 #include "../core/trits.h"
 #include "../proto/safetensors.h" /* TS_MODEL_NAME_MAX */
+#include "hash.h"
 #include "migrations.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -95,15 +96,9 @@ static int64_t now_ms(void) {
 
 /* ---- hashing: FNV-1a 64 over a canonical serialisation ------------------------------- */
 
-#define FNV_OFFSET 0xcbf29ce484222325ull
-#define FNV_PRIME 0x100000001b3ull
-
-static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n) {
-    const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * FNV_PRIME;
-    return h;
-}
+#define FNV_OFFSET TS_FNV_OFFSET
+#define FNV_PRIME TS_FNV_PRIME
+#define fnv_bytes ts_fnv1a
 
 static uint64_t fnv_i64(uint64_t h, int64_t v) {
     return fnv_bytes(h, &v, sizeof v); /* little-endian host: the canonical bytes */

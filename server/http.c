@@ -16,6 +16,7 @@
 
 #include "../proto/safetensors.h"
 #include "auth.h"
+#include "framing.h"
 #include "hash.h"
 #include "log.h"
 
@@ -69,6 +70,8 @@ static struct MHD_Response *make_response(ts_req *req, int status, const char *c
     }
     if (status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (req->close_after)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     if (status == 405 && req->route.allow[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, req->route.allow);
     return r;
@@ -157,10 +160,32 @@ static int needs_model(ts_endpoint ep) {
     return ep == TS_EP_INFER || ep == TS_EP_FEEDBACK || ep == TS_EP_ADMIN_RESTORE;
 }
 
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value) {
+    ts_framing_add(cls, key, value);
+    return MHD_YES;
+}
+
+/* Refuse ambiguous framing (framing.h) with Connection: close. 1 when it answered. */
+static int check_framing(ts_req *req, struct MHD_Connection *conn) {
+    ts_framing f;
+    ts_framing_init(&f);
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, framing_header, &f);
+    char err[256];
+    int status = ts_framing_verdict(&f, err, sizeof err);
+    if (!status)
+        return 0;
+    req->close_after = 1;
+    ts_req_reply_error(req, status, "%s", err);
+    return 1;
+}
+
 /* Checks that need only the headers. 1 when it answered. */
 static int check_headers(ts_req *req, struct MHD_Connection *conn) {
     ts_http *h = req->http;
     ts_route *rt = &req->route;
+    if (check_framing(req, conn))
+        return 1;
     if (rt->status) {
         ts_req_reply_error(req, rt->status, "%s", rt->error);
         return 1;

@@ -54,6 +54,7 @@ struct ts_req {
     uint8_t *body;
     size_t body_len, body_cap, discarded;
     int too_large;
+    int close_after;             /* answer with Connection: close (the framing was refused) */
     int has_oip;
     int arriving;                /* counted in cfg.arriving */
     void *response;              /* struct MHD_Response * once answered from the loop */

@@ -13,6 +13,7 @@
 
 #include "server/auth.h"
 #include "server/config.h"
+#include "server/framing.h"
 #include "server/hash.h"
 #include "server/route.h"
 #include "testutil.h"
@@ -342,6 +343,48 @@ START_TEST(config_listen_split)
 }
 END_TEST
 
+/* ---- framing ---- */
+
+/* The verdict on a list of "name", "value" pairs ending with NULL. */
+static int framing_of(const char *first, ...)
+{
+    ts_framing f;
+    ts_framing_init(&f);
+    va_list ap;
+    va_start(ap, first);
+    for (const char *name = first; name; name = va_arg(ap, const char *))
+        ts_framing_add(&f, name, va_arg(ap, const char *));
+    va_end(ap);
+    char err[256] = "";
+    int v = ts_framing_verdict(&f, err, sizeof err);
+    ck_assert(v == 0 || err[0]);
+    return v;
+}
+
+START_TEST(framing_verdicts)
+{
+    ck_assert_int_eq(framing_of("Host", "x", "Content-Length", "5", NULL), 0);
+    ck_assert_int_eq(framing_of("Transfer-Encoding", "Chunked", NULL), 0);
+    ck_assert_int_eq(framing_of("Host", "x", NULL), 0);
+    /* Request smuggling: two lengths (even equal ones), a length beside chunked. */
+    ck_assert_int_eq(framing_of("Content-Length", "5", "content-length", "7", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "5", "Content-Length", "5", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "5", "Transfer-Encoding", "chunked", NULL), 400);
+    ck_assert_int_eq(framing_of("Transfer-Encoding", "chunked", "Content-Length", "0", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "+5", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "5, 5", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "1000000000000000000", NULL), 400);
+    ck_assert_int_eq(framing_of("Host", "a", "Host", "b", NULL), 400);
+    ck_assert_int_eq(framing_of("Transfer-Encoding", "gzip, chunked", NULL), 501);
+    ck_assert_int_eq(framing_of("Transfer-Encoding", "chunked", "Transfer-Encoding", "chunked", NULL), 501);
+    ts_framing f;
+    ts_framing_init(&f);
+    ts_framing_add(&f, "content-LENGTH", "999999999999999999");
+    ck_assert_int_eq(f.content_length, 999999999999999999LL);
+}
+END_TEST
+
 /* ---- hash ---- */
 
 START_TEST(hash_stable_and_sensitive)
@@ -377,6 +420,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, config_defaults_flags_env);
     tcase_add_test(tc, config_errors);
     tcase_add_test(tc, config_listen_split);
+    tcase_add_test(tc, framing_verdicts);
     tcase_add_test(tc, hash_stable_and_sensitive);
     suite_add_tcase(s, tc);
     return s;

@@ -138,9 +138,24 @@ static int start_models(ts_server *srv, char *err, size_t errlen) {
     return 0;
 }
 
+/* Everything a start can fail on without writing: the listening port (bound now, served
+ * later), the --model files, the database's lock. Only then is the database opened. */
+static int start_checks(ts_server *srv, char *err, size_t errlen) {
+    char host[256];
+    int port;
+    if (ts_config_split_listen(srv->cfg.listen, host, sizeof host, &port, err, errlen) < 0)
+        return -1;
+    srv->listen_fd = ts_http_bind(host, port, &srv->bound_port, err, errlen);
+    if (srv->listen_fd < 0)
+        return -1;
+    if (ts_recover_check_files(&srv->cfg, err, errlen) < 0)
+        return -1;
+    return ts_dblock_acquire(&srv->dblock, srv->cfg.db, err, errlen);
+}
+
 static int start_http(ts_server *srv, char *err, size_t errlen) {
     char host[256];
-    int port, bound = 0;
+    int port;
     if (ts_config_split_listen(srv->cfg.listen, host, sizeof host, &port, err, errlen) < 0)
         return -1;
     /* Largest tensor a body can carry: every element takes at least 1 byte of JSON or 4 of
@@ -148,6 +163,7 @@ static int start_http(ts_server *srv, char *err, size_t errlen) {
     ts_http_config hc = {
         .host = host,
         .port = port,
+        .listen_fd = srv->listen_fd,
         .threads = (int)srv->cfg.http_threads,
         .max_body_bytes = srv->cfg.max_body_bytes,
         .max_connections = srv->cfg.max_connections,
@@ -163,11 +179,13 @@ static int start_http(ts_server *srv, char *err, size_t errlen) {
         .dispatch_ctx = srv,
         .arriving = &srv->arriving,
     };
-    srv->http = ts_http_start(srv->loop, &hc, &bound, err, errlen);
+    srv->listen_fd = -1; /* MHD's now, whatever happens */
+    srv->http = ts_http_start(srv->loop, &hc, err, errlen);
     if (!srv->http)
         return -1;
     int v6 = strchr(host, ':') != NULL;
-    ts_log_info("listening on http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", bound);
+    ts_log_info("listening on http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "",
+                srv->bound_port);
     return 0;
 }
 
@@ -200,7 +218,7 @@ static int run(ts_server *srv, uv_loop_t *loop) {
     start_signals(srv);
     ts_log_info("tscaled %s starting: pid %d, %lld compute threads, kernels %s, database %s", TS_VERSION,
                 (int)getpid(), (long long)srv->cfg.threads, ts_kernel_name(), srv->cfg.db);
-    if (load_tokens(srv, err, sizeof err) < 0)
+    if (load_tokens(srv, err, sizeof err) < 0 || start_checks(srv, err, sizeof err) < 0)
         goto fail;
     srv->pool = ts_pool_new((int)srv->cfg.threads);
     if (!srv->pool) {
@@ -216,9 +234,13 @@ static int run(ts_server *srv, uv_loop_t *loop) {
     start_timers(srv);
     uv_run(loop, UV_RUN_DEFAULT);
     ts_pool_free(srv->pool);
+    ts_dblock_release(&srv->dblock, srv->cfg.db, 0); /* the store is closed */
     return srv->shutdown_failed ? 1 : 0;
 fail:
     ts_log_error("cannot start: %s", err);
+    if (srv->listen_fd >= 0)
+        close(srv->listen_fd);
+    ts_dblock_release(&srv->dblock, srv->cfg.db, 1);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     if (srv->engine)
@@ -232,6 +254,8 @@ fail:
 int ts_cmd_serve(int argc, char **argv) {
     static ts_server srv; /* large (metrics, tokens); static storage rather than the stack */
     memset(&srv, 0, sizeof srv);
+    srv.listen_fd = -1;
+    srv.dblock.fd = -1;
     char err[1024];
     ts_config_result r = ts_config_parse(&srv.cfg, argc, argv, stdout, err, sizeof err);
     if (r == TS_CONFIG_EXIT)

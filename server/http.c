@@ -481,6 +481,29 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss, char
     return 0;
 }
 
+int ts_http_bind(const char *host, int port, int *bound_port, char *err, size_t errlen) {
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (resolve(host, port, &ss, err, errlen) < 0)
+        return -1;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int one = 1;
+    socklen_t len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0) ||
+        bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, SOMAXCONN) < 0 ||
+        getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s (is the port in use, or the address "
+                 "not local?)", host, port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    *bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    return fd;
+}
+
 static int hex_digit(char c) {
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
@@ -505,12 +528,7 @@ static size_t unescape_keep_nul(void *cls, struct MHD_Connection *conn, char *s)
     return (size_t)(out - s);
 }
 
-ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, int *bound_port, char *err,
-                       size_t errlen) {
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    if (resolve(cfg->host, cfg->port, &ss, err, errlen) < 0)
-        return NULL;
+ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, char *err, size_t errlen) {
     ts_http *h = calloc(1, sizeof *h);
     if (!h) {
         snprintf(err, errlen, "out of memory");
@@ -523,8 +541,6 @@ ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, int *bound_po
     h->async.data = h;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ITC | MHD_USE_ERROR_LOG;
-    if (ss.ss_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
     /* The pool-size option only when a pool is wanted: MHD warns on stderr about 0. */
     struct MHD_OptionItem pool_opt[] = {
         {MHD_OPTION_THREAD_POOL_SIZE, cfg->threads, NULL},
@@ -532,7 +548,7 @@ ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, int *bound_po
     };
     h->mhd = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, on_access, h,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)cfg->listen_fd,
         MHD_OPTION_ARRAY, cfg->threads > 1 ? pool_opt : pool_opt + 1,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->request_timeout_s,
@@ -541,16 +557,14 @@ ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, int *bound_po
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
         MHD_OPTION_END);
     if (!h->mhd) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s (is the port in use, or the address "
-                 "not local?)", cfg->host, cfg->port, errno ? strerror(errno) : "libmicrohttpd refused");
+        snprintf(err, errlen, "cannot serve HTTP on %s:%d: %s", cfg->host, cfg->port,
+                 errno ? strerror(errno) : "libmicrohttpd refused");
         uv_close((uv_handle_t *)&h->async, NULL);
         uv_run(loop, UV_RUN_NOWAIT);
         pthread_mutex_destroy(&h->mu);
         free(h);
         return NULL;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    *bound_port = di ? di->port : cfg->port;
     return h;
 }
 

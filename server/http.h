@@ -65,8 +65,9 @@ struct ts_req {
 typedef void (*ts_http_dispatch_fn)(void *ctx, ts_req *req);
 
 typedef struct {
-    const char *host;
+    const char *host;            /* for messages: the socket is listen_fd */
     int port;
+    int listen_fd;               /* from ts_http_bind; MHD owns it once started */
     int threads;                 /* MHD polling threads */
     int64_t max_body_bytes;
     int64_t max_connections;
@@ -83,10 +84,14 @@ typedef struct {
     _Atomic int *arriving;       /* inference requests being received or parsed */
 } ts_http_config;
 
-/* Start listening. The config's strings must outlive the ts_http. *bound_port receives
- * the actual port (useful with port 0). NULL + err on failure. */
-ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, int *bound_port, char *err,
-                       size_t errlen);
+/* Bind and listen on host:port, non-blocking; *bound_port receives the actual port (port 0
+ * picks one). Done before the database is opened, so that a port in use stops the start
+ * before anything is written. The socket, or -1 + err. */
+int ts_http_bind(const char *host, int port, int *bound_port, char *err, size_t errlen);
+
+/* Serve on cfg->listen_fd (which MHD then owns, even on failure). The config's strings must
+ * outlive the ts_http. NULL + err on failure. */
+ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, char *err, size_t errlen);
 
 /* Stop accepting new connections (existing ones keep being served). Loop thread. */
 void ts_http_quiesce(ts_http *h);

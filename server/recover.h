@@ -18,4 +18,9 @@
  * models than configured would be worse). */
 int ts_recover_models(ts_store *st, const ts_config *cfg, ts_engine *e, char *err, size_t errlen);
 
+/* Read and check every --model file and the names they serve under, touching no store:
+ * the daemon calls it before it opens the database, so that a bad --model stops the start
+ * before anything is written. 0, or -1 + err (the same message recovery would give). */
+int ts_recover_check_files(const ts_config *cfg, char *err, size_t errlen);
+
 #endif

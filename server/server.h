@@ -10,6 +10,7 @@
 #include "../core/pool.h"
 #include "auth.h"
 #include "config.h"
+#include "dblock.h"
 #include "engine.h"
 #include "http.h"
 #include "metrics.h"
@@ -23,6 +24,10 @@ typedef struct ts_server {
     ts_engine *engine;
     ts_persist *persist;
     ts_http *http;
+    ts_dblock dblock;                   /* the database's exclusive lock (dblock.h) */
+    int listen_fd;                      /* bound before the database is opened; -1 once
+                                           MHD owns it */
+    int bound_port;
     char admin_token[TS_TOKEN_MAX];     /* "" when not configured */
     char feedback_token[TS_TOKEN_MAX];
     _Atomic int shutting_down;          /* read by the HTTP threads */

@@ -4,6 +4,7 @@ budgets for bodies and responses. Every test ends by checking that the daemon st
 when it has one."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -86,6 +87,78 @@ class Framing(unittest.TestCase):
                           b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
         self.assertEqual(st, 200, data[:300])
         self.assertEqual(json.loads(data)["outputs"][0]["shape"], [1, 4])
+
+
+def dir_state(d):
+    """{name: bytes} of every file in d: a start that fails must leave it as it was."""
+    out = {}
+    for n in sorted(os.listdir(d)):
+        with open(os.path.join(d, n), "rb") as f:
+            out[n] = f.read()
+    return out
+
+
+def serve_fails(args, timeout=60):
+    """Run `tscaled serve ARGS` expecting it to refuse to start; returns its stderr."""
+    p = subprocess.run([BINARY] + args, capture_output=True, text=True, timeout=timeout,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("TSCALE_")})
+    assert p.returncode != 0, p.stderr
+    return p.stderr
+
+
+class OneDaemonPerDatabase(unittest.TestCase):
+    def test_second_daemon_is_refused(self):
+        tmp = tempfile.mkdtemp(prefix="tscale-e2e-")
+        try:
+            with tsd.Daemon(db_dir=tmp) as d:
+                err = serve_fails(["--listen", "127.0.0.1:0", "--db", d.db])
+                self.assertIn("in use by another tscaled", err)
+                # the first one still serves, and its database is still locked
+                self.assertEqual(d.request("GET", "/v2/health/ready")[0], 200)
+                self.assertIn("in use", serve_fails(["--listen", "127.0.0.1:0", "--db", d.db]))
+                self.assertEqual(d.stop(), 0)
+            # after the first stopped, the lock is gone: the same database starts again
+            with tsd.Daemon(db_dir=tmp) as d2:
+                self.assertEqual(d2.request("GET", "/v2/health/ready")[0], 200)
+                self.assertEqual(d2.stop(), 0)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def test_failed_start_writes_nothing(self):
+        tmp = tempfile.mkdtemp(prefix="tscale-e2e-")
+        try:
+            db = os.path.join(tmp, "tscale.db")
+            bad = os.path.join(tmp, "bad.safetensors")
+            with open(bad, "wb") as f:
+                f.write(b"not a model file")
+            busy = socket.socket()
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            try:
+                port = busy.getsockname()[1]
+                # fresh database: neither a port in use nor a bad model creates it
+                before = dir_state(tmp)
+                self.assertIn("cannot listen", serve_fails(["--listen", "127.0.0.1:%d" % port, "--db", db]))
+                serve_fails(["--listen", "127.0.0.1:0", "--db", db, "--model", bad])
+                self.assertEqual(dir_state(tmp), before)
+                # an existing database is left byte for byte as it was
+                with tsd.Daemon(db_dir=tmp) as d:
+                    self.assertEqual(d.stop(), 0)
+                before = dir_state(tmp)
+                self.assertIn("tscale.db", before)
+                good = os.path.join(tmp, "good.safetensors")
+                p = subprocess.run([BINARY, "init", "--layers", "linear:16x4", "--out", good],
+                                   capture_output=True, text=True, timeout=60)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                before = dir_state(tmp)
+                serve_fails(["--listen", "127.0.0.1:%d" % port, "--db", db, "--model", "new=" + good])
+                serve_fails(["--listen", "127.0.0.1:0", "--db", db, "--model", "new=" + good,
+                             "--model", bad])
+                self.assertEqual(dir_state(tmp), before)
+            finally:
+                busy.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -73,16 +73,32 @@ static const ts_option options[] = {
      "bearer token required for feedback (the admin token also works)", NULL},
     {"max-body-bytes", OPT_BYTES, F(max_body_bytes), "64M", 1024, (int64_t)1 << 34, "BYTES",
      "largest request body (413 past it); also bounds PUT model files", NULL},
+    {"max-buffered-bytes", OPT_BYTES, F(max_buffered_bytes), "256M", 1024, (int64_t)1 << 40, "BYTES",
+     "most bytes of request bodies held while they arrive, all connections together (503 "
+     "past it; buffers grow with the bytes received, not with Content-Length)", NULL},
     {"max-rows", OPT_INT, F(max_rows), "65536", 1, (int64_t)1 << 30, "ROWS",
      "most rows (batch size) in one request", NULL},
     {"max-queue-rows", OPT_INT, F(max_queue_rows), "65536", 1, (int64_t)1 << 32, "ROWS",
      "most rows waiting for compute, all models together (503 past it)", NULL},
     {"max-queue-bytes", OPT_BYTES, F(max_queue_bytes), "512M", 1024, (int64_t)1 << 40, "BYTES",
      "most tensor bytes waiting for compute, all models together (503 past it)", NULL},
+    {"max-response-bytes", OPT_BYTES, F(max_response_bytes), "64M", 1024, (int64_t)1 << 40, "BYTES",
+     "largest inference answer: a request whose output could be larger is refused (413) "
+     "before it is computed (JSON counts 16 bytes a value, binary output 4)", NULL},
     {"max-connections", OPT_INT, F(max_connections), "1024", 1, 1000000, "N",
-     "most simultaneous HTTP connections", NULL},
+     "most simultaneous HTTP connections; beyond it (up to N/8+4 more) a connection is "
+     "answered for /v2/health/* and /metrics only, anything else 503 at once", NULL},
+    {"max-connections-per-client", OPT_INT, F(max_connections_per_client), "0", 0, 1000000, "N",
+     "most simultaneous connections from one client address (more are closed at once); "
+     "0 = half of --max-connections (behind a reverse proxy every connection has the proxy's "
+     "address: set it to --max-connections there)", NULL},
     {"request-timeout", OPT_INT, F(request_timeout), "60", 1, 86400, "SEC",
      "close a connection idle (no bytes from the client) this long", NULL},
+    {"header-timeout", OPT_INT, F(header_timeout), "10", 1, 86400, "SEC",
+     "close a connection whose request head (line and headers) is not complete this long "
+     "after it opened or after its previous response, however steadily it trickles", NULL},
+    {"body-timeout", OPT_INT, F(body_timeout), "120", 1, 86400, "SEC",
+     "close a connection whose request body is not complete this long after its headers", NULL},
     {"http-threads", OPT_INT, F(http_threads), "1", 1, 64, "N",
      "HTTP polling threads (request parsing runs on them)", NULL},
     {"log-level", OPT_STRING, F(log_level), "info", 0, 0, "LEVEL",
@@ -441,6 +457,8 @@ ts_config_result ts_config_parse(ts_config *cfg, int argc, char **argv, FILE *ou
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         cfg->threads = n > 0 ? n : 1;
     }
+    if (cfg->max_connections_per_client == 0)
+        cfg->max_connections_per_client = cfg->max_connections >= 2 ? cfg->max_connections / 2 : 1;
     for (int i = 0; i < cfg->n_models; i++)
         for (int j = 0; j < i; j++)
             if (cfg->models[i].name && cfg->models[j].name &&

@@ -31,11 +31,16 @@ typedef struct {
     char *admin_token_file;
     char *feedback_token_file;
     int64_t max_body_bytes;        /* per request body */
+    int64_t max_buffered_bytes;    /* all request bodies being received together */
     int64_t max_rows;              /* rows per request */
     int64_t max_queue_rows;        /* rows waiting, all models */
     int64_t max_queue_bytes;       /* tensor bytes waiting, all models */
+    int64_t max_response_bytes;    /* an inference answer's size bound */
     int64_t max_connections;
+    int64_t max_connections_per_client; /* 0 = half of max_connections (resolved) */
     int64_t request_timeout;       /* seconds of client inactivity before a connection closes */
+    int64_t header_timeout;        /* seconds for a request's whole head */
+    int64_t body_timeout;          /* seconds for a request's whole body */
     int64_t http_threads;          /* libmicrohttpd polling threads */
     char *log_level;
 } ts_config;

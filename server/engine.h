@@ -80,6 +80,7 @@ typedef struct ts_served {
 
 typedef struct {
     int64_t max_batch, max_queue_delay_us, max_rows, max_queue_rows, max_queue_bytes;
+    int64_t max_response_bytes;   /* an inference answer's bound (413 before computing) */
     int feedback_requires_snapshot;
     ts_pool *pool;
     ts_metrics *metrics;

@@ -9,16 +9,19 @@ void ts_framing_init(ts_framing *f) {
     *f = (ts_framing){.content_length = -1};
 }
 
-/* A plain decimal length: 1..18 digits (below 10^18, so it fits int64 with room); -1 else. */
+/* A plain decimal length, saturated at INT64_MAX (any such length is over every limit);
+ * -1 when it is not 1 or more digits. */
 static int64_t parse_length(const char *v) {
     int64_t n = 0;
-    int digits = 0;
-    for (; *v; v++, digits++) {
-        if (*v < '0' || *v > '9' || digits == 18)
+    if (!*v)
+        return -1;
+    for (; *v; v++) {
+        if (*v < '0' || *v > '9')
             return -1;
-        n = n * 10 + (*v - '0');
+        int d = *v - '0';
+        n = n > (INT64_MAX - d) / 10 ? INT64_MAX : n * 10 + d;
     }
-    return digits ? n : -1;
+    return n;
 }
 
 void ts_framing_add(ts_framing *f, const char *name, const char *value) {
@@ -46,7 +49,7 @@ int ts_framing_verdict(const ts_framing *f, char *err, size_t errlen) {
         return 400;
     }
     if (f->bad_length) {
-        snprintf(err, errlen, "Content-Length must be a decimal number of bytes below 10^18");
+        snprintf(err, errlen, "Content-Length must be a decimal number of bytes");
         return 400;
     }
     if (f->n_content_length && f->n_transfer_encoding) {

@@ -22,9 +22,9 @@ typedef struct {
     int n_content_length;      /* Content-Length headers seen */
     int n_transfer_encoding;   /* Transfer-Encoding headers seen */
     int n_host;                /* Host headers seen */
-    int bad_length;            /* a Content-Length value is not 1..19 decimal digits */
+    int bad_length;            /* a Content-Length value is not decimal digits */
     int not_chunked;           /* a Transfer-Encoding value other than "chunked" */
-    int64_t content_length;    /* the (first) Content-Length, or -1 */
+    int64_t content_length;    /* the (first) Content-Length, saturated at INT64_MAX; or -1 */
 } ts_framing;
 
 void ts_framing_init(ts_framing *f);

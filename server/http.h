@@ -54,6 +54,9 @@ struct ts_req {
     uint8_t *body;
     size_t body_len, body_cap, discarded;
     int too_large;
+    int over_budget;             /* the body did not fit --max-buffered-bytes: 503 */
+    int64_t declared_length;     /* Content-Length, or -1 */
+    void *tconn;                 /* the connection's ts_conn (conns.h), or NULL */
     int close_after;             /* answer with Connection: close (the framing was refused) */
     int has_oip;
     int arriving;                /* counted in cfg.arriving */
@@ -70,8 +73,12 @@ typedef struct {
     int listen_fd;               /* from ts_http_bind; MHD owns it once started */
     int threads;                 /* MHD polling threads */
     int64_t max_body_bytes;
-    int64_t max_connections;
-    int64_t request_timeout_s;
+    int64_t max_buffered_bytes;  /* all body buffers together (503 past it) */
+    int64_t max_connections;     /* soft: beyond it probes only, others 503 (conns.h) */
+    int64_t max_per_client;      /* connections from one client address (hard) */
+    int64_t request_timeout_s;   /* idle */
+    int64_t header_timeout_s;    /* total, per request head (conns.h) */
+    int64_t body_timeout_s;      /* total, per request body */
     int64_t max_elements;        /* per tensor, for the OIP parser */
     const char *admin_token;     /* "" = none configured */
     const char *feedback_token;  /* "" = none configured */
@@ -100,6 +107,9 @@ void ts_http_quiesce(ts_http *h);
 void ts_http_drain_inbound(ts_http *h);
 /* Requests received but not yet fully sent back (any thread). */
 int ts_http_active(ts_http *h);
+/* Connections accepted beyond max_connections for probes (libmicrohttpd's hard limit is
+ * the sum): max_connections / 8 + 4. */
+int64_t ts_http_spare(int64_t max_connections);
 /* Close every connection and stop the threads; close the loop handle. Requests still in
  * the hand-over list are dispatched first (the loop answers them: 503 when closing);
  * call it only when the loop holds no other request. Then run the loop to finish. */

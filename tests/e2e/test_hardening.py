@@ -161,5 +161,180 @@ class OneDaemonPerDatabase(unittest.TestCase):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def connect(port, source="127.0.0.1", timeout=10.0):
+    """A connection to the daemon from a chosen loopback address (127.0.0.0/8 is all local)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+
+
+def closed_within(s, seconds, trickle=None):
+    """Wait until the server closes s (recv gives b"" or an error), sending one byte of
+    `trickle` every 0.25 s meanwhile; returns the seconds it took, or None."""
+    t0 = time.time()
+    s.settimeout(0.25)
+    i = 0
+    while time.time() - t0 < seconds:
+        try:
+            if trickle is not None and i < len(trickle):
+                s.send(trickle[i:i + 1])
+                i += 1
+            if s.recv(65536) == b"":
+                return time.time() - t0
+        except socket.timeout:
+            continue
+        except OSError:
+            return time.time() - t0
+    return None
+
+
+def probe(port, path=b"/v2/health/ready", source="127.0.0.2"):
+    """GET path from another client address; (status, seconds)."""
+    t0 = time.time()
+    s = connect(port, source, timeout=5)
+    try:
+        s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        s.close()
+    return int(buf.split()[1]) if buf else None, time.time() - t0, buf
+
+
+class SlowClients(unittest.TestCase):
+    def test_trickled_headers_hit_the_header_deadline(self):
+        with tsd.Daemon(args=["--header-timeout", "2", "--request-timeout", "60"]) as d:
+            head = b"GET /v2/health/ready HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(40))
+            trick = [connect(d.port) for _ in range(3)]
+            try:
+                took = closed_within(trick[0], 8, trickle=head)
+                self.assertIsNotNone(took, "a connection trickling headers was never closed")
+                self.assertLess(took, 4.5)
+                self.assertGreater(took, 1.5)
+            finally:
+                for s in trick:
+                    s.close()
+            self.assertEqual(probe(d.port)[0], 200)
+
+    def test_trickled_body_hits_the_body_deadline(self):
+        with tsd.Daemon(args=["--body-timeout", "2", "--request-timeout", "60"]) as d:
+            s = connect(d.port)
+            try:
+                s.sendall(b"POST /v2/models/demo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 500\r\n\r\n")
+                took = closed_within(s, 8, trickle=b" " * 400)
+                self.assertIsNotNone(took, "a connection trickling its body was never closed")
+                self.assertLess(took, 4.5)
+            finally:
+                s.close()
+            self.assertEqual(d.request("GET", "/v2/health/ready")[0], 200)
+
+    def test_per_client_cap_keeps_probes_from_others_answered(self):
+        """Twenty connections from one address trickling headers (the issue's attack) hold at
+        most --max-connections-per-client slots; a probe from another address is answered
+        at once, all the while."""
+        with tsd.Daemon(args=["--max-connections", "16", "--max-connections-per-client", "4",
+                              "--header-timeout", "30"]) as d:
+            held = []
+            try:
+                for _ in range(20):
+                    s = connect(d.port)
+                    s.sendall(b"GET /v2/health/ready HTTP/1.1\r\n")
+                    held.append(s)
+                time.sleep(0.5)
+                # beyond the cap, the daemon closed them at once
+                refused = sum(1 for s in held if closed_within(s, 0.5) is not None)
+                self.assertEqual(refused, 16)
+                for _ in range(3):
+                    st, took, _ = probe(d.port)
+                    self.assertEqual(st, 200)
+                    self.assertLess(took, 2.0)
+            finally:
+                for s in held:
+                    s.close()
+
+    def test_full_daemon_answers_503_fast_and_probes_200(self):
+        with tsd.Daemon(args=["--max-connections", "4", "--max-connections-per-client", "4",
+                              "--header-timeout", "30"]) as d:
+            held = [connect(d.port, "127.0.0.3") for _ in range(4)]
+            try:
+                time.sleep(0.3)
+                st, took, buf = probe(d.port, b"/v2/models/demo")
+                self.assertEqual(st, 503, buf[:300])
+                self.assertLess(took, 2.0)
+                self.assertIn(b"max-connections", buf)
+                self.assertIn(b"connection: close", buf.lower())
+                st, took, buf = probe(d.port, b"/v2/health/ready")
+                self.assertEqual(st, 200, buf[:300])
+                self.assertLess(took, 2.0)
+                st, _, buf = probe(d.port, b"/metrics")
+                self.assertEqual(st, 200, buf[:300])
+            finally:
+                for s in held:
+                    s.close()
+
+
+class MemoryBudgets(unittest.TestCase):
+    def test_bodies_share_one_budget(self):
+        with tsd.Daemon(args=["--max-buffered-bytes", "1M", "--max-body-bytes", "4M"]) as d:
+            a = connect(d.port)
+            try:
+                a.sendall(b"POST /v2/models/demo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 900000\r\n\r\n" + b" " * 700000)
+                time.sleep(0.5)   # a's buffer now holds the budget
+                body = b" " * 600000
+                st, hdrs, data = raw(d.port, b"POST /v2/models/demo/infer HTTP/1.1\r\nHost: x\r\n"
+                                     b"Content-Type: application/json\r\nConnection: close\r\n"
+                                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                self.assertEqual(st, 503, data[:300])
+                self.assertIn("max-buffered-bytes", json.loads(data)["error"])
+                self.assertIn("retry-after", hdrs.lower())
+            finally:
+                a.close()
+            time.sleep(0.5)   # a is gone: its bytes are back in the budget
+            st, _, data = d.request("POST", "/v2/models/demo/infer", infer_body([ROW] * 2000))
+            self.assertEqual(st, 200, data[:300])
+
+    def test_announced_lengths_cost_nothing(self):
+        """Content-Length is no longer an allocation: 8 clients announcing 60 MB and sending
+        one byte take a few KB of the budget, so a normal request still fits."""
+        with tsd.Daemon(args=["--max-buffered-bytes", "256K", "--max-body-bytes", "64M"]) as d:
+            held = []
+            try:
+                for _ in range(8):
+                    s = connect(d.port)
+                    s.sendall(b"POST /v2/models/demo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 60000000\r\n\r\n{")
+                    held.append(s)
+                time.sleep(0.5)
+                st, _, data = d.request("POST", "/v2/models/demo/infer", infer_body([ROW] * 100))
+                self.assertEqual(st, 200, data[:300])
+            finally:
+                for s in held:
+                    s.close()
+
+    def test_response_cap_and_oversized_requests_are_413(self):
+        with tsd.Daemon(args=["--max-response-bytes", "4K", "--max-queue-rows", "300"]) as d:
+            # demo: 4 outputs a row; JSON counts 16 bytes a value: 64 rows fit 4K, 65 do not
+            st, _, data = d.request("POST", "/v2/models/demo/infer", infer_body([ROW] * 64))
+            self.assertEqual(st, 200, data[:300])
+            st, _, data = d.request("POST", "/v2/models/demo/infer", infer_body([ROW] * 65))
+            self.assertEqual(st, 413, data[:300])
+            self.assertIn("max-response-bytes", json.loads(data)["error"])
+            # binary output: 4 bytes a value, so 200 rows fit
+            body = json.loads(infer_body([ROW] * 200))
+            body["parameters"] = {"binary_data_output": True}
+            st, _, data = d.request("POST", "/v2/models/demo/infer", body)
+            self.assertEqual(st, 200, data[:300])
+            # larger than the whole queue by itself: 413, not a 503 to retry forever
+            body = json.loads(infer_body([ROW] * 301))
+            body["parameters"] = {"binary_data_output": True}
+            st, h, data = d.request("POST", "/v2/models/demo/infer", body)
+            self.assertEqual(st, 413, data[:300])
+            self.assertIn("max-queue-rows", json.loads(data)["error"])
+            self.assertNotIn("retry-after", h)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -255,7 +255,7 @@ class Connections(unittest.TestCase):
             self.assertEqual(d.request("GET", "/v2/health/live")[0], 200)
 
     def test_surplus_connections_are_refused_not_fatal(self):
-        with tsd.Daemon(args=["--max-connections", "4"]) as d:
+        with tsd.Daemon(args=["--max-connections", "4", "--max-connections-per-client", "4"]) as d:
             held = [socket.create_connection(("127.0.0.1", d.port), timeout=10) for _ in range(12)]
             try:
                 for s in held[:4]:

@@ -9,10 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "server/auth.h"
 #include "server/config.h"
+#include "server/conns.h"
 #include "server/framing.h"
 #include "server/hash.h"
 #include "server/route.h"
@@ -374,7 +376,7 @@ START_TEST(framing_verdicts)
     ck_assert_int_eq(framing_of("Content-Length", "+5", NULL), 400);
     ck_assert_int_eq(framing_of("Content-Length", "5, 5", NULL), 400);
     ck_assert_int_eq(framing_of("Content-Length", "", NULL), 400);
-    ck_assert_int_eq(framing_of("Content-Length", "1000000000000000000", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "4611686018427387904000", NULL), 0);
     ck_assert_int_eq(framing_of("Host", "a", "Host", "b", NULL), 400);
     ck_assert_int_eq(framing_of("Transfer-Encoding", "gzip, chunked", NULL), 501);
     ck_assert_int_eq(framing_of("Transfer-Encoding", "chunked", "Transfer-Encoding", "chunked", NULL), 501);
@@ -382,6 +384,56 @@ START_TEST(framing_verdicts)
     ts_framing_init(&f);
     ts_framing_add(&f, "content-LENGTH", "999999999999999999");
     ck_assert_int_eq(f.content_length, 999999999999999999LL);
+    ts_framing_init(&f);
+    ts_framing_add(&f, "Content-Length", "9223372036854775808");
+    ck_assert_int_eq(f.content_length, INT64_MAX);
+}
+END_TEST
+
+/* ---- connection deadlines ---- */
+
+/* 1 when the peer of sv[0] was shut down (its reads see the end of the stream). */
+static int was_shut(int fd)
+{
+    char c;
+    return recv(fd, &c, 1, MSG_DONTWAIT) == 0;
+}
+
+START_TEST(conns_deadlines_and_soft_limit)
+{
+    int a[2], b[2], c[2];
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, c), 0);
+    ts_conns *cs = ts_conns_new(2, 10000000, 60000000); /* head 10 s, body 60 s */
+    ts_conn *ca = ts_conns_open(cs, a[0], 0), *cb = ts_conns_open(cs, b[0], 0);
+    ts_conn *cc = ts_conns_open(cs, c[0], 0);
+    ck_assert_int_eq(ts_conns_count(cs), 3);
+    ck_assert(!ts_conns_over(ca) && !ts_conns_over(cb) && ts_conns_over(cc));
+    /* a trickles its head: phase changes only when the head is complete */
+    ts_conns_phase(cs, cb, TS_CONN_BODY, 5000000);
+    ck_assert_int_eq(ts_conns_expire(cs, 2000000), 0);
+    ck_assert_int_eq(ts_conns_expire(cs, 2000001), 1);  /* c: over the limit, 2 s head */
+    ck_assert(was_shut(c[1]) && !was_shut(a[1]) && !was_shut(b[1]));
+    ck_assert_int_eq(ts_conns_expire(cs, 10000001), 1);  /* a: past --header-timeout */
+    ck_assert(was_shut(a[1]) && !was_shut(b[1]));
+    ck_assert_int_eq(ts_conns_expire(cs, 60000000), 0);  /* each is shut down once */
+    ts_conns_phase(cs, cb, TS_CONN_SERVING, 6000000);    /* the daemon's own time: no limit */
+    ck_assert_int_eq(ts_conns_expire(cs, 1000000000), 0);
+    ts_conns_phase(cs, cb, TS_CONN_HEAD, 1000000000);    /* kept alive: a new head deadline */
+    ck_assert_int_eq(ts_conns_expire(cs, 1010000001), 1);
+    ck_assert(was_shut(b[1]));
+    ts_conns_close(cs, cc);
+    ck_assert_int_eq(ts_conns_count(cs), 2);
+    ck_assert(ts_conns_over(ts_conns_open(cs, -1, 0)));  /* a and b hold the 2 slots */
+    ts_conns_close(cs, ca);
+    ck_assert(ts_conns_over(ts_conns_open(cs, -1, 0)));  /* b and the one above */
+    ts_conns_free(cs); /* frees what is still registered */
+    for (int i = 0; i < 2; i++) {
+        close(a[i]);
+        close(b[i]);
+        close(c[i]);
+    }
 }
 END_TEST
 
@@ -421,6 +473,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, config_errors);
     tcase_add_test(tc, config_listen_split);
     tcase_add_test(tc, framing_verdicts);
+    tcase_add_test(tc, conns_deadlines_and_soft_limit);
     tcase_add_test(tc, hash_stable_and_sensitive);
     suite_add_tcase(s, tc);
     return s;

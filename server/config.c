@@ -71,6 +71,9 @@ static const ts_option options[] = {
      "bearer token for /admin/* (without one, /admin answers loopback clients only)", NULL},
     {"feedback-token-file", OPT_STRING, F(feedback_token_file), NULL, 0, 0, "FILE",
      "bearer token required for feedback (the admin token also works)", NULL},
+    {"allowed-hosts", OPT_STRING, F(allowed_hosts), NULL, 0, 0, "NAMES",
+     "comma-separated Host names (besides localhost and the listen address) that /admin and "
+     "feedback accept when they answer without a token (a DNS rebinding guard)", NULL},
     {"max-body-bytes", OPT_BYTES, F(max_body_bytes), "64M", 1024, (int64_t)1 << 34, "BYTES",
      "largest request body (413 past it); also bounds PUT model files", NULL},
     {"max-buffered-bytes", OPT_BYTES, F(max_buffered_bytes), "256M", 1024, (int64_t)1 << 40, "BYTES",
@@ -296,6 +299,37 @@ static void env_name(const ts_option *o, char *out, size_t len) {
     size_t n = (size_t)snprintf(out, len, "TSCALE_%s", o->name);
     for (size_t i = 7; i < n && i < len; i++)
         out[i] = out[i] == '-' ? '_' : (char)toupper((unsigned char)out[i]);
+}
+
+int ts_config_unknown_env(char *const *envp, char *out, size_t outlen) {
+    /* deploy/tscale.env.example's compose-only variables: read by compose, not the daemon */
+    static const char *const compose_only[] = {"TSCALE_PUBLISH", "TSCALE_IMAGE",
+                                               "TSCALE_SECRETS_DIR", "TSCALE_MODELS_DIR"};
+    int n = 0;
+    size_t used = 0;
+    out[0] = '\0';
+    for (; envp && *envp; envp++) {
+        const char *eq = strchr(*envp, '=');
+        size_t len = eq ? (size_t)(eq - *envp) : strlen(*envp);
+        if (len <= 7 || strncmp(*envp, "TSCALE_", 7) != 0)
+            continue;
+        int known = 0;
+        char var[64];
+        for (size_t i = 0; i < N_OPTIONS && !known; i++) {
+            env_name(&options[i], var, sizeof var);
+            known = options[i].type != OPT_HELP && options[i].type != OPT_VERSION &&
+                    strlen(var) == len && strncmp(var, *envp, len) == 0;
+        }
+        for (size_t i = 0; i < sizeof compose_only / sizeof compose_only[0] && !known; i++)
+            known = strlen(compose_only[i]) == len && strncmp(compose_only[i], *envp, len) == 0;
+        if (known)
+            continue;
+        if (used + len + 3 < outlen) {
+            used += (size_t)snprintf(out + used, outlen - used, "%s%.*s", n ? ", " : "", (int)len, *envp);
+        }
+        n++;
+    }
+    return n;
 }
 
 #define HELP_COL 37    /* where the help texts start */

@@ -30,6 +30,7 @@ typedef struct {
     int64_t eager_batching;        /* bool: start early when nothing else can join */
     char *admin_token_file;
     char *feedback_token_file;
+    char *allowed_hosts;           /* extra Host names for tokenless /admin and feedback */
     int64_t max_body_bytes;        /* per request body */
     int64_t max_buffered_bytes;    /* all request bodies being received together */
     int64_t max_rows;              /* rows per request */
@@ -53,6 +54,11 @@ typedef enum { TS_CONFIG_OK, TS_CONFIG_EXIT, TS_CONFIG_ERROR } ts_config_result;
 ts_config_result ts_config_parse(ts_config *cfg, int argc, char **argv, FILE *out, char *err,
                                  size_t errlen);
 void ts_config_free(ts_config *cfg);
+
+/* The TSCALE_* variables of envp (NAME=value strings, NULL-terminated) that are no setting:
+ * a misspelt one would otherwise be ignored without a word. Their names, comma-separated,
+ * go to out[outlen] (as many as fit); returns how many there are. */
+int ts_config_unknown_env(char *const *envp, char *out, size_t outlen);
 
 /* The --help text. */
 void ts_config_usage(FILE *out);

@@ -15,6 +15,7 @@
  * an answer rather than a reset when the socket closes.
  */
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -97,7 +98,19 @@ static void on_signal(uv_signal_t *h, int signum) { begin_shutdown(h->data, sign
 
 static void on_snapshot_timer(uv_timer_t *t) { ts_snapshot_changed(t->data); }
 
+/* A token file others can write lets them choose the token: say so (the start goes on;
+ * refusing would break setups whose secrets are mounted with loose modes). */
+static void warn_token_mode(const char *path) {
+    struct stat st;
+    if (path && stat(path, &st) == 0 && (st.st_mode & (S_IWGRP | S_IWOTH)))
+        ts_log_warn("token file %s is writable by its group or by everyone (mode %03o): anyone "
+                    "who can write it can choose the token; chmod go-w it", path,
+                    (unsigned)(st.st_mode & 0777));
+}
+
 static int load_tokens(ts_server *srv, char *err, size_t errlen) {
+    warn_token_mode(srv->cfg.admin_token_file);
+    warn_token_mode(srv->cfg.feedback_token_file);
     if (srv->cfg.admin_token_file &&
         ts_auth_load_token(srv->cfg.admin_token_file, srv->admin_token, err, errlen) < 0)
         return -1;
@@ -154,6 +167,23 @@ static int start_checks(ts_server *srv, char *err, size_t errlen) {
     return ts_dblock_acquire(&srv->dblock, srv->cfg.db, err, errlen);
 }
 
+/* Which routes need what, once at start; a loud warning when feedback (which changes the
+ * models) answers anyone who reaches a non-loopback address. */
+static void log_protection(ts_server *srv, const char *host) {
+    int local = strcmp(host, "localhost") == 0 || strcmp(host, "::1") == 0 ||
+                strncmp(host, "127.", 4) == 0;
+    const char *fb = srv->feedback_token[0] ? "the feedback (or admin) token"
+                   : srv->admin_token[0]    ? "the admin token"
+                                            : "no token";
+    ts_log_info("routes: /admin/* needs %s; feedback needs %s; inference, metadata, health and "
+                "/metrics need none", srv->admin_token[0] ? "the admin token" : "a loopback client",
+                fb);
+    if (!local && !srv->feedback_token[0] && !srv->admin_token[0])
+        ts_log_warn("feedback changes the models and answers every client that reaches %s "
+                    "without a token: configure --feedback-token-file (or --admin-token-file)",
+                    srv->cfg.listen);
+}
+
 static int start_http(ts_server *srv, char *err, size_t errlen) {
     char host[256];
     int port;
@@ -174,6 +204,7 @@ static int start_http(ts_server *srv, char *err, size_t errlen) {
         .header_timeout_s = srv->cfg.header_timeout,
         .body_timeout_s = srv->cfg.body_timeout,
         .max_elements = srv->cfg.max_body_bytes / 2 + 1,
+        .allowed_hosts = srv->cfg.allowed_hosts,
         .admin_token = srv->admin_token,
         .feedback_token = srv->feedback_token,
         .shutting_down = &srv->shutting_down,
@@ -191,6 +222,7 @@ static int start_http(ts_server *srv, char *err, size_t errlen) {
     int v6 = strchr(host, ':') != NULL;
     ts_log_info("listening on http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "",
                 srv->bound_port);
+    log_protection(srv, host);
     return 0;
 }
 
@@ -223,6 +255,12 @@ static int run(ts_server *srv, uv_loop_t *loop) {
     start_signals(srv);
     ts_log_info("tscaled %s starting: pid %d, %lld compute threads, kernels %s, database %s", TS_VERSION,
                 (int)getpid(), (long long)srv->cfg.threads, ts_kernel_name(), srv->cfg.db);
+    char unknown[512];
+    int n_unknown = ts_config_unknown_env(environ, unknown, sizeof unknown);
+    if (n_unknown)
+        ts_log_warn("%d TSCALE_* variable(s) are no setting and are ignored: %s (tscaled --help "
+                    "lists the settings; the variable of --some-flag is TSCALE_SOME_FLAG)",
+                    n_unknown, unknown);
     if (load_tokens(srv, err, sizeof err) < 0 || start_checks(srv, err, sizeof err) < 0)
         goto fail;
     srv->pool = ts_pool_new((int)srv->cfg.threads);

@@ -203,6 +203,41 @@ static int check_over(ts_req *req) {
     return 1;
 }
 
+/* Does the endpoint answer without a token? (auth.h: the Host check applies only then.) */
+static int tokenless(const ts_http *h, ts_endpoint ep) {
+    if (ts_endpoint_is_admin(ep))
+        return !h->cfg.admin_token[0];
+    return ep == TS_EP_FEEDBACK && !h->cfg.feedback_token[0] && !h->cfg.admin_token[0];
+}
+
+/* The browser guards of the state-changing routes (auth.h). 1 when it answered. */
+static int check_browser(ts_req *req, struct MHD_Connection *conn) {
+    ts_http *h = req->http;
+    ts_endpoint ep = req->route.ep;
+    if (!ts_endpoint_is_admin(ep) && ep != TS_EP_FEEDBACK)
+        return 0;
+    const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    const char *ctype = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!ts_auth_origin_same(origin, host)) {
+        ts_req_reply_error(req, 403, "cross-origin request refused: /admin and feedback do not "
+                           "answer web pages of other origins (Origin: %.200s)", origin);
+        return 1;
+    }
+    if (tokenless(h, ep) && !ts_auth_host_allowed(host, h->cfg.host, h->cfg.allowed_hosts)) {
+        ts_req_reply_error(req, 403, "Host '%.200s' is not this daemon's address; without a token "
+                           "this route answers only requests for localhost, the listen address or "
+                           "a name in --allowed-hosts", host ? host : "");
+        return 1;
+    }
+    if ((ep == TS_EP_FEEDBACK || ep == TS_EP_ADMIN_RESTORE) && ctype && !ts_auth_content_type_ok(ctype)) {
+        ts_req_reply_error(req, 415, "Content-Type must be application/json (or "
+                           "application/octet-stream for binary tensor data), not '%.100s'", ctype);
+        return 1;
+    }
+    return 0;
+}
+
 /* Checks that need only the headers. 1 when it answered. */
 static int check_headers(ts_req *req, struct MHD_Connection *conn) {
     ts_http *h = req->http;
@@ -231,7 +266,8 @@ static int check_headers(ts_req *req, struct MHD_Connection *conn) {
                 return 1;
             }
         }
-    } else if (rt->ep == TS_EP_FEEDBACK && h->cfg.feedback_token[0]) {
+    } else if (rt->ep == TS_EP_FEEDBACK && (h->cfg.feedback_token[0] || h->cfg.admin_token[0])) {
+        /* with only an admin token, feedback (which changes the model) needs it too */
         a = ts_auth_check(authz, h->cfg.feedback_token, h->cfg.admin_token);
     }
     if (a == TS_AUTH_MISSING) {
@@ -242,6 +278,8 @@ static int check_headers(ts_req *req, struct MHD_Connection *conn) {
         ts_req_reply_error(req, 403, "the bearer token is not valid for this endpoint");
         return 1;
     }
+    if (check_browser(req, conn))
+        return 1;
     /* The declared length only refuses: the buffer grows with the bytes that arrive
      * (collect), so announcing a large body costs the daemon nothing. */
     if (takes_body(rt->ep) && req->declared_length > h->cfg.max_body_bytes) {

@@ -80,6 +80,7 @@ typedef struct {
     int64_t header_timeout_s;    /* total, per request head (conns.h) */
     int64_t body_timeout_s;      /* total, per request body */
     int64_t max_elements;        /* per tensor, for the OIP parser */
+    const char *allowed_hosts;   /* --allowed-hosts (comma-separated) or NULL */
     const char *admin_token;     /* "" = none configured */
     const char *feedback_token;  /* "" = none configured */
     const _Atomic int *shutting_down;

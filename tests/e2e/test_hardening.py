@@ -336,5 +336,85 @@ class MemoryBudgets(unittest.TestCase):
             self.assertNotIn("retry-after", h)
 
 
+def wait_log(d, text, timeout=10.0):
+    """The daemon's log once it holds text (lines after 'listening on' arrive a moment later)."""
+    deadline = time.time() + timeout
+    while text not in d.log() and time.time() < deadline:
+        time.sleep(0.05)
+    return d.log()
+
+
+FEEDBACK = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": ROW},
+                       {"name": "label", "datatype": "INT64", "shape": [1], "data": [1]}]}
+
+
+class AuthDefaults(unittest.TestCase):
+    def test_admin_token_alone_protects_feedback(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            tok = os.path.join(tmp, "admin")
+            with open(tok, "w") as f:
+                f.write("adm1n-token\n")
+            os.chmod(tok, 0o600)
+            with tsd.Daemon(args=["--admin-token-file", tok]) as d:
+                self.assertEqual(d.request("POST", "/v2/models/demo/feedback", FEEDBACK)[0], 401)
+                st, _, data = d.request("POST", "/v2/models/demo/feedback", FEEDBACK,
+                                        {"Authorization": "Bearer adm1n-token"})
+                self.assertEqual(st, 200, data[:300])
+                self.assertIn("feedback needs the admin token", wait_log(d, "routes:"))
+                self.assertNotIn("writable", d.log())
+
+    def test_browsers_cannot_drive_admin_or_feedback(self):
+        with tsd.Daemon(args=["--allowed-hosts", "tscale.internal, other.example"]) as d:
+            here = "127.0.0.1:%d" % d.port
+            def st(method, path, body=None, **hdrs):
+                h = {k.replace("_", "-"): v for k, v in hdrs.items()}
+                return d.request(method, path, body, h)
+            # a cross-site page: foreign Origin, on admin and feedback (not on inference)
+            self.assertEqual(st("GET", "/admin/models", Origin="http://evil.example")[0], 403)
+            self.assertEqual(st("POST", "/v2/models/demo/feedback", FEEDBACK, Origin="null")[0], 403)
+            self.assertEqual(st("POST", "/v2/models/demo/infer", json.loads(infer_body([ROW])),
+                                Origin="http://evil.example")[0], 200)
+            self.assertEqual(st("GET", "/admin/models", Origin="http://" + here)[0], 200)
+            # DNS rebinding: the page's own origin, but a Host that is not the daemon's
+            status, _, data = st("GET", "/admin/models/demo/export", Host="evil.example:%d" % d.port)
+            self.assertEqual(status, 403, data[:200])
+            self.assertIn("--allowed-hosts", json.loads(data)["error"])
+            self.assertEqual(st("POST", "/v2/models/demo/feedback", FEEDBACK, Host="evil.example")[0], 403)
+            for host in ("localhost:%d" % d.port, "LOCALHOST", "127.0.0.1", "[::1]:80", "tscale.internal:8080",
+                         "other.example"):
+                self.assertEqual(st("GET", "/admin/models", Host=host)[0], 200, host)
+            # form and text bodies (what a page posts without a preflight) are refused
+            body = json.dumps(FEEDBACK).encode()
+            for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+                status, _, data = st("POST", "/v2/models/demo/feedback", body, Content_Type=ctype)
+                self.assertEqual(status, 415, (ctype, data[:200]))
+                self.assertIsInstance(json.loads(data)["error"], str)
+            self.assertEqual(st("POST", "/admin/models/demo/restore", b'{"snapshot_id":1}',
+                                Content_Type="text/plain")[0], 415)
+            self.assertEqual(st("POST", "/v2/models/demo/feedback", body,
+                                Content_Type="application/json; charset=utf-8")[0], 200)
+            self.assertEqual(st("POST", "/v2/models/demo/feedback", body)[0], 200)   # none: curl, SDKs
+
+    def test_start_up_says_what_is_open(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            tok = os.path.join(tmp, "feed")
+            with open(tok, "w") as f:
+                f.write("f33d\n")
+            os.chmod(tok, 0o666)
+            env = {"TSCALE_SNAPHOT_INTERVAL": "5", "TSCALE_MAX_BATCH": "8", "TSCALE_PUBLISH": "x"}
+            with tsd.Daemon(args=["--listen", "0.0.0.0:0"], env=env) as d:
+                log = wait_log(d, "routes:")
+                self.assertIn("answers every client that reaches 0.0.0.0:0 without a token", log)
+                self.assertIn("/admin/* needs a loopback client; feedback needs no token", log)
+                self.assertIn("TSCALE_SNAPHOT_INTERVAL", log)
+                self.assertNotIn("TSCALE_MAX_BATCH,", log)
+                self.assertNotIn("TSCALE_PUBLISH", log)
+            with tsd.Daemon(args=["--feedback-token-file", tok]) as d:
+                log = wait_log(d, "routes:")
+                self.assertIn("writable by its group or by everyone", log)
+                self.assertNotIn("without a token:", log)
+                self.assertNotIn("f33d", log)
+
+
 if __name__ == "__main__":
     unittest.main()

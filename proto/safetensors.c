@@ -557,13 +557,16 @@ static int decode(ts_model *m, const st_tensor *t, const uint8_t *src, char *err
 static json_t *parse_header(const uint8_t *buf, size_t len, uint64_t *hlen, char *err, size_t errlen)
 {
     if (len < 8) {
-        fail(err, errlen, "file is %zu bytes, too short for the 8-byte header length", len);
+        fail(err, errlen, "not a safetensors model file: it is %zu bytes, too short for the "
+             "8-byte header length a safetensors file starts with", len);
         return NULL;
     }
     uint64_t n = get_le(buf, 8);
     if (n < 2 || n > ST_MAX_HEADER || n > len - 8) {
-        fail(err, errlen, "header length %" PRIu64 " is invalid: it must be at least 2, at most "
-             "%u, and fit in the %zu bytes after it", n, ST_MAX_HEADER, len - 8);
+        fail(err, errlen, "not a safetensors model file: a safetensors file starts with its "
+             "JSON header length (8 bytes, little-endian), and here those bytes say %" PRIu64
+             ", which is not at least 2, at most %u, and within the %zu bytes after them",
+             n, ST_MAX_HEADER, len - 8);
         return NULL;
     }
     json_error_t jerr;

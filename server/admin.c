@@ -340,7 +340,7 @@ static void unload_snapshotted(ts_server *srv, ts_served *s, const ts_snapshot_i
 
 static void unload_control(ts_engine *e, ts_served *s, void *arg) {
     admin_job *j = arg;
-    ts_snapshot_now(j->srv, s, "shutdown", 1, unload_snapshotted, j);
+    ts_snapshot_now(j->srv, s, "delete", 1, unload_snapshotted, j);
 }
 
 /* ---- dispatch ---- */

@@ -211,14 +211,25 @@ static int add_demo(ts_store *st, const ts_config *cfg, ts_engine *e, char *err,
                         "the built-in demo (nothing else configured)", err, errlen);
 }
 
+/* The demo for a database that never held a model; one whose models were all deleted
+ * stays empty (a deleted model, the demo too, stays deleted across restarts). */
+static int add_demo_once(ts_store *st, const ts_config *cfg, ts_engine *e, char *err, size_t errlen) {
+    int64_t ever = 0;
+    if (ts_store_count_models(st, &ever, err, errlen) < 0)
+        return -1;
+    if (ever == 0)
+        return add_demo(st, cfg, e, err, errlen);
+    ts_log_warn("serving no model: every model of the database was deleted (PUT "
+                "/admin/models/NAME with a model file, or start with --model, to serve one)");
+    return 0;
+}
+
 int ts_recover_models(ts_store *st, const ts_config *cfg, ts_engine *e, char *err, size_t errlen) {
     if (recover_stored(st, e, err, errlen) < 0)
         return -1;
     if (apply_model_files(st, cfg, e, err, errlen) < 0)
         return -1;
-    if (ts_engine_count(e) == 0 && add_demo(st, cfg, e, err, errlen) < 0)
-        return -1;
-    return 0;
+    return ts_engine_count(e) == 0 ? add_demo_once(st, cfg, e, err, errlen) : 0;
 }
 
 int ts_recover_check_files(const ts_config *cfg, char *err, size_t errlen) {

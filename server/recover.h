@@ -5,7 +5,8 @@
  *      becomes NAME's new version, snapshotted with reason "import". --model FILE names
  *      the model by the file's tscale.name, else by its file name without directory and
  *      ".safetensors"; two files may not end up with the same name;
- *   3. with nothing at all to serve, the built-in demo model as "demo".
+ *   3. with nothing at all to serve and a database that never held a model, the built-in
+ *      demo model as "demo" (deleted models, the demo included, stay deleted).
  * Runs on the main thread, which owns the store until the persistence thread starts. */
 #ifndef TS_RECOVER_H
 #define TS_RECOVER_H

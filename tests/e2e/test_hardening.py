@@ -416,5 +416,43 @@ class AuthDefaults(unittest.TestCase):
                 self.assertNotIn("f33d", log)
 
 
+class Operations(unittest.TestCase):
+    def test_deleted_demo_stays_deleted(self):
+        tmp = tempfile.mkdtemp(prefix="tscale-e2e-")
+        try:
+            with tsd.Daemon(db_dir=tmp, args=["--snapshot-interval", "0"]) as d:
+                d.json("POST", "/v2/models/demo/feedback", FEEDBACK)   # state to save at DELETE
+                self.assertEqual(d.json("DELETE", "/admin/models/demo")["unloaded"], True)
+                self.assertEqual(d.stop(), 0)
+            with tsd.Daemon(db_dir=tmp) as d:
+                self.assertEqual(d.request("GET", "/v2/models/demo")[0], 404)
+                self.assertEqual(d.json("GET", "/admin/models")["models"], [])
+                self.assertIn("every model of the database was deleted", wait_log(d, "deleted"))
+                self.assertEqual(d.stop(), 0)
+            # the DELETE's snapshot says so
+            import sqlite3
+            db = sqlite3.connect(os.path.join(tmp, "tscale.db"))
+            reasons = [r for (r,) in db.execute("SELECT reason FROM snapshots ORDER BY id")]
+            db.close()
+            self.assertEqual(reasons, ["import", "delete"])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def test_help_lists_the_subcommands(self):
+        p = subprocess.run([BINARY, "--help"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0)
+        for cmd in ("serve", "init", "inspect", "healthcheck", "backup"):
+            self.assertRegex(p.stdout, r"\n  %s +\S" % cmd)
+        self.assertIn("--max-connections", p.stdout)
+
+    def test_inspect_says_what_a_file_is_not(self):
+        with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
+            f.write(b"PK\x03\x04 this is a zip file, say a torch.save() pickle")
+            f.flush()
+            p = subprocess.run([BINARY, "inspect", f.name], capture_output=True, text=True, timeout=30)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("not a safetensors model file", p.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -42,6 +42,7 @@ typedef struct {
 
 static int check_listen(const char *v, char *err, size_t errlen);
 static int check_log_level(const char *v, char *err, size_t errlen);
+static int check_access_log(const char *v, char *err, size_t errlen);
 
 #define F(field) offsetof(ts_config, field)
 #define MIB ((int64_t)1 << 20)
@@ -106,6 +107,9 @@ static const ts_option options[] = {
      "HTTP polling threads (request parsing runs on them)", NULL},
     {"log-level", OPT_STRING, F(log_level), "info", 0, 0, "LEVEL",
      "debug, info, warn or error", check_log_level},
+    {"access-log", OPT_STRING, F(access_log), "off", 0, 0, "LEVEL",
+     "one line per request at this log level (debug, info, ...): method, path (no query), "
+     "status, response bytes, microseconds; never bodies or tokens; off = none", check_access_log},
     {"help", OPT_HELP, 0, NULL, 0, 0, NULL, "print this help and exit", NULL},
     {"version", OPT_VERSION, 0, NULL, 0, 0, NULL, "print the version and exit", NULL},
 };
@@ -168,6 +172,14 @@ static int check_log_level(const char *v, char *err, size_t errlen) {
     if (ts_log_level_parse(v, &l) == 0)
         return 0;
     snprintf(err, errlen, "'%s' is not one of debug, info, warn, error", v);
+    return -1;
+}
+
+static int check_access_log(const char *v, char *err, size_t errlen) {
+    ts_log_level l;
+    if (strcmp(v, "off") == 0 || ts_log_level_parse(v, &l) == 0)
+        return 0;
+    snprintf(err, errlen, "'%s' is not one of off, debug, info, warn, error", v);
     return -1;
 }
 

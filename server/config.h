@@ -44,6 +44,7 @@ typedef struct {
     int64_t body_timeout;          /* seconds for a request's whole body */
     int64_t http_threads;          /* libmicrohttpd polling threads */
     char *log_level;
+    char *access_log;              /* "off" or a log level */
 } ts_config;
 
 typedef enum { TS_CONFIG_OK, TS_CONFIG_EXIT, TS_CONFIG_ERROR } ts_config_result;

@@ -39,6 +39,7 @@ static void close_handles(ts_server *srv) {
     uv_close((uv_handle_t *)&srv->snapshot_timer, NULL);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sighup, NULL);
     ts_http_stop(srv->http);
     ts_persist_stop(srv->persist);
     ts_engine_free(srv->engine);
@@ -120,6 +121,41 @@ static int load_tokens(ts_server *srv, char *err, size_t errlen) {
     return 0;
 }
 
+typedef struct {
+    ts_server *srv;
+    const char *admin, *feedback;  /* the files' new tokens */
+} token_swap;
+
+static void swap_tokens(void *ctx) {
+    token_swap *t = ctx;
+    memcpy(t->srv->admin_token, t->admin, TS_TOKEN_MAX);
+    memcpy(t->srv->feedback_token, t->feedback, TS_TOKEN_MAX);
+}
+
+/* SIGHUP: read the token files again (rotation without a restart). Both or neither: a
+ * file that cannot be read keeps the tokens in force, and says why. */
+static void on_sighup(uv_signal_t *h, int signum) {
+    ts_server *srv = h->data;
+    char admin[TS_TOKEN_MAX], feedback[TS_TOKEN_MAX];
+    char err[512];
+    memcpy(admin, srv->admin_token, TS_TOKEN_MAX);
+    memcpy(feedback, srv->feedback_token, TS_TOKEN_MAX);
+    const char *af = srv->cfg.admin_token_file, *ff = srv->cfg.feedback_token_file;
+    if ((af && ts_auth_load_token(af, admin, err, sizeof err) < 0) ||
+        (ff && ts_auth_load_token(ff, feedback, err, sizeof err) < 0)) {
+        ts_log_error("SIGHUP: %s; the tokens in force are kept", err);
+    } else if (srv->http) {
+        warn_token_mode(af);
+        warn_token_mode(ff);
+        token_swap t = {srv, admin, feedback};
+        ts_http_update_tokens(srv->http, swap_tokens, &t);
+        ts_log_info("SIGHUP: token files read again (%s%s%s)", af ? "admin" : "",
+                    af && ff ? ", " : "", ff ? "feedback" : af ? "" : "none configured");
+    }
+    memset(admin, 0, sizeof admin);
+    memset(feedback, 0, sizeof feedback);
+}
+
 /* Open the store, recover the models, start the persistence thread. */
 static int start_models(ts_server *srv, char *err, size_t errlen) {
     ts_engine_config ec = {
@@ -184,6 +220,12 @@ static void log_protection(ts_server *srv, const char *host) {
                     srv->cfg.listen);
 }
 
+/* --access-log: "off" -> -1, else its level (config.c checked it). */
+static int access_log_level(const char *v) {
+    ts_log_level l;
+    return strcmp(v, "off") != 0 && ts_log_level_parse(v, &l) == 0 ? (int)l : -1;
+}
+
 static int start_http(ts_server *srv, char *err, size_t errlen) {
     char host[256];
     int port;
@@ -205,6 +247,7 @@ static int start_http(ts_server *srv, char *err, size_t errlen) {
         .body_timeout_s = srv->cfg.body_timeout,
         .max_elements = srv->cfg.max_body_bytes / 2 + 1,
         .allowed_hosts = srv->cfg.allowed_hosts,
+        .access_log = access_log_level(srv->cfg.access_log),
         .admin_token = srv->admin_token,
         .feedback_token = srv->feedback_token,
         .shutting_down = &srv->shutting_down,
@@ -235,6 +278,9 @@ static void start_signals(ts_server *srv) {
     srv->sigterm.data = srv->sigint.data = srv;
     uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    uv_signal_init(srv->loop, &srv->sighup);
+    srv->sighup.data = srv;
+    uv_signal_start(&srv->sighup, on_sighup, SIGHUP);
 }
 
 static void start_timers(ts_server *srv) {
@@ -286,6 +332,7 @@ fail:
     ts_dblock_release(&srv->dblock, srv->cfg.db, 1);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sighup, NULL);
     if (srv->engine)
         ts_engine_free(srv->engine);
     uv_run(loop, UV_RUN_DEFAULT); /* finish closing handles */

@@ -37,6 +37,7 @@ struct ts_http {
     ts_req *in_head, *in_tail;   /* parsed requests waiting for the loop */
     _Atomic int active;          /* requests between first header and completion */
     ts_conns *conns;             /* deadlines and the soft limit (conns.h) */
+    pthread_rwlock_t tokens_mu;  /* cfg.admin_token / cfg.feedback_token (ts_http_update_tokens) */
     _Atomic size_t buffered;     /* bytes of body buffers, all requests (--max-buffered-bytes) */
     uv_timer_t deadline_timer;   /* loop: ts_conns_expire */
     int handles_open;            /* loop handles not closed yet; h is freed at 0 */
@@ -101,6 +102,8 @@ static void not_arriving(ts_req *req) {
 void ts_req_reply(ts_req *req, int status, const char *content_type, void *body, size_t len,
                   int64_t json_len) {
     not_arriving(req);
+    req->log_status = status;
+    req->log_bytes = len;
     struct MHD_Response *r = make_response(req, status, content_type, body, len, json_len);
     count(req, status);
     struct MHD_Connection *conn = req->conn;
@@ -238,8 +241,23 @@ static int check_browser(ts_req *req, struct MHD_Connection *conn) {
     return 0;
 }
 
-/* Checks that need only the headers. 1 when it answered. */
+static int check_headers_locked(ts_req *req, struct MHD_Connection *conn);
+
+/* Checks that need only the headers, the tokens held still meanwhile. 1 when it answered. */
 static int check_headers(ts_req *req, struct MHD_Connection *conn) {
+    pthread_rwlock_rdlock(&req->http->tokens_mu);
+    int answered = check_headers_locked(req, conn);
+    pthread_rwlock_unlock(&req->http->tokens_mu);
+    return answered;
+}
+
+void ts_http_update_tokens(ts_http *h, void (*update)(void *ctx), void *ctx) {
+    pthread_rwlock_wrlock(&h->tokens_mu);
+    update(ctx);
+    pthread_rwlock_unlock(&h->tokens_mu);
+}
+
+static int check_headers_locked(ts_req *req, struct MHD_Connection *conn) {
     ts_http *h = req->http;
     ts_route *rt = &req->route;
     if (check_framing(req, conn))
@@ -443,6 +461,26 @@ static void hand_to_loop(ts_req *req, struct MHD_Connection *conn) {
     uv_async_send(&h->async);
 }
 
+/* The access log keeps the method and the path (never the query, a body or a header: no
+ * token can reach it), with bytes that are not printable as '?'. */
+static void access_log_note(ts_req *req, const char *method, const char *url) {
+    snprintf(req->log_method, sizeof req->log_method, "%s", method);
+    size_t i = 0;
+    for (; url[i] && url[i] != '?' && i + 1 < sizeof req->log_path; i++)
+        req->log_path[i] = (url[i] > ' ' && url[i] < 0x7f) ? url[i] : '?';
+    req->log_path[i] = '\0';
+}
+
+static void access_log(const ts_req *req, enum MHD_RequestTerminationCode toe) {
+    const ts_http *h = req->http;
+    if (h->cfg.access_log < 0)
+        return;
+    ts_log((ts_log_level)h->cfg.access_log, "access: %s %s %d %zu bytes %llu us%s", req->log_method,
+           req->log_path, req->log_status, req->log_bytes,
+           (unsigned long long)(ts_now_us() - req->t_start_us),
+           toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (not sent whole: connection ended)");
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls) {
@@ -455,6 +493,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         *con_cls = req;
         req->http = h;
         req->conn = conn;
+        req->t_start_us = ts_now_us();
+        if (h->cfg.access_log >= 0)
+            access_log_note(req, method, url);
         atomic_fetch_add(&h->active, 1);
         ts_route_match(method, url, &req->route);
         if (req->route.ep == TS_EP_INFER && h->cfg.arriving) {
@@ -518,6 +559,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!req)
         return;
     *con_cls = NULL;
+    access_log(req, toe);
     ts_conns_phase(h->conns, req->tconn, TS_CONN_HEAD, ts_now_us()); /* the next request's */
     not_arriving(req);
     if (req->response)
@@ -657,6 +699,7 @@ ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, char *err, si
     h->cfg = *cfg;
     h->listen_fd = MHD_INVALID_SOCKET;
     pthread_mutex_init(&h->mu, NULL);
+    pthread_rwlock_init(&h->tokens_mu, NULL);
     uv_async_init(loop, &h->async, on_async);
     h->async.data = h;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
@@ -684,6 +727,7 @@ ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, char *err, si
         uv_close((uv_handle_t *)&h->async, NULL);
         uv_run(loop, UV_RUN_NOWAIT);
         pthread_mutex_destroy(&h->mu);
+        pthread_rwlock_destroy(&h->tokens_mu);
         ts_conns_free(h->conns);
         free(h);
         return NULL;
@@ -709,6 +753,7 @@ static void on_handle_closed(uv_handle_t *handle) {
     if (--h->handles_open > 0)
         return;
     pthread_mutex_destroy(&h->mu);
+    pthread_rwlock_destroy(&h->tokens_mu);
     ts_conns_free(h->conns);
     free(h);
 }

@@ -57,7 +57,11 @@ struct ts_req {
     int over_budget;             /* the body did not fit --max-buffered-bytes: 503 */
     int64_t declared_length;     /* Content-Length, or -1 */
     void *tconn;                 /* the connection's ts_conn (conns.h), or NULL */
-    int close_after;             /* answer with Connection: close (the framing was refused) */
+    int close_after;
+    uint64_t t_start_us;         /* headers complete */
+    char log_method[12], log_path[256];  /* for the access log */
+    int log_status;
+    size_t log_bytes;             /* answer with Connection: close (the framing was refused) */
     int has_oip;
     int arriving;                /* counted in cfg.arriving */
     void *response;              /* struct MHD_Response * once answered from the loop */
@@ -80,6 +84,7 @@ typedef struct {
     int64_t header_timeout_s;    /* total, per request head (conns.h) */
     int64_t body_timeout_s;      /* total, per request body */
     int64_t max_elements;        /* per tensor, for the OIP parser */
+    int access_log;              /* ts_log_level of the access log lines, -1 = none */
     const char *allowed_hosts;   /* --allowed-hosts (comma-separated) or NULL */
     const char *admin_token;     /* "" = none configured */
     const char *feedback_token;  /* "" = none configured */
@@ -106,6 +111,9 @@ void ts_http_quiesce(ts_http *h);
 /* Dispatch now every request already handed over (loop thread; used at shutdown so that
  * what was accepted before it is served, not refused). */
 void ts_http_drain_inbound(ts_http *h);
+/* Run update(ctx) while no HTTP thread reads the config's token strings: the only way to
+ * change them after the start (SIGHUP re-reads the token files; daemon.c). Loop thread. */
+void ts_http_update_tokens(ts_http *h, void (*update)(void *ctx), void *ctx);
 /* Requests received but not yet fully sent back (any thread). */
 int ts_http_active(ts_http *h);
 /* Connections accepted beyond max_connections for probes (libmicrohttpd's hard limit is

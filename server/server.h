@@ -38,7 +38,7 @@ typedef struct ts_server {
     int shutdown_failed;                /* a final snapshot failed: exit status 1 */
     uint64_t shutdown_started_ms;       /* uv_now when the signal came */
     uint64_t shutdown_quiesced_ms;      /* uv_now when the listening socket closed, or 0 */
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     uv_timer_t snapshot_timer;
     uv_timer_t shutdown_timer;
 } ts_server;

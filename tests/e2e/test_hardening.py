@@ -5,6 +5,7 @@ when it has one."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -452,6 +453,45 @@ class Operations(unittest.TestCase):
             p = subprocess.run([BINARY, "inspect", f.name], capture_output=True, text=True, timeout=30)
             self.assertNotEqual(p.returncode, 0)
             self.assertIn("not a safetensors model file", p.stderr)
+
+
+class AccessLogAndReload(unittest.TestCase):
+    def test_access_log_lines(self):
+        with tsd.Daemon(args=["--access-log", "info"]) as d:
+            d.request("GET", "/v2/health/ready?secret=s3cr3t", headers={"Authorization": "Bearer t0k3n"})
+            d.request("POST", "/v2/models/demo/infer", json.loads(infer_body([ROW])))
+            log = wait_log(d, "POST /v2/models/demo/infer")
+            self.assertRegex(log, r"info: access: GET /v2/health/ready 200 \d+ bytes \d+ us")
+            self.assertRegex(log, r"info: access: POST /v2/models/demo/infer 200 \d+ bytes \d+ us")
+            for secret in ("s3cr3t", "t0k3n"):
+                self.assertNotIn(secret, log)
+        with tsd.Daemon() as d:   # off by default
+            d.request("GET", "/v2/health/ready")
+            self.assertNotIn("access:", wait_log(d, "routes:"))
+        self.assertIn("off, debug, info", serve_fails(["--access-log", "loud"]))
+
+    def test_sighup_rereads_token_files(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            tok = os.path.join(tmp, "admin")
+            with open(tok, "w") as f:
+                f.write("old-token\n")
+            os.chmod(tok, 0o600)
+            with tsd.Daemon(args=["--admin-token-file", tok]) as d:
+                auth = lambda t: {"Authorization": "Bearer " + t}
+                self.assertEqual(d.request("GET", "/admin/models", headers=auth("old-token"))[0], 200)
+                with open(tok, "w") as f:
+                    f.write("new-token\n")
+                d.signal(signal.SIGHUP)
+                wait_log(d, "SIGHUP: token files read again")
+                self.assertEqual(d.request("GET", "/admin/models", headers=auth("new-token"))[0], 200)
+                self.assertEqual(d.request("GET", "/admin/models", headers=auth("old-token"))[0], 403)
+                # an unreadable file keeps the token in force
+                os.unlink(tok)
+                d.signal(signal.SIGHUP)
+                wait_log(d, "the tokens in force are kept")
+                self.assertEqual(d.request("GET", "/admin/models", headers=auth("new-token"))[0], 200)
+                self.assertIsNone(d.proc.poll())
+                self.assertNotIn("new-token", d.log())
 
 
 if __name__ == "__main__":

@@ -494,5 +494,51 @@ class AccessLogAndReload(unittest.TestCase):
                 self.assertNotIn("new-token", d.log())
 
 
+def set_tensor(blob, name, values, fmt):
+    """A copy of a safetensors file with tensor `name`'s elements replaced (struct fmt)."""
+    import struct
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    begin, end = header[name]["data_offsets"]
+    data = struct.pack("<%d%s" % (len(values), fmt), *values)
+    assert len(data) == end - begin, (name, len(data), end - begin)
+    start = 8 + n
+    return blob[:start + begin] + data + blob[start + end:]
+
+
+class Numerics(unittest.TestCase):
+    def test_impossible_corr_accum_is_refused(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "m.safetensors")
+            p = subprocess.run([BINARY, "init", "--layers", "linear:4x3/gs2", "--out", path],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            with open(path, "rb") as f:
+                blob = f.read()
+            # 3 rows x 2 groups; step 10, gs 2: |corr_accum| <= 20 is reachable, 21 is not
+            ok = set_tensor(set_tensor(blob, "0.step_counter", [10], "q"), "0.corr_accum",
+                            [20, -20, 0, 1, 2, 3], "q")
+            bad = set_tensor(ok, "0.corr_accum", [20, -20, 0, 1, -21, 3], "q")
+            zero_steps = set_tensor(blob, "0.corr_accum", [0, 0, 1, 0, 0, 0], "q")
+            with tsd.Daemon() as d:
+                st, _, data = d.request("PUT", "/admin/models/ok", ok)
+                self.assertEqual(st, 201, data[:300])
+                out = d.json("POST", "/v2/models/ok/infer", {"inputs": [{"name": "input", "datatype": "FP32",
+                                                                       "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+                self.assertTrue(all(v == v for v in out["outputs"][0]["data"]))   # no NaN
+                for blob_, elem in ((bad, "element 4 is -21"), (zero_steps, "element 2 is 1")):
+                    st, _, data = d.request("PUT", "/admin/models/bad", blob_)
+                    self.assertEqual(st, 400, data[:300])
+                    err = json.loads(data)["error"]
+                    self.assertIn('"0.corr_accum"', err)
+                    self.assertIn(elem, err)
+            bad_path = os.path.join(tmp, "bad.safetensors")
+            with open(bad_path, "wb") as f:
+                f.write(bad)
+            p = subprocess.run([BINARY, "inspect", bad_path], capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("0.corr_accum", p.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()

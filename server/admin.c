@@ -376,6 +376,10 @@ void ts_admin_handle(ts_server *srv, ts_req *req) {
         ts_req_reply_error(req, 404, "unknown model '%s'", req->route.model);
         return;
     }
+    if (ep == TS_EP_ADMIN_GET) {
+        ts_req_reply_json(req, 200, model_json(s));
+        return;
+    }
     if (ts_req_reply_bad_body(req)) /* restore: 404 first, whatever the body */
         return;
     switch (ep) {

@@ -465,6 +465,19 @@ static void work_cb(uv_work_t *w) {
 
 /* ---- job completion (loop) ---- */
 
+/* The model's statistics (stats.h) of a finished infer or feedback job. */
+static void note_stats(ts_served *s, const ts_job *j) {
+    int infer = j->kind == ITEM_INFER;
+    uint64_t now = ts_now_us();
+    ts_stats_note_job(&s->stats, infer && j->items->status == 200, j->rows);
+    for (const ts_item *it = j->items; it; it = it->next) {
+        uint64_t t0 = it->req->t_received_us ? it->req->t_received_us : it->t_enq;
+        ts_stats_note_request(&s->stats, infer, it->status == 200, now > t0 ? now - t0 : 0,
+                              j->t_start > it->t_enq ? j->t_start - it->t_enq : 0,
+                              j->t_end - j->t_start);
+    }
+}
+
 static void after_cb(uv_work_t *w, int status) {
     ts_job *j = w->data;
     ts_engine *e = j->e;
@@ -483,6 +496,8 @@ static void after_cb(uv_work_t *w, int status) {
             s->last_loss = j->loss;
     }
     s->step = ts_model_step(s->model);
+    if (j->kind != ITEM_EXPORT)
+        note_stats(s, j);
     for (ts_item *it = j->items, *next; it; it = next) {
         next = it->next;
         if (j->kind != ITEM_EXPORT && j->t_start >= it->t_enq)

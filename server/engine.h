@@ -46,6 +46,7 @@
 #include "../proto/safetensors.h"
 #include "http.h"
 #include "metrics.h"
+#include "stats.h"
 #include "store.h"
 
 typedef struct ts_engine ts_engine;
@@ -75,6 +76,7 @@ typedef struct ts_served {
     /* metrics */
     uint64_t feedback_steps;
     double last_loss;           /* NAN until a feedback step computed one */
+    ts_model_stats stats;       /* GET /v2/models/{m}/stats (stats.h) */
     struct ts_served *next;
 } ts_served;
 

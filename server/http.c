@@ -37,6 +37,7 @@ struct ts_http {
     ts_req *in_head, *in_tail;   /* parsed requests waiting for the loop */
     _Atomic int active;          /* requests between first header and completion */
     ts_conns *conns;             /* deadlines and the soft limit (conns.h) */
+    char host[256];              /* cfg.host points here (the caller's copy may not live on) */
     pthread_rwlock_t tokens_mu;  /* cfg.admin_token / cfg.feedback_token (ts_http_update_tokens) */
     _Atomic size_t buffered;     /* bytes of body buffers, all requests (--max-buffered-bytes) */
     uv_timer_t deadline_timer;   /* loop: ts_conns_expire */
@@ -697,6 +698,8 @@ ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, char *err, si
         return NULL;
     }
     h->cfg = *cfg;
+    snprintf(h->host, sizeof h->host, "%s", cfg->host);
+    h->cfg.host = h->host;
     h->listen_fd = MHD_INVALID_SOCKET;
     pthread_mutex_init(&h->mu, NULL);
     pthread_rwlock_init(&h->tokens_mu, NULL);

@@ -72,7 +72,7 @@ struct ts_req {
 typedef void (*ts_http_dispatch_fn)(void *ctx, ts_req *req);
 
 typedef struct {
-    const char *host;            /* for messages: the socket is listen_fd */
+    const char *host;            /* the listen host (copied): messages and the Host check */
     int port;
     int listen_fd;               /* from ts_http_bind; MHD owns it once started */
     int threads;                 /* MHD polling threads */

@@ -519,14 +519,15 @@ class Numerics(unittest.TestCase):
             ok = set_tensor(set_tensor(blob, "0.step_counter", [10], "q"), "0.corr_accum",
                             [20, -20, 0, 1, 2, 3], "q")
             bad = set_tensor(ok, "0.corr_accum", [20, -20, 0, 1, -21, 3], "q")
-            zero_steps = set_tensor(blob, "0.corr_accum", [0, 0, 1, 0, 0, 0], "q")
+            big = set_tensor(set_tensor(blob, "0.step_counter", [1], "q"), "0.corr_accum",
+                             [0, 0, 1 << 40, 0, 0, 0], "q")
             with tsd.Daemon() as d:
                 st, _, data = d.request("PUT", "/admin/models/ok", ok)
                 self.assertEqual(st, 201, data[:300])
                 out = d.json("POST", "/v2/models/ok/infer", {"inputs": [{"name": "input", "datatype": "FP32",
                                                                        "shape": [1, 4], "data": [1, 2, 3, 4]}]})
                 self.assertTrue(all(v == v for v in out["outputs"][0]["data"]))   # no NaN
-                for blob_, elem in ((bad, "element 4 is -21"), (zero_steps, "element 2 is 1")):
+                for blob_, elem in ((bad, "element 4 is -21"), (big, "element 2 is %d" % (1 << 40))):
                     st, _, data = d.request("PUT", "/admin/models/bad", blob_)
                     self.assertEqual(st, 400, data[:300])
                     err = json.loads(data)["error"]
@@ -538,6 +539,53 @@ class Numerics(unittest.TestCase):
             p = subprocess.run([BINARY, "inspect", bad_path], capture_output=True, text=True, timeout=60)
             self.assertNotEqual(p.returncode, 0)
             self.assertIn("0.corr_accum", p.stderr)
+
+
+class RepositoryAndStats(unittest.TestCase):
+    def test_index_stats_and_admin_model(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "m.safetensors")
+            p = subprocess.run([BINARY, "init", "--layers", "linear:4x3/gs2", "--out", path],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            with tsd.Daemon(args=["--model", "m=" + path, "--model", "n=" + path]) as d:
+                want = [{"name": "m", "version": "1", "state": "READY"},
+                        {"name": "n", "version": "1", "state": "READY"}]
+                self.assertEqual(sorted(d.json("GET", "/v2/models")["models"], key=lambda m: m["name"]), want)
+                self.assertEqual(sorted(d.json("POST", "/v2/repository/index", {"ready": True}),
+                                        key=lambda m: m["name"]), want)
+                # 3 requests of 2 rows each, one refused (wrong width), 2 feedback steps
+                body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 4], "data": [0.5] * 8}]}
+                for _ in range(3):
+                    d.json("POST", "/v2/models/m/infer", body)
+                bad = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 5], "data": [0.5] * 5}]}
+                self.assertEqual(d.request("POST", "/v2/models/m/infer", bad)[0], 400)
+                fb = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]},
+                                 {"name": "label", "datatype": "INT64", "shape": [1], "data": [2]}]}
+                for _ in range(2):
+                    d.json("POST", "/v2/models/m/feedback", fb)
+                st = d.json("GET", "/v2/models/m/stats")["model_stats"]
+                self.assertEqual(len(st), 1)
+                st = st[0]
+                self.assertEqual((st["name"], st["version"]), ("m", "1"))
+                self.assertEqual(st["inference_count"], 6)
+                self.assertTrue(1 <= st["execution_count"] <= 3)
+                inf = st["inference_stats"]
+                self.assertEqual(inf["success"]["count"], 3)
+                self.assertEqual(inf["queue"]["count"], 3)
+                self.assertEqual(inf["compute_infer"]["count"], 3)
+                self.assertGreater(inf["success"]["ns"], 0)
+                self.assertGreaterEqual(inf["success"]["ns"], inf["compute_infer"]["ns"])
+                self.assertGreater(st["last_inference"], 1.7e12)
+                self.assertEqual(st["feedback_stats"]["success"]["count"], 2)
+                self.assertEqual(d.json("GET", "/v2/models/m/versions/1/stats")["model_stats"][0]["inference_count"], 6)
+                self.assertEqual(d.json("GET", "/v2/models/n/stats")["model_stats"][0]["inference_count"], 0)
+                self.assertEqual(d.request("GET", "/v2/models/zz/stats")[0], 404)
+                self.assertEqual(d.request("GET", "/v2/models/m/versions/7/stats")[0], 404)
+                one = d.json("GET", "/admin/models/m")
+                self.assertEqual((one["name"], one["step"], one["feedback_steps"]), ("m", 2, 2))
+                self.assertEqual(one, next(x for x in d.json("GET", "/admin/models")["models"] if x["name"] == "m"))
+                self.assertEqual(d.request("GET", "/admin/models/zz")[0], 404)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,11 @@ START_TEST(route_endpoints)
         {"GET", "/admin/models/m/export", TS_EP_ADMIN_EXPORT, "m", ""},
         {"PUT", "/admin/models/m", TS_EP_ADMIN_PUT, "m", ""},
         {"DELETE", "/admin/models/m", TS_EP_ADMIN_DELETE, "m", ""},
+        {"GET", "/admin/models/m", TS_EP_ADMIN_GET, "m", ""},
+        {"GET", "/v2/models", TS_EP_REPO_LIST, "", ""},
+        {"POST", "/v2/repository/index", TS_EP_REPO_INDEX, "", ""},
+        {"GET", "/v2/models/m/stats", TS_EP_MODEL_STATS, "m", ""},
+        {"GET", "/v2/models/m/versions/3/stats", TS_EP_MODEL_STATS, "m", "3"},
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         ts_route r;
@@ -61,7 +66,7 @@ END_TEST
 START_TEST(route_refusals)
 {
     ts_route r;
-    static const char *const not_found[] = {"/", "", "v2", "/v2//health", "/v3", "/v2/models",
+    static const char *const not_found[] = {"/", "", "v2", "/v2//health", "/v3", "/v2/modelz",
                                             "/v2/models/m/x", "/admin", "/admin/models/m/x/y",
                                             "/a/b/c/d/e/f/g/h/i/j", "/metrics/x"};
     for (size_t i = 0; i < sizeof not_found / sizeof not_found[0]; i++) {
@@ -72,7 +77,7 @@ START_TEST(route_refusals)
     ck_assert_int_eq(ts_route_match("GET", "/v2/models/m/infer", &r), 405);
     ck_assert_str_eq(r.allow, "POST");
     ck_assert_int_eq(ts_route_match("POST", "/admin/models/m", &r), 405);
-    ck_assert_str_eq(r.allow, "PUT, DELETE");
+    ck_assert_str_eq(r.allow, "PUT, DELETE, GET, HEAD");
     ck_assert_int_eq(ts_route_match("DELETE", "/admin/models/m/snapshots", &r), 405);
     ck_assert_ptr_nonnull(strstr(r.allow, "GET"));
     ck_assert_ptr_nonnull(strstr(r.allow, "POST"));

@@ -2,6 +2,7 @@
 (request smuggling), one daemon per database, slow clients and connection budgets, memory
 budgets for bodies and responses. Every test ends by checking that the daemon still serves
 when it has one."""
+import contextlib
 import json
 import os
 import shutil
@@ -23,36 +24,53 @@ def infer_body(rows):
                                    "data": [v for r in rows for v in r]}]}).encode()
 
 
-class Framing(unittest.TestCase):
+def connect(port, source="127.0.0.1", timeout=10.0):
+    """A connection to the daemon from a chosen loopback address (127.0.0.0/8 is all local)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+
+
+@contextlib.contextmanager
+def held(port, n, data=b"", source="127.0.0.1"):
+    """n connections that sent data and wait; closed on exit."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = connect(port, source)
+            if data:
+                s.sendall(data)
+            socks.append(s)
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def exchange(s, data):
+    """Send data on s, read until the server closes, close s; the bytes read."""
+    try:
+        s.sendall(data)
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return buf
+            buf += chunk
+    finally:
+        s.close()
+
+
+class Framing(tsd.ServingCase):
     """Ambiguous framing is refused with a JSON 400/501 and the connection is closed."""
 
     @classmethod
     def setUpClass(cls):
         cls.d = tsd.Daemon()
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.d.close()
-
-    def tearDown(self):
-        self.assertIsNone(self.d.proc.poll(), "the daemon died:\n" + self.d.log()[-3000:])
-        self.assertEqual(self.d.request("GET", "/v2/health/live")[0], 200)
-
     def refused(self, head, body, want):
         """Send head + body; the answer must be `want` with a JSON error and Connection: close,
         and nothing after it on the connection may be answered (it cannot be framed)."""
         smuggled = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
-        s = socket.create_connection(("127.0.0.1", self.d.port), timeout=10)
-        try:
-            s.sendall(head + b"\r\n" + body + smuggled)
-            buf = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        finally:
-            s.close()
+        buf = exchange(connect(self.d.port), head + b"\r\n" + body + smuggled)
         head_out, _, rest = buf.partition(b"\r\n\r\n")
         self.assertTrue(head_out.startswith(b"HTTP/1.1 %d" % want), buf[:300])
         self.assertIn(b"connection: close", head_out.lower())
@@ -148,9 +166,7 @@ class OneDaemonPerDatabase(unittest.TestCase):
                 before = dir_state(tmp)
                 self.assertIn("tscale.db", before)
                 good = os.path.join(tmp, "good.safetensors")
-                p = subprocess.run([BINARY, "init", "--layers", "linear:16x4", "--out", good],
-                                   capture_output=True, text=True, timeout=60)
-                self.assertEqual(p.returncode, 0, p.stderr)
+                init_model(good, "linear:16x4")
                 before = dir_state(tmp)
                 serve_fails(["--listen", "127.0.0.1:%d" % port, "--db", db, "--model", "new=" + good])
                 serve_fails(["--listen", "127.0.0.1:0", "--db", db, "--model", "new=" + good,
@@ -160,11 +176,6 @@ class OneDaemonPerDatabase(unittest.TestCase):
                 busy.close()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def connect(port, source="127.0.0.1", timeout=10.0):
-    """A connection to the daemon from a chosen loopback address (127.0.0.0/8 is all local)."""
-    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
 
 
 def closed_within(s, seconds, trickle=None):
@@ -190,17 +201,8 @@ def closed_within(s, seconds, trickle=None):
 def probe(port, path=b"/v2/health/ready", source="127.0.0.2"):
     """GET path from another client address; (status, seconds)."""
     t0 = time.time()
-    s = connect(port, source, timeout=5)
-    try:
-        s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        buf = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    finally:
-        s.close()
+    buf = exchange(connect(port, source, timeout=5),
+                   b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     return int(buf.split()[1]) if buf else None, time.time() - t0, buf
 
 
@@ -238,29 +240,20 @@ class SlowClients(unittest.TestCase):
         at once, all the while."""
         with tsd.Daemon(args=["--max-connections", "16", "--max-connections-per-client", "4",
                               "--header-timeout", "30"]) as d:
-            held = []
-            try:
-                for _ in range(20):
-                    s = connect(d.port)
-                    s.sendall(b"GET /v2/health/ready HTTP/1.1\r\n")
-                    held.append(s)
+            with held(d.port, 20, b"GET /v2/health/ready HTTP/1.1\r\n") as socks:
                 time.sleep(0.5)
                 # beyond the cap, the daemon closed them at once
-                refused = sum(1 for s in held if closed_within(s, 0.5) is not None)
+                refused = sum(1 for s in socks if closed_within(s, 0.5) is not None)
                 self.assertEqual(refused, 16)
                 for _ in range(3):
                     st, took, _ = probe(d.port)
                     self.assertEqual(st, 200)
                     self.assertLess(took, 2.0)
-            finally:
-                for s in held:
-                    s.close()
 
     def test_full_daemon_answers_503_fast_and_probes_200(self):
         with tsd.Daemon(args=["--max-connections", "4", "--max-connections-per-client", "4",
                               "--header-timeout", "30"]) as d:
-            held = [connect(d.port, "127.0.0.3") for _ in range(4)]
-            try:
+            with held(d.port, 4, source="127.0.0.3"):
                 time.sleep(0.3)
                 st, took, buf = probe(d.port, b"/v2/models/demo")
                 self.assertEqual(st, 503, buf[:300])
@@ -272,9 +265,6 @@ class SlowClients(unittest.TestCase):
                 self.assertLess(took, 2.0)
                 st, _, buf = probe(d.port, b"/metrics")
                 self.assertEqual(st, 200, buf[:300])
-            finally:
-                for s in held:
-                    s.close()
 
 
 class MemoryBudgets(unittest.TestCase):
@@ -302,18 +292,11 @@ class MemoryBudgets(unittest.TestCase):
         """Content-Length is no longer an allocation: 8 clients announcing 60 MB and sending
         one byte take a few KB of the budget, so a normal request still fits."""
         with tsd.Daemon(args=["--max-buffered-bytes", "256K", "--max-body-bytes", "64M"]) as d:
-            held = []
-            try:
-                for _ in range(8):
-                    s = connect(d.port)
-                    s.sendall(b"POST /v2/models/demo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 60000000\r\n\r\n{")
-                    held.append(s)
+            announce = b"POST /v2/models/demo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 60000000\r\n\r\n{"
+            with held(d.port, 8, announce):
                 time.sleep(0.5)
                 st, _, data = d.request("POST", "/v2/models/demo/infer", infer_body([ROW] * 100))
                 self.assertEqual(st, 200, data[:300])
-            finally:
-                for s in held:
-                    s.close()
 
     def test_response_cap_and_oversized_requests_are_413(self):
         with tsd.Daemon(args=["--max-response-bytes", "4K", "--max-queue-rows", "300"]) as d:
@@ -345,6 +328,23 @@ def wait_log(d, text, timeout=10.0):
     return d.log()
 
 
+def token_file(tmp, name, token, mode=0o600):
+    """A token file in tmp with the given mode; its path."""
+    path = os.path.join(tmp, name)
+    with open(path, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, mode)
+    return path
+
+
+def init_model(path, layers):
+    """tscaled init --layers LAYERS --out PATH; the path."""
+    p = subprocess.run([BINARY, "init", "--layers", layers, "--out", path], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return path
+
+
 FEEDBACK = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": ROW},
                        {"name": "label", "datatype": "INT64", "shape": [1], "data": [1]}]}
 
@@ -352,10 +352,7 @@ FEEDBACK = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "
 class AuthDefaults(unittest.TestCase):
     def test_admin_token_alone_protects_feedback(self):
         with tempfile.TemporaryDirectory() as tmp:
-            tok = os.path.join(tmp, "admin")
-            with open(tok, "w") as f:
-                f.write("adm1n-token\n")
-            os.chmod(tok, 0o600)
+            tok = token_file(tmp, "admin", "adm1n-token")
             with tsd.Daemon(args=["--admin-token-file", tok]) as d:
                 self.assertEqual(d.request("POST", "/v2/models/demo/feedback", FEEDBACK)[0], 401)
                 st, _, data = d.request("POST", "/v2/models/demo/feedback", FEEDBACK,
@@ -398,10 +395,7 @@ class AuthDefaults(unittest.TestCase):
 
     def test_start_up_says_what_is_open(self):
         with tempfile.TemporaryDirectory() as tmp:
-            tok = os.path.join(tmp, "feed")
-            with open(tok, "w") as f:
-                f.write("f33d\n")
-            os.chmod(tok, 0o666)
+            tok = token_file(tmp, "feed", "f33d", 0o666)
             env = {"TSCALE_SNAPHOT_INTERVAL": "5", "TSCALE_MAX_BATCH": "8", "TSCALE_PUBLISH": "x"}
             with tsd.Daemon(args=["--listen", "0.0.0.0:0"], env=env) as d:
                 log = wait_log(d, "routes:")
@@ -472,10 +466,7 @@ class AccessLogAndReload(unittest.TestCase):
 
     def test_sighup_rereads_token_files(self):
         with tempfile.TemporaryDirectory() as tmp:
-            tok = os.path.join(tmp, "admin")
-            with open(tok, "w") as f:
-                f.write("old-token\n")
-            os.chmod(tok, 0o600)
+            tok = token_file(tmp, "admin", "old-token")
             with tsd.Daemon(args=["--admin-token-file", tok]) as d:
                 auth = lambda t: {"Authorization": "Bearer " + t}
                 self.assertEqual(d.request("GET", "/admin/models", headers=auth("old-token"))[0], 200)
@@ -510,9 +501,7 @@ class Numerics(unittest.TestCase):
     def test_impossible_corr_accum_is_refused(self):
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "m.safetensors")
-            p = subprocess.run([BINARY, "init", "--layers", "linear:4x3/gs2", "--out", path],
-                               capture_output=True, text=True, timeout=60)
-            self.assertEqual(p.returncode, 0, p.stderr)
+            init_model(path, "linear:4x3/gs2")
             with open(path, "rb") as f:
                 blob = f.read()
             # 3 rows x 2 groups; step 10, gs 2: |corr_accum| <= 20 is reachable, 21 is not
@@ -545,9 +534,7 @@ class RepositoryAndStats(unittest.TestCase):
     def test_index_stats_and_admin_model(self):
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "m.safetensors")
-            p = subprocess.run([BINARY, "init", "--layers", "linear:4x3/gs2", "--out", path],
-                               capture_output=True, text=True, timeout=60)
-            self.assertEqual(p.returncode, 0, p.stderr)
+            init_model(path, "linear:4x3/gs2")
             with tsd.Daemon(args=["--model", "m=" + path, "--model", "n=" + path]) as d:
                 want = [{"name": "m", "version": "1", "state": "READY"},
                         {"name": "n", "version": "1", "state": "READY"}]

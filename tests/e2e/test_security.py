@@ -62,7 +62,7 @@ def infer(rows, **extra):
     return body
 
 
-class Hostile(unittest.TestCase):
+class Hostile(tsd.ServingCase):
     """One daemon (built-in demo model: 16 inputs, 4 outputs) with both tokens configured."""
 
     @classmethod
@@ -75,14 +75,6 @@ class Hostile(unittest.TestCase):
                                  "--feedback-token-file", os.path.join(cls.tmp, "feed"),
                                  "--max-rows", "64"])
         cls.row = [0.25] * 16
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.d.close()
-
-    def tearDown(self):
-        self.assertIsNone(self.d.proc.poll(), "the daemon died:\n" + self.d.log()[-3000:])
-        self.assertEqual(self.d.request("GET", "/v2/health/live")[0], 200)
 
     def post(self, path, body, headers=None):
         if isinstance(body, (dict, list)):

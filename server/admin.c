@@ -335,7 +335,7 @@ static void unload_snapshotted(ts_server *srv, ts_served *s, const ts_snapshot_i
 
 static void unload_control(ts_engine *e, ts_served *s, void *arg) {
     admin_job *j = arg;
-    ts_snapshot_now(j->srv, s, "shutdown", 1, unload_snapshotted, j);
+    ts_snapshot_now(j->srv, s, "delete", 1, unload_snapshotted, j);
 }
 
 /* ---- dispatch ---- */
@@ -369,6 +369,10 @@ void ts_admin_handle(ts_server *srv, ts_req *req) {
     ts_served *s = ts_engine_find(srv->engine, req->route.model, 0);
     if (!s) {
         ts_req_reply_error(req, 404, "unknown model '%s'", req->route.model);
+        return;
+    }
+    if (ep == TS_EP_ADMIN_GET) {
+        ts_req_reply_json(req, 200, model_json(s));
         return;
     }
     if (ts_req_reply_bad_body(req)) /* restore: 404 first, whatever the body */

@@ -1212,3 +1212,9 @@ int ts_store_backup(ts_store *s, const char *dest, char *err, size_t errlen) {
     sqlite3_close(d);
     return rc == SQLITE_DONE ? 0 : -1;
 }
+
+int ts_store_count_models(ts_store *s, int64_t *n, char *err, size_t errlen) {
+    if (query_int(s, "SELECT count(*) FROM models", n) != 0)
+        return fail_sql(s, err, errlen, "counting models failed");
+    return 0;
+}

@@ -16,7 +16,7 @@ run() { "$bench" --threads "${THREADS:-2}" ${KERNEL:+--kernel "$KERNEL"} --json 
   done
   for op in feedback feedback-dx; do
     for b in 8 32; do
-      run --op $op --out 4096 --in 4096 --batch $b --reps ${STEP_REPS:-7}
+      run --op $op --out 4096 --in 4096 --batch $b --reps "${STEP_REPS:-7}"
     done
   done
 } | tee /dev/stderr | python3 -c '

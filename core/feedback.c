@@ -20,6 +20,7 @@ typedef struct {
     float *grad[2];     /* [B][max dim] each: dL/d(output), dL/d(input) of the current layer */
     int16_t *score;     /* Σ G of the ternary_linear layers (ts_kernel_score) */
     size_t *score_off;  /* [n_layers] offsets into score */
+    int score_owned;    /* score is ours (not the caller's scores buffer) */
 } fb_work;
 
 static void work_free(fb_work *w)
@@ -28,13 +29,14 @@ static void work_free(fb_work *w)
     free(w->act_off);
     free(w->grad[0]);
     free(w->grad[1]);
-    free(w->score);
+    if (w->score_owned)
+        free(w->score);
     free(w->score_off);
 }
 
 /* Sizes add up rows·dim over at most TS_MAX_LAYERS+1 layers of dim <= TS_MAX_DIM; B is
  * bounded here so that no product below can overflow. */
-static int work_alloc(fb_work *w, const ts_model *m, int64_t B)
+static int work_alloc(fb_work *w, const ts_model *m, int64_t B, int16_t *scores_out)
 {
     memset(w, 0, sizeof *w);
     int n = m->n_layers;
@@ -60,7 +62,8 @@ static int work_alloc(fb_work *w, const ts_model *m, int64_t B)
     w->acts = malloc(acts * sizeof *w->acts);
     w->grad[0] = malloc((size_t)B * dim * sizeof(float));
     w->grad[1] = malloc((size_t)B * dim * sizeof(float));
-    w->score = malloc((scores ? scores : 1) * sizeof *w->score);
+    w->score = scores_out ? scores_out : malloc((scores ? scores : 1) * sizeof *w->score);
+    w->score_owned = !scores_out;
     return w->acts && w->grad[0] && w->grad[1] && w->score ? 0 : -1;
 }
 
@@ -256,10 +259,16 @@ static int check_input(const ts_model *m, int64_t B, const ts_feedback_input *in
 int ts_model_feedback(ts_model *m, const float *x, int64_t B, const ts_feedback_input *in,
                       double *loss, ts_pool *pool, char *err, size_t errlen)
 {
+    return ts_model_feedback_scores(m, x, B, in, loss, NULL, pool, err, errlen);
+}
+
+int ts_model_feedback_scores(ts_model *m, const float *x, int64_t B, const ts_feedback_input *in,
+                             double *loss, int16_t *scores, ts_pool *pool, char *err, size_t errlen)
+{
     if (check_input(m, B, in, err, errlen) != 0)
         return -1;
     fb_work w;
-    if (work_alloc(&w, m, B) != 0) {
+    if (work_alloc(&w, m, B, scores) != 0) {
         work_free(&w);
         snprintf(err, errlen, "out of memory for a feedback step of %lld rows", (long long)B);
         return -1;

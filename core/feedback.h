@@ -31,4 +31,11 @@ typedef struct {
 int ts_model_feedback(ts_model *m, const float *x, int64_t B, const ts_feedback_input *in,
                       double *loss, ts_pool *pool, char *err, size_t errlen);
 
+/* As ts_model_feedback, and when scores is not NULL the step's whole integer effect lands in
+ * scores[ts_model_score_len(m)]: for every ternary_linear layer in order, its score[G].
+ * ts_model_apply_scores(m, scores, +1) on the state before the step gives the state after
+ * it, bit for bit: that is what the journal records and replays. */
+int ts_model_feedback_scores(ts_model *m, const float *x, int64_t B, const ts_feedback_input *in,
+                             double *loss, int16_t *scores, ts_pool *pool, char *err, size_t errlen);
+
 #endif

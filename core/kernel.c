@@ -12,11 +12,16 @@
  */
 #include "kernel.h"
 
+#include <cpuid.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "kernel_impl.h"
 
@@ -316,6 +321,29 @@ int ts_kernel_use(const char *name)
 }
 
 const char *ts_kernel_name(void) { return family()->name; }
+
+/* Linux's arch_prctl codes for AMX (asm/prctl.h; XFEATURE_XTILEDATA is state component 18). */
+#define TS_ARCH_REQ_XCOMP_PERM 0x1023
+#define TS_XFEATURE_XTILEDATA 18
+
+int ts_kernel_amx_request(char *err, size_t errlen)
+{
+    unsigned a, b, c, d;
+    /* CPUID leaf 7, subleaf 0: EDX bit 22 AMX-BF16, bit 24 AMX-TILE */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d >> 24 & 1) || !(d >> 22 & 1)) {
+        snprintf(err, errlen, "this CPU has no AMX (CPUID lacks amx_tile/amx_bf16; AMX needs an "
+                 "Intel Xeon of the Sapphire Rapids generation or later): use the avx512, avx2 "
+                 "or portable kernels");
+        return -1;
+    }
+    if (syscall(SYS_arch_prctl, TS_ARCH_REQ_XCOMP_PERM, TS_XFEATURE_XTILEDATA) != 0) {
+        snprintf(err, errlen, "the CPU has AMX but Linux refused this process the tile data "
+                 "state (arch_prctl ARCH_REQ_XCOMP_PERM: %s); AMX needs Linux 5.16 or later "
+                 "and, in a VM, a hypervisor that passes AMX through", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
 
 int64_t ts_kslot_work(void)
 {

@@ -197,6 +197,33 @@ void ts_layer_update_corr(ts_layer *l, const int16_t *score, ts_pool *pool)
     scales_run(l, score, pool);
 }
 
+size_t ts_model_score_len(const ts_model *m)
+{
+    size_t n = 0;
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i].spec.kind == TS_LAYER_LINEAR)
+            n += (size_t)m->layers[i].n_groups;
+    return n;
+}
+
+void ts_model_apply_scores(ts_model *m, const int16_t *scores, int sign, ts_pool *pool)
+{
+    for (int i = 0; i < m->n_layers; i++) {
+        ts_layer *l = &m->layers[i];
+        if (l->spec.kind != TS_LAYER_LINEAR)
+            continue;
+        if (sign > 0) {
+            ts_layer_update_corr(l, scores, pool);
+        } else {
+            for (int64_t g = 0; g < l->n_groups; g++)
+                l->corr_accum[g] += scores[g];
+            l->step -= 1;
+            ts_layer_update_scales(l, pool);
+        }
+        scores += l->n_groups;
+    }
+}
+
 float ts_layer_scale(const ts_layer *l, int64_t r, int64_t g)
 {
     return l->S[ts_scale_index(l->gpr, r, g)];

@@ -99,6 +99,13 @@ void ts_layer_update_scales(ts_layer *l, ts_pool *pool);
 /* update_corr (SPEC §1) of one ternary_linear layer: corr_accum -= score[G] (the int16
  * scores of ts_kernel_score), step += 1, S recomputed; pool as above. */
 void ts_layer_update_corr(ts_layer *l, const int16_t *score, ts_pool *pool);
+/* Scores one feedback step produces: Σ G over the ternary_linear layers. */
+size_t ts_model_score_len(const ts_model *m);
+/* Apply a recorded step (sign +1: corr_accum -= score, step += 1 on every ternary_linear
+ * layer, as update_corr does) or take one back (sign -1: the exact inverse; integer state
+ * makes undo exact). scores[ts_model_score_len(m)] as ts_model_feedback_scores gives
+ * them; S recomputed (on the pool when not NULL). */
+void ts_model_apply_scores(ts_model *m, const int16_t *scores, int sign, ts_pool *pool);
 /* The scale of group g of row r (S is stored in the kernels' order). */
 float ts_layer_scale(const ts_layer *l, int64_t r, int64_t g);
 

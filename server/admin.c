@@ -178,13 +178,8 @@ static void swap_replied(ts_server *srv, ts_served *s, const ts_snapshot_info *i
 /* Control item: s is idle, so its model can be swapped whole, between two jobs. */
 static void swap_control(ts_engine *e, ts_served *s, void *arg) {
     swap_op *op = arg;
-    ts_model *old = s->model;
-    s->model = op->model;
+    ts_engine_swap(e, s, op->model, op->version);
     op->model = NULL;
-    s->version = op->version;
-    snprintf(s->version_str, sizeof s->version_str, "%lld", (long long)op->version);
-    s->step = ts_model_step(s->model);
-    ts_model_free(old);
     if (op->restored_from)
         ts_log_info("model '%s' restored from snapshot %lld: version %lld, step %lld", s->name,
                     (long long)op->restored_from, (long long)s->version, (long long)s->step);

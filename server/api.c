@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "admin.h"
+#include "memory.h"
 
 static void model_metadata(ts_served *s, ts_req *req) {
     json_t *j = json_pack("{s:s,s:[s],s:s,s:[{s:s,s:s,s:[I,I]}],s:[{s:s,s:s,s:[I,I]}]}",
@@ -21,6 +22,11 @@ static void metrics(ts_server *srv, ts_req *req) {
     ts_buf b = {0};
     ts_metrics_render(&srv->metrics, &b);
     ts_engine_render_metrics(srv->engine, &b);
+    ts_journal_render_metrics(srv->journal, &b);
+    ts_buf_printf(&b, "# HELP tscale_feedback_ids Feedback ids remembered for exactly-once.\n"
+                      "# TYPE tscale_feedback_ids gauge\ntscale_feedback_ids %lld\n",
+                  (long long)(srv->idem ? ts_idem_count(srv->idem) : 0));
+    ts_memory_render(&b);
     size_t len;
     char *text = ts_buf_take(&b, &len);
     if (!text)

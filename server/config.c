@@ -59,6 +59,12 @@ static const ts_option options[] = {
      "snapshot each model whose state changed, at most this often; 0 = never on a timer", NULL},
     {"snapshot-keep", OPT_INT, F(snapshot_keep), "20", 0, 1000000, "N",
      "snapshots kept per model (older ones are deleted); 0 = keep all", NULL},
+    {"journal", OPT_BOOL, F(journal), "yes", 0, 1, "BOOL",
+     "answer a feedback step only once it is committed to the journal in the database "
+     "(group commit); no = answer at once, a crash loses the steps since the newest snapshot", NULL},
+    {"feedback-id-window", OPT_INT, F(feedback_id_window), "600", 0, 30 * 86400, "SEC",
+     "a feedback request's OIP id is applied at most once within this window (a repeat "
+     "answers the first answer); 0 = ids are not tracked", NULL},
     {"feedback-requires-snapshot", OPT_BOOL, F(feedback_requires_snapshot), "yes", 0, 1, "BOOL",
      "refuse feedback (503) while a model's snapshots are failing", NULL},
     {"threads", OPT_INT, F(threads), "0", 0, 1024, "N", "compute threads; 0 = one per core", NULL},

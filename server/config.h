@@ -24,6 +24,8 @@ typedef struct {
     int64_t snapshot_interval;     /* seconds; 0 = no timer */
     int64_t snapshot_keep;         /* snapshots kept per model; 0 = all */
     int64_t feedback_requires_snapshot; /* bool: refuse feedback while snapshots fail */
+    int64_t journal;                    /* bool: answer feedback once journaled (journal.h) */
+    int64_t feedback_id_window;         /* seconds an OIP id of a feedback is remembered */
     int64_t threads;               /* compute threads (resolved: >= 1) */
     int64_t max_batch;             /* rows per forward */
     int64_t max_queue_delay_us;

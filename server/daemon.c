@@ -24,6 +24,7 @@
 #include "api.h"
 #include "cli.h"
 #include "log.h"
+#include "memory.h"
 #include "recover.h"
 #include "server.h"
 #include "snapshot.h"
@@ -43,6 +44,8 @@ static void close_handles(ts_server *srv) {
     ts_http_stop(srv->http);
     ts_persist_stop(srv->persist);
     ts_engine_free(srv->engine);
+    ts_idem_free(srv->idem);
+    ts_journal_free(srv->journal);
     /* the loop returns once these handles have closed */
 }
 
@@ -121,6 +124,25 @@ static int load_tokens(ts_server *srv, char *err, size_t errlen) {
     return 0;
 }
 
+/* Exactly-once records of the id window, back from the database. */
+static int load_id(void *arg, const ts_journal_row *r) {
+    ts_server *srv = arg;
+    ts_idem_load(srv->idem, r->model, r->request_id, r->body_hash, r->answer, r->created_at_ms, ts_wall_ms());
+    return 0;
+}
+
+/* The journal and the exactly-once table, before the engine that uses them. */
+static int start_journal(ts_server *srv, char *err, size_t errlen) {
+    int64_t window_ms = srv->cfg.feedback_id_window * 1000;
+    srv->journal = ts_journal_new((int)srv->cfg.journal, window_ms);
+    srv->idem = window_ms > 0 ? ts_idem_new(window_ms) : NULL;
+    if (!srv->journal || (window_ms > 0 && !srv->idem)) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
 typedef struct {
     ts_server *srv;
     const char *admin, *feedback;  /* the files' new tokens */
@@ -156,8 +178,10 @@ static void on_sighup(uv_signal_t *h, int signum) {
     memset(feedback, 0, sizeof feedback);
 }
 
-/* Open the store, recover the models, start the persistence thread. */
+/* Open the store, recover the models (snapshots + journal), start the persistence thread. */
 static int start_models(ts_server *srv, char *err, size_t errlen) {
+    if (start_journal(srv, err, errlen) < 0)
+        return -1;
     ts_engine_config ec = {
         .max_batch = srv->cfg.max_batch,
         .max_queue_delay_us = srv->cfg.max_queue_delay_us,
@@ -169,6 +193,8 @@ static int start_models(ts_server *srv, char *err, size_t errlen) {
         .pool = srv->pool,
         .metrics = &srv->metrics,
         .arriving = srv->cfg.eager_batching ? &srv->arriving : NULL,
+        .journal = srv->journal,
+        .idem = srv->idem,
     };
     srv->engine = ts_engine_new(srv->loop, &ec, err, errlen);
     if (!srv->engine)
@@ -176,15 +202,24 @@ static int start_models(ts_server *srv, char *err, size_t errlen) {
     ts_store *st = ts_store_open(srv->cfg.db, err, errlen);
     if (!st)
         return -1;
-    if (ts_recover_models(st, &srv->cfg, srv->engine, err, errlen) < 0) {
+    int64_t replayed = 0, last_seq = 0;
+    if (ts_recover_models(st, &srv->cfg, srv->engine, &replayed, err, errlen) < 0 ||
+        ts_store_journal_last(st, &last_seq, err, errlen) < 0 ||
+        (srv->idem && ts_store_feedback_ids(st, ts_wall_ms() - srv->cfg.feedback_id_window * 1000,
+                                            load_id, srv, err, errlen) < 0)) {
         ts_store_close(st);
         return -1;
     }
+    ts_journal_note_replayed(srv->journal, replayed);
     srv->persist = ts_persist_start(srv->loop, st, err, errlen);
     if (!srv->persist) {
         ts_store_close(st);
         return -1;
     }
+    ts_journal_start(srv->journal, srv->persist, last_seq);
+    if (srv->idem && ts_idem_count(srv->idem))
+        ts_log_info("%lld feedback ids of the last %lld s recovered (exactly-once)",
+                    (long long)ts_idem_count(srv->idem), (long long)srv->cfg.feedback_id_window);
     return 0;
 }
 
@@ -335,6 +370,8 @@ fail:
     uv_close((uv_handle_t *)&srv->sighup, NULL);
     if (srv->engine)
         ts_engine_free(srv->engine);
+    ts_idem_free(srv->idem);
+    ts_journal_free(srv->journal);
     uv_run(loop, UV_RUN_DEFAULT); /* finish closing handles */
     if (srv->pool)
         ts_pool_free(srv->pool);
@@ -358,6 +395,7 @@ int ts_cmd_serve(int argc, char **argv) {
     ts_log_level_parse(srv.cfg.log_level, &level);
     ts_log_set_level(level);
     signal(SIGPIPE, SIG_IGN); /* a client that hangs up must not kill the daemon */
+    ts_memory_setup();
     uv_loop_t loop;
     uv_loop_init(&loop);
     int rc = run(&srv, &loop);

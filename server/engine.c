@@ -14,6 +14,7 @@
 #include "../core/forward.h"
 #include "../proto/oip.h"
 #include "../proto/safetensors.h"
+#include "hash.h"
 #include "log.h"
 
 typedef enum { ITEM_INFER, ITEM_FEEDBACK, ITEM_EXPORT, ITEM_CONTROL } item_kind;
@@ -28,7 +29,11 @@ struct ts_item {
     float *x_owned;            /* integer input converted to float */
     ts_feedback_input fin;
     float *t_owned;            /* integer grad_output/target converted to float */
+    int16_t *scores;           /* feedback: the step's integer effect (journal) */
+    uint64_t body_hash;        /* feedback: hash of its tensors (exactly-once) */
+    ts_idem_rec *idem;         /* feedback with an id: its pending exactly-once record */
     int binary;                /* infer: answer with binary tensor data */
+    int64_t in_dim, out_dim;   /* infer/feedback: the model dims it was validated against */
     ts_control_fn fn;
     void *arg;
     /* the answer, written by the compute thread */
@@ -74,6 +79,7 @@ static void pump(ts_engine *e);
 /* ---- items ---- */
 
 static void item_free(ts_item *it) {
+    free(it->scores);
     free(it->x_owned);
     free(it->t_owned);
     free(it->body);
@@ -87,6 +93,14 @@ static void item_answer(ts_item *it, int status, void *body, size_t len, int64_t
     it->len = len;
     it->json_len = json_len;
     it->ctype = ctype;
+}
+
+/* The step of a feedback item with an id was not applied: forget the id so that a retry
+ * applies it, and answer the requests parked behind it the same way. */
+static void item_drop_id(ts_engine *e, ts_item *it, int status, const char *msg) {
+    if (it->idem)
+        ts_idem_drop(e->cfg.idem, it->idem, status, msg);
+    it->idem = NULL;
 }
 
 static void item_set_error(ts_item *it, int status, const char *msg) {
@@ -147,6 +161,8 @@ static int check_input(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, cha
         return -1;
     }
     it->bytes = (size_t)it->rows * (size_t)(s->model->in_dim + s->model->out_dim) * sizeof(float);
+    it->in_dim = s->model->in_dim;
+    it->out_dim = s->model->out_dim;
     return 0;
 }
 
@@ -300,6 +316,7 @@ static void enqueue_request(ts_engine *e, ts_served *s, ts_item *it) {
         atomic_fetch_add_explicit(&e->cfg.metrics->queue_full, 1, memory_order_relaxed);
         ts_req_reply_error(it->req, 503, "the queue is full (%lld rows, %zu bytes waiting); retry "
                            "later", (long long)e->queued_rows, e->queued_bytes);
+        item_drop_id(e, it, 503, "the queue was full; retry with the same id");
         item_free(it);
         return;
     }
@@ -338,13 +355,76 @@ void ts_engine_infer(ts_engine *e, ts_served *s, ts_req *req) {
     submit(e, s, req, ITEM_INFER, check_infer);
 }
 
+/* The identity of a feedback request's content, for exactly-once: the same id with another
+ * body is a conflict. Tensors as validated (integers converted), so JSON and binary forms of
+ * the same numbers are the same request. */
+static uint64_t feedback_hash(const ts_served *s, const ts_item *it) {
+    uint64_t h[4] = {(uint64_t)it->fin.kind, (uint64_t)it->rows,
+                     ts_hash_bytes((const uint8_t *)it->x, (size_t)(it->rows * s->model->in_dim) * sizeof(float)), 0};
+    if (it->fin.kind == TS_LOSS_XENT)
+        h[3] = ts_hash_bytes((const uint8_t *)it->fin.labels, (size_t)it->rows * sizeof(int64_t));
+    else
+        h[3] = ts_hash_bytes((const uint8_t *)it->fin.target,
+                             (size_t)(it->rows * s->model->out_dim) * sizeof(float));
+    return ts_hash_bytes((const uint8_t *)h, sizeof h);
+}
+
+/* A feedback request with an OIP id: claim it (idem.h). 1 when the request is answered or
+ * parked (do not queue it), 0 to queue it (it->idem set), -1 answered with an error. */
+static int claim_id(ts_engine *e, ts_served *s, ts_req *req, ts_item *it) {
+    const char *id = req->oip.id;
+    if (!e->cfg.idem || !id || !id[0])
+        return 0;
+    it->body_hash = feedback_hash(s, it);
+    ts_idem_status st;
+    const char *answer = NULL;
+    if (ts_idem_claim(e->cfg.idem, s->name, id, it->body_hash, ts_wall_ms(), req, &it->idem, &answer,
+                      &st) < 0) {
+        ts_req_reply_error(req, 500, "out of memory recording feedback id '%s'", id);
+        return -1;
+    }
+    if (st == TS_IDEM_NEW || st == TS_IDEM_WAITING)
+        return st == TS_IDEM_NEW ? 0 : 1;
+    if (st == TS_IDEM_CONFLICT) {
+        ts_req_reply_error(req, 409, "feedback id '%s' of model '%s' was already used with a different "
+                           "body; a retry must send the same tensors, a new step needs a new id", id,
+                           s->name);
+        return -1;
+    }
+    char *body = strdup(answer); /* a repeat: the first answer again, nothing applied */
+    if (body)
+        ts_req_reply(req, 200, "application/json", body, strlen(body), -1);
+    else
+        ts_req_reply_error(req, 500, "out of memory answering a repeated feedback id");
+    return 1;
+}
+
 void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req) {
+    const char *why = NULL;
     if (e->cfg.feedback_requires_snapshot && s->snapshot_failing) {
         ts_req_reply_error(req, 503, "snapshots of model '%s' are failing (%s); feedback is refused "
                            "until one succeeds", s->name, s->snapshot_error);
         return;
     }
-    submit(e, s, req, ITEM_FEEDBACK, check_feedback);
+    if (e->cfg.journal && ts_journal_failing(e->cfg.journal, &why)) {
+        ts_req_reply_error(req, 503, "the feedback journal cannot be written (%s); feedback is refused "
+                           "until it can: nothing was applied", why);
+        return;
+    }
+    ts_item *it = new_item(req, ITEM_FEEDBACK);
+    if (!it)
+        return;
+    char err[512];
+    if (check_feedback(e, s, req, it, err, sizeof err) < 0) {
+        ts_req_reply_error(req, 400, "%s", err);
+        item_free(it);
+        return;
+    }
+    if (claim_id(e, s, req, it) != 0) {
+        item_free(it);
+        return;
+    }
+    enqueue_request(e, s, it);
 }
 
 void ts_engine_export(ts_engine *e, ts_served *s, ts_req *req) {
@@ -370,6 +450,9 @@ int ts_engine_control(ts_engine *e, ts_served *s, ts_control_fn fn, void *arg) {
 /* Below this many trit-row products a job runs on the compute thread alone (see engine.h):
  * about a hundred microseconds of kernel time. */
 #define POOL_MIN_WORK ((int64_t)1 << 20)
+/* Inference batches with at most this many weight·rows (a few µs of compute) run on the
+ * loop itself instead of the thread pool (launch). */
+#define INLINE_MAX_WORK ((int64_t)1 << 16)
 
 static ts_pool *pool_for(const ts_job *j) {
     int64_t params = ts_model_params(j->s->model);
@@ -419,8 +502,14 @@ static void run_feedback(ts_job *j) {
     ts_item *it = j->items;
     char err[256];
     double loss = NAN;
-    if (ts_model_feedback(j->s->model, it->x, it->rows, &it->fin, &loss, pool_for(j), err,
-                          sizeof err) < 0) {
+    size_t n = ts_model_score_len(j->s->model);
+    it->scores = malloc((n ? n : 1) * sizeof *it->scores);
+    if (!it->scores) {
+        item_set_error(it, 500, "out of memory for the feedback step's scores");
+        return;
+    }
+    if (ts_model_feedback_scores(j->s->model, it->x, it->rows, &it->fin, &loss, it->scores, pool_for(j),
+                                 err, sizeof err) < 0) {
         char msg[300];
         snprintf(msg, sizeof msg, "feedback step failed: %s", err);
         item_set_error(it, 500, msg);
@@ -465,6 +554,92 @@ static void work_cb(uv_work_t *w) {
 
 /* ---- job completion (loop) ---- */
 
+/* A step whose journal commit failed, to be taken back once s's running job is done. */
+typedef struct ts_undo {
+    int16_t *scores;
+    struct ts_undo *next;
+} ts_undo;
+
+/* Take back the steps whose commit failed (between jobs: s is idle now). */
+static void undo_pending(ts_served *s) {
+    while (s->undo) {
+        ts_undo *u = s->undo;
+        s->undo = u->next;
+        ts_model_apply_scores(s->model, u->scores, -1, NULL);
+        free(u->scores);
+        free(u);
+    }
+    s->step = ts_model_step(s->model);
+}
+
+/* A feedback step waiting for its journal commit: the answer is held until then. */
+typedef struct {
+    ts_engine *e;
+    char name[TS_MODEL_NAME_MAX];
+    uint64_t generation;         /* of the model the step was applied to */
+    ts_item *it;                 /* req, body (the answer), scores, idem */
+} step_ack;
+
+static void step_acked(void *arg, const char *err) {
+    step_ack *a = arg;
+    ts_engine *e = a->e;
+    ts_item *it = a->it;
+    if (!err) {
+        if (it->idem)
+            ts_idem_finish(e->cfg.idem, it->idem, it->body, ts_wall_ms());
+        it->idem = NULL;
+        ts_req_reply(it->req, it->status, it->ctype, it->body, it->len, it->json_len);
+        it->body = NULL;
+    } else {
+        /* Not durable, so not applied: take the step back (exactly: integer state), unless
+         * the model was swapped since (the swap discarded it already). */
+        ts_served *s = ts_engine_find(e, a->name, 1);
+        ts_undo *u = s && s->generation == a->generation ? malloc(sizeof *u) : NULL;
+        if (u) {
+            u->scores = it->scores;
+            it->scores = NULL;
+            u->next = s->undo;
+            s->undo = u;
+            if (!s->busy)
+                undo_pending(s);
+        } else if (s && s->generation == a->generation) {
+            ts_log_error("model '%s': out of memory taking back a step whose journal commit failed",
+                         a->name);
+        }
+        char msg[600];
+        snprintf(msg, sizeof msg, "the feedback step could not be made durable (%s): it was taken "
+                 "back, nothing was applied; retry", err);
+        item_drop_id(e, it, 503, msg);
+        ts_req_reply_error(it->req, 503, "%s", msg);
+    }
+    item_free(it);
+    free(a);
+}
+
+/* Hand a computed step to the journal; it is answered in step_acked. Called in after_cb,
+ * while s is between jobs. */
+static void step_commit(ts_engine *e, ts_served *s, ts_item *it) {
+    step_ack *a = malloc(sizeof *a);
+    if (!a) { /* cannot journal it: take it back now and refuse it */
+        ts_model_apply_scores(s->model, it->scores, -1, NULL);
+        item_drop_id(e, it, 503, "out of memory; retry");
+        ts_req_reply_error(it->req, 503, "out of memory journaling the feedback step: it was taken "
+                           "back, nothing was applied; retry");
+        item_free(it);
+        return;
+    }
+    *a = (step_ack){.e = e, .generation = s->generation, .it = it};
+    snprintf(a->name, sizeof a->name, "%s", s->name);
+    ts_journal_step st = {.model = s->name, .version = s->version, .step = ts_model_step(s->model),
+                          .scores = it->scores, .n = ts_model_score_len(s->model),
+                          .request_id = it->idem ? it->req->oip.id : NULL,
+                          .body_hash = it->body_hash, .answer = it->body};
+    if (!e->cfg.journal)
+        step_acked(a, NULL);
+    else if (ts_journal_append(e->cfg.journal, &st, step_acked, a) != 0)
+        step_acked(a, "out of memory journaling it");
+}
+
 /* The model's statistics (stats.h) of a finished infer or feedback job. */
 static void note_stats(ts_served *s, const ts_job *j) {
     int infer = j->kind == ITEM_INFER;
@@ -495,6 +670,7 @@ static void after_cb(uv_work_t *w, int status) {
         if (j->items->fin.kind != TS_LOSS_GRAD)
             s->last_loss = j->loss;
     }
+    undo_pending(s);
     s->step = ts_model_step(s->model);
     if (j->kind != ITEM_EXPORT)
         note_stats(s, j);
@@ -502,10 +678,16 @@ static void after_cb(uv_work_t *w, int status) {
         next = it->next;
         if (j->kind != ITEM_EXPORT && j->t_start >= it->t_enq)
             ts_hist_observe(&mt->queue_us[kind], j->t_start - it->t_enq);
+        if (j->kind == ITEM_FEEDBACK && it->status == 200) {
+            step_commit(e, s, it); /* answered once durable */
+            continue;
+        }
+        item_drop_id(e, it, it->status, "the first request with this id failed; retry");
         ts_req_reply(it->req, it->status, it->ctype, it->body, it->len, it->json_len);
         it->body = NULL; /* the response owns it now */
         item_free(it);
     }
+    undo_pending(s); /* a step refused just now (out of memory) */
     s->busy = 0;
     e->lane_busy = 0;
     free(j);
@@ -538,8 +720,49 @@ static void launch(ts_engine *e, ts_served *s, item_kind kind, int n) {
     j->n = n;
     s->busy = 1;
     e->lane_busy = 1;
-    /* Every job, however small, runs off the loop: the loop never waits on compute. */
+    if (kind == ITEM_INFER && j->rows * ts_model_params(s->model) <= INLINE_MAX_WORK) {
+        /* A tiny forward runs here: the loop waits a few µs, where the thread pool's two
+         * hand-offs (wake a worker, wake the loop back) cost more than the compute. pump()
+         * is guarded against re-entry, so after_cb's pump() only marks it to run again. */
+        work_cb(&j->work);
+        after_cb(&j->work, 0);
+        return;
+    }
+    /* Other jobs run off the loop: the loop never waits on real compute. */
     uv_queue_work(e->loop, &j->work, work_cb, after_cb);
+}
+
+/* A request is validated against the model served when it is queued (check_input), but a
+ * control item ahead of it may swap in a model of another architecture (PUT, restore).
+ * After every control item, answer 409 to each queued request whose dims no longer match
+ * the model that would run it: a compute over the wrong shape would read past its input
+ * and write garbage into corr_accum. Same dims mean the validation still holds (labels
+ * are checked against out_dim). */
+static void drop_stale(ts_engine *e, ts_served *s) {
+    ts_item *keep = NULL, **tail = &keep;
+    while (s->head) {
+        ts_item *it = pop(e, s);
+        int stale = (it->kind == ITEM_INFER || it->kind == ITEM_FEEDBACK) &&
+                    (it->in_dim != s->model->in_dim || it->out_dim != s->model->out_dim);
+        if (!stale) {
+            *tail = it;
+            tail = &it->next;
+            continue;
+        }
+        item_drop_id(e, it, 409, "the first request with this id was refused: its model was replaced");
+        ts_req_reply_error(it->req, 409, "model '%s' was replaced by version %s (input [B,%lld], "
+                           "output [B,%lld]) while this request waited; it was made for input "
+                           "[B,%lld], output [B,%lld]: nothing was computed, resend it for the "
+                           "new model", s->name, s->version_str, (long long)s->model->in_dim,
+                           (long long)s->model->out_dim, (long long)it->in_dim, (long long)it->out_dim);
+        item_free(it);
+    }
+    for (ts_item *it = keep, *next; it; it = next) {
+        next = it->next;
+        uint64_t t_enq = it->t_enq;
+        append(e, s, it); /* same order; keeps the counters right */
+        it->t_enq = t_enq;
+    }
 }
 
 /* Run the control items at the head of every idle model's FIFO. */
@@ -705,6 +928,16 @@ ts_served *ts_engine_add(ts_engine *e, const char *name, ts_model *m, int64_t ve
     return s;
 }
 
+void ts_engine_swap(ts_engine *e, ts_served *s, ts_model *m, int64_t version) {
+    ts_model_free(s->model);
+    s->model = m;
+    s->version = version;
+    snprintf(s->version_str, sizeof s->version_str, "%lld", (long long)version);
+    s->step = ts_model_step(m);
+    s->generation++;
+    drop_stale(e, s);
+}
+
 void ts_engine_remove(ts_engine *e, ts_served *s) {
     for (ts_served **p = &e->models; *p; p = &(*p)->next)
         if (*p == s) {
@@ -716,10 +949,12 @@ void ts_engine_remove(ts_engine *e, ts_served *s) {
     e->n_models--;
     while (s->head) { /* nothing should be left; answer anything that is */
         ts_item *it = pop(e, s);
+        item_drop_id(e, it, 404, "the model was unloaded");
         if (it->req)
             ts_req_reply_error(it->req, 404, "model '%s' was unloaded", s->name);
         item_free(it);
     }
+    undo_pending(s);
     ts_model_free(s->model);
     free(s);
 }

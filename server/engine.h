@@ -32,7 +32,11 @@
  *
  * Small jobs run on the compute thread alone: waking the pool's helpers costs more than
  * splitting a few microseconds of work saves, and on a busy machine idle helpers spinning
- * for the next job steal the CPU the HTTP threads need.
+ * for the next job steal the CPU the HTTP threads need. Tiny forwards (≤ 2^16 weight·rows,
+ * a few µs: the demo model's batches) run on the loop itself: the two hand-offs to a
+ * compute thread and back cost more than the forward (perf: 1.65 -> 0.78 context switches
+ * per batch-1 request under wrk, bench/README.md). They are still jobs of the one lane,
+ * between the same FIFO boundaries, so nothing above changes.
  */
 #ifndef TS_ENGINE_H
 #define TS_ENGINE_H
@@ -45,6 +49,8 @@
 #include "../proto/buf.h"
 #include "../proto/safetensors.h"
 #include "http.h"
+#include "idem.h"
+#include "journal.h"
 #include "metrics.h"
 #include "stats.h"
 #include "store.h"
@@ -64,6 +70,9 @@ typedef struct ts_served {
     ts_item *head, *tail;
     int64_t queued_rows, queued_items;
     int busy;                   /* a compute job on this model is running */
+    uint64_t generation;        /* bumped by every swap (ts_engine_swap): a step taken back
+                                   after a failed journal commit must be of this model */
+    struct ts_undo *undo;       /* steps to take back once the running job is done */
     int64_t step;               /* ts_model_step, refreshed on the loop between jobs (so the
                                    loop never reads state a running step is writing) */
     /* snapshots (snapshot.c) */
@@ -88,6 +97,8 @@ typedef struct {
     ts_metrics *metrics;
     const _Atomic int *arriving;  /* inference requests the HTTP threads are still reading or
                                      parsing (NULL: always wait the full delay) */
+    ts_journal *journal;          /* a step is answered once its entry is durable */
+    ts_idem *idem;                /* exactly-once feedback by OIP id (NULL: ids not tracked) */
 } ts_engine_config;
 
 ts_engine *ts_engine_new(uv_loop_t *loop, const ts_engine_config *cfg, char *err, size_t errlen);
@@ -97,6 +108,9 @@ void ts_engine_free(ts_engine *e);
 
 /* Serve m as name (takes ownership). NULL on allocation failure (m is then freed). */
 ts_served *ts_engine_add(ts_engine *e, const char *name, ts_model *m, int64_t version);
+/* Serve m (taken over) as s's model from now on: only from a control item (s idle). The
+ * old model is freed; queued requests that no longer fit are answered 409. */
+void ts_engine_swap(ts_engine *e, ts_served *s, ts_model *m, int64_t version);
 /* Stop serving s now and free it (its queue must be empty and it must not be busy). */
 void ts_engine_remove(ts_engine *e, ts_served *s);
 /* The served model of that name; unloading ones are absent unless include_unloading. */

@@ -47,12 +47,22 @@ typedef struct {
 void ts_metrics_init(ts_metrics *m);
 void ts_metrics_count_request(ts_metrics *m, ts_endpoint ep, int status);
 void ts_hist_observe(ts_hist *h, uint64_t value);
+/* Set up a histogram of latencies observed in µs (rendered in seconds, 50 µs .. 10 s), or
+ * of counts (powers of two, 1 .. 65536), for modules that keep their own. */
+void ts_hist_init_latency(ts_hist *h);
+void ts_hist_init_counts(ts_hist *h);
 /* Append the text exposition of everything in m. */
 void ts_metrics_render(ts_metrics *m, ts_buf *out);
+/* One counter with its HELP and TYPE lines; one histogram family (HELP, TYPE, then the
+ * histogram without labels). For modules that keep their own counters. */
+void ts_metrics_render_counter(ts_buf *out, const char *name, const char *help, _Atomic uint64_t *v);
+void ts_hist_render_family(ts_hist *h, const char *name, const char *help, ts_buf *out);
 /* Render one histogram as NAME{labels} (labels may be "" or e.g. "kind=\"infer\""). */
 void ts_hist_render(ts_hist *h, const char *name, const char *labels, ts_buf *out);
 
 /* Monotonic microseconds, for latencies. */
 uint64_t ts_now_us(void);
+/* Unix time in milliseconds (wall clock: records that outlive the process). */
+int64_t ts_wall_ms(void);
 
 #endif

@@ -21,6 +21,7 @@ struct ts_persist {
     ts_persist_job *done_head, *done_tail;
     int stopping;
     int pending;   /* loop thread only */
+    ts_persist_job *group[TS_PERSIST_GROUP_MAX];  /* persistence thread: the jobs of one call */
 };
 
 static void push(ts_persist_job **head, ts_persist_job **tail, ts_persist_job *job) {
@@ -41,13 +42,24 @@ static void *thread_main(void *arg) {
         ts_persist_job *job = p->todo_head;
         if (!job)
             break; /* stopping and nothing left */
-        p->todo_head = job->next;
+        /* Take the head, and with a group job every job of the same group right behind it. */
+        int n = 0;
+        ts_persist_job *last = job;
+        do {
+            p->group[n++] = last;
+            last = last->next;
+        } while (job->group && last && last->group == job->group && n < TS_PERSIST_GROUP_MAX);
+        p->todo_head = last;
         if (!p->todo_head)
             p->todo_tail = NULL;
         pthread_mutex_unlock(&p->mu);
-        job->work(p->store, job);
+        if (job->group)
+            job->group(p->store, p->group, n);
+        else
+            job->work(p->store, job);
         pthread_mutex_lock(&p->mu);
-        push(&p->done_head, &p->done_tail, job);
+        for (int i = 0; i < n; i++)
+            push(&p->done_head, &p->done_tail, p->group[i]);
         uv_async_send(&p->async);
     }
     pthread_mutex_unlock(&p->mu);

@@ -20,8 +20,17 @@ typedef struct ts_persist_job ts_persist_job;
 struct ts_persist_job {
     void (*work)(ts_store *store, ts_persist_job *job);  /* persistence thread */
     void (*done)(ts_persist_job *job);                   /* loop thread; may free the job */
+    /* Optional (NULL: run work()). Jobs with the same group function that stand next to
+     * each other in the queue run as one call group(store, jobs, n), in queue order, instead
+     * of work() each: the journal's group commit, one transaction and one fsync for every
+     * entry queued while the previous commit ran. done() still runs for each job. Ordering
+     * with other jobs is kept: a group never takes a job from behind another kind of job. */
+    void (*group)(ts_store *store, ts_persist_job **jobs, int n);
     ts_persist_job *next;                                /* private */
 };
+
+/* At most this many jobs in one group call. */
+#define TS_PERSIST_GROUP_MAX 4096
 
 /* Start the thread; it owns store from now on (closes it in ts_persist_stop).
  * NULL + err on failure (the store is then still the caller's). */

@@ -1,5 +1,6 @@
 /* recover.h — what the daemon serves at start (SPEC §3, §6), before it listens:
- *   1. every active model of the database, from its newest snapshot that verifies;
+ *   1. every active model of the database, from its newest snapshot that verifies, plus the
+ *      feedback journal's entries after it (journal.h); *replayed counts them;
  *   2. each --model NAME=FILE: a file that is the version already held for NAME keeps the
  *      recovered state (so the same command line restarts forever); any other file
  *      becomes NAME's new version, snapshotted with reason "import". --model FILE names
@@ -13,11 +14,13 @@
 
 #include "config.h"
 #include "engine.h"
+#include "journal.h"
 #include "store.h"
 
 /* 0, or -1 + err (the daemon then refuses to start: serving a silently different set of
  * models than configured would be worse). */
-int ts_recover_models(ts_store *st, const ts_config *cfg, ts_engine *e, char *err, size_t errlen);
+int ts_recover_models(ts_store *st, const ts_config *cfg, ts_engine *e, int64_t *replayed, char *err,
+                      size_t errlen);
 
 /* Read and check every --model file and the names they serve under, touching no store:
  * the daemon calls it before it opens the database, so that a bad --model stops the start

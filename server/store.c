@@ -27,6 +27,7 @@
 
 #include "../core/trits.h"
 #include "../proto/safetensors.h" /* TS_MODEL_NAME_MAX */
+#include "hash.h"
 #include "migrations.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -38,10 +39,21 @@
 #define TS_BUSY_TIMEOUT_MS 5000
 #define TS_WHAT_MAX (TS_MODEL_NAME_MAX + 64) /* "snapshot of model '<name>'" and the like */
 
+/* The journal's statements, prepared once: a group commit runs them for every entry. */
+enum { J_INSERT, J_ID_INSERT, J_ID_EXPIRE, J_COUNT };
+static const char *const journal_sql[J_COUNT] = {
+    "INSERT INTO journal (seq, model_id, version, step, created_at, payload, checksum) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    "INSERT OR REPLACE INTO feedback_ids (model_id, request_id, body_hash, seq, answer, created_at) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    "DELETE FROM feedback_ids WHERE created_at < ?1",
+};
+
 struct ts_store {
     sqlite3 *db;
     char *path;
     int schema;  /* user_version after migrations */
+    sqlite3_stmt *journal[J_COUNT];  /* prepared on first use, finalized at close */
 };
 
 /* ---- errors: every message starts with the database path ---------------------------- */
@@ -84,15 +96,9 @@ static int64_t now_ms(void) {
 
 /* ---- hashing: FNV-1a 64 over a canonical serialisation ------------------------------- */
 
-#define FNV_OFFSET 0xcbf29ce484222325ull
-#define FNV_PRIME 0x100000001b3ull
-
-static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n) {
-    const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * FNV_PRIME;
-    return h;
-}
+#define FNV_OFFSET TS_FNV_OFFSET
+#define FNV_PRIME TS_FNV_PRIME
+#define fnv_bytes ts_fnv1a
 
 static uint64_t fnv_i64(uint64_t h, int64_t v) {
     return fnv_bytes(h, &v, sizeof v); /* little-endian host: the canonical bytes */
@@ -275,7 +281,10 @@ static int configure(ts_store *s, char *err, size_t errlen) {
     if (!wal)
         return rc == SQLITE_ROW ? fail(s, err, errlen, "cannot enable WAL mode (is it on a network file system?)")
                                 : fail_sql(s, err, errlen, "cannot enable WAL mode");
-    if (exec(s, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON") != 0)
+    /* A small page cache (256 KiB, SQLite's default is 2 MB): the daemon reads the database
+     * once at start and otherwise writes blobs, which a cache does not speed up; 2 MB was
+     * 9 % of the resident memory of a 33.5M-weight model (bench/rss.py). */
+    if (exec(s, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA cache_size=-256") != 0)
         return fail_sql(s, err, errlen, "cannot configure");
     return 0;
 }
@@ -340,7 +349,9 @@ ts_store *ts_store_open(const char *path, char *err, size_t errlen) {
 void ts_store_close(ts_store *s) {
     if (!s)
         return;
-    sqlite3_close(s->db); /* NULL-safe; all statements are finalized by their users */
+    for (int i = 0; i < J_COUNT; i++)
+        sqlite3_finalize(s->journal[i]);
+    sqlite3_close(s->db); /* NULL-safe; all other statements are finalized by their users */
     free(s->path);
     free(s);
 }
@@ -591,6 +602,22 @@ static int retention(ts_store *s, int64_t mid, int keep) {
     return step_done(st);
 }
 
+/* The newest journal sequence number used: the journal's, or a snapshot's journal_seq. */
+#define JOURNAL_LAST_SQL "max(coalesce((SELECT max(seq) FROM journal), 0), " \
+                         "coalesce((SELECT max(journal_seq) FROM snapshots), 0))"
+
+/* Delete model mid's journal entries that its second-newest snapshot covers: the newest
+ * covers them too, and one snapshot back remains recoverable exactly should the newest be
+ * found damaged. So the journal holds one to two snapshot intervals of steps. */
+static int journal_prune(ts_store *s, int64_t mid) {
+    sqlite3_stmt *st;
+    if (prepare(s, "DELETE FROM journal WHERE model_id = ?1 AND seq <= (SELECT journal_seq FROM "
+                   "snapshots WHERE model_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET 1)", &st) != 0)
+        return -1;
+    sqlite3_bind_int64(st, 1, mid);
+    return step_done(st);
+}
+
 /* The row ids of name's version and model, and the state length that version needs. */
 static int version_ids(ts_store *s, const char *name, int64_t version, int64_t *vid, int64_t *mid,
                        int64_t *state_len, char *err, size_t errlen) {
@@ -627,8 +654,11 @@ static int snapshot_put(ts_store *s, const char *name, int64_t version, const in
                     state_len, (long long)version, (long long)need);
     sqlite3_stmt *st;
     int64_t at = now_ms();
-    if (prepare(s, "INSERT INTO snapshots (model_id, version_id, step, created_at, reason, state, checksum, bytes) "
-                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)", &st) != 0)
+    /* The snapshot covers every journal entry written before it: the persistence thread
+     * writes entries and snapshots in the order the loop made them (journal.h). When the
+     * journal is empty, the newest journal_seq of any snapshot keeps the sequence monotonic. */
+    if (prepare(s, "INSERT INTO snapshots (model_id, version_id, step, created_at, reason, state, checksum, bytes, "
+                   "journal_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, " JOURNAL_LAST_SQL ")", &st) != 0)
         return fail_sql(s, err, errlen, "snapshot of model '%s'", name);
     sqlite3_bind_int64(st, 1, mid);
     sqlite3_bind_int64(st, 2, vid);
@@ -640,13 +670,20 @@ static int snapshot_put(ts_store *s, const char *name, int64_t version, const in
     sqlite3_bind_int64(st, 8, bytes);
     if (step_done(st) != 0)
         return fail_sql(s, err, errlen, "snapshot of model '%s'", name);
+    int64_t sid = sqlite3_last_insert_rowid(s->db), jseq = 0;
+    char sql[96];
+    snprintf(sql, sizeof sql, "SELECT journal_seq FROM snapshots WHERE id = %lld", (long long)sid);
+    if (query_int(s, sql, &jseq) != 0)
+        return fail_sql(s, err, errlen, "snapshot of model '%s'", name);
     if (out) {
-        *out = (ts_snapshot_info){.snapshot_id = sqlite3_last_insert_rowid(s->db), .version = version,
-                                  .step = step, .created_at_ms = at, .bytes = bytes};
+        *out = (ts_snapshot_info){.snapshot_id = sid, .version = version, .step = step,
+                                  .created_at_ms = at, .bytes = bytes, .journal_seq = jseq};
         snprintf(out->reason, sizeof out->reason, "%s", reason);
     }
     if (retention(s, mid, keep) != 0)
         return fail_sql(s, err, errlen, "model '%s': deleting old snapshots failed", name);
+    if (journal_prune(s, mid) != 0)
+        return fail_sql(s, err, errlen, "model '%s': deleting covered journal entries failed", name);
     return 0;
 }
 
@@ -686,12 +723,13 @@ static void info_read(sqlite3_stmt *st, ts_snapshot_info *info) {
                                .version = sqlite3_column_int64(st, 1),
                                .step = sqlite3_column_int64(st, 2),
                                .created_at_ms = sqlite3_column_int64(st, 3),
-                               .bytes = sqlite3_column_int64(st, 4)};
+                               .bytes = sqlite3_column_int64(st, 4),
+                               .journal_seq = sqlite3_column_int64(st, 6)};
     const unsigned char *r = sqlite3_column_text(st, 5);
     snprintf(info->reason, sizeof info->reason, "%s", r ? (const char *)r : "");
 }
 
-#define SNAPSHOT_INFO_COLUMNS "s.id, v.number, s.step, s.created_at, s.bytes, s.reason"
+#define SNAPSHOT_INFO_COLUMNS "s.id, v.number, s.step, s.created_at, s.bytes, s.reason, s.journal_seq"
 
 int ts_store_list_snapshots(ts_store *s, const char *name, ts_snapshot_info **out, int *n, char *err,
                             size_t errlen) {
@@ -827,19 +865,19 @@ static ts_model *weights_load(ts_store *s, int64_t wid, const char *name, int64_
     return m;
 }
 
-/* Does the state blob of the current snapshot row (columns 6, 7) match its checksum? */
+/* Does the state blob of the current snapshot row (columns 7, 8) match its checksum? */
 static int state_intact(sqlite3_stmt *st) {
-    const void *blob = sqlite3_column_blob(st, 6);
-    size_t bytes = (size_t)sqlite3_column_bytes(st, 6);
+    const void *blob = sqlite3_column_blob(st, 7);
+    size_t bytes = (size_t)sqlite3_column_bytes(st, 7);
     return bytes % sizeof(int64_t) == 0 &&
-           (int64_t)state_checksum(blob, bytes) == sqlite3_column_int64(st, 7);
+           (int64_t)state_checksum(blob, bytes) == sqlite3_column_int64(st, 8);
 }
 
 /* Load the current row's state into m. 1 when it fits m and gives the row's step; 0 when
  * it does not (a damaged row); -1 out of memory. */
 static int state_apply(sqlite3_stmt *st, ts_model *m) {
-    const void *blob = sqlite3_column_blob(st, 6);
-    size_t bytes = (size_t)sqlite3_column_bytes(st, 6), n = ts_state_len(m);
+    const void *blob = sqlite3_column_blob(st, 7);
+    size_t bytes = (size_t)sqlite3_column_bytes(st, 7), n = ts_state_len(m);
     if (bytes != n * sizeof(int64_t))
         return 0;
     int64_t *state = malloc(bytes ? bytes : 1); /* an aligned copy of the blob */
@@ -873,10 +911,10 @@ static int snapshot_find(ts_store *s, const char *name, int64_t mid, int64_t sna
             (*bad)++;
             continue;
         }
-        if (!m || sqlite3_column_int64(st, 8) != wid) {
+        if (!m || sqlite3_column_int64(st, 9) != wid) {
             if (m)
                 ts_model_free(m);
-            wid = sqlite3_column_int64(st, 8);
+            wid = sqlite3_column_int64(st, 9);
             if (!(m = weights_load(s, wid, name, sqlite3_column_int64(st, 1), err, errlen))) {
                 status = -1;
                 break;
@@ -977,6 +1015,171 @@ int ts_store_deactivate(ts_store *s, const char *name, char *err, size_t errlen)
 }
 
 /* ---- backup ----------------------------------------------------------------------------------- */
+
+/* ---- the feedback journal ------------------------------------------------------------------ */
+
+/* The cached statement i, reset for new bindings; NULL on an SQLite error. */
+static sqlite3_stmt *journal_stmt(ts_store *s, int i) {
+    if (!s->journal[i] && sqlite3_prepare_v3(s->db, journal_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                                             &s->journal[i], NULL) != SQLITE_OK)
+        return NULL;
+    sqlite3_reset(s->journal[i]);
+    sqlite3_clear_bindings(s->journal[i]);
+    return s->journal[i];
+}
+
+/* Run a cached statement once (it stays prepared). 0, or -1. */
+static int journal_run(sqlite3_stmt *st) {
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+static int journal_insert(ts_store *s, const ts_journal_row *r, int64_t mid) {
+    sqlite3_stmt *st = journal_stmt(s, J_INSERT);
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, r->seq);
+    sqlite3_bind_int64(st, 2, mid);
+    sqlite3_bind_int64(st, 3, r->version);
+    sqlite3_bind_int64(st, 4, r->step);
+    sqlite3_bind_int64(st, 5, r->created_at_ms);
+    sqlite3_bind_blob64(st, 6, r->len ? r->payload : "", (sqlite3_uint64)r->len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, (int64_t)r->checksum);
+    if (journal_run(st) != 0)
+        return -1;
+    if (!r->request_id)
+        return 0;
+    if (!(st = journal_stmt(s, J_ID_INSERT)))
+        return -1;
+    sqlite3_bind_int64(st, 1, mid);
+    sqlite3_bind_text(st, 2, r->request_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (int64_t)r->body_hash);
+    sqlite3_bind_int64(st, 4, r->seq);
+    sqlite3_bind_text(st, 5, r->answer ? r->answer : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, r->created_at_ms);
+    return journal_run(st);
+}
+
+int ts_store_journal_append(ts_store *s, const ts_journal_row *rows, int n, int64_t ids_before_ms,
+                            char *err, size_t errlen) {
+    if (tx_begin(s, err, errlen, "journal commit") != 0)
+        return -1;
+    int rc = 0;
+    const char *last = NULL;
+    int64_t mid = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (!last || strcmp(last, rows[i].model) != 0) { /* groups are mostly one model */
+            rc = model_known(s, rows[i].model, &mid, err, errlen);
+            last = rows[i].model;
+        }
+        if (rc == 0 && journal_insert(s, &rows[i], mid) != 0)
+            rc = fail_sql(s, err, errlen, "journal entry %lld of model '%s'", (long long)rows[i].seq,
+                          rows[i].model);
+    }
+    if (rc == 0 && ids_before_ms > 0) {
+        sqlite3_stmt *st = journal_stmt(s, J_ID_EXPIRE);
+        if (st)
+            sqlite3_bind_int64(st, 1, ids_before_ms);
+        if (!st || journal_run(st) != 0)
+            rc = fail_sql(s, err, errlen, "expiring feedback ids");
+    }
+    return tx_end(s, rc, err, errlen, "journal commit");
+}
+
+static void journal_row_read(sqlite3_stmt *st, ts_journal_row *r) {
+    *r = (ts_journal_row){.seq = sqlite3_column_int64(st, 0), .version = sqlite3_column_int64(st, 1),
+                          .step = sqlite3_column_int64(st, 2), .created_at_ms = sqlite3_column_int64(st, 3),
+                          .payload = sqlite3_column_blob(st, 4),
+                          .len = (size_t)sqlite3_column_bytes(st, 4),
+                          .checksum = (uint64_t)sqlite3_column_int64(st, 5)};
+}
+
+/* Step st, calling fn for each row read by read(); finalizes st. 0, or -1 (SQLite error). */
+static int rows_each(sqlite3_stmt *st, void (*read)(sqlite3_stmt *, ts_journal_row *),
+                     int (*fn)(void *arg, const ts_journal_row *r), void *arg) {
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        ts_journal_row r;
+        read(st, &r);
+        if (fn(arg, &r) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int ts_store_journal_scan(ts_store *s, const char *name, int64_t after,
+                          int (*fn)(void *arg, const ts_journal_row *r), void *arg, char *err,
+                          size_t errlen) {
+    int64_t mid;
+    sqlite3_stmt *st;
+    if (model_known(s, name, &mid, err, errlen) != 0)
+        return -1;
+    if (prepare(s, "SELECT seq, version, step, created_at, payload, checksum FROM journal "
+                   "WHERE model_id = ?1 AND seq > ?2 ORDER BY seq", &st) != 0)
+        return fail_sql(s, err, errlen, "model '%s': reading the journal failed", name);
+    sqlite3_bind_int64(st, 1, mid);
+    sqlite3_bind_int64(st, 2, after);
+    if (rows_each(st, journal_row_read, fn, arg) != 0)
+        return fail_sql(s, err, errlen, "model '%s': reading the journal failed", name);
+    return 0;
+}
+
+int ts_store_journal_cut(ts_store *s, const char *name, int64_t from, char *err, size_t errlen) {
+    int64_t mid;
+    sqlite3_stmt *st;
+    if (model_known(s, name, &mid, err, errlen) != 0)
+        return -1;
+    /* The exactly-once records of the steps cut go too: a retry must apply them again. */
+    for (int i = 0; i < 2; i++) {
+        if (prepare(s, i == 0 ? "DELETE FROM journal WHERE model_id = ?1 AND seq >= ?2"
+                              : "DELETE FROM feedback_ids WHERE model_id = ?1 AND seq >= ?2", &st) != 0)
+            return fail_sql(s, err, errlen, "model '%s': cutting the journal failed", name);
+        sqlite3_bind_int64(st, 1, mid);
+        sqlite3_bind_int64(st, 2, from);
+        if (step_done(st) != 0)
+            return fail_sql(s, err, errlen, "model '%s': cutting the journal failed", name);
+    }
+    return 0;
+}
+
+int ts_store_journal_last(ts_store *s, int64_t *seq, char *err, size_t errlen) {
+    if (query_int(s, "SELECT " JOURNAL_LAST_SQL, seq) != 0)
+        return fail_sql(s, err, errlen, "reading the journal's last sequence number failed");
+    return 0;
+}
+
+int ts_store_journal_size(ts_store *s, int64_t *entries, int64_t *bytes, char *err, size_t errlen) {
+    if (query_int(s, "SELECT count(*) FROM journal", entries) != 0 ||
+        query_int(s, "SELECT coalesce(sum(length(payload)), 0) FROM journal", bytes) != 0)
+        return fail_sql(s, err, errlen, "measuring the journal failed");
+    return 0;
+}
+
+static void id_row_read(sqlite3_stmt *st, ts_journal_row *r) {
+    *r = (ts_journal_row){.model = (const char *)sqlite3_column_text(st, 0),
+                          .request_id = (const char *)sqlite3_column_text(st, 1),
+                          .body_hash = (uint64_t)sqlite3_column_int64(st, 2),
+                          .seq = sqlite3_column_int64(st, 3),
+                          .answer = (const char *)sqlite3_column_text(st, 4),
+                          .created_at_ms = sqlite3_column_int64(st, 5)};
+}
+
+int ts_store_feedback_ids(ts_store *s, int64_t since_ms, int (*fn)(void *arg, const ts_journal_row *r),
+                          void *arg, char *err, size_t errlen) {
+    sqlite3_stmt *st;
+    if (prepare(s, "SELECT m.name, f.request_id, f.body_hash, f.seq, f.answer, f.created_at FROM "
+                   "feedback_ids f JOIN models m ON m.id = f.model_id WHERE f.created_at >= ?1 "
+                   "ORDER BY f.created_at, f.seq", &st) != 0)
+        return fail_sql(s, err, errlen, "reading feedback ids failed");
+    sqlite3_bind_int64(st, 1, since_ms);
+    if (rows_each(st, id_row_read, fn, arg) != 0)
+        return fail_sql(s, err, errlen, "reading feedback ids failed");
+    return 0;
+}
 
 /* The online backup API copies the pages under a read transaction, so the copy is one
  * consistent moment of the database even while the daemon writes to it. */

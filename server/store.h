@@ -28,6 +28,7 @@ typedef struct {
     int64_t created_at_ms; /* Unix time in milliseconds */
     int64_t bytes;         /* bytes of the snapshot row's state blob */
     char reason[16];       /* "timer", "admin", "import", "shutdown", "restore" */
+    int64_t journal_seq;   /* every journal entry with seq <= this is in the state */
 } ts_snapshot_info;
 
 /* Open (creating if needed) the database at path: file mode 0600, WAL, foreign keys,
@@ -100,6 +101,46 @@ int ts_store_count_models(ts_store *s, int64_t *n, char *err, size_t errlen);
 /* Mark name inactive (DELETE /admin/models/{m}: unloaded, not loaded at the next start;
  * its versions and snapshots stay). 0, or -1 + err. */
 int ts_store_deactivate(ts_store *s, const char *name, char *err, size_t errlen);
+
+/* ---- the feedback journal (server/journal.h has its design) ----------------------------- */
+
+/* One journal entry: a feedback step of model `model`, and, when the request carried an
+ * OIP id, its exactly-once record. */
+typedef struct {
+    const char *model;
+    int64_t seq;              /* global order, assigned by the loop */
+    int64_t version, step;    /* the version it applied to, the model's step after it */
+    int64_t created_at_ms;
+    const void *payload;      /* encoded scores (journal.c) */
+    size_t len;
+    uint64_t checksum;        /* over seq, version, step and payload (journal.c) */
+    const char *request_id;   /* NULL: no exactly-once record */
+    uint64_t body_hash;
+    const char *answer;       /* the JSON answered */
+} ts_journal_row;
+
+/* Append rows in one transaction (the group commit; synchronous=FULL makes it durable when
+ * this returns 0), and delete exactly-once records older than ids_before_ms (0: skip that).
+ * 0, or -1 +
+ * err (disk full, I/O error: then nothing of the group was written). */
+int ts_store_journal_append(ts_store *s, const ts_journal_row *rows, int n, int64_t ids_before_ms,
+                            char *err, size_t errlen);
+/* Call fn for each entry of model name with seq > after, in seq order (request fields are
+ * not read); fn returns nonzero to stop. Row pointers are valid during the call only. */
+int ts_store_journal_scan(ts_store *s, const char *name, int64_t after,
+                          int (*fn)(void *arg, const ts_journal_row *r), void *arg, char *err,
+                          size_t errlen);
+/* Delete model name's entries with seq >= from (a damaged tail, cut at the last good one). */
+int ts_store_journal_cut(ts_store *s, const char *name, int64_t from, char *err, size_t errlen);
+/* The newest sequence number ever used (entries and snapshots' journal_seq); the loop goes
+ * on after it. */
+int ts_store_journal_last(ts_store *s, int64_t *seq, char *err, size_t errlen);
+/* Journal entries and their payload bytes now in the database (metrics, tests). */
+int ts_store_journal_size(ts_store *s, int64_t *entries, int64_t *bytes, char *err, size_t errlen);
+/* Call fn for each exactly-once record created at or after since_ms, oldest first (model,
+ * request_id, body_hash, answer, seq, created_at_ms are set). */
+int ts_store_feedback_ids(ts_store *s, int64_t since_ms, int (*fn)(void *arg, const ts_journal_row *r),
+                          void *arg, char *err, size_t errlen);
 
 /* Online backup of the whole database to dest (SQLite backup API, safe while running). */
 int ts_store_backup(ts_store *s, const char *dest, char *err, size_t errlen);

@@ -38,10 +38,10 @@ class Golden(unittest.TestCase):
     def tearDownClass(cls):
         cls.d.close()
 
-    def send(self, model, fb, binary):
+    def send(self, model, fb, binary, fid):
         kind = fb["kind"]
         if not binary:
-            body, headers = oipc.feedback_body(fb["input"], kind, fb[kind], id="fb"), None
+            body, headers = oipc.feedback_body(fb["input"], kind, fb[kind], id=fid), None
         else:
             rows = fb["input"]
             sig = fb[kind]
@@ -50,7 +50,7 @@ class Golden(unittest.TestCase):
             else:
                 sig_t = (kind, "FP32", [len(sig), len(sig[0])], oipc.flat(sig))
             body, headers = oipc.binary_request(
-                [("input", "FP32", [len(rows), len(rows[0])], oipc.flat(rows)), sig_t], id="fb")
+                [("input", "FP32", [len(rows), len(rows[0])], oipc.flat(rows)), sig_t], id=fid)
         st, _, data = self.d.request("POST", "/v2/models/%s/feedback" % model, body, headers)
         self.assertEqual(st, 200, data[:300])
         return json.loads(data)
@@ -60,9 +60,9 @@ class Golden(unittest.TestCase):
         model = ("bin_" if binary else "") + case
         step0 = [s for s, l in zip(g["state"], g["layers"]) if l["type"] == "ternary_linear"][0]["step"]
         for i, fb in enumerate(g["feedback"]):
-            j = self.send(model, fb, binary)
+            j = self.send(model, fb, binary, "fb-%d" % i)
             self.assertEqual(j["model_name"], model)
-            self.assertEqual(j["id"], "fb")
+            self.assertEqual(j["id"], "fb-%d" % i)
             self.assertEqual(j["step"], step0 + i + 1)
             if fb["loss"] is None:
                 self.assertNotIn("loss", j)

@@ -37,6 +37,15 @@ def probe_rows(case=CASE):
     return [[0.1 * k - 0.5 for k in range(n)], [0.3 - 0.07 * k for k in range(n)]]
 
 
+def damage_newest_snapshot(db_dir):
+    """Flip one byte of the newest snapshot's state: its checksum no longer verifies."""
+    with sqlite3.connect(os.path.join(db_dir, "tscale.db")) as db:
+        (sid,) = db.execute("SELECT max(id) FROM snapshots").fetchone()
+        db.execute("UPDATE snapshots SET state = substr(state, 1, 40) || x'A5' || substr(state, 42) "
+                   "WHERE id = ?", (sid,))
+    db.close()
+
+
 def model_names(d):
     return [m["name"] for m in d.json("GET", "/admin/models")["models"]]
 
@@ -198,20 +207,31 @@ class Persist(unittest.TestCase):
         self.assertEqual(sorted(model_names(d)), ["extra", "g"])
 
     def test_damaged_newest_snapshot_falls_back_to_previous(self):
-        d = self.start()
+        d = self.start(self.args + ["--journal", "no"])
         drive(d, "g", 2)
         ms.snapshot_now(d, "g")
         good = ms.export(d, "g")
         drive(d, "g", 1)
         self.assertEqual(d.stop(), 0, d.log())  # the shutdown snapshot is the newest
-        with sqlite3.connect(os.path.join(d.dir, "tscale.db")) as db:
-            (sid,) = db.execute("SELECT max(id) FROM snapshots").fetchone()
-            db.execute("UPDATE snapshots SET state = substr(state, 1, 40) || x'A5' || substr(state, 42) "
-                       "WHERE id = ?", (sid,))
-        db.close()
-        d = self.start(db_dir=d.dir)
+        damage_newest_snapshot(d.dir)
+        d = self.start(self.args + ["--journal", "no"], db_dir=d.dir)
         self.assertEqual(ms.export(d, "g"), good)
         self.assertRegex(d.log(), r"skipped 1 damaged snapshot")
+
+    def test_damaged_newest_snapshot_previous_plus_journal(self):
+        """With the journal, the previous snapshot plus the entries after it give the state
+        the damaged snapshot held: the journal keeps one snapshot more than it must."""
+        d = self.start()
+        drive(d, "g", 2)
+        ms.snapshot_now(d, "g")
+        drive(d, "g", 1)
+        final = ms.export(d, "g")
+        self.assertEqual(d.stop(), 0, d.log())  # the shutdown snapshot is the newest
+        damage_newest_snapshot(d.dir)
+        d = self.start(db_dir=d.dir)
+        self.assertEqual(ms.export(d, "g"), final)
+        self.assertRegex(d.log(), r"skipped 1 damaged snapshot")
+        self.assertRegex(d.log(), r"replayed 1 journal entries")
 
 
 class RefusedDatabases(unittest.TestCase):
@@ -332,6 +352,42 @@ class DiskFull(unittest.TestCase):
         self.addCleanup(d2.close)
         self.assertEqual(ms.export(d2, "g"), recovered)
         self.assertEqual(d2.stop(), 0, d2.log())
+
+    def test_journal_commit_fails_then_recovers(self):
+        """No timer snapshots: the journal's own commit meets the full disk. Feedback is
+        refused with 503 + Retry-After and nothing of a refused step stays applied; inference
+        goes on; once space returns feedback is accepted again, and every step answered 200
+        (and only those) survives kill -9."""
+        args = ["--snapshot-interval", "0", "--model", "g=" + ms.golden_file(CASE)]
+        d = ms.start(args, db_dir=self.root)
+        self.addCleanup(d.close)
+        drive(d, "g", 2)
+        base = ms.step_of(ms.state(ms.export(d, "g")))
+        self.fill()
+        rows, answers = golden_steps(CASE, 1)[0], []
+
+        def refused():
+            answers.append(ms.feedback(d, "g", *rows, expect=None))
+            return answers[-1][0] == 503
+        self.until(refused, "feedback to be refused while the journal cannot be written")
+        status, headers, body = answers[-1]
+        self.assertIn("retry-after", headers)
+        self.assertRegex(body["error"], "durable|journal")
+        ok = sum(1 for a in answers if a[0] == 200)
+        self.assertEqual(ms.step_of(ms.state(ms.export(d, "g"))), base + ok,
+                         "a refused step must not stay applied")
+        ms.infer(d, "g", probe_rows())
+        m = d.request("GET", "/metrics")[2].decode()
+        self.assertRegex(m, r"tscale_journal_commit_failures_total [1-9]")
+        os.remove(self.filler)
+        self.until(lambda: ms.feedback(d, "g", *rows, expect=None)[0] == 200,
+                   "feedback to be accepted again after space returned")
+        want = ms.export(d, "g")
+        self.assertEqual(ms.step_of(ms.state(want)), base + ok + 1)
+        d.kill()
+        d2 = ms.start(args, db_dir=self.root)
+        self.addCleanup(d2.close)
+        self.assertEqual(ms.export(d2, "g"), want)
 
 
 if __name__ == "__main__":

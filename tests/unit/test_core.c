@@ -665,6 +665,52 @@ START_TEST(test_feedback_score_int16)
 }
 END_TEST
 
+/* The scores of a step are its whole integer effect: applying them to a copy of the state
+ * before the step gives the state after it, bit for bit (journal replay), and -1 takes the
+ * step back exactly (a failed journal commit). */
+START_TEST(test_feedback_scores_replay_and_undo)
+{
+    ts_model *m = model_from("rmsnorm:12/gs5,linear:12x7/gs4+bias,gelu,linear:7x9/gs3", 21);
+    ts_model *copy = ts_model_clone(m);
+    size_t n = ts_model_score_len(m), len = ts_state_len(m);
+    ck_assert_uint_eq(n, 7 * 3 + 9 * 3);
+    int16_t *scores = malloc(n * sizeof *scores);
+    int64_t *before = malloc(len * sizeof *before), *after = malloc(len * sizeof *after),
+            *replayed = malloc(len * sizeof *replayed);
+    float x[2 * 12], t[2 * 9];
+    fill_floats(x, 24, 3);
+    fill_floats(t, 18, 4);
+    char err[256];
+    ts_feedback_input in = {.kind = TS_LOSS_MSE, .target = t};
+    ts_state_save(m, before);
+    for (int k = 0; k < 3; k++) {
+        ck_assert_int_eq(ts_model_feedback_scores(m, x, 2, &in, NULL, scores, NULL, err, sizeof err), 0);
+        ts_model_apply_scores(copy, scores, +1, NULL);
+    }
+    ts_state_save(m, after);
+    ts_state_save(copy, replayed);
+    ck_assert_int_eq(memcmp(after, replayed, len * sizeof *after), 0);
+    ck_assert_int_eq(memcmp(after, before, len * sizeof *after) != 0, 1);
+    for (int64_t g = 0; g < m->layers[1].n_groups; g++) /* S agrees too */
+        ck_assert_float_eq(m->layers[1].S[g], copy->layers[1].S[g]);
+    ts_model_apply_scores(m, scores, -1, NULL); /* take the last step back */
+    ts_model_apply_scores(copy, scores, -1, NULL);
+    ts_model_apply_scores(copy, scores, +1, NULL);
+    ts_model_apply_scores(copy, scores, -1, NULL);
+    ts_state_save(m, after);
+    ts_state_save(copy, replayed);
+    ck_assert_int_eq(memcmp(after, replayed, len * sizeof *after), 0);
+    ck_assert_int_eq(ts_model_step(m), 2);
+    ck_assert_int_eq(m->layers[0].step, 0); /* rmsnorm never steps */
+    free(scores);
+    free(before);
+    free(after);
+    free(replayed);
+    ts_model_free(m);
+    ts_model_free(copy);
+}
+END_TEST
+
 /* A model whose only ternary layer is rmsnorm: feedback runs and changes nothing. */
 START_TEST(test_feedback_rmsnorm_only)
 {
@@ -796,6 +842,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, test_feedback_loss_past_float32);
     tcase_add_test(tc, test_feedback_score_int16);
     tcase_add_test(tc, test_feedback_rmsnorm_only);
+    tcase_add_test(tc, test_feedback_scores_replay_and_undo);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("pool");

@@ -1,0 +1,353 @@
+/* test_journal.c — the feedback journal: entry encoding and checksum, the store's journal
+ * (append, scan, cut, prune by snapshots, exactly-once records), replay onto a recovered
+ * model, and the in-memory exactly-once table. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/feedback.h"
+#include "core/model.h"
+#include "server/idem.h"
+#include "server/journal.h"
+#include "server/store.h"
+#include "testutil.h"
+
+#define ARCH "rmsnorm:12/gs5,linear:12x7/gs4+bias,gelu,linear:7x9/gs3"
+
+static char dir[64], db[128];
+static char err[512];
+
+static void setup(void) {
+    snprintf(dir, sizeof dir, "/tmp/ts-journal-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(db, sizeof db, "%s/tscale.db", dir);
+}
+
+static void teardown(void) {
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+/* ---- encoding ---- */
+
+START_TEST(test_encode_int8_and_int16) {
+    int16_t in[5] = {0, -32, 32, 127, -128}, out[5];
+    uint8_t buf[1 + 2 * 5];
+    size_t len = ts_journal_encode(in, 5, buf);
+    ck_assert_uint_eq(len, 1 + 5); /* every score fits in int8: one byte a group */
+    ck_assert_int_eq(ts_journal_decode(buf, len, out, 5), 0);
+    ck_assert_int_eq(memcmp(in, out, sizeof in), 0);
+    in[2] = 200;                   /* a group wider than 127 can score more */
+    in[4] = -25536;
+    len = ts_journal_encode(in, 5, buf);
+    ck_assert_uint_eq(len, 1 + 10);
+    ck_assert_int_eq(ts_journal_decode(buf, len, out, 5), 0);
+    ck_assert_int_eq(memcmp(in, out, sizeof in), 0);
+    /* A payload of another length or encoding is refused, never read past. */
+    ck_assert_int_eq(ts_journal_decode(buf, len, out, 4), -1);
+    ck_assert_int_eq(ts_journal_decode(buf, len - 1, out, 5), -1);
+    buf[0] = 9;
+    ck_assert_int_eq(ts_journal_decode(buf, len, out, 5), -1);
+    ck_assert_int_eq(ts_journal_decode(buf, 0, out, 0), -1);
+}
+END_TEST
+
+START_TEST(test_checksum_covers_every_field) {
+    uint8_t p[4] = {1, 2, 3, 4};
+    uint64_t c = ts_journal_checksum(5, 1, 7, p, 4);
+    ck_assert(ts_journal_checksum(6, 1, 7, p, 4) != c);
+    ck_assert(ts_journal_checksum(5, 2, 7, p, 4) != c);
+    ck_assert(ts_journal_checksum(5, 1, 8, p, 4) != c);
+    ck_assert(ts_journal_checksum(5, 1, 7, p, 3) != c);
+    p[3] = 5;
+    ck_assert(ts_journal_checksum(5, 1, 7, p, 4) != c);
+}
+END_TEST
+
+/* ---- store + replay ---- */
+
+typedef struct {
+    ts_journal_row rows[8];
+    uint8_t payload[8][256];
+    int n;
+} rows_buf;
+
+/* Take n feedback steps on m, each recorded as a journal row (seq from first_seq). */
+static void steps_to_rows(ts_model *m, int n, int64_t first_seq, rows_buf *b) {
+    size_t ns = ts_model_score_len(m);
+    int16_t *scores = malloc(ns * sizeof *scores);
+    float x[2 * 12], t[2 * 9];
+    for (int i = 0; i < 24; i++)
+        x[i] = (float)((i * 7) % 11) / 5.0f - 1.0f;
+    for (int i = 0; i < 18; i++)
+        t[i] = (float)((i * 5) % 7) / 3.0f - 1.0f;
+    ts_feedback_input in = {.kind = TS_LOSS_MSE, .target = t};
+    for (int k = 0; k < n; k++) {
+        ck_assert_int_eq(ts_model_feedback_scores(m, x, 2, &in, NULL, scores, NULL, err, sizeof err), 0);
+        ts_journal_row *r = &b->rows[b->n];
+        size_t len = ts_journal_encode(scores, ns, b->payload[b->n]);
+        *r = (ts_journal_row){.model = "m", .seq = first_seq + k, .version = 1, .step = ts_model_step(m),
+                              .created_at_ms = 1000 + k, .payload = b->payload[b->n], .len = len};
+        r->checksum = ts_journal_checksum(r->seq, r->version, r->step, r->payload, len);
+        b->n++;
+    }
+    free(scores);
+}
+
+static ts_store *store_with_model(ts_model **live) {
+    ts_store *s = ts_store_open(db, err, sizeof err);
+    ck_assert_msg(s != NULL, "%s", err);
+    *live = model_from(ARCH, 3);
+    int64_t v;
+    int created;
+    ck_assert_msg(ts_store_put_model(s, "m", *live, 1, "import", 0, &v, &created, NULL, err, sizeof err) == 0,
+                  "%s", err);
+    return s;
+}
+
+static int count_rows(void *arg, const ts_journal_row *r) {
+    (*(int *)arg)++;
+    return 0;
+}
+
+static void assert_same_state(const ts_model *a, const ts_model *b) {
+    size_t n = ts_state_len(a);
+    int64_t *sa = malloc(n * sizeof *sa), *sb = malloc(n * sizeof *sb);
+    ts_state_save(a, sa);
+    ts_state_save(b, sb);
+    ck_assert_int_eq(memcmp(sa, sb, n * sizeof *sa), 0);
+    free(sa);
+    free(sb);
+}
+
+START_TEST(test_replay_gives_the_live_state) {
+    ts_model *live;
+    ts_store *s = store_with_model(&live);
+    rows_buf b = {0};
+    steps_to_rows(live, 4, 1, &b);
+    ck_assert_msg(ts_store_journal_append(s, b.rows, 2, 0, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(ts_store_journal_append(s, b.rows + 2, 2, 0, err, sizeof err) == 0, "%s", err);
+    int64_t last = 0;
+    ck_assert_int_eq(ts_store_journal_last(s, &last, err, sizeof err), 0);
+    ck_assert_int_eq(last, 4);
+
+    ts_snapshot_info info;
+    ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
+    ck_assert_msg(m != NULL, "%s", err);
+    ck_assert_int_eq(info.journal_seq, 0);
+    int64_t replayed = 0;
+    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, info.journal_seq, &replayed, err, sizeof err), 0);
+    ck_assert_int_eq(replayed, 4);
+    assert_same_state(m, live);
+    ts_model_free(m);
+    ts_model_free(live);
+    ts_store_close(s);
+}
+END_TEST
+
+/* A damaged entry ends the replay there, and it and every later entry are deleted. */
+START_TEST(test_damaged_entry_cuts_the_tail) {
+    ts_model *live;
+    ts_store *s = store_with_model(&live);
+    ts_model *at2 = NULL;
+    rows_buf b = {0};
+    steps_to_rows(live, 2, 1, &b);
+    at2 = ts_model_clone(live);
+    steps_to_rows(live, 2, 3, &b);
+    b.payload[2][1] ^= 1; /* entry 3: its checksum no longer matches */
+    ck_assert_int_eq(ts_store_journal_append(s, b.rows, 4, 0, err, sizeof err), 0);
+    ts_snapshot_info info;
+    ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
+    int64_t replayed = 0;
+    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, &replayed, err, sizeof err), 0);
+    ck_assert_int_eq(replayed, 2);
+    assert_same_state(m, at2);
+    int n = 0;
+    ck_assert_int_eq(ts_store_journal_scan(s, "m", 0, count_rows, &n, err, sizeof err), 0);
+    ck_assert_int_eq(n, 2);
+    ts_model_free(m);
+    ts_model_free(at2);
+    ts_model_free(live);
+    ts_store_close(s);
+}
+END_TEST
+
+/* An entry that does not follow (another version, a step gap) is not applied either. */
+START_TEST(test_out_of_order_entry_is_not_applied) {
+    ts_model *live;
+    ts_store *s = store_with_model(&live);
+    rows_buf b = {0};
+    steps_to_rows(live, 3, 1, &b);
+    b.rows[1].step += 1; /* a gap */
+    b.rows[1].checksum = ts_journal_checksum(b.rows[1].seq, 1, b.rows[1].step, b.rows[1].payload, b.rows[1].len);
+    ck_assert_int_eq(ts_store_journal_append(s, b.rows, 3, 0, err, sizeof err), 0);
+    ts_snapshot_info info;
+    ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
+    int64_t replayed = 0;
+    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, &replayed, err, sizeof err), 0);
+    ck_assert_int_eq(replayed, 1);
+    ck_assert_int_eq(ts_model_step(m), 1);
+    ts_model_free(m);
+    ts_model_free(live);
+    ts_store_close(s);
+}
+END_TEST
+
+/* A snapshot covers every entry written before it; entries its predecessor covers go. */
+START_TEST(test_snapshots_cover_and_prune) {
+    ts_model *live;
+    ts_store *s = store_with_model(&live);
+    rows_buf b = {0};
+    steps_to_rows(live, 6, 1, &b);
+    size_t n = ts_state_len(live);
+    int64_t *state = malloc(n * sizeof *state);
+    ts_snapshot_info info;
+    int count;
+    for (int k = 0; k < 3; k++) { /* entries 1-2, snapshot, 3-4, snapshot, 5-6, snapshot */
+        ck_assert_int_eq(ts_store_journal_append(s, b.rows + 2 * k, 2, 0, err, sizeof err), 0);
+        ts_state_save(live, state); /* the state is not checked against the steps here */
+        ck_assert_msg(ts_store_put_snapshot(s, "m", 1, state, n, ts_model_step(live), "timer", 0, &info, err,
+                                            sizeof err) == 0, "%s", err);
+        ck_assert_int_eq(info.journal_seq, 2 * k + 2);
+        count = 0;
+        ck_assert_int_eq(ts_store_journal_scan(s, "m", 0, count_rows, &count, err, sizeof err), 0);
+        /* The import snapshot (journal_seq 0) then each of ours: what the second-newest
+         * covers is deleted. */
+        ck_assert_int_eq(count, 2);
+    }
+    int64_t entries, bytes, last;
+    ck_assert_int_eq(ts_store_journal_size(s, &entries, &bytes, err, sizeof err), 0);
+    ck_assert_int_eq(entries, 2);
+    ck_assert_int_eq((int)bytes, (int)(b.rows[4].len + b.rows[5].len));
+    /* With the journal empty, the sequence stays where the snapshots left it. */
+    ck_assert_int_eq(ts_store_journal_cut(s, "m", 0, err, sizeof err), 0);
+    ck_assert_int_eq(ts_store_journal_last(s, &last, err, sizeof err), 0);
+    ck_assert_int_eq(last, 6);
+    free(state);
+    ts_model_free(live);
+    ts_store_close(s);
+}
+END_TEST
+
+static int collect_id(void *arg, const ts_journal_row *r) {
+    char *out = arg;
+    strcat(out, r->request_id);
+    strcat(out, "=");
+    strcat(out, r->answer);
+    strcat(out, ";");
+    return 0;
+}
+
+START_TEST(test_feedback_ids_written_with_their_step_and_expired) {
+    ts_model *live;
+    ts_store *s = store_with_model(&live);
+    rows_buf b = {0};
+    steps_to_rows(live, 3, 1, &b);
+    b.rows[0].request_id = "r1";
+    b.rows[0].answer = "{\"step\":1}";
+    b.rows[0].created_at_ms = 1000;
+    b.rows[2].request_id = "r3";
+    b.rows[2].answer = "{\"step\":3}";
+    b.rows[2].created_at_ms = 5000;
+    ck_assert_int_eq(ts_store_journal_append(s, b.rows, 3, 0, err, sizeof err), 0);
+    char got[256] = "";
+    ck_assert_int_eq(ts_store_feedback_ids(s, 0, collect_id, got, err, sizeof err), 0);
+    ck_assert_str_eq(got, "r1={\"step\":1};r3={\"step\":3};");
+    got[0] = '\0';
+    ck_assert_int_eq(ts_store_feedback_ids(s, 2000, collect_id, got, err, sizeof err), 0);
+    ck_assert_str_eq(got, "r3={\"step\":3};");
+    /* The next commit deletes records older than its window. */
+    ck_assert_int_eq(ts_store_journal_append(s, b.rows, 0, 4000, err, sizeof err), 0);
+    got[0] = '\0';
+    ck_assert_int_eq(ts_store_feedback_ids(s, 0, collect_id, got, err, sizeof err), 0);
+    ck_assert_str_eq(got, "r3={\"step\":3};");
+    /* A commit that cannot be written leaves nothing behind: entry 1 exists already. */
+    ck_assert_int_eq(ts_store_journal_append(s, b.rows + 1, 2, 0, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "journal entry"));
+    int n = 0;
+    ck_assert_int_eq(ts_store_journal_scan(s, "m", 0, count_rows, &n, err, sizeof err), 0);
+    ck_assert_int_eq(n, 3);
+    ts_model_free(live);
+    ts_store_close(s);
+}
+END_TEST
+
+/* ---- exactly-once table ---- */
+
+START_TEST(test_idem_claim_repeat_conflict_drop_expire) {
+    ts_idem *t = ts_idem_new(1000);
+    ts_idem_rec *rec = NULL;
+    const char *answer = NULL;
+    ts_idem_status st;
+    ck_assert_int_eq(ts_idem_claim(t, "m", "a", 11, 0, NULL, &rec, &answer, &st), 0);
+    ck_assert_int_eq(st, TS_IDEM_NEW);
+    ts_idem_finish(t, rec, "{\"step\":1}", 0);
+    ck_assert_int_eq(ts_idem_claim(t, "m", "a", 11, 500, NULL, &rec, &answer, &st), 0);
+    ck_assert_int_eq(st, TS_IDEM_REPEAT);
+    ck_assert_str_eq(answer, "{\"step\":1}");
+    ck_assert_int_eq(ts_idem_claim(t, "m", "a", 12, 500, NULL, &rec, &answer, &st), 0);
+    ck_assert_int_eq(st, TS_IDEM_CONFLICT);
+    ck_assert_int_eq(ts_idem_claim(t, "other", "a", 12, 500, NULL, &rec, &answer, &st), 0);
+    ck_assert_int_eq(st, TS_IDEM_NEW); /* ids are per model */
+    ts_idem_drop(t, rec, 503, "retry");  /* its step failed: the id is free again */
+    ck_assert_int_eq(ts_idem_claim(t, "other", "a", 13, 600, NULL, &rec, &answer, &st), 0);
+    ck_assert_int_eq(st, TS_IDEM_NEW);
+    ts_idem_finish(t, rec, "{\"step\":7}", 600);
+    ck_assert_int_eq(ts_idem_count(t), 2);
+    /* Past the window the first id is forgotten: it is a new request. */
+    ck_assert_int_eq(ts_idem_claim(t, "m", "a", 99, 1500, NULL, &rec, &answer, &st), 0);
+    ck_assert_int_eq(st, TS_IDEM_NEW);
+    ts_idem_finish(t, rec, "{}", 1500);
+    /* Loaded records count from their creation time. */
+    ts_idem_load(t, "m", "old", 5, "{\"step\":2}", 100, 1500); /* expired: ignored */
+    ts_idem_load(t, "m", "new", 5, "{\"step\":3}", 1400, 1500);
+    ck_assert_int_eq(ts_idem_claim(t, "m", "new", 5, 1500, NULL, &rec, &answer, &st), 0);
+    ck_assert_int_eq(st, TS_IDEM_REPEAT);
+    ck_assert_str_eq(answer, "{\"step\":3}");
+    ck_assert_int_eq(ts_idem_claim(t, "m", "old", 5, 1500, NULL, &rec, &answer, &st), 0);
+    ck_assert_int_eq(st, TS_IDEM_NEW);
+    ts_idem_free(t); /* frees the pending one too */
+}
+END_TEST
+
+START_TEST(test_idem_many_ids_grow) {
+    ts_idem *t = ts_idem_new(1000000);
+    char id[32];
+    ts_idem_rec *rec;
+    const char *answer;
+    ts_idem_status st;
+    for (int i = 0; i < 5000; i++) {
+        snprintf(id, sizeof id, "id-%d", i);
+        ck_assert_int_eq(ts_idem_claim(t, "m", id, (uint64_t)i, i, NULL, &rec, &answer, &st), 0);
+        ck_assert_int_eq(st, TS_IDEM_NEW);
+        ts_idem_finish(t, rec, id, i);
+    }
+    for (int i = 0; i < 5000; i += 97) {
+        snprintf(id, sizeof id, "id-%d", i);
+        ck_assert_int_eq(ts_idem_claim(t, "m", id, (uint64_t)i, 5000, NULL, &rec, &answer, &st), 0);
+        ck_assert_int_eq(st, TS_IDEM_REPEAT);
+        ck_assert_str_eq(answer, id);
+    }
+    ck_assert_int_eq(ts_idem_count(t), 5000);
+    ts_idem_free(t);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("journal");
+    TCase *tc = tcase_create("journal");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_encode_int8_and_int16);
+    tcase_add_test(tc, test_checksum_covers_every_field);
+    tcase_add_test(tc, test_replay_gives_the_live_state);
+    tcase_add_test(tc, test_damaged_entry_cuts_the_tail);
+    tcase_add_test(tc, test_out_of_order_entry_is_not_applied);
+    tcase_add_test(tc, test_snapshots_cover_and_prune);
+    tcase_add_test(tc, test_feedback_ids_written_with_their_step_and_expired);
+    tcase_add_test(tc, test_idem_claim_repeat_conflict_drop_expire);
+    tcase_add_test(tc, test_idem_many_ids_grow);
+    suite_add_tcase(s, tc);
+    return run_suite(s);
+}

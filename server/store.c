@@ -1003,15 +1003,26 @@ int ts_store_list_models(ts_store *s, char ***names, int *n, char *err, size_t e
     return -1;
 }
 
-int ts_store_deactivate(ts_store *s, const char *name, char *err, size_t errlen) {
+/* active = 0 (DELETE) or 1 (a deleted model restored). */
+static int set_active(ts_store *s, const char *name, int active, char *err, size_t errlen) {
     sqlite3_stmt *st;
-    if (prepare(s, "UPDATE models SET active = 0, updated_at = ?2 WHERE name = ?1", &st) != 0)
-        return fail_sql(s, err, errlen, "model '%s': cannot deactivate", name);
+    const char *what = active ? "activate" : "deactivate";
+    if (prepare(s, "UPDATE models SET active = ?3, updated_at = ?2 WHERE name = ?1", &st) != 0)
+        return fail_sql(s, err, errlen, "model '%s': cannot %s", name, what);
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now_ms());
+    sqlite3_bind_int(st, 3, active);
     if (step_done(st) != 0)
-        return fail_sql(s, err, errlen, "model '%s': cannot deactivate", name);
+        return fail_sql(s, err, errlen, "model '%s': cannot %s", name, what);
     return sqlite3_changes(s->db) ? 0 : fail(s, err, errlen, "model '%s' not found", name);
+}
+
+int ts_store_deactivate(ts_store *s, const char *name, char *err, size_t errlen) {
+    return set_active(s, name, 0, err, errlen);
+}
+
+int ts_store_activate(ts_store *s, const char *name, char *err, size_t errlen) {
+    return set_active(s, name, 1, err, errlen);
 }
 
 /* ---- backup ----------------------------------------------------------------------------------- */

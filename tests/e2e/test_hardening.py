@@ -433,6 +433,33 @@ class Operations(unittest.TestCase):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def test_deleted_model_comes_back_by_restore(self):
+        tmp = tempfile.mkdtemp(prefix="tscale-e2e-")
+        try:
+            with tsd.Daemon(db_dir=tmp, args=["--snapshot-interval", "0"]) as d:
+                for _ in range(3):
+                    d.json("POST", "/v2/models/demo/feedback", FEEDBACK)
+                d.json("DELETE", "/admin/models/demo")
+                self.assertEqual(d.stop(), 0)
+            with tsd.Daemon(db_dir=tmp, args=["--snapshot-interval", "0"]) as d:
+                self.assertEqual(d.request("GET", "/v2/models/demo")[0], 404)
+                snaps = d.json("GET", "/admin/models/demo/snapshots")["snapshots"]
+                newest = snaps[0]
+                self.assertEqual((newest["reason"], newest["step"]), ("delete", 3))
+                st, _, data = d.request("POST", "/admin/models/nope/restore", {"snapshot_id": newest["snapshot_id"]})
+                self.assertEqual(st, 404, data[:300])
+                st, _, data = d.request("POST", "/admin/models/demo/restore", {"snapshot_id": 999})
+                self.assertEqual(st, 404, data[:300])
+                j = d.json("POST", "/admin/models/demo/restore", {"snapshot_id": newest["snapshot_id"]})
+                self.assertEqual((j["step"], j["restored_from"]), (3, newest["snapshot_id"]))
+                self.assertEqual(d.json("GET", "/admin/models/demo")["step"], 3)
+                d.json("POST", "/v2/models/demo/infer", json.loads(infer_body([ROW])))
+                self.assertEqual(d.stop(), 0)
+            with tsd.Daemon(db_dir=tmp) as d:   # and it stays back
+                self.assertEqual(d.json("GET", "/admin/models/demo")["step"], 3)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def test_help_lists_the_subcommands(self):
         p = subprocess.run([BINARY, "--help"], capture_output=True, text=True, timeout=30)
         self.assertEqual(p.returncode, 0)

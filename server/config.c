@@ -457,7 +457,12 @@ static int next_flag(int argc, char **argv, int *i, const ts_option **opt, const
     char why[256];
     if (o->type == OPT_HELP || o->type == OPT_VERSION)
         *value = NULL;
-    else if (o->type == OPT_BOOL && !eq &&
+    else if (o->type == OPT_BOOL && !eq && !negated && *i + 1 < argc && argv[*i + 1][0] != '-' &&
+             parse_bool(argv[*i + 1], &ignored, why, sizeof why) < 0) {
+        /* serve takes no other arguments: "--flag word" meant word as the value */
+        snprintf(err, errlen, "%s %s: %s", a, argv[*i + 1], why);
+        return -1;
+    } else if (o->type == OPT_BOOL && !eq &&
              (negated || *i + 1 >= argc || parse_bool(argv[*i + 1], &ignored, why, sizeof why) < 0))
         *value = negated ? "no" : "yes"; /* a bare boolean flag sets it */
     else if (eq)

@@ -309,6 +309,8 @@ START_TEST(config_errors)
         {"--model", "=x", "NAME=FILE"},
         {"--model", "x=", "NAME=FILE"},
         {"--feedback-requires-snapshot=maybe", NULL, "yes/no"},
+        {"--eager-batching", "yess", "'yess' is not yes/no, true/false, on/off or 1/0"},
+        {"--access-log", "loud", "off, debug"},
         {"--nope", NULL, "unknown flag"},
         {"positional", NULL, "unexpected"},
         {"--db", NULL, "needs a value"},
@@ -318,6 +320,13 @@ START_TEST(config_errors)
         ck_assert_msg(strstr(err, bad[i].word), "'%s' lacks '%s'", err, bad[i].word);
     }
     ck_assert_int_eq(parse(&c, err, "--model", "a=1", "--model", "a=2", NULL), TS_CONFIG_ERROR);
+    /* a bare boolean still sets it, before another flag or at the end */
+    ck_assert_int_eq(parse(&c, err, "--eager-batching", "--max-batch", "8", NULL), TS_CONFIG_OK);
+    ck_assert_int_eq(c.eager_batching, 1);
+    ts_config_free(&c);
+    ck_assert_int_eq(parse(&c, err, "--max-batch", "8", "--no-eager-batching", NULL), TS_CONFIG_OK);
+    ck_assert_int_eq(c.eager_batching, 0);
+    ts_config_free(&c);
     setenv("TSCALE_SNAPSHOT_INTERVAL", "soon", 1);
     ck_assert_int_eq(parse(&c, err, NULL), TS_CONFIG_ERROR);
     ck_assert_ptr_nonnull(strstr(err, "TSCALE_SNAPSHOT_INTERVAL"));

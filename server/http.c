@@ -1,6 +1,5 @@
 /* http.c — libmicrohttpd front end (see http.h for the design and a request's life). */
 #include "http.h"
-#include "admin.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -14,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../proto/restore.h"
 #include "../proto/safetensors.h"
 #include "auth.h"
 #include "conns.h"
@@ -422,7 +422,7 @@ static int parse_body(ts_req *req, struct MHD_Connection *conn, char *err, size_
         return 0;
     }
     case TS_EP_ADMIN_RESTORE:
-        return ts_admin_parse_restore(req->body, req->body_len, &req->snapshot_id, err, errlen);
+        return ts_restore_parse(req->body, req->body_len, &req->snapshot_id, err, errlen);
     default: return 0;
     }
 }

@@ -308,6 +308,7 @@ static int refuse_oversized(ts_engine *e, ts_served *s, ts_item *it) {
  * is full now. */
 static void enqueue_request(ts_engine *e, ts_served *s, ts_item *it) {
     if (refuse_oversized(e, s, it)) {
+        item_drop_id(e, it, 413, "the first request with this id was too large");
         item_free(it);
         return;
     }

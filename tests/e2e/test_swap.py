@@ -29,12 +29,17 @@ def init(path, layers, seed):
                    check=True, capture_output=True)
 
 
-def busy_feedback(d, results, rows=32, in_dim=2048):
+def busy_body(rows=512, in_dim=2048):
+    """A slow feedback step for the old model (built once: packing it in Python is slow)."""
     x = [((r * 7 + c) % 13) / 6.0 - 1.0 for r in range(rows) for c in range(in_dim)]
     g = [0.01 * ((r + c) % 5 - 2) for r in range(rows) for c in range(4)]
-    body, headers = oipc.binary_request([("input", "FP32", [rows, in_dim], x),
-                                         ("grad_output", "FP32", [rows, 4], g)])
-    results.append(d.request("POST", "/v2/models/x/feedback", body, headers, timeout=120)[0])
+    return oipc.binary_request([("input", "FP32", [rows, in_dim], x),
+                                ("grad_output", "FP32", [rows, 4], g)])
+
+
+def busy_feedback(d, results, body, headers):
+    st, _, b = d.request("POST", "/v2/models/x/feedback", body, headers, timeout=120)
+    results.append(st if st == 200 else (st, b[:200]))
 
 
 class SwapUnderTraffic(unittest.TestCase):
@@ -44,6 +49,7 @@ class SwapUnderTraffic(unittest.TestCase):
         self.new = os.path.join(self.tmp.name, "new.safetensors")
         init(self.old, OLD, 3)
         init(self.new, NEW, 4)
+        self.busy = busy_body()
 
     def tearDown(self):
         self.tmp.cleanup()
@@ -52,16 +58,17 @@ class SwapUnderTraffic(unittest.TestCase):
         """Queue slow feedback steps, then the swap, then small requests made for the old
         shape; return the small requests' (kind, status, body)."""
         busy, threads = [], []
-        for _ in range(6):
-            t = threading.Thread(target=busy_feedback, args=(d, busy))
+        for k in range(6):  # the first runs, the others are received and queue behind it
+            t = threading.Thread(target=busy_feedback, args=(d, busy) + self.busy)
             t.start()
             threads.append(t)
-        time.sleep(0.2)
+            time.sleep(0.2 if k == 0 else 0.05)
+        time.sleep(0.3)
         swapped = {}
         t = threading.Thread(target=lambda: swapped.update(r=swap()))
         t.start()
         threads.append(t)
-        time.sleep(0.3)  # the swap is stored and queued behind the feedback steps
+        time.sleep(0.15)  # the swap is stored and queued behind the feedback steps
         small = []
         row = [0.5] * 2048
 
@@ -91,6 +98,9 @@ class SwapUnderTraffic(unittest.TestCase):
             if st == 409:
                 stale += 1
                 self.assertIn(b"was replaced", b)
+                continue
+            if st == 400:  # arrived after the swap: checked against the new model
+                self.assertIn(b"must have shape [B,4096]", b)
                 continue
             # Ran before the swap: the old shape. Never a 200 computed on the new model.
             self.assertEqual(st, 200, (kind, st, b))

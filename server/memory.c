@@ -10,7 +10,7 @@ void ts_memory_setup(void) {
     mallopt(M_MMAP_THRESHOLD, TS_MEMORY_MMAP_MIN);
 }
 
-int ts_memory_resident(int64_t *resident, int64_t *anon) {
+int ts_memory_measure(int64_t *resident, int64_t *anon) {
     /* statm: size resident shared text lib data dt, in pages; shared = file-backed + shmem */
     FILE *f = fopen("/proc/self/statm", "r");
     long long size, res, shared;
@@ -27,7 +27,7 @@ int ts_memory_resident(int64_t *resident, int64_t *anon) {
 
 void ts_memory_render(ts_buf *out) {
     int64_t resident, anon;
-    if (!ts_memory_resident(&resident, &anon))
+    if (!ts_memory_measure(&resident, &anon))
         return;
     ts_buf_printf(out, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
                        "# TYPE process_resident_memory_bytes gauge\n"

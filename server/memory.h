@@ -28,7 +28,7 @@ void ts_memory_setup(void);
 /* The process's resident bytes, and of them the anonymous ones (heap, mappings: what
  * the daemon itself allocated, not the mapped binary and libraries); from /proc/self/statm.
  * 0 on failure (no /proc): callers show nothing then. Any thread. */
-int ts_memory_resident(int64_t *resident, int64_t *anon);
+int ts_memory_measure(int64_t *resident, int64_t *anon);
 
 /* Append the Prometheus gauges process_resident_memory_bytes (the name Prometheus' client
  * libraries give it) and tscale_resident_anon_bytes; nothing when /proc is missing. */

@@ -1,6 +1,8 @@
 /* hash.c — content hash of model files (see hash.h). */
 #include "hash.h"
 
+#include <string.h>
+
 #define FNV_OFFSET 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL
 
@@ -36,4 +38,9 @@ uint64_t ts_hash_bytes(const uint8_t *buf, size_t len) {
     for (int i = 0; i < 8; i++)
         lb[i] = (uint8_t)((uint64_t)len >> (8 * i));
     return fnv1a(h, lb, 8);
+}
+
+uint64_t ts_hash_pair(const char *a, const char *b) {
+    uint64_t ha = ts_hash_bytes((const uint8_t *)a, strlen(a)), hb = ts_hash_bytes((const uint8_t *)b, strlen(b));
+    return ha * 0x9e3779b97f4a7c15ull ^ hb;
 }

@@ -12,4 +12,7 @@
  * the value is stored in the database. */
 uint64_t ts_hash_bytes(const uint8_t *buf, size_t len);
 
+/* The key of a (model, id) pair in the in-memory tables keyed by both (idem.c, window.c). */
+uint64_t ts_hash_pair(const char *a, const char *b);
+
 #endif

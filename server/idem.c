@@ -39,12 +39,6 @@ struct ts_idem {
     ts_idem_rec *oldest, *newest;
 };
 
-static uint64_t key_of(const char *model, const char *id) {
-    size_t lm = strlen(model), li = strlen(id);
-    uint64_t a = ts_hash_bytes((const uint8_t *)model, lm), b = ts_hash_bytes((const uint8_t *)id, li);
-    return a * 0x9e3779b97f4a7c15ull ^ b;
-}
-
 ts_idem *ts_idem_new(int64_t window_ms) {
     ts_idem *t = calloc(1, sizeof *t);
     if (t && !(t->buckets = calloc(BUCKETS_MIN, sizeof *t->buckets))) {
@@ -172,7 +166,7 @@ static ts_idem_rec *insert(ts_idem *t, const char *model, const char *id, uint64
 int ts_idem_claim(ts_idem *t, const char *model, const char *id, uint64_t body_hash, int64_t now_ms,
                   ts_req *req, ts_idem_rec **rec, const char **answer, ts_idem_status *status) {
     expire(t, now_ms);
-    uint64_t key = key_of(model, id);
+    uint64_t key = ts_hash_pair(model, id);
     ts_idem_rec *r = find(t, model, id, key);
     if (r && r->body_hash != body_hash) {
         *status = TS_IDEM_CONFLICT;
@@ -217,7 +211,7 @@ void ts_idem_load(ts_idem *t, const char *model, const char *id, uint64_t body_h
                   const char *answer, int64_t created_ms, int64_t now_ms) {
     if (now_ms - created_ms > t->window_ms)
         return;
-    uint64_t key = key_of(model, id);
+    uint64_t key = ts_hash_pair(model, id);
     ts_idem_rec *r = find(t, model, id, key);
     if (r)
         rec_remove(t, r); /* the newer record wins */

@@ -24,6 +24,7 @@ typedef struct ts_server {
     ts_persist *persist;
     ts_journal *journal;                /* feedback journal (journal.h) */
     ts_idem *idem;                      /* exactly-once feedback ids (idem.h); NULL: off */
+    ts_window *window;                  /* inputs kept for feedback by id (window.h) */
     ts_http *http;
     char admin_token[TS_TOKEN_MAX];     /* "" when not configured */
     char feedback_token[TS_TOKEN_MAX];

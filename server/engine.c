@@ -392,10 +392,12 @@ static uint64_t byid_hash(const ts_served *s, const ts_item *it) {
     const ts_oip_tensor *sig = find_signal(o, err, sizeof err);
     size_t esize = sig->type == TS_OIP_FP32 ? sizeof(float) : sizeof(int64_t);
     const void *data = sig->type == TS_OIP_FP32 ? (const void *)sig->f32 : (const void *)sig->i64;
-    uint64_t h[5] = {0x6279696466656564ull /* "byidfeed" */, ts_hash_bytes((const uint8_t *)sig->name, strlen(sig->name)),
+    uint64_t h[5] = {0x6279696466656564ull /* "byidfeed" */,
+                     ts_hash_bytes((const uint8_t *)sig->name, strlen(sig->name)),
                      ts_hash_bytes((const uint8_t *)sig->shape, (size_t)sig->ndim * sizeof(int64_t)),
                      ts_hash_bytes((const uint8_t *)data, (size_t)sig->count * esize),
-                     o->rows ? ts_hash_bytes((const uint8_t *)o->rows, (size_t)o->n_rows * sizeof(int64_t)) : 0};
+                     o->rows ? ts_hash_bytes((const uint8_t *)o->rows, (size_t)o->n_rows * sizeof(int64_t))
+                             : 0};
     return ts_hash_bytes((const uint8_t *)h, sizeof h);
 }
 
@@ -435,14 +437,16 @@ static int claim_id(ts_engine *e, ts_served *s, ts_req *req, ts_item *it,
 static const char *gone_text(ts_window_gone why) {
     switch (why) {
     case TS_GONE_EXPIRED: return "it expired (older than --feedback-window-seconds)";
-    case TS_GONE_EVICTED: return "newer inferences pushed it out (--feedback-window-rows, --feedback-window-bytes)";
+    case TS_GONE_EVICTED:
+        return "newer inferences pushed it out (--feedback-window-rows, --feedback-window-bytes)";
     case TS_GONE_USED: return "it already received its feedback (each inference takes one)";
     default: return "it was larger than the window holds (--feedback-window-rows, --feedback-window-bytes)";
     }
 }
 
 /* Look up the stored input of inference id and take it: 0, or the status to answer + err. */
-static int take_stored(ts_engine *e, ts_served *s, const char *id, ts_window_view *v, char *err, size_t errlen) {
+static int take_stored(ts_engine *e, ts_served *s, const char *id, ts_window_view *v, char *err,
+                       size_t errlen) {
     switch (ts_window_take(e->cfg.window, s->name, id, (int64_t)(ts_now_us() / 1000), v)) {
     case TS_WINDOW_HIT: return 0;
     case TS_WINDOW_GONE:
@@ -463,7 +467,8 @@ static int take_stored(ts_engine *e, ts_served *s, const char *id, ts_window_vie
 
 /* Rows of the stored input into the item, in the order of parameters.rows (all when absent). 0, or
  * -1 + err. */
-static int gather_rows(const ts_oip_request *o, const ts_window_view *v, ts_item *it, char *err, size_t errlen) {
+static int gather_rows(const ts_oip_request *o, const ts_window_view *v, ts_item *it, char *err,
+                       size_t errlen) {
     int64_t n = o->rows ? o->n_rows : v->rows;
     uint8_t *seen = calloc((size_t)v->rows, 1);
     float *x = malloc((size_t)(n ? n : 1) * (size_t)v->in_dim * sizeof *x);

@@ -76,6 +76,10 @@ void ts_hist_render(ts_hist *h, const char *name, const char *labels, ts_buf *ou
                   (unsigned long long)atomic_load_explicit(&h->count, memory_order_relaxed));
 }
 
+void ts_metrics_family(ts_buf *out, const char *name, const char *type, const char *help) {
+    ts_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
 static void render_kind_hist(ts_hist *hs, const char *name, const char *help, ts_buf *out) {
     static const char *const kinds[TS_KIND_COUNT] = {"infer", "feedback"};
     ts_buf_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
@@ -87,8 +91,8 @@ static void render_kind_hist(ts_hist *hs, const char *name, const char *help, ts
 }
 
 static void render_counter(ts_buf *out, const char *name, const char *help, _Atomic uint64_t *v) {
-    ts_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
-                  (unsigned long long)atomic_load_explicit(v, memory_order_relaxed));
+    ts_metrics_family(out, name, "counter", help);
+    ts_buf_printf(out, "%s %llu\n", name, (unsigned long long)atomic_load_explicit(v, memory_order_relaxed));
 }
 
 void ts_metrics_render(ts_metrics *m, ts_buf *out) {

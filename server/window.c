@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "hash.h"
+#include "metrics.h"
 
 #define BUCKETS_MIN 256
 
@@ -322,29 +323,27 @@ void ts_window_get_stats(const ts_window *w, ts_window_stats *st) {
 }
 
 void ts_window_render_metrics(ts_window *w, ts_buf *out) {
-    static const char *const help =
-        "# HELP tscale_feedback_window_entries Inferences whose input is kept for feedback by id.\n"
-        "# TYPE tscale_feedback_window_entries gauge\n"
-        "# HELP tscale_feedback_window_rows Input rows kept for feedback by id.\n"
-        "# TYPE tscale_feedback_window_rows gauge\n"
-        "# HELP tscale_feedback_window_bytes Bytes the kept inputs cost against --feedback-window-bytes.\n"
-        "# TYPE tscale_feedback_window_bytes gauge\n"
-        "# HELP tscale_feedback_window_limit_bytes --feedback-window-bytes (0: the window is off).\n"
-        "# TYPE tscale_feedback_window_limit_bytes gauge\n"
-        "# HELP tscale_feedback_by_id_total Feedback-by-id lookups, by result (hit; miss: 404; gone: 410).\n"
-        "# TYPE tscale_feedback_by_id_total counter\n"
-        "# HELP tscale_feedback_window_dropped_total Inputs that left the window unused, by cause.\n"
-        "# TYPE tscale_feedback_window_dropped_total counter\n";
-    ts_buf_puts(out, help);
-    ts_buf_printf(out, "tscale_feedback_window_entries %lld\ntscale_feedback_window_rows %lld\n"
-                       "tscale_feedback_window_bytes %zu\ntscale_feedback_window_limit_bytes %lld\n",
-                  (long long)w->entries, (long long)w->rows, w->bytes,
+    ts_metrics_family(out, "tscale_feedback_window_entries", "gauge",
+                      "Inferences whose input is kept for feedback by id.");
+    ts_buf_printf(out, "tscale_feedback_window_entries %lld\n", (long long)w->entries);
+    ts_metrics_family(out, "tscale_feedback_window_rows", "gauge", "Input rows kept for feedback by id.");
+    ts_buf_printf(out, "tscale_feedback_window_rows %lld\n", (long long)w->rows);
+    ts_metrics_family(out, "tscale_feedback_window_bytes", "gauge",
+           "Bytes the kept inputs cost against --feedback-window-bytes.");
+    ts_buf_printf(out, "tscale_feedback_window_bytes %zu\n", w->bytes);
+    ts_metrics_family(out, "tscale_feedback_window_limit_bytes", "gauge",
+                      "--feedback-window-bytes (0: the window is off).");
+    ts_buf_printf(out, "tscale_feedback_window_limit_bytes %lld\n",
                   (long long)(ts_window_enabled(w) ? w->lim.max_bytes : 0));
+    ts_metrics_family(out, "tscale_feedback_by_id_total", "counter",
+           "Feedback-by-id lookups by result: hit, miss (404: never seen), gone (410: left the window).");
     ts_buf_printf(out, "tscale_feedback_by_id_total{result=\"hit\"} %llu\n"
                        "tscale_feedback_by_id_total{result=\"miss\"} %llu\n"
                        "tscale_feedback_by_id_total{result=\"gone\"} %llu\n",
                   (unsigned long long)w->hits, (unsigned long long)w->misses,
                   (unsigned long long)w->gone_hits);
+    ts_metrics_family(out, "tscale_feedback_window_dropped_total", "counter",
+           "Inputs that left the window without a feedback, by cause (too_large: never stored).");
     ts_buf_printf(out, "tscale_feedback_window_dropped_total{cause=\"rows\"} %llu\n"
                        "tscale_feedback_window_dropped_total{cause=\"bytes\"} %llu\n"
                        "tscale_feedback_window_dropped_total{cause=\"age\"} %llu\n"

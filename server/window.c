@@ -89,8 +89,13 @@ void ts_window_make_id(ts_window *w, char out[TS_WINDOW_ID_MAX]) {
              (unsigned long long)++w->counter);
 }
 
+/* malloc's own header of each of an entry's two allocations (the entry, its id): glibc's is
+ * 8 bytes, rounded to 16; counted so that the bound is on memory, not only on payload. */
+#define MALLOC_OVERHEAD 16
+
 size_t ts_window_entry_bytes(const char *id, int64_t rows, int64_t in_dim) {
-    return sizeof(entry) + strlen(id) + 1 + (size_t)rows * (size_t)in_dim * sizeof(float);
+    return sizeof(entry) + 2 * MALLOC_OVERHEAD + strlen(id) + 1 +
+           (size_t)rows * (size_t)in_dim * sizeof(float);
 }
 
 static void remember_gone(ts_window *w, uint64_t key, ts_window_gone why) {

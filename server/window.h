@@ -8,10 +8,10 @@
  * Bounds (memory strictly bounded, oldest dropped first):
  *   - max_rows per model (--feedback-window-rows): a model's oldest entries go first;
  *   - max_bytes for all models together (--feedback-window-bytes): an entry costs its input
- *     (rows × in_dim × 4 bytes) plus its id and bookkeeping (ts_window_entry_bytes), and the
- *     oldest entry of any model goes first; the hash table's buckets (8 bytes per entry at
- *     most, twice that while growing) and the record of evicted ids (TS_WINDOW_GONE_MAX ×
- *     16 bytes) come on top;
+ *     (rows × in_dim × 4 bytes) plus its id and bookkeeping, malloc's headers included
+ *     (ts_window_entry_bytes), and the oldest entry of any model goes first; the hash table's
+ *     buckets (at most 16 bytes per entry the window held at once: they never shrink) and the
+ *     record of evicted ids (TS_WINDOW_GONE_MAX × 16 bytes) come on top;
  *   - max_age_ms (--feedback-window-seconds): an entry older than this is dropped.
  * Any bound 0 turns the window off: nothing is stored, every lookup misses.
  *

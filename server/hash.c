@@ -41,6 +41,7 @@ uint64_t ts_hash_bytes(const uint8_t *buf, size_t len) {
 }
 
 uint64_t ts_hash_pair(const char *a, const char *b) {
-    uint64_t ha = ts_hash_bytes((const uint8_t *)a, strlen(a)), hb = ts_hash_bytes((const uint8_t *)b, strlen(b));
+    uint64_t ha = ts_hash_bytes((const uint8_t *)a, strlen(a));
+    uint64_t hb = ts_hash_bytes((const uint8_t *)b, strlen(b));
     return ha * 0x9e3779b97f4a7c15ull ^ hb;
 }

@@ -1,9 +1,9 @@
 /* window.c — the feedback window (see window.h).
  *
  * Each entry is one allocation (bookkeeping, then the input's floats), in three structures:
- * a chained hash table by (model, id), the global list in arrival order (the age and byte
- * bounds drop its head), and its model's list in arrival order (the row bound drops that
- * list's head). Arrival times are monotonic, so the global head is also the oldest.
+ * a chained hash table by (model, id) (table.h), the global list in arrival order (the age
+ * and byte bounds drop its head), and its model's list in arrival order (the row bound drops
+ * that list's head). Arrival times are monotonic, so the global head is also the oldest.
  * Evicted ids go into a ring of (key, why), searched newest first only on a miss.
  */
 #include "window.h"
@@ -17,19 +17,20 @@
 
 #include "hash.h"
 #include "metrics.h"
+#include "table.h"
 
 #define BUCKETS_MIN 256
 
 typedef struct shelf shelf;
 
 typedef struct entry {
-    uint64_t key, serial;
+    ts_table_node node;              /* first: key = hash of model and id */
+    uint64_t serial;
     char *id;
     shelf *shelf;                    /* its model's list */
     int64_t rows, in_dim, out_dim, t_ms;
     size_t bytes;                    /* what it costs against max_bytes */
     int in_use;                      /* taken by a feedback not settled yet */
-    struct entry *chain;             /* next in the bucket */
     struct entry *older, *newer;     /* all models, arrival order */
     struct entry *m_older, *m_newer; /* its model, arrival order */
     float x[];                       /* [rows][in_dim] */
@@ -50,8 +51,7 @@ typedef struct {
 
 struct ts_window {
     ts_window_limits lim;
-    entry **buckets;
-    size_t n_buckets;
+    ts_table table;
     entry *oldest, *newest;
     shelf *shelves;
     int64_t entries, rows;
@@ -64,11 +64,10 @@ struct ts_window {
 
 ts_window *ts_window_new(const ts_window_limits *lim) {
     ts_window *w = calloc(1, sizeof *w);
-    if (!w || !(w->buckets = calloc(BUCKETS_MIN, sizeof *w->buckets))) {
+    if (!w || ts_table_init(&w->table, BUCKETS_MIN) < 0) {
         free(w);
         return NULL;
     }
-    w->n_buckets = BUCKETS_MIN;
     w->lim = *lim;
     /* Random per run, so ids of two runs or replicas differ; the clock when getrandom
      * cannot answer (it only fails before the kernel's pool is ready). */
@@ -136,11 +135,7 @@ static void shelf_free(ts_window *w, shelf *dead) {
 
 /* Take e out of every structure and free it (and its shelf when that is empty now). */
 static void entry_remove(ts_window *w, entry *e) {
-    for (entry **p = &w->buckets[e->key % w->n_buckets]; *p; p = &(*p)->chain)
-        if (*p == e) {
-            *p = e->chain;
-            break;
-        }
+    ts_table_remove(&w->table, &e->node);
     *(e->older ? &e->older->newer : &w->oldest) = e->newer;
     *(e->newer ? &e->newer->older : &w->newest) = e->older;
     shelf *sh = e->shelf;
@@ -158,7 +153,7 @@ static void entry_remove(ts_window *w, entry *e) {
 
 /* Drop e because a bound needs its room (or its time is up): its id reads as gone. */
 static void entry_evict(ts_window *w, entry *e, ts_window_gone why, uint64_t *counter) {
-    remember_gone(w, e->key, why);
+    remember_gone(w, e->node.key, why);
     (*counter)++;
     entry_remove(w, e);
 }
@@ -169,29 +164,12 @@ void ts_window_expire(ts_window *w, int64_t now_ms) {
 }
 
 static entry *find(ts_window *w, const char *model, const char *id, uint64_t key) {
-    for (entry *e = w->buckets[key % w->n_buckets]; e; e = e->chain)
-        if (e->key == key && strcmp(e->id, id) == 0 && strcmp(e->shelf->model, model) == 0)
+    for (ts_table_node *n = ts_table_bucket(&w->table, key); n; n = n->chain) {
+        entry *e = (entry *)n;
+        if (n->key == key && strcmp(e->id, id) == 0 && strcmp(e->shelf->model, model) == 0)
             return e;
+    }
     return NULL;
-}
-
-/* Double the buckets when there are as many entries, so chains stay short. */
-static void grow(ts_window *w) {
-    if ((size_t)w->entries < w->n_buckets)
-        return;
-    size_t n = w->n_buckets * 2;
-    entry **b = calloc(n, sizeof *b);
-    if (!b)
-        return; /* longer chains, still correct */
-    for (size_t i = 0; i < w->n_buckets; i++)
-        for (entry *e = w->buckets[i], *next; e; e = next) {
-            next = e->chain;
-            e->chain = b[e->key % n];
-            b[e->key % n] = e;
-        }
-    free(w->buckets);
-    w->buckets = b;
-    w->n_buckets = n;
 }
 
 /* Make room for an entry of `rows` rows and `bytes` bytes in sh (NULL: a new model). */
@@ -204,10 +182,7 @@ static void make_room(ts_window *w, shelf *sh, int64_t rows, size_t bytes) {
 
 /* Link a new entry e into every structure (sh exists). */
 static void entry_link(ts_window *w, shelf *sh, entry *e) {
-    grow(w);
-    size_t b = e->key % w->n_buckets;
-    e->chain = w->buckets[b];
-    w->buckets[b] = e;
+    ts_table_insert(&w->table, &e->node);
     e->shelf = sh;
     e->older = w->newest;
     *(w->newest ? &w->newest->newer : &w->oldest) = e;
@@ -259,7 +234,7 @@ int ts_window_put(ts_window *w, const char *model, const char *id, const float *
         free(idc);
         return -1;
     }
-    *e = (entry){.key = key, .serial = ++w->serial, .id = idc, .rows = rows, .in_dim = in_dim,
+    *e = (entry){.node = {.key = key}, .serial = ++w->serial, .id = idc, .rows = rows, .in_dim = in_dim,
                  .out_dim = out_dim, .t_ms = now_ms, .bytes = bytes};
     memcpy(e->x, x, nx * sizeof(float));
     entry_link(w, sh, e);
@@ -293,16 +268,18 @@ ts_window_found ts_window_take(ts_window *w, const char *model, const char *id, 
 void ts_window_settle(ts_window *w, ts_window_ticket t, int used) {
     if (!t.serial)
         return;
-    for (entry *e = w->buckets[t.key % w->n_buckets]; e; e = e->chain)
-        if (e->serial == t.serial) {
-            if (!used) {
-                e->in_use = 0;
-                return;
-            }
-            remember_gone(w, e->key, TS_GONE_USED);
-            entry_remove(w, e);
+    for (ts_table_node *n = ts_table_bucket(&w->table, t.key); n; n = n->chain) {
+        entry *e = (entry *)n;
+        if (e->serial != t.serial)
+            continue;
+        if (!used) {
+            e->in_use = 0;
             return;
         }
+        remember_gone(w, t.key, TS_GONE_USED);
+        entry_remove(w, e);
+        return;
+    }
 }
 
 void ts_window_forget(ts_window *w, const char *model) {
@@ -316,7 +293,7 @@ void ts_window_free(ts_window *w) {
         return;
     while (w->oldest)
         entry_remove(w, w->oldest);
-    free(w->buckets);
+    ts_table_free(&w->table);
     free(w);
 }
 

@@ -203,6 +203,7 @@ static int start_http(ts_server *srv, char *err, size_t errlen) {
         .dispatch_end = ts_api_dispatch_end,
         .dispatch_ctx = srv,
         .arriving = &srv->arriving,
+        .feedback_by_id = ts_window_enabled(srv->window),
     };
     srv->http = ts_http_start(srv->loop, &hc, &bound, err, errlen);
     if (!srv->http)

@@ -80,6 +80,7 @@ typedef struct {
     void (*dispatch_end)(void *ctx);
     void *dispatch_ctx;
     _Atomic int *arriving;       /* inference requests being received or parsed */
+    int feedback_by_id;          /* GET /v2 lists the feedback_by_id extension (the window is on) */
 } ts_http_config;
 
 /* Start listening. The config's strings must outlive the ts_http. *bound_port receives

@@ -243,6 +243,8 @@ class Bounds(unittest.TestCase):
             self.assertEqual(status, 404)
             self.assertIn("the window is off", body["error"])
             self.assertEqual(metric(d, "tscale_feedback_window_entries"), 0)
+            # off: not advertised, so clients send the input instead
+            self.assertEqual(d.json("GET", "/v2")["extensions"], ["binary_tensor_data", "feedback"])
 
     def test_used_input_is_gone_without_id_tracking(self):
         with start("--feedback-id-window", "0") as d:

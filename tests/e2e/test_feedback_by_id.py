@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -170,6 +171,21 @@ class Errors(unittest.TestCase):
         status, body = by_id(self.d, ident, self.kind, other)
         self.assertEqual(status, 409, body)
         self.assertIn("already used with a different body", body["error"])
+
+    def test_concurrent_repeats_get_one_step(self):
+        ident = infer(self.d, self.x)["id"]
+        steps = metric(self.d, 'tscale_feedback_steps_total{model="m"}')
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(by_id(self.d, ident, self.kind, self.signal)))
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(len(answers), 8)
+        self.assertEqual(answers[0][0], 200, answers[0])
+        self.assertTrue(all(a == answers[0] for a in answers), answers)
+        self.assertEqual(metric(self.d, 'tscale_feedback_steps_total{model="m"}'), steps + 1)
 
     def test_server_ids_are_unique(self):
         ids = [infer(self.d, self.x[:1])["id"] for _ in range(50)]

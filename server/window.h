@@ -86,12 +86,14 @@ typedef struct {
  *   TS_WINDOW_HIT   *v is the entry; it is in use until ts_window_settle(v->ticket);
  *   TS_WINDOW_BUSY  a feedback on it is already running (not settled yet);
  *   TS_WINDOW_GONE  it was here; v->why says why it left;
- *   TS_WINDOW_MISS  never seen (or gone longer ago than the record reaches). */
+ *   TS_WINDOW_MISS  never seen (or gone longer ago than the record reaches).
+ * An entry in use can still be dropped by a bound, replaced or forgotten: the caller copies
+ * the rows it needs before its next call into the window. */
 ts_window_found ts_window_take(ts_window *w, const char *model, const char *id, int64_t now_ms,
                                ts_window_view *v);
-/* The feedback on the entry of ticket t is over: used = 1 — it was applied; the entry leaves the
- * window and its id reads as gone ("used") —, used = 0 — it was not; the entry can be taken
- * again. Nothing happens when the entry left meanwhile. */
+/* The feedback on the entry of ticket t is over: used = 1 — it was applied; the entry leaves
+ * the window and its id reads as gone ("used") —, used = 0 — it was not; the entry can be
+ * taken again. Nothing happens when the entry left meanwhile. */
 void ts_window_settle(ts_window *w, ts_window_ticket t, int used);
 
 /* Drop every entry of model (it was unloaded); their ids read as never seen. */

@@ -52,6 +52,7 @@
 #include "idem.h"
 #include "journal.h"
 #include "metrics.h"
+#include "stats.h"
 #include "store.h"
 #include "window.h"
 
@@ -85,11 +86,13 @@ typedef struct ts_served {
     /* metrics */
     uint64_t feedback_steps;
     double last_loss;           /* NAN until a feedback step computed one */
+    ts_model_stats stats;       /* GET /v2/models/{m}/stats (stats.h) */
     struct ts_served *next;
 } ts_served;
 
 typedef struct {
     int64_t max_batch, max_queue_delay_us, max_rows, max_queue_rows, max_queue_bytes;
+    int64_t max_response_bytes;   /* an inference answer's bound (413 before computing) */
     int feedback_requires_snapshot;
     ts_pool *pool;
     ts_metrics *metrics;

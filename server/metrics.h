@@ -56,6 +56,10 @@ void ts_metrics_render(ts_metrics *m, ts_buf *out);
 /* The HELP and TYPE lines of one metric family; its samples must follow at once (Prometheus
  * wants a family's lines together). */
 void ts_metrics_family(ts_buf *out, const char *name, const char *type, const char *help);
+/* One counter with its HELP and TYPE lines; one histogram family (HELP, TYPE, then the
+ * histogram without labels). For modules that keep their own counters. */
+void ts_metrics_render_counter(ts_buf *out, const char *name, const char *help, _Atomic uint64_t *v);
+void ts_hist_render_family(ts_hist *h, const char *name, const char *help, ts_buf *out);
 /* Render one histogram as NAME{labels} (labels may be "" or e.g. "kind=\"infer\""). */
 void ts_hist_render(ts_hist *h, const char *name, const char *labels, ts_buf *out);
 

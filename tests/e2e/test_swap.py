@@ -10,6 +10,7 @@ wrote garbage into corr_accum.
 To hold requests behind the swap, the old model is large enough that a few queued
 feedback steps keep its FIFO busy while the PUT is stored and its swap queued."""
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -29,7 +30,19 @@ def init(path, layers, seed):
                    check=True, capture_output=True)
 
 
-def busy_feedback(d, results, rows=32, in_dim=2048):
+def queued(d):
+    """Items waiting in model x's FIFO (tscale_queue_requests)."""
+    m = re.search(r'^tscale_queue_requests\{model="x"\} (\S+)$', d.request("GET", "/metrics")[2].decode(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+# Slow feedback steps queued ahead of the swap: with the AVX2 kernels a step of 32 rows takes
+# ~30 ms here, and six of them no longer outlasted the PUT's store (the small requests then
+# came after the swap and were 400s, not 409s). Twelve of 96 rows keep the FIFO busy ~1 s.
+BUSY = 12
+
+
+def busy_feedback(d, results, rows=96, in_dim=2048):
     x = [((r * 7 + c) % 13) / 6.0 - 1.0 for r in range(rows) for c in range(in_dim)]
     g = [0.01 * ((r + c) % 5 - 2) for r in range(rows) for c in range(4)]
     body, headers = oipc.binary_request([("input", "FP32", [rows, in_dim], x),
@@ -52,11 +65,15 @@ class SwapUnderTraffic(unittest.TestCase):
         """Queue slow feedback steps, then the swap, then small requests made for the old
         shape; return the small requests' (kind, status, body)."""
         busy, threads = [], []
-        for _ in range(6):
+        for _ in range(BUSY):
             t = threading.Thread(target=busy_feedback, args=(d, busy))
             t.start()
             threads.append(t)
-        time.sleep(0.2)
+        # Every step is queued (or running, or done) before the swap: their bodies take a while
+        # to arrive, and a step queued behind the swap would be answered 409 like the others.
+        deadline = time.time() + 20
+        while queued(d) + len(busy) + 1 < BUSY and time.time() < deadline:
+            time.sleep(0.01)
         swapped = {}
         t = threading.Thread(target=lambda: swapped.update(r=swap()))
         t.start()
@@ -80,7 +97,7 @@ class SwapUnderTraffic(unittest.TestCase):
             threads.append(t)
         for t in threads:
             t.join(180)
-        self.assertEqual(busy, [200] * 6, "the slow feedback steps ran on the old model")
+        self.assertEqual(busy, [200] * BUSY, "the slow feedback steps ran on the old model")
         self.assertIn(swapped["r"][0], (200, 201), swapped["r"])
         return small
 

@@ -258,6 +258,32 @@ static int parse_outputs(pctx *c, uint32_t root, ts_oip_request *req)
     return 0;
 }
 
+/* Request-level parameters.rows: [i, j, ...], non-negative integers (feedback by id). */
+static int parse_rows(pctx *c, ts_oip_request *req)
+{
+    uint32_t params, v;
+    int r = get_kind(c, 0, "parameters", TS_JT_OBJ, "an object", "request", &params);
+    if (r <= 0) return r;
+    r = get_kind(c, params, "rows", TS_JT_ARR, "an array of row indices", "request: parameters", &v);
+    if (r <= 0) return r;
+    int64_t n = node(c, v)->n;
+    if (n > c->max_elements)
+        return fail(c, "request: parameters.rows lists %lld rows (at most %lld)", (long long)n,
+                    (long long)c->max_elements);
+    if (!(req->rows = malloc((size_t)(n ? n : 1) * sizeof *req->rows)))
+        return fail(c, "request: out of memory for parameters.rows");
+    for (int64_t k = 0; k < n; k++) {
+        const ts_jt_node *e = node(c, v + 1 + (uint32_t)k);   /* scalars: consecutive nodes */
+        if (e->kind != TS_JT_INT || (e->flags & TS_JT_BIG) || e->v.i < 0)
+            return fail(c, "request: parameters.rows[%lld] must be a non-negative integer (a row "
+                        "index of the inference), got %s", (long long)k,
+                        ts_jtape_kind_name(c->t, v + 1 + (uint32_t)k));
+        req->rows[k] = e->v.i;
+    }
+    req->n_rows = n;
+    return 0;
+}
+
 /* id, parameters, inputs and outputs of the root object. */
 static int parse_fields(pctx *c, ts_oip_request *req, input_src *src)
 {
@@ -271,6 +297,7 @@ static int parse_fields(pctx *c, ts_oip_request *req, input_src *src)
     r = get_bool_param(c, 0, "binary_data_output", "request");
     if (r == -1) return -1;
     req->binary_data_output = r == 1;
+    if (parse_rows(c, req) < 0) return -1;
     if (parse_inputs(c, 0, req, src) < 0 || parse_outputs(c, 0, req) < 0) return -1;
     for (int k = 0; k < req->n_outputs; k++)   /* absent binary_data: the request's default */
         if (req->outputs[k].binary == -2) req->outputs[k].binary = req->binary_data_output;
@@ -527,6 +554,7 @@ int ts_oip_parse_request(const uint8_t *body, size_t len, int64_t json_len,
 void ts_oip_request_free(ts_oip_request *req)
 {
     free(req->id);
+    free(req->rows);
     for (int k = 0; k < TS_OIP_MAX_TENSORS; k++) {
         free(req->inputs[k].f32);
         free(req->inputs[k].i64);

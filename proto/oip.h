@@ -52,6 +52,9 @@ typedef struct {
     int n_outputs;            /* requested outputs; 0 = all, as JSON */
     ts_oip_output_req outputs[TS_OIP_MAX_TENSORS];
     int binary_data_output;   /* request-level parameters.binary_data_output */
+    int64_t *rows;            /* request-level parameters.rows (feedback by id: which rows of
+                                 the stored inference, in order), malloc'd; NULL when absent */
+    int64_t n_rows;
 } ts_oip_request;
 
 typedef struct {
@@ -74,6 +77,8 @@ typedef struct {
  * non-negative dimensions with a product ≤ lim->max_elements. Binary data must match
  * count × element size exactly and be consumed entirely. lim NULL (or fields ≤ 0):
  * TS_OIP_DEFAULT_*. Unknown keys and parameters are ignored; known ones given twice refused.
+ * The request-level parameters.rows must be an array of non-negative integers (at most
+ * lim->max_elements of them); what they index is the caller's business.
  * Returns 0, or -1 with a message in err naming the input and what is wrong (the caller
  * answers 400). The request is cleared on failure. */
 int ts_oip_parse_request(const uint8_t *body, size_t len, int64_t json_len,

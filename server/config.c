@@ -65,6 +65,14 @@ static const ts_option options[] = {
     {"feedback-id-window", OPT_INT, F(feedback_id_window), "600", 0, 30 * 86400, "SEC",
      "a feedback request's OIP id is applied at most once within this window (a repeat "
      "answers the first answer); 0 = ids are not tracked", NULL},
+    {"feedback-window-rows", OPT_INT, F(feedback_window_rows), "65536", 0, (int64_t)1 << 32, "ROWS",
+     "feedback by id: input rows of recent inferences kept per model (oldest dropped first); "
+     "0 = keep none", NULL},
+    {"feedback-window-bytes", OPT_BYTES, F(feedback_window_bytes), "64M", 0, (int64_t)1 << 40, "BYTES",
+     "feedback by id: memory for the kept inputs, all models together (oldest dropped first); "
+     "0 = keep none", NULL},
+    {"feedback-window-seconds", OPT_INT, F(feedback_window_seconds), "3600", 0, 30 * 86400, "SEC",
+     "feedback by id: how long an inference's input is kept; 0 = keep none", NULL},
     {"feedback-requires-snapshot", OPT_BOOL, F(feedback_requires_snapshot), "yes", 0, 1, "BOOL",
      "refuse feedback (503) while a model's snapshots are failing", NULL},
     {"threads", OPT_INT, F(threads), "0", 0, 1024, "N", "compute threads; 0 = one per core", NULL},

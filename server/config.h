@@ -26,6 +26,9 @@ typedef struct {
     int64_t feedback_requires_snapshot; /* bool: refuse feedback while snapshots fail */
     int64_t journal;                    /* bool: answer feedback once journaled (journal.h) */
     int64_t feedback_id_window;         /* seconds an OIP id of a feedback is remembered */
+    int64_t feedback_window_rows;       /* feedback by id: input rows kept per model (window.h) */
+    int64_t feedback_window_bytes;      /* feedback by id: bytes kept, all models */
+    int64_t feedback_window_seconds;    /* feedback by id: how long an input is kept */
     int64_t threads;               /* compute threads (resolved: >= 1) */
     int64_t max_batch;             /* rows per forward */
     int64_t max_queue_delay_us;

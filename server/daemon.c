@@ -45,6 +45,7 @@ static void close_handles(ts_server *srv) {
     ts_persist_stop(srv->persist);
     ts_engine_free(srv->engine);
     ts_idem_free(srv->idem);
+    ts_window_free(srv->window);
     ts_journal_free(srv->journal);
     /* the loop returns once these handles have closed */
 }
@@ -136,7 +137,11 @@ static int start_journal(ts_server *srv, char *err, size_t errlen) {
     int64_t window_ms = srv->cfg.feedback_id_window * 1000;
     srv->journal = ts_journal_new((int)srv->cfg.journal, window_ms);
     srv->idem = window_ms > 0 ? ts_idem_new(window_ms) : NULL;
-    if (!srv->journal || (window_ms > 0 && !srv->idem)) {
+    ts_window_limits wl = {.max_rows = srv->cfg.feedback_window_rows,
+                           .max_bytes = srv->cfg.feedback_window_bytes,
+                           .max_age_ms = srv->cfg.feedback_window_seconds * 1000};
+    srv->window = ts_window_new(&wl);
+    if (!srv->journal || (window_ms > 0 && !srv->idem) || !srv->window) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -195,6 +200,7 @@ static int start_models(ts_server *srv, char *err, size_t errlen) {
         .arriving = srv->cfg.eager_batching ? &srv->arriving : NULL,
         .journal = srv->journal,
         .idem = srv->idem,
+        .window = srv->window,
     };
     srv->engine = ts_engine_new(srv->loop, &ec, err, errlen);
     if (!srv->engine)
@@ -292,6 +298,7 @@ static int start_http(ts_server *srv, char *err, size_t errlen) {
         .dispatch_end = ts_api_dispatch_end,
         .dispatch_ctx = srv,
         .arriving = &srv->arriving,
+        .feedback_by_id = ts_window_enabled(srv->window),
     };
     srv->listen_fd = -1; /* MHD's now, whatever happens */
     srv->http = ts_http_start(srv->loop, &hc, err, errlen);
@@ -371,6 +378,7 @@ fail:
     if (srv->engine)
         ts_engine_free(srv->engine);
     ts_idem_free(srv->idem);
+    ts_window_free(srv->window);
     ts_journal_free(srv->journal);
     uv_run(loop, UV_RUN_DEFAULT); /* finish closing handles */
     if (srv->pool)

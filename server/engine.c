@@ -32,6 +32,7 @@ struct ts_item {
     int16_t *scores;           /* feedback: the step's integer effect (journal) */
     uint64_t body_hash;        /* feedback: hash of its tensors (exactly-once) */
     ts_idem_rec *idem;         /* feedback with an id: its pending exactly-once record */
+    ts_window_ticket win;      /* feedback by id: the window entry it took (serial 0: none) */
     int binary;                /* infer: answer with binary tensor data */
     int64_t in_dim, out_dim;   /* infer/feedback: the model dims it was validated against */
     ts_control_fn fn;
@@ -96,17 +97,36 @@ static void item_answer(ts_item *it, int status, void *body, size_t len, int64_t
 }
 
 /* The step of a feedback item with an id was not applied: forget the id so that a retry
- * applies it, and answer the requests parked behind it the same way. */
+ * applies it, answer the requests parked behind it the same way, and give a stored input
+ * it took back to the feedback window (a retry by id finds it again). */
 static void item_drop_id(ts_engine *e, ts_item *it, int status, const char *msg) {
     if (it->idem)
         ts_idem_drop(e->cfg.idem, it->idem, status, msg);
     it->idem = NULL;
+    ts_window_settle(e->cfg.window, it->win, 0);
+    it->win.serial = 0;
 }
 
 static void item_set_error(ts_item *it, int status, const char *msg) {
     free(it->body);
     char *body = ts_oip_error_json(msg);
     item_answer(it, status, body, body ? strlen(body) : 0, -1, "application/json");
+}
+
+/* Was the request made for other dims than s's model has now (a swap to another
+ * architecture came between; for feedback by id: between the inference and now)? */
+static int item_stale(const ts_served *s, const ts_item *it) {
+    return (it->kind == ITEM_INFER || it->kind == ITEM_FEEDBACK) &&
+           (it->in_dim != s->model->in_dim || it->out_dim != s->model->out_dim);
+}
+
+/* The 409 of a stale request (item_stale). */
+static void stale_text(const ts_served *s, const ts_item *it, char *msg, size_t n) {
+    snprintf(msg, n, "model '%s' was replaced by version %s (input [B,%lld], output [B,%lld]); this "
+             "request%s was made for input [B,%lld], output [B,%lld]: nothing was computed, resend it "
+             "for the new model", s->name, s->version_str, (long long)s->model->in_dim,
+             (long long)s->model->out_dim, it->win.serial ? " (its stored inference)" : "",
+             (long long)it->in_dim, (long long)it->out_dim);
 }
 
 /* ---- request validation (loop) ---- */
@@ -183,6 +203,14 @@ static int check_infer(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, cha
             return -1;
         }
     it->binary = ts_oip_output_binary(o, "output");
+    if (!o->id) { /* every answer names its inference, for feedback by id */
+        char id[TS_WINDOW_ID_MAX];
+        ts_window_make_id(e->cfg.window, id);
+        if (!(req->oip.id = strdup(id))) {
+            snprintf(err, errlen, "out of memory making the inference's id");
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -207,8 +235,9 @@ static int check_labels(const ts_oip_tensor *t, int64_t rows, int64_t classes, c
     return 0;
 }
 
-static int check_feedback(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, char *err, size_t errlen) {
-    const ts_oip_request *o = &req->oip;
+/* The one feedback signal of a request: 'grad_output', 'target' or 'label', with no other
+ * inputs besides 'input'. NULL + err otherwise. */
+static const ts_oip_tensor *find_signal(const ts_oip_request *o, char *err, size_t errlen) {
     const ts_oip_tensor *signal = NULL;
     int n_signals = 0;
     for (int i = 0; i < o->n_inputs; i++) {
@@ -217,18 +246,21 @@ static int check_feedback(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, 
             signal = &o->inputs[i];
             n_signals++;
         } else if (strcmp(n, "input") != 0) {
-            snprintf(err, errlen, "unknown input '%s': feedback takes 'input' and one of "
-                     "'grad_output', 'target', 'label'", n);
-            return -1;
+            snprintf(err, errlen, "unknown input '%s': feedback takes 'input' (or the 'id' of an "
+                     "earlier inference) and one of 'grad_output', 'target', 'label'", n);
+            return NULL;
         }
     }
     if (n_signals != 1) {
         snprintf(err, errlen, "feedback needs exactly one of 'grad_output', 'target', 'label' "
                  "besides 'input' (got %d)", n_signals);
-        return -1;
+        return NULL;
     }
-    if (check_input(e, s, req, it, err, errlen) < 0)
-        return -1;
+    return signal;
+}
+
+/* The signal against the item's rows and s's output: fin set. 0, or -1 + err. */
+static int check_signal(ts_served *s, ts_item *it, const ts_oip_tensor *signal, char *err, size_t errlen) {
     if (strcmp(signal->name, "label") == 0) {
         if (check_labels(signal, it->rows, s->model->out_dim, err, errlen) < 0)
             return -1;
@@ -240,12 +272,26 @@ static int check_feedback(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, 
     if (tensor_matrix(signal, s->model->out_dim, &it->fin.target, &it->t_owned, &rows, err, errlen) < 0)
         return -1;
     if (rows != it->rows) {
-        snprintf(err, errlen, "'%s' has %lld rows but 'input' has %lld", signal->name,
+        snprintf(err, errlen, "'%s' has %lld rows but the input has %lld", signal->name,
                  (long long)rows, (long long)it->rows);
         return -1;
     }
     it->fin.kind = strcmp(signal->name, "target") == 0 ? TS_LOSS_MSE : TS_LOSS_GRAD;
     return 0;
+}
+
+static int check_feedback(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, char *err, size_t errlen) {
+    const ts_oip_tensor *signal = find_signal(&req->oip, err, errlen);
+    if (!signal)
+        return -1;
+    if (req->oip.rows) {
+        snprintf(err, errlen, "parameters.rows selects rows of a stored inference (feedback by id, "
+                 "without 'input'); with 'input', send just the rows to learn from");
+        return -1;
+    }
+    if (check_input(e, s, req, it, err, errlen) < 0)
+        return -1;
+    return check_signal(s, it, signal, err, errlen);
 }
 
 /* ---- queueing ---- */
@@ -370,13 +416,33 @@ static uint64_t feedback_hash(const ts_served *s, const ts_item *it) {
     return ts_hash_bytes((const uint8_t *)h, sizeof h);
 }
 
-/* A feedback request with an OIP id: claim it (idem.h). 1 when the request is answered or
- * parked (do not queue it), 0 to queue it (it->idem set), -1 answered with an error. */
-static int claim_id(ts_engine *e, ts_served *s, ts_req *req, ts_item *it) {
+/* The identity of a feedback-by-id request: its signal and its rows selection (the stored
+ * input is not needed, so a repeat is recognised after the input left the window or the
+ * daemon restarted). Tagged, so it never equals a by-input request's hash. */
+static uint64_t byid_hash(const ts_served *s, const ts_item *it) {
+    char err[512];
+    const ts_oip_request *o = &it->req->oip;
+    const ts_oip_tensor *sig = find_signal(o, err, sizeof err);
+    size_t esize = sig->type == TS_OIP_FP32 ? sizeof(float) : sizeof(int64_t);
+    const void *data = sig->type == TS_OIP_FP32 ? (const void *)sig->f32 : (const void *)sig->i64;
+    uint64_t h[5] = {0x6279696466656564ull /* "byidfeed" */,
+                     ts_hash_bytes((const uint8_t *)sig->name, strlen(sig->name)),
+                     ts_hash_bytes((const uint8_t *)sig->shape, (size_t)sig->ndim * sizeof(int64_t)),
+                     ts_hash_bytes((const uint8_t *)data, (size_t)sig->count * esize),
+                     o->rows ? ts_hash_bytes((const uint8_t *)o->rows, (size_t)o->n_rows * sizeof(int64_t))
+                             : 0};
+    return ts_hash_bytes((const uint8_t *)h, sizeof h);
+}
+
+/* A feedback request with an OIP id: claim it (idem.h), its identity hashed by hash. 1 when
+ * the request is answered or parked (do not queue it), 0 to go on (it->idem set), -1
+ * answered with an error. */
+static int claim_id(ts_engine *e, ts_served *s, ts_req *req, ts_item *it,
+                    uint64_t (*hash)(const ts_served *, const ts_item *)) {
     const char *id = req->oip.id;
     if (!e->cfg.idem || !id || !id[0])
         return 0;
-    it->body_hash = feedback_hash(s, it);
+    it->body_hash = hash(s, it);
     ts_idem_status st;
     const char *answer = NULL;
     if (ts_idem_claim(e->cfg.idem, s->name, id, it->body_hash, ts_wall_ms(), req, &it->idem, &answer,
@@ -400,6 +466,121 @@ static int claim_id(ts_engine *e, ts_served *s, ts_req *req, ts_item *it) {
     return 1;
 }
 
+/* Why a stored input left the window, for the 410. */
+static const char *gone_text(ts_window_gone why) {
+    switch (why) {
+    case TS_GONE_EXPIRED: return "it expired (older than --feedback-window-seconds)";
+    case TS_GONE_EVICTED:
+        return "newer inferences pushed it out (--feedback-window-rows, --feedback-window-bytes)";
+    case TS_GONE_USED: return "it already received its feedback (each inference takes one)";
+    default: return "it was larger than the window holds (--feedback-window-rows, --feedback-window-bytes)";
+    }
+}
+
+/* Look up the stored input of inference id and take it: 0, or the status to answer + err. */
+static int take_stored(ts_engine *e, ts_served *s, const char *id, ts_window_view *v, char *err,
+                       size_t errlen) {
+    switch (ts_window_take(e->cfg.window, s->name, id, (int64_t)(ts_now_us() / 1000), v)) {
+    case TS_WINDOW_HIT: return 0;
+    case TS_WINDOW_GONE:
+        snprintf(err, errlen, "the input of inference '%s' of model '%s' is no longer kept: %s; "
+                 "send the feedback with its 'input'", id, s->name, gone_text(v->why));
+        return 410;
+    case TS_WINDOW_BUSY:
+        snprintf(err, errlen, "a feedback on inference '%s' of model '%s' is still running; each "
+                 "inference takes one feedback", id, s->name);
+        return 409;
+    default:
+        snprintf(err, errlen, "no inference with id '%s' in model '%s''s feedback window%s", id, s->name,
+                 ts_window_enabled(e->cfg.window) ? "" : " (the window is off: a --feedback-window-* "
+                 "flag is 0)");
+        return 404;
+    }
+}
+
+/* Rows of the stored input into the item, in the order of parameters.rows (all when absent). 0, or
+ * -1 + err. */
+static int gather_rows(const ts_oip_request *o, const ts_window_view *v, ts_item *it, char *err,
+                       size_t errlen) {
+    int64_t n = o->rows ? o->n_rows : v->rows;
+    uint8_t *seen = calloc((size_t)v->rows, 1);
+    float *x = malloc((size_t)(n ? n : 1) * (size_t)v->in_dim * sizeof *x);
+    int ok = seen && x;
+    if (!ok)
+        snprintf(err, errlen, "out of memory copying the stored input");
+    if (ok && n < 1) {
+        snprintf(err, errlen, "parameters.rows is empty: list at least one row, or leave it out for all");
+        ok = 0;
+    }
+    for (int64_t k = 0; ok && k < n; k++) {
+        int64_t r = o->rows ? o->rows[k] : k;
+        if (r >= v->rows || seen[r]) {
+            snprintf(err, errlen, "parameters.rows[%lld] = %lld %s", (long long)k, (long long)r,
+                     r >= v->rows ? "is not a row of the inference" : "is listed twice");
+            ok = 0;
+            break;
+        }
+        seen[r] = 1;
+        memcpy(x + k * v->in_dim, v->x + r * v->in_dim, (size_t)v->in_dim * sizeof *x);
+    }
+    free(seen);
+    if (!ok) {
+        free(x);
+        return -1;
+    }
+    it->x = it->x_owned = x;
+    it->rows = n;
+    it->bytes = (size_t)n * (size_t)(v->in_dim + v->out_dim) * sizeof(float);
+    return 0;
+}
+
+/* A by-id item from the window, validated against s's model. 0, or the status + err. */
+static int check_by_id(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, const ts_oip_tensor *signal,
+                       char *err, size_t errlen) {
+    ts_window_view v;
+    int status = take_stored(e, s, req->oip.id, &v, err, errlen);
+    if (status)
+        return status;
+    it->win = v.ticket;
+    it->in_dim = v.in_dim;
+    it->out_dim = v.out_dim;
+    if (item_stale(s, it)) {
+        stale_text(s, it, err, errlen);
+        return 409;
+    }
+    if (gather_rows(&req->oip, &v, it, err, errlen) < 0 || check_signal(s, it, signal, err, errlen) < 0)
+        return 400;
+    return 0;
+}
+
+/* Feedback without 'input': one step on the stored input of inference req->oip.id. The id
+ * is claimed before the window is looked at, so a repeat answers the first answer even when
+ * the input is gone. Returns with the request answered or queued. */
+static void feedback_by_id(ts_engine *e, ts_served *s, ts_req *req, ts_item *it) {
+    char err[600];
+    const ts_oip_tensor *signal = find_signal(&req->oip, err, sizeof err);
+    if (signal && (!req->oip.id || !req->oip.id[0]))
+        snprintf(err, sizeof err, "feedback needs 'input' [B,%lld], or (feedback by id) the 'id' of an "
+                 "earlier inference of model '%s' and no 'input'", (long long)s->model->in_dim, s->name);
+    if (!signal || !req->oip.id || !req->oip.id[0]) {
+        ts_req_reply_error(req, 400, "%s", err);
+        item_free(it);
+        return;
+    }
+    if (claim_id(e, s, req, it, byid_hash) != 0) {
+        item_free(it);
+        return;
+    }
+    int status = check_by_id(e, s, req, it, signal, err, sizeof err);
+    if (status) {
+        item_drop_id(e, it, status, err);
+        ts_req_reply_error(req, status, "%s", err);
+        item_free(it);
+        return;
+    }
+    enqueue_request(e, s, it);
+}
+
 void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req) {
     const char *why = NULL;
     if (e->cfg.feedback_requires_snapshot && s->snapshot_failing) {
@@ -415,13 +596,17 @@ void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req) {
     ts_item *it = new_item(req, ITEM_FEEDBACK);
     if (!it)
         return;
+    if (!ts_oip_find_input(&req->oip, "input")) {
+        feedback_by_id(e, s, req, it);
+        return;
+    }
     char err[512];
     if (check_feedback(e, s, req, it, err, sizeof err) < 0) {
         ts_req_reply_error(req, 400, "%s", err);
         item_free(it);
         return;
     }
-    if (claim_id(e, s, req, it) != 0) {
+    if (claim_id(e, s, req, it, feedback_hash) != 0) {
         item_free(it);
         return;
     }
@@ -589,6 +774,8 @@ static void step_acked(void *arg, const char *err) {
         if (it->idem)
             ts_idem_finish(e->cfg.idem, it->idem, it->body, ts_wall_ms());
         it->idem = NULL;
+        ts_window_settle(e->cfg.window, it->win, 1); /* applied: the input leaves the window */
+        it->win.serial = 0;
         ts_req_reply(it->req, it->status, it->ctype, it->body, it->len, it->json_len);
         it->body = NULL;
     } else {
@@ -641,6 +828,14 @@ static void step_commit(ts_engine *e, ts_served *s, ts_item *it) {
         step_acked(a, "out of memory journaling it");
 }
 
+/* An answered inference's input goes into the feedback window (feedback by id). */
+static void keep_input(ts_engine *e, ts_served *s, ts_item *it) {
+    if (ts_window_put(e->cfg.window, s->name, it->req->oip.id, it->x, it->rows, it->in_dim, it->out_dim,
+                      (int64_t)(ts_now_us() / 1000)) < 0)
+        ts_log_warn("model '%s': out of memory keeping the input of inference '%s' for feedback by id",
+                    s->name, it->req->oip.id);
+}
+
 /* The model's statistics (stats.h) of a finished infer or feedback job. */
 static void note_stats(ts_served *s, const ts_job *j) {
     int infer = j->kind == ITEM_INFER;
@@ -683,6 +878,8 @@ static void after_cb(uv_work_t *w, int status) {
             step_commit(e, s, it); /* answered once durable */
             continue;
         }
+        if (j->kind == ITEM_INFER && it->status == 200)
+            keep_input(e, s, it);
         item_drop_id(e, it, it->status, "the first request with this id failed; retry");
         ts_req_reply(it->req, it->status, it->ctype, it->body, it->len, it->json_len);
         it->body = NULL; /* the response owns it now */
@@ -702,6 +899,7 @@ static void launch(ts_engine *e, ts_served *s, item_kind kind, int n) {
     if (!j) {
         for (int i = 0; i < n; i++) {
             ts_item *it = pop(e, s);
+            item_drop_id(e, it, 500, "out of memory starting the compute job; retry");
             ts_req_reply_error(it->req, 500, "out of memory starting the compute job");
             item_free(it);
         }
@@ -743,19 +941,15 @@ static void drop_stale(ts_engine *e, ts_served *s) {
     ts_item *keep = NULL, **tail = &keep;
     while (s->head) {
         ts_item *it = pop(e, s);
-        int stale = (it->kind == ITEM_INFER || it->kind == ITEM_FEEDBACK) &&
-                    (it->in_dim != s->model->in_dim || it->out_dim != s->model->out_dim);
-        if (!stale) {
+        if (!item_stale(s, it)) {
             *tail = it;
             tail = &it->next;
             continue;
         }
+        char msg[600];
+        stale_text(s, it, msg, sizeof msg);
         item_drop_id(e, it, 409, "the first request with this id was refused: its model was replaced");
-        ts_req_reply_error(it->req, 409, "model '%s' was replaced by version %s (input [B,%lld], "
-                           "output [B,%lld]) while this request waited; it was made for input "
-                           "[B,%lld], output [B,%lld]: nothing was computed, resend it for the "
-                           "new model", s->name, s->version_str, (long long)s->model->in_dim,
-                           (long long)s->model->out_dim, (long long)it->in_dim, (long long)it->out_dim);
+        ts_req_reply_error(it->req, 409, "%s", msg);
         item_free(it);
     }
     for (ts_item *it = keep, *next; it; it = next) {
@@ -956,6 +1150,7 @@ void ts_engine_remove(ts_engine *e, ts_served *s) {
         item_free(it);
     }
     undo_pending(s);
+    ts_window_forget(e->cfg.window, s->name);
     ts_model_free(s->model);
     free(s);
 }

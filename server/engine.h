@@ -54,6 +54,7 @@
 #include "metrics.h"
 #include "stats.h"
 #include "store.h"
+#include "window.h"
 
 typedef struct ts_engine ts_engine;
 typedef struct ts_item ts_item;
@@ -99,6 +100,8 @@ typedef struct {
                                      parsing (NULL: always wait the full delay) */
     ts_journal *journal;          /* a step is answered once its entry is durable */
     ts_idem *idem;                /* exactly-once feedback by OIP id (NULL: ids not tracked) */
+    ts_window *window;            /* inputs of recent inferences, for feedback by id (required;
+                                     bounds 0: the window keeps nothing) */
 } ts_engine_config;
 
 ts_engine *ts_engine_new(uv_loop_t *loop, const ts_engine_config *cfg, char *err, size_t errlen);
@@ -120,7 +123,11 @@ int ts_engine_count(ts_engine *e);
 
 /* Validate and queue an inference / a feedback step; answers the request (now when it
  * is refused, after the compute otherwise). The caller has checked the path's version
- * and that the body parsed (api.c). */
+ * and that the body parsed (api.c). An inference without an OIP id gets one
+ * (ts_window_make_id) and its answer carries it; its input goes into the feedback window
+ * when it is answered. A feedback without an 'input' tensor is feedback by id: the
+ * stored input of inference `id` (all its rows, or parameters.rows), answered 404 when the
+ * id was never in the window, 410 when it left it (README "Feedback by inference id"). */
 void ts_engine_infer(ts_engine *e, ts_served *s, ts_req *req);
 void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req);
 /* Queue an export (the model file of the state at that point in the FIFO). */

@@ -1,6 +1,8 @@
 /* hash.c — content hash of model files (see hash.h). */
 #include "hash.h"
 
+#include <string.h>
+
 #define FNV_OFFSET TS_FNV_OFFSET
 #define FNV_PRIME TS_FNV_PRIME
 
@@ -35,4 +37,10 @@ uint64_t ts_hash_bytes(const uint8_t *buf, size_t len) {
     for (int i = 0; i < 8; i++)
         lb[i] = (uint8_t)((uint64_t)len >> (8 * i));
     return ts_fnv1a(h, lb, 8);
+}
+
+uint64_t ts_hash_pair(const char *a, const char *b) {
+    uint64_t ha = ts_hash_bytes((const uint8_t *)a, strlen(a));
+    uint64_t hb = ts_hash_bytes((const uint8_t *)b, strlen(b));
+    return ha * 0x9e3779b97f4a7c15ull ^ hb;
 }

@@ -12,6 +12,9 @@
  * the value is stored in the database. */
 uint64_t ts_hash_bytes(const uint8_t *buf, size_t len);
 
+/* The key of a (model, id) pair in the in-memory tables keyed by both (idem.c, window.c). */
+uint64_t ts_hash_pair(const char *a, const char *b);
+
 /* Plain FNV-1a 64 over p[n], one byte at a time, continuing from h (TS_FNV_OFFSET to start):
  * for small canonical serialisations — content hashes of models, journal checksums. Stable
  * across builds: stored in the database. */

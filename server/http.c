@@ -433,8 +433,9 @@ static int answer_static(ts_req *req) {
     if (req->route.ep == TS_EP_HEALTH_LIVE)
         j = json_pack("{s:b}", "live", 1);
     else if (req->route.ep == TS_EP_SERVER_META)
-        j = json_pack("{s:s,s:s,s:[s,s]}", "name", "tscale", "version", TS_VERSION, "extensions",
-                      "binary_tensor_data", "feedback");
+        j = json_pack("{s:s,s:s,s:[s,s,s*]}", "name", "tscale", "version", TS_VERSION, "extensions",
+                      "binary_tensor_data", "feedback",
+                      req->http->cfg.feedback_by_id ? "feedback_by_id" : NULL);
     else
         return 0;
     ts_req_reply_json(req, 200, j);

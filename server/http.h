@@ -95,6 +95,7 @@ typedef struct {
     void (*dispatch_end)(void *ctx);
     void *dispatch_ctx;
     _Atomic int *arriving;       /* inference requests being received or parsed */
+    int feedback_by_id;          /* GET /v2 lists the feedback_by_id extension (the window is on) */
 } ts_http_config;
 
 /* Bind and listen on host:port, non-blocking; *bound_port receives the actual port (port 0

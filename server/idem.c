@@ -1,7 +1,7 @@
 /* idem.c — exactly-once feedback by request id (see idem.h).
  *
- * A chained hash table of records keyed by (model, id), plus a FIFO of the same records in
- * creation order: the window is one constant, so the oldest record expires first and
+ * A chained hash table (table.h) of records keyed by (model, id), plus a FIFO of the same
+ * records in creation order: the window is one constant, so the oldest record expires first and
  * expiry pops from the FIFO's head. A pending record (its step still running) never
  * expires: its parked requests are waiting for it.
  */
@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "hash.h"
+#include "table.h"
 
 #define BUCKETS_MIN 1024
 
@@ -21,40 +22,29 @@ typedef struct parked {
 } parked;
 
 struct ts_idem_rec {
+    ts_table_node node;       /* first: key = hash of model and id */
     char *model, *id;
-    uint64_t key;             /* hash of model and id */
     uint64_t body_hash;
     char *answer;             /* NULL while pending */
     int64_t created_ms;
     parked *waiting;          /* requests with the same id that came while pending */
-    ts_idem_rec *chain;       /* next in the bucket */
     ts_idem_rec *older, *newer; /* creation order */
 };
 
 struct ts_idem {
     int64_t window_ms;
-    ts_idem_rec **buckets;
-    size_t n_buckets;
-    int64_t count;
+    ts_table table;
     ts_idem_rec *oldest, *newest;
 };
 
-static uint64_t key_of(const char *model, const char *id) {
-    size_t lm = strlen(model), li = strlen(id);
-    uint64_t a = ts_hash_bytes((const uint8_t *)model, lm), b = ts_hash_bytes((const uint8_t *)id, li);
-    return a * 0x9e3779b97f4a7c15ull ^ b;
-}
-
 ts_idem *ts_idem_new(int64_t window_ms) {
     ts_idem *t = calloc(1, sizeof *t);
-    if (t && !(t->buckets = calloc(BUCKETS_MIN, sizeof *t->buckets))) {
+    if (t && ts_table_init(&t->table, BUCKETS_MIN) < 0) {
         free(t);
         return NULL;
     }
-    if (t) {
-        t->n_buckets = BUCKETS_MIN;
+    if (t)
         t->window_ms = window_ms;
-    }
     return t;
 }
 
@@ -84,11 +74,7 @@ static void rec_free(ts_idem_rec *r) {
 
 /* Take r out of the bucket chain and the creation order, and free it. */
 static void rec_remove(ts_idem *t, ts_idem_rec *r) {
-    for (ts_idem_rec **p = &t->buckets[r->key % t->n_buckets]; *p; p = &(*p)->chain)
-        if (*p == r) {
-            *p = r->chain;
-            break;
-        }
+    ts_table_remove(&t->table, &r->node);
     if (r->older)
         r->older->newer = r->newer;
     else
@@ -97,7 +83,6 @@ static void rec_remove(ts_idem *t, ts_idem_rec *r) {
         r->newer->older = r->older;
     else
         t->newest = r->older;
-    t->count--;
     rec_free(r);
 }
 
@@ -108,7 +93,7 @@ void ts_idem_free(ts_idem *t) {
         answer_parked(t->oldest, 503, "the daemon is shutting down; retry with the same id");
         rec_remove(t, t->oldest);
     }
-    free(t->buckets);
+    ts_table_free(&t->table);
     free(t);
 }
 
@@ -118,61 +103,40 @@ static void expire(ts_idem *t, int64_t now_ms) {
         rec_remove(t, t->oldest);
 }
 
-/* Double the buckets when the table is full, so chains stay short. */
-static void grow(ts_idem *t) {
-    if ((size_t)t->count < t->n_buckets)
-        return;
-    size_t n = t->n_buckets * 2;
-    ts_idem_rec **b = calloc(n, sizeof *b);
-    if (!b)
-        return; /* longer chains, still correct */
-    for (size_t i = 0; i < t->n_buckets; i++)
-        for (ts_idem_rec *r = t->buckets[i], *next; r; r = next) {
-            next = r->chain;
-            r->chain = b[r->key % n];
-            b[r->key % n] = r;
-        }
-    free(t->buckets);
-    t->buckets = b;
-    t->n_buckets = n;
-}
-
 static ts_idem_rec *find(ts_idem *t, const char *model, const char *id, uint64_t key) {
-    for (ts_idem_rec *r = t->buckets[key % t->n_buckets]; r; r = r->chain)
-        if (r->key == key && strcmp(r->id, id) == 0 && strcmp(r->model, model) == 0)
+    for (ts_table_node *n = ts_table_bucket(&t->table, key); n; n = n->chain) {
+        ts_idem_rec *r = (ts_idem_rec *)n;
+        if (n->key == key && strcmp(r->id, id) == 0 && strcmp(r->model, model) == 0)
             return r;
+    }
     return NULL;
 }
 
 static ts_idem_rec *insert(ts_idem *t, const char *model, const char *id, uint64_t key,
                            uint64_t body_hash, int64_t created_ms) {
-    grow(t);
     ts_idem_rec *r = calloc(1, sizeof *r);
     if (!r || !(r->model = strdup(model)) || !(r->id = strdup(id))) {
         if (r)
             rec_free(r);
         return NULL;
     }
-    r->key = key;
+    r->node.key = key;
     r->body_hash = body_hash;
     r->created_ms = created_ms;
-    size_t b = key % t->n_buckets;
-    r->chain = t->buckets[b];
-    t->buckets[b] = r;
+    ts_table_insert(&t->table, &r->node);
     r->older = t->newest;
     if (t->newest)
         t->newest->newer = r;
     else
         t->oldest = r;
     t->newest = r;
-    t->count++;
     return r;
 }
 
 int ts_idem_claim(ts_idem *t, const char *model, const char *id, uint64_t body_hash, int64_t now_ms,
                   ts_req *req, ts_idem_rec **rec, const char **answer, ts_idem_status *status) {
     expire(t, now_ms);
-    uint64_t key = key_of(model, id);
+    uint64_t key = ts_hash_pair(model, id);
     ts_idem_rec *r = find(t, model, id, key);
     if (r && r->body_hash != body_hash) {
         *status = TS_IDEM_CONFLICT;
@@ -217,7 +181,7 @@ void ts_idem_load(ts_idem *t, const char *model, const char *id, uint64_t body_h
                   const char *answer, int64_t created_ms, int64_t now_ms) {
     if (now_ms - created_ms > t->window_ms)
         return;
-    uint64_t key = key_of(model, id);
+    uint64_t key = ts_hash_pair(model, id);
     ts_idem_rec *r = find(t, model, id, key);
     if (r)
         rec_remove(t, r); /* the newer record wins */
@@ -226,4 +190,4 @@ void ts_idem_load(ts_idem *t, const char *model, const char *id, uint64_t body_h
         rec_remove(t, r);
 }
 
-int64_t ts_idem_count(const ts_idem *t) { return t->count; }
+int64_t ts_idem_count(const ts_idem *t) { return (int64_t)t->table.count; }

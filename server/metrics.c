@@ -76,9 +76,13 @@ void ts_hist_render(ts_hist *h, const char *name, const char *labels, ts_buf *ou
                   (unsigned long long)atomic_load_explicit(&h->count, memory_order_relaxed));
 }
 
+void ts_metrics_family(ts_buf *out, const char *name, const char *type, const char *help) {
+    ts_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
 static void render_kind_hist(ts_hist *hs, const char *name, const char *help, ts_buf *out) {
     static const char *const kinds[TS_KIND_COUNT] = {"infer", "feedback"};
-    ts_buf_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    ts_metrics_family(out, name, "histogram", help);
     for (int k = 0; k < TS_KIND_COUNT; k++) {
         char labels[32];
         snprintf(labels, sizeof labels, "kind=\"%s\"", kinds[k]);
@@ -87,12 +91,12 @@ static void render_kind_hist(ts_hist *hs, const char *name, const char *help, ts
 }
 
 void ts_metrics_render_counter(ts_buf *out, const char *name, const char *help, _Atomic uint64_t *v) {
-    ts_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
-                  (unsigned long long)atomic_load_explicit(v, memory_order_relaxed));
+    ts_metrics_family(out, name, "counter", help);
+    ts_buf_printf(out, "%s %llu\n", name, (unsigned long long)atomic_load_explicit(v, memory_order_relaxed));
 }
 
 void ts_hist_render_family(ts_hist *h, const char *name, const char *help, ts_buf *out) {
-    ts_buf_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    ts_metrics_family(out, name, "histogram", help);
     ts_hist_render(h, name, "", out);
 }
 

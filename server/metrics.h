@@ -53,6 +53,9 @@ void ts_hist_init_latency(ts_hist *h);
 void ts_hist_init_counts(ts_hist *h);
 /* Append the text exposition of everything in m. */
 void ts_metrics_render(ts_metrics *m, ts_buf *out);
+/* The HELP and TYPE lines of one metric family; its samples must follow at once (Prometheus
+ * wants a family's lines together). */
+void ts_metrics_family(ts_buf *out, const char *name, const char *type, const char *help);
 /* One counter with its HELP and TYPE lines; one histogram family (HELP, TYPE, then the
  * histogram without labels). For modules that keep their own counters. */
 void ts_metrics_render_counter(ts_buf *out, const char *name, const char *help, _Atomic uint64_t *v);

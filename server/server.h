@@ -25,6 +25,7 @@ typedef struct ts_server {
     ts_persist *persist;
     ts_journal *journal;                /* feedback journal (journal.h) */
     ts_idem *idem;                      /* exactly-once feedback ids (idem.h); NULL: off */
+    ts_window *window;                  /* inputs kept for feedback by id (window.h) */
     ts_http *http;
     ts_dblock dblock;                   /* the database's exclusive lock (dblock.h) */
     int listen_fd;                      /* bound before the database is opened; -1 once

@@ -73,6 +73,10 @@ def oip_seeds():
     oip("uints", {"inputs": [tensor("a", "UINT8", [3], [0, 255, 7]), tensor("b", "INT8", [2], [-128, 127]),
                              tensor("c", "UINT64", [1], [9223372036854775807])]})
     oip("empty_rows", {"inputs": [tensor("input", "FP32", [0, 4], [])]})
+    oip("feedback_by_id_rows", {"id": "0123456789abcdef-7", "inputs": [tensor("label", "INT64", [2], [1, 0])],
+                                "parameters": {"rows": [3, 0]}})
+    oip("feedback_by_id_bad_rows", {"id": "q", "inputs": [tensor("target", "FP32", [1, 2], [[1.0, 0.0]])],
+                                    "parameters": {"rows": [1, -2, 1.5, "x", [0]]}})
 
 
 def binary_recipe(name, inputs, data, json_mode=2, mode_extra=0):

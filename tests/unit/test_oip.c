@@ -256,6 +256,36 @@ START_TEST(test_request_structure)
 }
 END_TEST
 
+/* Request-level parameters.rows (feedback by id): non-negative integers, in order. */
+START_TEST(test_rows_parameter)
+{
+    const char *in = "\"inputs\":[{\"name\":\"label\",\"shape\":[2],\"datatype\":\"INT64\",\"data\":[1,0]}]";
+    char body[512];
+    snprintf(body, sizeof body, "{\"id\":\"q\",%s,\"parameters\":{\"rows\":[3,0,7]}}", in);
+    ck_assert_int_eq(parse_json(body), 0);
+    ck_assert_int_eq(req.n_rows, 3);
+    ck_assert(req.rows[0] == 3 && req.rows[1] == 0 && req.rows[2] == 7);
+    ts_oip_request_free(&req);
+    ck_assert_ptr_null(req.rows);
+    snprintf(body, sizeof body, "{%s,\"parameters\":{\"rows\":[]}}", in);
+    ck_assert_int_eq(parse_json(body), 0);          /* empty: the engine says what is wrong */
+    ck_assert_ptr_nonnull(req.rows);
+    ck_assert_int_eq(req.n_rows, 0);
+    ts_oip_request_free(&req);
+    snprintf(body, sizeof body, "{%s,\"parameters\":{\"binary_data_output\":true}}", in);
+    ck_assert_int_eq(parse_json(body), 0);
+    ck_assert_ptr_null(req.rows);                    /* absent */
+    ts_oip_request_free(&req);
+    const char *bad[] = {"[1,-2]", "[1.5]", "[\"0\"]", "[[0]]", "[0,{}]", "3", "{}", "[18446744073709551616]"};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        snprintf(body, sizeof body, "{%s,\"parameters\":{\"rows\":%s}}", in, bad[k]);
+        expect_fail(parse_json(body), "parameters", "rows", NULL);
+    }
+    snprintf(body, sizeof body, "{%s,\"parameters\":{\"rows\":[0],\"rows\":[1]}}", in);
+    expect_fail(parse_json(body), "appears twice", NULL);
+}
+END_TEST
+
 START_TEST(test_duplicates)
 {
     expect_fail(parse_json("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]},"
@@ -1063,6 +1093,7 @@ static Suite *oip_suite(void)
     tcase_add_test(tc, test_int_conversions);
     tcase_add_test(tc, test_refused_datatypes);
     tcase_add_test(tc, test_request_structure);
+    tcase_add_test(tc, test_rows_parameter);
     tcase_add_test(tc, test_duplicates);
     tcase_add_test(tc, test_outputs_and_binary_flags);
     suite_add_tcase(s, tc);

@@ -145,7 +145,7 @@ PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 BASE=http://127.0.0.1:$PORT
 export TSCALE_IMAGE="$IMAGE" TSCALE_PUBLISH="127.0.0.1:$PORT" TSCALE_SECRETS_DIR="$WORK/secrets" \
     TSCALE_MODELS_DIR="$WORK/models"
-# No timer snapshots: what survives the SIGKILL is exactly the admin snapshot.
+# No timer snapshots: what survives the SIGKILL is the admin snapshot plus the feedback journal.
 export TSCALE_SNAPSHOT_INTERVAL=0
 
 # --- 3. start, wait until healthy ---------------------------------------------------------
@@ -186,10 +186,13 @@ expect 201 "snapshot"
 [ "$(json 'd["step"]')" = 2 ] || die "snapshot: step $(json 'd["step"]'), expected 2"
 http POST /v2/models/demo/infer "" "$INFER"
 expect 200 "infer after snapshot"
-cp "$WORK/body" "$WORK/infer-at-snapshot.json"
-# One more step that no snapshot holds: SIGKILL must lose it (the loss window of SPEC §6).
+# One more step that no snapshot holds: it was answered 200, so the journal must bring it
+# back after SIGKILL (SPEC §6, --journal yes by default).
 http POST /v2/models/demo/feedback "$FEEDBACK_TOKEN" "$FEEDBACK"
 expect 200 "feedback 3"
+http POST /v2/models/demo/infer "" "$INFER"
+expect 200 "infer after feedback 3"
+cp "$WORK/body" "$WORK/infer-before-kill.json"
 
 # --- 5. kill -9, start again, the state comes back from the volume --------------------------
 C=$(cid)
@@ -206,15 +209,15 @@ wait_healthy "restart after SIGKILL"
 RESTART_S=$(($(now) - t))
 [ "$($ENGINE inspect -f '{{.State.StartedAt}}' "$C")" != "$STARTED" ] || die "the container was not restarted"
 STEP=$(model_step)
-[ "$STEP" = 2 ] || die "after SIGKILL: step $STEP, expected 2 (the snapshot's)"
+[ "$STEP" = 3 ] || die "after SIGKILL: step $STEP, expected 3 (the snapshot's 2 and the journaled step)"
 http POST /v2/models/demo/infer "" "$INFER"
 expect 200 "infer after SIGKILL"
-python3 - "$WORK/infer-at-snapshot.json" "$WORK/body" <<'EOF' || die "after SIGKILL: outputs differ from the snapshot's"
+python3 - "$WORK/infer-before-kill.json" "$WORK/body" <<'EOF' || die "after SIGKILL: outputs differ from before the kill"
 import json, sys
 a, b = (json.load(open(p))["outputs"][0]["data"] for p in sys.argv[1:3])
 sys.exit(0 if len(a) == len(b) and all(abs(x - y) <= 1e-5 + 1e-5 * abs(y) for x, y in zip(a, b)) else 1)
 EOF
-log "SIGKILL: state recovered from the snapshot on the volume (step 2), restart -> healthy in ${RESTART_S}s"
+log "SIGKILL: state recovered from the volume (snapshot at step 2 + journal: step 3), restart -> healthy in ${RESTART_S}s"
 
 # --- 6. graceful stop keeps everything (final snapshot), then start again -------------------
 http POST /v2/models/demo/feedback "$FEEDBACK_TOKEN" "$FEEDBACK"
@@ -224,8 +227,8 @@ compose stop -t 60 tscale
 compose start tscale
 wait_healthy "start after stop"
 STEP=$(model_step)
-[ "$STEP" = 3 ] || die "after a graceful stop: step $STEP, expected 3 (the final snapshot's)"
-log "SIGTERM: exit 0, final snapshot kept step 3"
+[ "$STEP" = 4 ] || die "after a graceful stop: step $STEP, expected 4 (the final snapshot's)"
+log "SIGTERM: exit 0, final snapshot kept step 4"
 
 # --- 7. online backup, metrics, healthcheck, secrets stay out of the logs ------------------
 rm -f "$WORK/backup.db"
@@ -260,8 +263,8 @@ timeout 120 "$ENGINE" run --rm -u 0 -v "${PROJECT}_data:/data" -v "$WORK/backup.
 compose start tscale
 wait_healthy "start after restore"
 STEP=$(model_step)
-[ "$STEP" = 3 ] || die "after restoring the backup: step $STEP, expected 3 (the backup's)"
-log "backup taken while serving, restored: step 3"
+[ "$STEP" = 4 ] || die "after restoring the backup: step $STEP, expected 4 (the backup's)"
+log "backup taken while serving, restored: step 4"
 
 # --- 9. tear down: containers, network and volume -----------------------------------------
 compose down -v -t 60

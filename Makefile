@@ -10,9 +10,9 @@
 #   make deps       install missing Debian packages (apt-get; sudo when not root)
 
 CC      ?= cc
-PKGS    := libuv libmicrohttpd jansson sqlite3
+PKGS    := libuv libmicrohttpd jansson sqlite3 libnats
 DEB_PKGS := gcc make pkg-config libuv1-dev libmicrohttpd-dev libjansson-dev libsqlite3-dev \
-            check python3 curl ca-certificates
+            check python3 curl ca-certificates libnats-dev nats-server
 # Only for `make bench` and `make bench-plot` (not installed by `make run` or `make test`).
 BENCH_DEB_PKGS := libopenblas-dev gnuplot-nox
 

@@ -40,6 +40,14 @@ typedef struct {
     int64_t request_timeout;       /* seconds of client inactivity before a connection closes */
     int64_t http_threads;          /* libmicrohttpd polling threads */
     char *log_level;
+    /* replication (repl.h); replicate NULL = off */
+    char *replicate;               /* nats://h:p[,nats://h2:p...] */
+    char *replica_id;              /* NULL: hostname:port of listen */
+    char *replicate_token_file;
+    char *replicate_stream;
+    int64_t replicate_ack_timeout_ms;
+    int64_t replicate_max_age;     /* seconds, when the stream is created */
+    int64_t replicate_replicas;    /* when the stream is created */
 } ts_config;
 
 typedef enum { TS_CONFIG_OK, TS_CONFIG_EXIT, TS_CONFIG_ERROR } ts_config_result;

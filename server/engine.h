@@ -48,6 +48,7 @@
 #include "idem.h"
 #include "journal.h"
 #include "metrics.h"
+#include "repl.h"
 #include "store.h"
 
 typedef struct ts_engine ts_engine;
@@ -92,6 +93,8 @@ typedef struct {
                                      parsing (NULL: always wait the full delay) */
     ts_journal *journal;          /* a step is answered once its entry is durable */
     ts_idem *idem;                /* exactly-once feedback by OIP id (NULL: ids not tracked) */
+    ts_repl *repl;                /* replication (NULL or off: none); when on, a step is
+                                     answered once journaled and acknowledged by JetStream */
 } ts_engine_config;
 
 ts_engine *ts_engine_new(uv_loop_t *loop, const ts_engine_config *cfg, char *err, size_t errlen);

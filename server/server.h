@@ -14,6 +14,7 @@
 #include "http.h"
 #include "metrics.h"
 #include "persist.h"
+#include "repl.h"
 
 typedef struct ts_server {
     ts_config cfg;
@@ -24,6 +25,7 @@ typedef struct ts_server {
     ts_persist *persist;
     ts_journal *journal;                /* feedback journal (journal.h) */
     ts_idem *idem;                      /* exactly-once feedback ids (idem.h); NULL: off */
+    ts_repl *repl;                      /* replication (repl.h); always there, maybe off */
     ts_http *http;
     char admin_token[TS_TOKEN_MAX];     /* "" when not configured */
     char feedback_token[TS_TOKEN_MAX];

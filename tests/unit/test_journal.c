@@ -138,7 +138,7 @@ START_TEST(test_replay_gives_the_live_state) {
     ck_assert_msg(m != NULL, "%s", err);
     ck_assert_int_eq(info.journal_seq, 0);
     int64_t replayed = 0;
-    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, info.journal_seq, &replayed, err, sizeof err), 0);
+    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, info.journal_seq, 0, &replayed, err, sizeof err), 0);
     ck_assert_int_eq(replayed, 4);
     assert_same_state(m, live);
     ts_model_free(m);
@@ -161,7 +161,7 @@ START_TEST(test_damaged_entry_cuts_the_tail) {
     ts_snapshot_info info;
     ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
     int64_t replayed = 0;
-    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, &replayed, err, sizeof err), 0);
+    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, 0, &replayed, err, sizeof err), 0);
     ck_assert_int_eq(replayed, 2);
     assert_same_state(m, at2);
     int n = 0;
@@ -186,7 +186,7 @@ START_TEST(test_out_of_order_entry_is_not_applied) {
     ts_snapshot_info info;
     ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
     int64_t replayed = 0;
-    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, &replayed, err, sizeof err), 0);
+    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, 0, &replayed, err, sizeof err), 0);
     ck_assert_int_eq(replayed, 1);
     ck_assert_int_eq(ts_model_step(m), 1);
     ts_model_free(m);
@@ -208,7 +208,7 @@ START_TEST(test_snapshots_cover_and_prune) {
     for (int k = 0; k < 3; k++) { /* entries 1-2, snapshot, 3-4, snapshot, 5-6, snapshot */
         ck_assert_int_eq(ts_store_journal_append(s, b.rows + 2 * k, 2, 0, err, sizeof err), 0);
         ts_state_save(live, state); /* the state is not checked against the steps here */
-        ck_assert_msg(ts_store_put_snapshot(s, "m", 1, state, n, ts_model_step(live), "timer", 0, &info, err,
+        ck_assert_msg(ts_store_put_snapshot(s, "m", 1, state, n, ts_model_step(live), "timer", NULL, 0, &info, err,
                                             sizeof err) == 0, "%s", err);
         ck_assert_int_eq(info.journal_seq, 2 * k + 2);
         count = 0;

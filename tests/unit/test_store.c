@@ -62,7 +62,7 @@ static int put_state(ts_store *s, const char *name, int64_t version, const ts_mo
                      int keep, ts_snapshot_info *info) {
     size_t n;
     int64_t *st = state_of(m, &n);
-    int rc = ts_store_put_snapshot(s, name, version, st, n, ts_model_step(m), reason, keep, info, err, sizeof err);
+    int rc = ts_store_put_snapshot(s, name, version, st, n, ts_model_step(m), reason, NULL, keep, info, err, sizeof err);
     free(st);
     return rc;
 }
@@ -416,15 +416,15 @@ START_TEST(test_put_snapshot_errors) {
     ts_store *s = store_with("m", m);
     size_t n;
     int64_t *st = state_of(m, &n);
-    ck_assert_int_eq(ts_store_put_snapshot(s, "m", 9, st, n, 0, "timer", 0, NULL, err, sizeof err), -1);
+    ck_assert_int_eq(ts_store_put_snapshot(s, "m", 9, st, n, 0, "timer", NULL, 0, NULL, err, sizeof err), -1);
     assert_err_has(db, "model 'm' has no version 9");
-    ck_assert_int_eq(ts_store_put_snapshot(s, "x", 1, st, n, 0, "timer", 0, NULL, err, sizeof err), -1);
+    ck_assert_int_eq(ts_store_put_snapshot(s, "x", 1, st, n, 0, "timer", NULL, 0, NULL, err, sizeof err), -1);
     assert_err_has("model 'x' has no version 1", NULL);
-    ck_assert_int_eq(ts_store_put_snapshot(s, "m", 1, st, n - 1, 0, "timer", 0, NULL, err, sizeof err), -1);
+    ck_assert_int_eq(ts_store_put_snapshot(s, "m", 1, st, n - 1, 0, "timer", NULL, 0, NULL, err, sizeof err), -1);
     assert_err_has("state has", "needs");
-    ck_assert_int_eq(ts_store_put_snapshot(s, "m", 1, st, n, 0, "", 0, NULL, err, sizeof err), -1);
+    ck_assert_int_eq(ts_store_put_snapshot(s, "m", 1, st, n, 0, "", NULL, 0, NULL, err, sizeof err), -1);
     assert_err_has("reason", NULL);
-    ck_assert_int_eq(ts_store_put_snapshot(s, "m", 1, st, n, 0, "a-reason-much-too-long", 0, NULL, err, sizeof err),
+    ck_assert_int_eq(ts_store_put_snapshot(s, "m", 1, st, n, 0, "a-reason-much-too-long", NULL, 0, NULL, err, sizeof err),
                      -1);
     ck_assert_int_eq(rows("snapshots"), 1);
     /* A failed put_model leaves no version behind (one transaction). */
@@ -434,7 +434,7 @@ START_TEST(test_put_snapshot_errors) {
     ck_assert_int_eq(rows("versions"), 1);
     ck_assert_int_eq(rows("models"), 1);
     /* The store still works after the errors. */
-    ck_assert_int_eq(ts_store_put_snapshot(s, "m", 1, st, n, 0, "timer", 0, NULL, err, sizeof err), 0);
+    ck_assert_int_eq(ts_store_put_snapshot(s, "m", 1, st, n, 0, "timer", NULL, 0, NULL, err, sizeof err), 0);
     free(st);
     ts_store_close(s);
     ts_model_free(m);

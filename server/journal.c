@@ -237,6 +237,7 @@ typedef struct {
     const char *name;
     int64_t version, replayed, bad_seq;
     int step_gaps;
+    int64_t last_step;            /* the step of the entry replayed last (0: none yet) */
     int16_t *scores;
     size_t n;
     char why[256];
@@ -250,15 +251,16 @@ static int replay_one(void *arg, const ts_journal_row *r) {
     else if (r->version != c->version)
         snprintf(c->why, sizeof c->why, "it is for version %lld, the state is version %lld",
                  (long long)r->version, (long long)c->version);
-    else if (c->step_gaps ? r->step <= step : r->step != step + 1)
-        snprintf(c->why, sizeof c->why, "it ends at step %lld, the state is at step %lld",
-                 (long long)r->step, (long long)step);
+    else if (c->step_gaps ? r->step <= step || r->step <= c->last_step : r->step != step + 1)
+        snprintf(c->why, sizeof c->why, "it ends at step %lld, the state is at step %lld%s",
+                 (long long)r->step, (long long)step, c->step_gaps ? " and it must end past the previous entry" : "");
     else if (ts_journal_decode(r->payload, r->len, c->scores, c->n) != 0)
         snprintf(c->why, sizeof c->why, "its payload (%zu bytes) does not fit the model's %zu groups",
                  r->len, c->n);
     else {
         ts_model_apply_scores(c->m, c->scores, +1, NULL);
         c->replayed++;
+        c->last_step = r->step;
         return 0;
     }
     c->bad_seq = r->seq;

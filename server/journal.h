@@ -85,8 +85,8 @@ int64_t ts_journal_last_seq(const ts_journal *j);
  * out-of-order entry ends the replay; it and every later entry of the model are deleted
  * and the reason logged. In order means: the entry's step is the state's step + 1; with
  * step_gaps (replicating: other replicas' deltas advanced the step between local entries
- * and are not journaled; they are consumed again from the stream, repl.h), any later
- * step. *replayed counts what was applied. 0, or -1 + err (SQLite). */
+ * and are not journaled; they are consumed again from the stream, repl.h), any step
+ * past both the state's and the previous entry's. *replayed counts what was applied. 0, or -1 + err (SQLite). */
 int ts_journal_replay(ts_store *st, const char *name, ts_model *m, int64_t version, int64_t after_seq,
                       int step_gaps, int64_t *replayed, char *err, size_t errlen);
 

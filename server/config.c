@@ -95,7 +95,7 @@ static const ts_option options[] = {
      "HTTP polling threads (request parsing runs on them)", NULL},
     {"replicate", OPT_STRING, F(replicate), NULL, 0, 0, "URLS",
      "replicate learning through NATS JetStream: nats://HOST:PORT[,nats://HOST2:PORT...] "
-     "(default: off, a single node)", check_nats_urls},
+     "(default and empty: off, a single node)", check_nats_urls},
     {"replica-id", OPT_STRING, F(replica_id), NULL, 0, 0, "ID",
      "this replica's name in the stream; stable across restarts, unique among replicas "
      "(default: hostname:port of --listen)", NULL},
@@ -168,9 +168,10 @@ static int check_listen(const char *v, char *err, size_t errlen) {
     return ts_config_split_listen(v, host, sizeof host, &port, err, errlen);
 }
 
-/* nats://HOST:PORT[,nats://HOST:PORT...] (tls:// too): libnats parses the rest. */
+/* nats://HOST:PORT[,nats://HOST:PORT...] (tls:// too): libnats parses the rest. Empty is
+ * off (an environment that passes the variable through unset). */
 static int check_nats_urls(const char *v, char *err, size_t errlen) {
-    for (const char *p = v;;) {
+    for (const char *p = v; *v;) {
         size_t n = strcspn(p, ",");
         if (!((n > 7 && strncmp(p, "nats://", 7) == 0) || (n > 6 && strncmp(p, "tls://", 6) == 0))) {
             snprintf(err, errlen, "'%.*s' is not a NATS URL (nats://HOST:PORT); give one or more, "
@@ -181,6 +182,7 @@ static int check_nats_urls(const char *v, char *err, size_t errlen) {
             return 0;
         p += n + 1;
     }
+    return 0;
 }
 
 /* A JetStream stream name that is also a subject token: letters, digits, - and _. */

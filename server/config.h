@@ -41,7 +41,7 @@ typedef struct {
     int64_t http_threads;          /* libmicrohttpd polling threads */
     char *log_level;
     /* replication (repl.h); replicate NULL = off */
-    char *replicate;               /* nats://h:p[,nats://h2:p...] */
+    char *replicate;               /* nats://h:p[,nats://h2:p...]; "" is off too */
     char *replica_id;              /* NULL: hostname:port of listen */
     char *replicate_token_file;
     char *replicate_stream;

@@ -16,6 +16,7 @@
  */
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -44,8 +45,8 @@ static void close_handles(ts_server *srv) {
     ts_engine_free(srv->engine);
     ts_idem_free(srv->idem);
     ts_journal_free(srv->journal);
-    ts_repl_free(srv->repl);
-    /* the loop returns once these handles have closed */
+    /* the loop returns once these handles have closed; srv->repl (which holds two of them)
+     * is freed after that, in run() */
 }
 
 static void on_shutdown_tick(uv_timer_t *t) {
@@ -125,8 +126,12 @@ static int load_id(void *arg, const ts_journal_row *r) {
 
 /* The replication object (repl.h; carries stored positions along even when off). */
 static int new_repl(ts_server *srv, char *err, size_t errlen) {
-    const ts_config *c = &srv->cfg;
+    ts_config *c = &srv->cfg;
     char id[300];
+    if (c->replicate && !c->replicate[0]) { /* empty: off */
+        free(c->replicate);
+        c->replicate = NULL;
+    }
     if (c->replicate && !c->journal) {
         snprintf(err, errlen, "--replicate needs --journal yes: a replica publishes its steps from the "
                  "journal, so that none is lost between its answer and its publication");
@@ -284,6 +289,7 @@ static int run(ts_server *srv, uv_loop_t *loop) {
     }
     start_timers(srv);
     uv_run(loop, UV_RUN_DEFAULT);
+    ts_repl_free(srv->repl);
     ts_pool_free(srv->pool);
     return srv->shutdown_failed ? 1 : 0;
 fail:

@@ -191,27 +191,24 @@ ts_repl *ts_repl_new(const ts_repl_config *cfg, char *err, size_t errlen) {
     r->cfg = *cfg;
     if (!cfg->urls)
         return r;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
     r->urls = strdup(cfg->urls);
     r->id = strdup(cfg->replica_id);
     r->stream = strdup(cfg->stream);
     r->token_file = cfg->token_file ? strdup(cfg->token_file) : NULL;
-    if (!r->urls || !r->id || !r->stream || (cfg->token_file && !r->token_file)) {
-        ts_repl_free(r);
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    if (strlen(r->id) >= TS_TOKEN_MAX || !r->id[0]) {
-        snprintf(err, errlen, "--replica-id must be 1 to %d characters", TS_TOKEN_MAX - 1);
-        ts_repl_free(r);
-        return NULL;
-    }
     r->cfg.urls = r->urls;
     r->cfg.replica_id = r->id;
     r->cfg.stream = r->stream;
     r->cfg.token_file = r->token_file;
-    pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL);
-    return r;
+    if (!r->urls || !r->id || !r->stream || (cfg->token_file && !r->token_file))
+        snprintf(err, errlen, "out of memory");
+    else if (!r->id[0] || strlen(r->id) >= TS_TOKEN_MAX)
+        snprintf(err, errlen, "--replica-id must be 1 to %d characters", TS_TOKEN_MAX - 1);
+    else
+        return r;
+    ts_repl_free(r);
+    return NULL;
 }
 
 static void pub_free(pub *p) {
@@ -232,7 +229,7 @@ void ts_repl_free(ts_repl *r) {
         r->positions = p->next;
         position_free(p);
     }
-    if (r->urls) {
+    if (r->cfg.urls) {
         pthread_mutex_destroy(&r->mu);
         pthread_cond_destroy(&r->cv);
     }
@@ -263,8 +260,17 @@ int ts_repl_ready(const ts_repl *r, const char **why) {
 
 /* ---- publishing ---- */
 
-static void enqueue_pub(ts_repl *r, pub *p) {
+/* Append p to a list linked through next (todo or acked; mu held). */
+static void pub_push(pub **head, pub **tail, pub *p) {
     p->next = NULL;
+    if (*tail)
+        (*tail)->next = p;
+    else
+        *head = p;
+    *tail = p;
+}
+
+static void enqueue_pub(ts_repl *r, pub *p) {
     p->t_queued_ms = r->loop ? uv_now(r->loop) : 0;
     p->lnext = NULL;
     if (r->ltail)
@@ -274,11 +280,7 @@ static void enqueue_pub(ts_repl *r, pub *p) {
     r->ltail = p;
     r->pending++;
     pthread_mutex_lock(&r->mu);
-    if (r->todo_tail)
-        r->todo_tail->next = p;
-    else
-        r->todo_head = p;
-    r->todo_tail = p;
+    pub_push(&r->todo_head, &r->todo_tail, p);
     pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);
 }
@@ -509,12 +511,7 @@ static void *thread_main(void *arg) {
         r->todo_head = p->next;
         if (!r->todo_head)
             r->todo_tail = NULL;
-        p->next = NULL;
-        if (r->acked_tail)
-            r->acked_tail->next = p;
-        else
-            r->acked_head = p;
-        r->acked_tail = p;
+        pub_push(&r->acked_head, &r->acked_tail, p);
         uv_async_send(&r->async);
     }
     pthread_mutex_unlock(&r->mu);

@@ -64,7 +64,7 @@ typedef struct {
 
 /* The strings are copied. NULL + err when out of memory or the token file is unreadable. */
 ts_repl *ts_repl_new(const ts_repl_config *cfg, char *err, size_t errlen);
-/* Only after ts_repl_stop (or when never started). */
+/* Only after ts_repl_stop and the loop run that closes its handles (or when never started). */
 void ts_repl_free(ts_repl *r);
 int ts_repl_enabled(const ts_repl *r);
 

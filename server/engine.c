@@ -648,12 +648,13 @@ static void step_commit(ts_engine *e, ts_served *s, ts_item *it) {
                           .scores = it->scores, .n = ts_model_score_len(s->model),
                           .request_id = it->idem ? it->req->oip.id : NULL,
                           .body_hash = it->body_hash, .answer = it->body};
-    if (!e->cfg.journal)
+    if (!e->cfg.journal) {
         step_acked(a, NULL);
-    else if (ts_journal_append(e->cfg.journal, &st, step_acked, a) != 0)
+        return;
+    }
+    a->seq = ts_journal_last_seq(e->cfg.journal) + 1; /* the entry's; before: cb may run inside */
+    if (ts_journal_append(e->cfg.journal, &st, step_acked, a) != 0)
         step_acked(a, "out of memory journaling it");
-    else
-        a->seq = ts_journal_last_seq(e->cfg.journal); /* the entry just appended */
 }
 
 static void after_cb(uv_work_t *w, int status) {

@@ -74,7 +74,8 @@ typedef void (*ts_journal_cb)(void *arg, const char *err);
 
 /* Queue step for the next group commit; cb(arg, ...) runs later, exactly once. -1 when out
  * of memory (cb is not called; nothing was queued). With the journal disabled, cb runs at
- * once with err NULL. */
+ * once with err NULL (inside this call). The entry's sequence number is
+ * ts_journal_last_seq() + 1 as read just before the call. */
 int ts_journal_append(ts_journal *j, const ts_journal_step *step, ts_journal_cb cb, void *arg);
 
 /* The newest sequence number given out (a snapshot copied now covers it). */

@@ -156,10 +156,19 @@ class Replication(unittest.TestCase):
             want = ms.export(single, MODEL)
             got = self.converged(n)
             self.assertEqual(got, want, "a replica's state differs from the single node's")
-            self.assertGreaterEqual(metric(r[1], 'tscale_repl_deltas_published_total'), 0)
             self.assertEqual(metric(r[0], "tscale_repl_deltas_published_total"), n)
+            _, _, text = r[1].request("GET", "/metrics")
+            self.assertIn(b'tscale_repl_deltas_applied_total{model="m",origin="r0"} %d' % n, text)
+            # Off by default: a single node has no replication at all.
+            _, _, text = single.request("GET", "/metrics")
+            self.assertNotIn(b"tscale_repl_", text)
         finally:
             single.close()
+
+    def test_replicate_needs_the_journal(self):
+        with self.assertRaises(RuntimeError) as cm:
+            tsd.Daemon(args=self.args("r9", ["--journal", "no"]), start_timeout=10)
+        self.assertIn("--replicate needs --journal yes", str(cm.exception))
 
     def test_b_many_writers_converge(self):
         r = self.start_three()

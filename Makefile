@@ -3,16 +3,26 @@
 #
 #   make            build build/tscaled (and the test binaries' objects)
 #   make run        serve (the built-in demo model unless told otherwise): ARGS="--listen ..."
-#   make test       unit tests (plain and ASan+UBSan), golden tests, end-to-end tests
+#   make test       unit tests (plain and ASan+UBSan), golden tests, end-to-end tests, the Python
+#                   client against the daemon, the PyTorch modules (installs python3-torch)
 #   make bench      build/tscale-bench (one ternary layer vs dense OpenBLAS; bench/README.md)
 #   make bench-plot bench/forward_vs_batch.png: forward time vs batch size (gnuplot)
 #   make bench-http wrk: tscaled batch-1 inference vs a bare libmicrohttpd server (bench/http_bench.sh)
+#   make example    examples/digits-drift: train, serve, adapt under drift, plot (~70 s)
+#   make example-short  the same, short, with checks (CI candidate: 5-15 s once installed)
 #   make deps       install missing Debian packages (apt-get; sudo when not root)
 
 CC      ?= cc
 PKGS    := libuv libmicrohttpd jansson sqlite3 libnats
 DEB_PKGS := gcc make pkg-config libuv1-dev libmicrohttpd-dev libjansson-dev libsqlite3-dev \
             check python3 curl ca-certificates libnats-dev nats-server
+# `make test` checks the project's PyTorch modules (clients/python/tscale/torch_layers.py) and
+# tools/torch_export.py with Debian's torch: ~150 MB of packages, ~50 s to install here.
+TORCH_DEB_PKGS := python3-torch
+# The Python client's tests: installed offline with pip, numpy in and out (both small).
+CLIENT_DEB_PKGS := python3-pip python3-numpy
+# Only for `make example` and `make example-short` (scikit-learn's bundled digits, the plot).
+EXAMPLE_DEB_PKGS := python3-torch python3-sklearn python3-matplotlib
 # Only for `make bench` and `make bench-plot` (not installed by `make run` or `make test`).
 BENCH_DEB_PKGS := libopenblas-dev gnuplot-nox
 
@@ -44,11 +54,11 @@ SAN_TESTS:= $(patsubst tests/unit/%.c,build/asan/tests/%,$(TEST_SRC))
 # chosen at run time (core/kernel.c), so the binary still runs on older CPUs.
 isa_flags = $(if $(findstring _avx512,$1),-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2,$(if $(findstring _avx2,$1),-mavx2 -mfma,))
 
-.PHONY: all run test deps bench-deps unit unit-asan e2e bench bench-http bench-plot clean help
+.PHONY: all run test deps bench-deps unit unit-asan e2e bench bench-http bench-plot clean help torch-test client-test example example-short
 all: build/tscaled
 
 help:
-	@sed -n '1,9p' Makefile
+	@sed -n '1,13p' Makefile
 
 # Install the missing packages of $(1) (apt-get; sudo when not root).
 define install_missing
@@ -129,9 +139,37 @@ test: deps
 	@$(MAKE) --no-print-directory unit-asan
 	@$(MAKE) --no-print-directory e2e
 	@$(MAKE) --no-print-directory e2e-asan
+	@$(MAKE) --no-print-directory client-test
+	@$(MAKE) --no-print-directory torch-test
+
+# The Python client (clients/python), installed as users install it (pip, offline) into
+# build/client-py, against build/tscaled. Debian's python (and numpy) is /usr/bin/python3.
+client-test: build/tscaled
+	$(call install_missing,$(CLIENT_DEB_PKGS))
+	@rm -rf build/client-py
+	/usr/bin/python3 -m pip install -q --no-index --no-compile --target build/client-py ./clients/python
+	PYTHONPATH=build/client-py TSCALE_CLIENT_REQUIRE_NUMPY=1 \
+	  /usr/bin/python3 clients/python/tests/test_client.py build/tscaled
+
+# The PyTorch modules against the golden cases (and the reference, when ../shared has it),
+# and torch_export.py's commands. Debian's torch lives in /usr/bin/python3.
+torch-test:
+	$(call install_missing,$(TORCH_DEB_PKGS))
+	/usr/bin/python3 tests/torch/test_torch_layers.py
 
 bench: bench-deps
 	@$(MAKE) --no-print-directory build/tscale-bench
+
+# examples/digits-drift/README.md: the committed plot and table come from `make example`.
+example: deps
+	$(call install_missing,$(EXAMPLE_DEB_PKGS))
+	@$(MAKE) --no-print-directory build/tscaled
+	/usr/bin/python3 examples/digits-drift/run.py
+example-short: deps
+	$(call install_missing,$(EXAMPLE_DEB_PKGS))
+	@$(MAKE) --no-print-directory build/tscaled
+	/usr/bin/python3 examples/digits-drift/run.py --samples-per-phase 200 --epochs 15 --seeds 1 --check \
+	  --out build/example-short --png build/example-short/digits_drift.png
 
 # A bare libmicrohttpd server with a fixed answer: the ceiling for tscaled's HTTP path.
 # `make bench-http` runs wrk against both (bench/http_bench.sh).

@@ -1,6 +1,6 @@
 /* bench.c — build/tscale-bench: time one ternary linear layer against dense OpenBLAS.
  *
- *   tscale-bench --op forward|feedback --out N --in K --batch B --threads T
+ *   tscale-bench --op forward|feedback|feedback-dx --out N --in K --batch B --threads T
  *                [--gs GS] [--cold | --cold-clean | --cold-weights] [--reps R] [--kernel NAME]
  *                [--json]
  *
@@ -12,6 +12,12 @@
  *           skips it too) — vs the dense equivalent: sgemm forward, dW = dyᵀ · x. It also
  *           times the parts alone, the forward for the feedback/forward ratio, and dx = dy·W
  *           (backward_x), which a layer with layers below it adds to its step.
+ * feedback-dx: the full step of a layer with layers below it, as ts_model_feedback runs it
+ *           for such a layer: forward, score, backward_x (dx = dy·W_eff, for the layers
+ *           below), update_corr and the scale refresh — vs sgemm forward, dW = dyᵀ·x and
+ *           dx = dy·W. The parts are timed alone as for feedback.
+ * --kernel amx: asks for the AMX tile unit (ts_kernel_amx_request) and stops with the
+ *           reason when the CPU or the OS refuses; there is no AMX kernel family yet.
  * --cold:   before every timed run, write a buffer of twice the last-level cache, so the
  *           weights (and scales) come from DRAM, as for a model not used in a while. The
  *           caches are then full of dirty lines: each line the run reads first writes one
@@ -24,8 +30,10 @@
  *
  * Prints the median, min and max over R runs (default: as many as fit in about a second,
  * 5..200) and the ratio to OpenBLAS in the same run; --json prints one JSON object per line.
- * OpenBLAS 0.3.21 misdetects this CPU family, so the program re-executes itself with
- * OPENBLAS_CORETYPE=SkylakeX (unless set) and OPENBLAS_NUM_THREADS=T before OpenBLAS starts.
+ * OpenBLAS 0.3.21 misdetects Sapphire Rapids, so on a CPU with AVX-512 the program re-executes
+ * itself with OPENBLAS_CORETYPE=SkylakeX (unless set; elsewhere OpenBLAS's own choice stands:
+ * SkylakeX kernels are illegal instructions on an AVX2-only CPU) and OPENBLAS_NUM_THREADS=T
+ * before OpenBLAS starts.
  */
 #include <cblas.h>
 #include <immintrin.h>
@@ -54,9 +62,9 @@ typedef struct {
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: tscale-bench --op forward|feedback --out N --in K --batch B "
-                    "--threads T [--gs GS] [--cold | --cold-clean | --cold-weights] [--reps R] "
-                    "[--kernel portable|avx2|avx512] "
+    fprintf(stderr, "usage: tscale-bench --op forward|feedback|feedback-dx --out N --in K "
+                    "--batch B --threads T [--gs GS] [--cold | --cold-clean | --cold-weights] "
+                    "[--reps R] [--kernel portable|avx2|avx512|amx] "
                     "[--json]\n");
     exit(2);
 }
@@ -78,7 +86,8 @@ static options parse(int argc, char **argv)
     options o = {"forward", NULL, 4096, 4096, 1, 32, 1, 0, 0, 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--op") && v && (!strcmp(v, "forward") || !strcmp(v, "feedback")))
+        if (!strcmp(a, "--op") && v &&
+            (!strcmp(v, "forward") || !strcmp(v, "feedback") || !strcmp(v, "feedback-dx")))
             o.op = argv[++i];
         else if (!strcmp(a, "--out"))
             o.out = arg_int(a, v, 1, 1 << 20), i++;
@@ -114,9 +123,12 @@ static void openblas_env(char **argv, int threads)
     char want[16];
     snprintf(want, sizeof want, "%d", threads);
     const char *have = getenv("OPENBLAS_NUM_THREADS");
-    if (getenv("OPENBLAS_CORETYPE") && have && !strcmp(have, want))
+    __builtin_cpu_init();
+    int avx512 = __builtin_cpu_supports("avx512f");
+    if ((getenv("OPENBLAS_CORETYPE") || !avx512) && have && !strcmp(have, want))
         return;
-    setenv("OPENBLAS_CORETYPE", "SkylakeX", 0);
+    if (avx512)
+        setenv("OPENBLAS_CORETYPE", "SkylakeX", 0);
     setenv("OPENBLAS_NUM_THREADS", want, 1);
     execv("/proc/self/exe", argv);
     perror("tscale-bench: re-exec with OpenBLAS settings");   /* run on without them */
@@ -240,6 +252,17 @@ static void run_feedback(ctx *c)
     }
 }
 
+/* The step of a layer with layers below: what ts_model_feedback runs for it (its forward,
+ * score and backward_x with the pre-step state, then update_corr with the scale refresh). */
+static void run_feedback_dx(ctx *c)
+{
+    layer *l = c->l;
+    ts_kernel_forward(l->w, l->S, l->x, c->o->batch, l->y, c->pool);
+    ts_kernel_score(l->w, l->dy, l->x, c->o->batch, l->score, c->pool);
+    ts_kernel_backward_x(l->w, l->S, l->dy, c->o->batch, l->dx, c->pool);
+    ts_layer_update_corr(&l->m->layers[0], l->score, c->pool);
+}
+
 static void run_scales(ctx *c)
 {
     ts_layer_update_scales(&c->l->m->layers[0], c->pool);
@@ -275,6 +298,15 @@ static void dense_feedback(ctx *c)
     dense_forward(c);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, B, 1.0f, l->dy, N, l->x, K, 0.0f,
                 l->dW, K);
+}
+
+static void dense_feedback_dx(ctx *c)
+{
+    layer *l = c->l;
+    int B = (int)c->o->batch, N = (int)c->o->out, K = (int)c->o->in;
+    dense_feedback(c);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, K, N, 1.0f, l->dy, N, l->W, K, 0.0f,
+                l->dx, K);
 }
 
 /* Write (clean: read) a buffer of twice the last-level cache (at least 64 MiB): whatever was
@@ -388,6 +420,15 @@ static stats measure(void (*fn)(ctx *), ctx *c)
 int main(int argc, char **argv)
 {
     options o = parse(argc, argv);
+    if (o.kernel && !strcmp(o.kernel, "amx")) {   /* before the re-exec: one message */
+        char why[512];
+        if (ts_kernel_amx_request(why, sizeof why) != 0)
+            fprintf(stderr, "tscale-bench: --kernel amx: %s\n", why);
+        else
+            fprintf(stderr, "tscale-bench: --kernel amx: AMX is granted on this machine, but "
+                            "tscale has no AMX kernel family yet (issue 14)\n");
+        return 2;
+    }
     openblas_env(argv, o.threads);
     if (o.kernel && ts_kernel_use(o.kernel) != 0) {
         fprintf(stderr, "tscale-bench: kernel family '%s' is unknown or this CPU lacks it\n",
@@ -401,14 +442,16 @@ int main(int argc, char **argv)
         return 1;
     }
     ctx c = {&o, &l, pool};
-    int feedback = !strcmp(o.op, "feedback");
-    stats ts = measure(feedback ? run_feedback : run_forward, &c);
+    int with_dx = !strcmp(o.op, "feedback-dx"), feedback = with_dx || !strcmp(o.op, "feedback");
+    stats ts = measure(with_dx ? run_feedback_dx : feedback ? run_feedback : run_forward, &c);
     stats none = {0, 0, 0, 0, 0};
     stats fw = feedback ? measure(run_forward, &c) : ts;
     stats bw = feedback ? measure(run_backward, &c) : none;
     stats sc = feedback ? measure(run_score, &c) : none;
     stats up = feedback ? measure(run_scales, &c) : none;
-    stats blas = measure(feedback ? dense_feedback : dense_forward, &c);
+    stats blas = measure(with_dx ? dense_feedback_dx : feedback ? dense_feedback : dense_forward, &c);
+    /* the step of a layer with layers below: measured (feedback-dx) or feedback + backward_x */
+    double dx_step = with_dx ? ts.median : ts.median + bw.median;
     double params = (double)o.out * (double)o.in;
     /* resident state of the layer, all of it: compute layout, S, E, corr_accum, step */
     double state = (double)ts_model_bytes(l.m) - (double)sizeof(ts_model) - (double)sizeof(ts_layer);
@@ -427,7 +470,7 @@ int main(int argc, char **argv)
                o.cold ? "true" : "false", cold_names[o.cold], (long long)o.gs, ts_kernel_name(), ts.median, ts.min,
                ts.max, ts.reps, ts.cpu, blas_name, blas.median, ts.median / blas.median, fw.median,
                bw.median, sc.median, up.median, ts.median / fw.median,
-               (ts.median + bw.median) / fw.median, bpw, bpw_packed);
+               dx_step / fw.median, bpw, bpw_packed);
     } else {
         printf("%s %lldx%lld batch %lld threads %d gs %lld %s: tscale (%s) median %.1f us "
                "(min %.1f, max %.1f, %d runs; cpu %.1f us); OpenBLAS %s median %.1f us "
@@ -438,9 +481,9 @@ int main(int argc, char **argv)
                ts.median / blas.median);
         if (feedback)
             printf("  alone: forward %.1f us, score %.1f us, scale refresh %.1f us, backward_x "
-                   "%.1f us (medians); feedback / forward = %.2f (with backward_x, for a layer "
+                   "%.1f us (medians); %s / forward = %.2f (with backward_x, for a layer "
                    "with layers below: %.2f)\n", fw.median, sc.median, up.median, bw.median,
-                   ts.median / fw.median, (ts.median + bw.median) / fw.median);
+                   o.op, ts.median / fw.median, dx_step / fw.median);
         printf("  resident state %.3f bytes/weight (%.3f with T_packed kept)\n", bpw, bpw_packed);
     }
     ts_pool_free(pool);

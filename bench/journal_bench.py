@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """journal_bench.py — what the feedback journal costs (issue 11): feedback steps/s and p99
-with 16 concurrent keep-alive clients (wrk -t2 -c16), --journal yes against --journal no in
+with 16 concurrent keep-alive clients (wrk -t2 -c16; --clients N), --journal yes against --journal no in
 the same run, alternating, on the demo model and a mid-sized one
 (rmsnorm:1024, linear 1024x4096, gelu, linear 4096x1024). Every request carries its own OIP
 id (as a client that retries safely does). Also: journal bytes per step (payload) and bytes
@@ -47,7 +47,7 @@ def write_bytes(pid):
         return int(re.search(r"^write_bytes: (\d+)", f.read(), re.M).group(1))
 
 
-def one_run(model, journal, seconds, tmp):
+def one_run(model, journal, seconds, tmp, clients=16):
     args = ["--journal", journal]
     name, n_in = "demo", 16
     if model == "mid":
@@ -63,7 +63,7 @@ def one_run(model, journal, seconds, tmp):
         f.write(LUA % (n_in, x, 3))
     with tsd.Daemon(args=args) as d:
         wb0 = write_bytes(d.proc.pid)
-        out = subprocess.run(["wrk", "-t2", "-c16", "-d%ds" % seconds, "--latency", "-s", lua,
+        out = subprocess.run(["wrk", "-t2", "-c%d" % clients, "-d%ds" % seconds, "--latency", "-s", lua,
                               "http://127.0.0.1:%d/v2/models/%s/feedback" % (d.port, name)],
                              capture_output=True, text=True, check=True).stdout
         time.sleep(0.2)
@@ -73,7 +73,7 @@ def one_run(model, journal, seconds, tmp):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     p99 = re.search(r"^\s+99%\s+([0-9.]+)(us|ms|s)", out, re.M)
     p99_ms = float(p99.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
-    r = {"model": model, "journal": journal, "steps_per_s": round(steps / seconds, 1),
+    r = {"model": model, "journal": journal, "clients": clients, "steps_per_s": round(steps / seconds, 1),
          "p99_ms": p99_ms, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
          "journal_bytes_per_step": round(metric(m, "tscale_journal_bytes_total") / max(steps, 1), 1),
          "disk_bytes_per_step": round((wb1 - wb0) / max(steps, 1), 1),
@@ -88,20 +88,21 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--models", default="demo,mid")
+    ap.add_argument("--clients", type=int, default=16, help="concurrent keep-alive connections")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="tscale-jbench-")
     results = []
     for _ in range(a.runs):
         for model in a.models.split(","):
             for journal in ("yes", "no"):
-                results.append(one_run(model, journal, a.seconds, tmp))
+                results.append(one_run(model, journal, a.seconds, tmp, a.clients))
     print("\n| model | journal | steps/s (median) | p99 ms | steps per commit | journal B/step | disk B/step |")
     print("|---|---|---|---|---|---|---|")
     for model in a.models.split(","):
         med = {}
         for journal in ("yes", "no"):
             rs = [r for r in results if r["model"] == model and r["journal"] == journal]
-            med[journal] = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("model", "journal")}
+            med[journal] = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("model", "journal", "clients")}
             m = med[journal]
             print("| %s | %s | %.0f | %.2f | %s | %s | %.0f |" % (
                 model, journal, m["steps_per_s"], m["p99_ms"],

@@ -110,6 +110,31 @@ static double loss_grad(const ts_feedback_input *in, const float *y, int64_t B, 
     return (float)(sum / (double)B);
 }
 
+/* The loss in double precision throughout, for when the float32 one (torch's) overflowed:
+ * an MSE of outputs near 1e20 is 1e40, past float32 but an answer the client can use.
+ * Infinite only when the outputs themselves are. */
+static double loss_wide(const ts_feedback_input *in, const float *y, int64_t B, int64_t out)
+{
+    double sum = 0.0;
+    if (in->kind == TS_LOSS_MSE) {
+        for (int64_t k = 0; k < B * out; k++) {
+            double d = (double)y[k] - (double)in->target[k];
+            sum += d * d;
+        }
+        return sum / (double)(B * out);
+    }
+    for (int64_t b = 0; b < B; b++) {
+        const float *yr = y + b * out;
+        double mx = yr[0], se = 0.0;
+        for (int64_t j = 1; j < out; j++)
+            mx = yr[j] > mx ? yr[j] : mx;
+        for (int64_t j = 0; j < out; j++)
+            se += exp((double)yr[j] - mx);
+        sum -= (double)yr[in->labels[b]] - mx - log(se);
+    }
+    return sum / (double)B;
+}
+
 /* rmsnorm backward, with n = x·r, r = rsqrt(mean(x²)+ε), y = n ⊙ w:
  *   dx = dn·r + 2x · (Σ dn·x) · (-r³/2) / D,   dn = dy ⊙ w */
 static void rmsnorm_backward(const ts_layer *l, const float *x, const float *dy, int64_t B,
@@ -254,6 +279,8 @@ int ts_model_feedback_scores(ts_model *m, const float *x, int64_t B, const ts_fe
         ts_layer_forward(&m->layers[i], w.acts + w.act_off[i], B, w.acts + w.act_off[i + 1], pool);
     /* 2. dL/dy */
     double l = loss_grad(in, w.acts + w.act_off[m->n_layers], B, m->out_dim, w.grad[0]);
+    if (isinf(l))
+        l = loss_wide(in, w.acts + w.act_off[m->n_layers], B, m->out_dim);
     /* 3. backward with the pre-step state, 4. update_corr */
     backward(m, B, &w, pool);
     apply_scores(m, &w, pool);

@@ -25,7 +25,8 @@ typedef struct {
 } ts_feedback_input;
 
 /* Apply one step for the batch x[B][in_dim]. On success returns 0 and, when loss is not
- * NULL, stores the loss (NAN for TS_LOSS_GRAD). Returns -1 + err without changing the
+ * NULL, stores the loss (NAN for TS_LOSS_GRAD): torch's float32 value, or, when that
+ * overflows, the same loss computed in double (infinite only when the outputs are). Returns -1 + err without changing the
  * model when a label is out of range or memory runs out. */
 int ts_model_feedback(ts_model *m, const float *x, int64_t B, const ts_feedback_input *in,
                       double *loss, ts_pool *pool, char *err, size_t errlen);

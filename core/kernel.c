@@ -12,18 +12,22 @@
  */
 #include "kernel.h"
 
+#include <cpuid.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "kernel_impl.h"
 
 /* ── the layout ── */
 
-/* The three trits of a field: trits_of[v] = {d0-1, d1-1, d2-1} for v = d0 + 3·d1 + 9·d2. */
-static const int8_t trits_of[27][3] = {
+const int8_t ts_field_trits[32][3] = {
     {-1, -1, -1}, {0, -1, -1}, {1, -1, -1}, {-1, 0, -1}, {0, 0, -1}, {1, 0, -1}, {-1, 1, -1},
     {0, 1, -1},   {1, 1, -1},  {-1, -1, 0}, {0, -1, 0},  {1, -1, 0}, {-1, 0, 0}, {0, 0, 0},
     {1, 0, 0},    {-1, 1, 0},  {0, 1, 0},   {1, 1, 0},   {-1, -1, 1}, {0, -1, 1}, {1, -1, 1},
@@ -156,7 +160,7 @@ size_t ts_weights_bytes(const ts_weights *w)
 int ts_weights_trit(const ts_weights *w, int64_t r, int64_t c)
 {
     int64_t g = c / w->gs, i = c % w->gs;
-    return trits_of[ts_wfield(w, r, g, i / 3)][i % 3];
+    return ts_field_trits[ts_wfield(w, r, g, i / 3)][i % 3];
 }
 
 void ts_weights_pack(const ts_weights *w, uint8_t *T_packed)
@@ -185,7 +189,7 @@ static float group_dot(const ts_weights *w, int64_t r, int64_t g, const float *x
 {
     float sum = 0.0f;
     for (int64_t t = 0; t < w->ntr; t++) {
-        const int8_t *tr = trits_of[ts_wfield(w, r, g, t)];
+        const int8_t *tr = ts_field_trits[ts_wfield(w, r, g, t)];
         const float *xc = x + g * w->gs + 3 * t;
         for (int j = 0; j < ts_wtriple_cols(w, g, t); j++)
             sum += (float)tr[j] * xc[j];
@@ -220,7 +224,7 @@ static void backward_groups(void *arg, int64_t g0, int64_t g1)
             for (int64_t g = g0; g < g1; g++) {
                 float z = dy[r] * j->S[ts_scale_index(w->gpr, r, g)];
                 for (int64_t t = 0; t < w->ntr; t++) {
-                    const int8_t *tr = trits_of[ts_wfield(w, r, g, t)];
+                    const int8_t *tr = ts_field_trits[ts_wfield(w, r, g, t)];
                     for (int k = 0; k < ts_wtriple_cols(w, g, t); k++)
                         dx[g * w->gs + 3 * t + k] += z * (float)tr[k];
                 }
@@ -247,7 +251,7 @@ static void score_rows(void *arg, int64_t r0, int64_t r1)
         for (int64_t g = 0; g < w->gpr; g++) {
             int64_t s = 0;
             for (int64_t t = 0; t < w->ntr; t++) {
-                const int8_t *tr = trits_of[ts_wfield(w, r, g, t)];
+                const int8_t *tr = ts_field_trits[ts_wfield(w, r, g, t)];
                 for (int k = 0; k < ts_wtriple_cols(w, g, t); k++) {
                     if (tr[k] == 0)
                         continue;   /* contributes 0 whatever dW's sign */
@@ -316,6 +320,29 @@ int ts_kernel_use(const char *name)
 }
 
 const char *ts_kernel_name(void) { return family()->name; }
+
+/* Linux's arch_prctl codes for AMX (asm/prctl.h; XFEATURE_XTILEDATA is state component 18). */
+#define TS_ARCH_REQ_XCOMP_PERM 0x1023
+#define TS_XFEATURE_XTILEDATA 18
+
+int ts_kernel_amx_request(char *err, size_t errlen)
+{
+    unsigned a, b, c, d;
+    /* CPUID leaf 7, subleaf 0: EDX bit 22 AMX-BF16, bit 24 AMX-TILE */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d >> 24 & 1) || !(d >> 22 & 1)) {
+        snprintf(err, errlen, "this CPU has no AMX (CPUID lacks amx_tile/amx_bf16; AMX needs an "
+                 "Intel Xeon of the Sapphire Rapids generation or later): use the avx512, avx2 "
+                 "or portable kernels");
+        return -1;
+    }
+    if (syscall(SYS_arch_prctl, TS_ARCH_REQ_XCOMP_PERM, TS_XFEATURE_XTILEDATA) != 0) {
+        snprintf(err, errlen, "the CPU has AMX but Linux refused this process the tile data "
+                 "state (arch_prctl ARCH_REQ_XCOMP_PERM: %s); AMX needs Linux 5.16 or later "
+                 "and, in a VM, a hypervisor that passes AMX through", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
 
 int64_t ts_kslot_work(void)
 {

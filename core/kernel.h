@@ -88,4 +88,12 @@ const char *ts_kernel_name(void);
  * small shapes are split between threads as well.) */
 int ts_kernel_use(const char *name);
 
+/* Ask for the AMX tile unit (issue 14): 0 when the CPU has AMX-TILE and AMX-BF16 and Linux
+ * granted this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, Linux 5.16+);
+ * otherwise -1 and the reason in err. Why a separate request: Linux gives AMX's 8 KiB of
+ * tile state only to a process that asks, and an AMX family must fall back to the others
+ * when it is refused. No AMX kernel family exists yet: `ts_kernel_use("amx")` fails, and
+ * tscale-bench --kernel amx reports what this says. */
+int ts_kernel_amx_request(char *err, size_t errlen);
+
 #endif

@@ -67,6 +67,10 @@ static inline unsigned ts_wfield(const ts_weights *w, int64_t r, int64_t g, int6
     return (word >> (5 * (t % TS_FPW))) & 31u;
 }
 
+/* The three trits of a field: ts_field_trits[v] = {d0-1, d1-1, d2-1} for v = d0 + 3·d1 + 9·d2
+ * (entries 27..31 never occur in a layout and are zeros). */
+extern const int8_t ts_field_trits[32][3];
+
 /* Number of real columns in triple t of group g (0..3): the rest are padding. */
 static inline int ts_wtriple_cols(const ts_weights *w, int64_t g, int64_t t)
 {

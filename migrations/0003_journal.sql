@@ -24,7 +24,8 @@ CREATE TABLE journal (
     payload    BLOB    NOT NULL,                 -- encoded scores (server/journal.c)
     checksum   INTEGER NOT NULL                  -- FNV-1a 64 of seq, version, step, payload
 );
-CREATE INDEX journal_by_model ON journal (model_id, seq);
+-- No index on model_id: the journal holds one or two snapshot intervals, and its readers
+-- (replay, pruning) take a range of seq, the rowid. Each index is one more page per commit.
 
 CREATE TABLE feedback_ids (
     model_id   INTEGER NOT NULL REFERENCES models (id),
@@ -35,7 +36,7 @@ CREATE TABLE feedback_ids (
     answer     TEXT    NOT NULL,                 -- the JSON body answered
     created_at INTEGER NOT NULL,                 -- Unix ms
     PRIMARY KEY (model_id, request_id)
-);
+) WITHOUT ROWID;                                 -- one b-tree, not a table plus its key index
 CREATE INDEX feedback_ids_by_time ON feedback_ids (created_at);
 
 ALTER TABLE snapshots ADD COLUMN journal_seq INTEGER NOT NULL DEFAULT 0;

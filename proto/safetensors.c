@@ -552,18 +552,47 @@ static int decode(ts_model *m, const st_tensor *t, const uint8_t *src, char *err
     return 0;
 }
 
+/* Each feedback step moves a group's corr_accum by its score, |score| <= group_size, so
+ * |corr_accum| <= step_counter * group_size in every state feedback can produce. Past it,
+ * the scale 2^(E + 4 * corr / (step * gs)) overflows to inf and the layer infers NaN: such
+ * a file is refused, naming the tensor. With step_counter 0 the scale ignores corr_accum
+ * (SPEC §1: 2^E), and SPEC's own test files hold such states: accepted. */
+static int check_counters(const ts_model *m, char *err, size_t errlen)
+{
+    for (int i = 0; i < m->n_layers; i++) {
+        const ts_layer *l = &m->layers[i];
+        if (!is_ternary(l->spec.kind) || l->step == 0)
+            continue;
+        /* step <= 2^62 and gs <= 2^31: the bound is exact as unsigned __int128 */
+        unsigned __int128 bound = (unsigned __int128)(uint64_t)l->step * (uint64_t)l->spec.group_size;
+        for (int64_t g = 0; g < l->n_groups; g++) {
+            int64_t c = l->corr_accum[g];
+            unsigned __int128 mag = (unsigned __int128)(c < 0 ? -(uint64_t)c : (uint64_t)c);
+            if (mag > bound)
+                return fail(err, errlen, "tensor \"%d.corr_accum\": element %" PRId64 " is %" PRId64
+                            ", beyond step_counter x group_size = %" PRId64 " x %" PRId64 " (no "
+                            "sequence of feedback steps reaches it; it would make the layer's "
+                            "scales infinite)", i, g, c, l->step, l->spec.group_size);
+        }
+    }
+    return 0;
+}
+
 /* ── reader ── */
 
 static json_t *parse_header(const uint8_t *buf, size_t len, uint64_t *hlen, char *err, size_t errlen)
 {
     if (len < 8) {
-        fail(err, errlen, "file is %zu bytes, too short for the 8-byte header length", len);
+        fail(err, errlen, "not a safetensors model file: it is %zu bytes, too short for the "
+             "8-byte header length a safetensors file starts with", len);
         return NULL;
     }
     uint64_t n = get_le(buf, 8);
     if (n < 2 || n > ST_MAX_HEADER || n > len - 8) {
-        fail(err, errlen, "header length %" PRIu64 " is invalid: it must be at least 2, at most "
-             "%u, and fit in the %zu bytes after it", n, ST_MAX_HEADER, len - 8);
+        fail(err, errlen, "not a safetensors model file: a safetensors file starts with its "
+             "JSON header length (8 bytes, little-endian), and here those bytes say %" PRIu64
+             ", which is not at least 2, at most %u, and within the %zu bytes after them",
+             n, ST_MAX_HEADER, len - 8);
         return NULL;
     }
     json_error_t jerr;
@@ -610,7 +639,7 @@ ts_model *ts_safetensors_read(const uint8_t *buf, size_t len, char *name, char *
     for (int k = 0; k < n; k++)
         if (decode(m, &t[k], data + t[k].begin, err, errlen) != 0)
             goto fail;
-    if (ts_model_prepare(m, err, errlen) != 0)
+    if (check_counters(m, err, errlen) != 0 || ts_model_prepare(m, err, errlen) != 0)
         goto fail;
     free(t);
     json_decref(h);

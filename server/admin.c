@@ -90,7 +90,8 @@ typedef struct {
     ts_model *model;              /* restore: loaded; put: uploaded */
     ts_snapshot_info info;
     uint64_t hash;                /* put */
-    int is_new;                   /* put: the name was not served when the PUT arrived */
+    int is_new;                   /* put: the name was not served when the PUT arrived;
+                                     restore: it was deleted (brought back, undelete) */
     int64_t version;              /* put */
     int created;                  /* put */
 } admin_job;
@@ -216,13 +217,43 @@ static void restore_work(ts_store *st, ts_persist_job *pj) {
         found |= j->list[i].snapshot_id == j->snapshot_id;
     if (!found) {
         j->status = 404;
-        snprintf(j->err, sizeof j->err, "model '%s' has no snapshot %lld", j->name,
-                 (long long)j->snapshot_id);
+        if (j->is_new)
+            snprintf(j->err, sizeof j->err, "unknown model '%s' (no deleted model of that name "
+                     "has snapshot %lld either)", j->name, (long long)j->snapshot_id);
+        else
+            snprintf(j->err, sizeof j->err, "model '%s' has no snapshot %lld", j->name,
+                     (long long)j->snapshot_id);
         return;
     }
     int skipped = 0;
     j->model = ts_store_load(st, j->name, j->snapshot_id, &j->info, &skipped, j->err, sizeof j->err);
     j->status = j->model ? 200 : 500;
+    if (j->model && j->is_new && ts_store_activate(st, j->name, j->err, sizeof j->err) < 0) {
+        ts_model_free(j->model); /* a deleted model comes back: loaded at the next start again */
+        j->model = NULL;
+        j->status = 500;
+    }
+}
+
+/* A deleted model restored: served again, then its "restore" snapshot is written (so the
+ * state a restart loads is the one restored) and the client answered. */
+static void serve_restored(admin_job *j) {
+    ts_server *srv = j->srv;
+    ts_served *s = ts_engine_add(srv->engine, j->name, j->model, j->info.version);
+    j->model = NULL;
+    if (!s) {
+        ts_req_reply_error(j->req, 500, "out of memory");
+        return;
+    }
+    ts_log_info("model '%s' brought back from snapshot %lld: version %lld, step %lld", s->name,
+                (long long)j->snapshot_id, (long long)s->version, (long long)s->step);
+    swap_op *op = calloc(1, sizeof *op);
+    if (op)
+        *op = (swap_op){srv, j->req, NULL, s->version, "restore", j->snapshot_id, 200};
+    if (!op || ts_snapshot_queue(srv, s, "restore", 0, swap_replied, op) < 0) {
+        free(op);
+        ts_req_reply_error(j->req, 500, "out of memory");
+    }
 }
 
 static void restore_done(ts_persist_job *pj) {
@@ -230,6 +261,8 @@ static void restore_done(ts_persist_job *pj) {
     ts_served *s = ts_engine_find(j->srv->engine, j->name, 0);
     if (j->status != 200)
         ts_req_reply_error(j->req, j->status, "restore failed: %s", j->err);
+    else if (!s && j->is_new && !ts_engine_find(j->srv->engine, j->name, 1))
+        serve_restored(j);
     else if (!s)
         ts_req_reply_error(j->req, 404, "model '%s' was unloaded", j->name);
     else {
@@ -335,7 +368,7 @@ static void unload_snapshotted(ts_server *srv, ts_served *s, const ts_snapshot_i
 
 static void unload_control(ts_engine *e, ts_served *s, void *arg) {
     admin_job *j = arg;
-    ts_snapshot_now(j->srv, s, "shutdown", 1, unload_snapshotted, j);
+    ts_snapshot_now(j->srv, s, "delete", 1, unload_snapshotted, j);
 }
 
 /* ---- dispatch ---- */
@@ -343,6 +376,21 @@ static void unload_control(ts_engine *e, ts_served *s, void *arg) {
 static void submit(ts_server *srv, admin_job *j) {
     if (j)
         ts_persist_submit(srv->persist, &j->job);
+}
+
+/* POST /admin/models/{m}/restore of a model that is not served: a deleted one comes back
+ * from that snapshot (restore_work: 404 when the database has no such snapshot of m). */
+static void undelete(ts_server *srv, ts_req *req) {
+    if (req->bad_body[0]) { /* SPEC §4: an unknown model is a 404 whatever the body */
+        ts_req_reply_error(req, 404, "unknown model '%s'", req->route.model);
+        return;
+    }
+    admin_job *j = new_job(srv, req, restore_work, restore_done);
+    if (j) {
+        j->snapshot_id = req->snapshot_id;
+        j->is_new = 1;
+        submit(srv, j);
+    }
 }
 
 void ts_admin_handle(ts_server *srv, ts_req *req) {
@@ -378,8 +426,16 @@ void ts_admin_handle(ts_server *srv, ts_req *req) {
         return;
     }
     ts_served *s = ts_engine_find(srv->engine, req->route.model, 0);
+    if (!s && ep == TS_EP_ADMIN_RESTORE && !ts_engine_find(srv->engine, req->route.model, 1)) {
+        undelete(srv, req);
+        return;
+    }
     if (!s) {
         ts_req_reply_error(req, 404, "unknown model '%s'", req->route.model);
+        return;
+    }
+    if (ep == TS_EP_ADMIN_GET) {
+        ts_req_reply_json(req, 200, model_json(s));
         return;
     }
     if (ts_req_reply_bad_body(req)) /* restore: 404 first, whatever the body */
@@ -412,20 +468,4 @@ void ts_admin_handle(ts_server *srv, ts_req *req) {
     }
     default: ts_req_reply_error(req, 404, "no such path"); break;
     }
-}
-
-int ts_admin_parse_restore(const uint8_t *body, size_t len, int64_t *snapshot_id, char *err,
-                           size_t errlen) {
-    json_error_t je;
-    json_t *j = json_loadb((const char *)body, len, 0, &je);
-    json_t *id = j ? json_object_get(j, "snapshot_id") : NULL;
-    int ok = id && json_is_integer(id) && json_integer_value(id) > 0;
-    if (ok)
-        *snapshot_id = json_integer_value(id);
-    else if (!j)
-        snprintf(err, errlen, "body is not JSON (%s); expected {\"snapshot_id\": N}", je.text);
-    else
-        snprintf(err, errlen, "expected {\"snapshot_id\": N} with N a positive integer");
-    json_decref(j);
-    return ok ? 0 : -1;
 }

@@ -9,11 +9,6 @@
 /* Answer an /admin request (auth was checked on the HTTP thread). */
 void ts_admin_handle(ts_server *srv, ts_req *req);
 
-/* The restore body {"snapshot_id": N}, N a positive integer: 0 and *snapshot_id, or -1
- * with the reason (a 400). Runs on the HTTP thread; pure (fuzzed by tests/fuzz/fuzz_admin.c). */
-int ts_admin_parse_restore(const uint8_t *body, size_t len, int64_t *snapshot_id, char *err,
-                           size_t errlen);
-
 /* The layers of m as the model file's tscale.layers entries (a jansson json_t *). */
 void *ts_admin_layers_json(const ts_model *m);
 

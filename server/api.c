@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "admin.h"
+#include "memory.h"
 
 static void model_metadata(ts_served *s, ts_req *req) {
     json_t *j = json_pack("{s:s,s:[s],s:s,s:[{s:s,s:s,s:[I,I]}],s:[{s:s,s:s,s:[I,I]}]}",
@@ -26,12 +27,25 @@ static void metrics(ts_server *srv, ts_req *req) {
     ts_buf_printf(&b, "# HELP tscale_feedback_ids Feedback ids remembered for exactly-once.\n"
                       "# TYPE tscale_feedback_ids gauge\ntscale_feedback_ids %lld\n",
                   (long long)(srv->idem ? ts_idem_count(srv->idem) : 0));
+    ts_memory_render(&b);
     size_t len;
     char *text = ts_buf_take(&b, &len);
     if (!text)
         ts_req_reply_error(req, 500, "out of memory rendering metrics");
     else
         ts_req_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, -1);
+}
+
+/* GET /v2/models ({"models":[{name, version, state}]}) and Triton's POST
+ * /v2/repository/index ([{name, version, state}]): every model served is READY (one being
+ * deleted is no longer listed). */
+static void repository(ts_server *srv, ts_req *req) {
+    json_t *arr = json_array();
+    for (ts_served *s = ts_engine_first(srv->engine); s; s = s->next)
+        if (!s->unloading)
+            json_array_append_new(arr, json_pack("{s:s,s:s,s:s}", "name", s->name, "version",
+                                                 s->version_str, "state", "READY"));
+    ts_req_reply_json(req, 200, req->route.ep == TS_EP_REPO_LIST ? json_pack("{s:o}", "models", arr) : arr);
 }
 
 /* The order of the checks is SPEC §4's: an unknown model or version is a 404 whatever the
@@ -53,6 +67,10 @@ static void model_endpoint(ts_server *srv, ts_req *req) {
     case TS_EP_INFER: ts_engine_infer(srv->engine, s, req); break;
     case TS_EP_FEEDBACK: ts_engine_feedback(srv->engine, s, req); break;
     case TS_EP_MODEL_META: model_metadata(s, req); break;
+    case TS_EP_MODEL_STATS:
+        ts_req_reply_json(req, 200, json_pack("{s:[o]}", "model_stats",
+                                              ts_stats_json(&s->stats, s->name, s->version_str)));
+        break;
     default: ts_req_reply_json(req, 200, json_pack("{s:s,s:b}", "name", s->name, "ready", 1)); break;
     }
 }
@@ -75,7 +93,10 @@ void ts_api_dispatch(void *ctx, ts_req *req) {
             ts_req_reply_json(req, 200, json_pack("{s:b}", "ready", 1));
         break;
     case TS_EP_METRICS: metrics(srv, req); break;
+    case TS_EP_REPO_LIST:
+    case TS_EP_REPO_INDEX: repository(srv, req); break;
     case TS_EP_MODEL_META:
+    case TS_EP_MODEL_STATS:
     case TS_EP_MODEL_READY:
     case TS_EP_INFER:
     case TS_EP_FEEDBACK: model_endpoint(srv, req); break;

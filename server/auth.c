@@ -83,3 +83,81 @@ int ts_auth_is_loopback(const struct sockaddr *addr) {
     }
     return 0;
 }
+
+/* ---- browsers: cross-site requests and DNS rebinding ---- */
+
+/* The host part of a Host header value ("name", "name:port", "[v6]:port") into out. */
+static void host_part(const char *v, char *out, size_t outlen) {
+    const char *start = v, *end;
+    if (*v == '[') {
+        start = v + 1;
+        end = strchr(start, ']');
+        if (!end)
+            end = start + strlen(start);
+    } else {
+        end = strchr(v, ':');
+        if (!end)
+            end = v + strlen(v);
+    }
+    size_t n = (size_t)(end - start);
+    if (n >= outlen)
+        n = 0; /* too long to be an allowed name */
+    memcpy(out, start, n);
+    out[n] = '\0';
+}
+
+/* Is name one of the comma-separated names in list? (Case-insensitive, spaces ignored.) */
+static int in_list(const char *name, const char *list) {
+    if (!list)
+        return 0;
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',' && *e != ' ')
+            e++;
+        if ((size_t)(e - p) == n && n && strncasecmp(p, name, n) == 0)
+            return 1;
+        p = e;
+    }
+    return 0;
+}
+
+int ts_auth_host_allowed(const char *host_header, const char *listen_host, const char *allowed) {
+    if (!host_header || !*host_header)
+        return 0;
+    char h[256];
+    host_part(host_header, h, sizeof h);
+    if (!h[0])
+        return 0;
+    if (strcasecmp(h, "localhost") == 0 || strcmp(h, "::1") == 0 || strncmp(h, "127.", 4) == 0)
+        return 1;
+    int wildcard = strcmp(listen_host, "0.0.0.0") == 0 || strcmp(listen_host, "::") == 0;
+    if (!wildcard && strcasecmp(h, listen_host) == 0)
+        return 1;
+    return in_list(h, allowed);
+}
+
+int ts_auth_origin_same(const char *origin, const char *host_header) {
+    if (!origin)
+        return 1; /* not sent by a browser on a cross-site request */
+    const char *authority = strstr(origin, "://");
+    if (!authority || !host_header)
+        return 0; /* "null" (sandboxed pages, file://) or malformed */
+    authority += 3;
+    return strcasecmp(authority, host_header) == 0;
+}
+
+int ts_auth_content_type_ok(const char *content_type) {
+    if (!content_type)
+        return 0;
+    static const char *const ok[] = {"application/json", "application/octet-stream"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        size_t n = strlen(ok[i]);
+        if (strncasecmp(content_type, ok[i], n) == 0 &&
+            (content_type[n] == '\0' || content_type[n] == ';' || content_type[n] == ' '))
+            return 1;
+    }
+    return 0;
+}

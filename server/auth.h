@@ -33,4 +33,22 @@ int ts_auth_equal(const char *a, const char *b);
 /* 1 when addr is a loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104). */
 int ts_auth_is_loopback(const struct sockaddr *addr);
 
+/* ---- browsers (issue 13): a web page the operator visits must not drive the daemon ----
+ * A browser sends cross-site POSTs with Content-Type text/plain or a form type without
+ * asking first (no CORS preflight), and with DNS rebinding a page's own origin can resolve
+ * to 127.0.0.1. So the state-changing routes (/admin, feedback) refuse: a foreign Origin
+ * (browsers send one on every cross-site POST); on POST, a Content-Type other than
+ * application/json or application/octet-stream (none at all is accepted: curl and the
+ * OIP clients may send none, and a browser that sends none sends an Origin); and, when
+ * answered without a token, a Host that is not this daemon's. (PUT and DELETE are never
+ * sent cross-site without a CORS preflight, which the daemon does not answer.) */
+
+/* 1 when the Host header names this daemon: localhost, 127.x.y.z, ::1, the listen host
+ * (unless it is a wildcard address), or one of the comma-separated names in allowed. */
+int ts_auth_host_allowed(const char *host_header, const char *listen_host, const char *allowed);
+/* 1 when there is no Origin header, or its host[:port] is the Host header's. */
+int ts_auth_origin_same(const char *origin, const char *host_header);
+/* 1 for application/json or application/octet-stream (parameters allowed). */
+int ts_auth_content_type_ok(const char *content_type);
+
 #endif

@@ -44,6 +44,7 @@ static int check_listen(const char *v, char *err, size_t errlen);
 static int check_log_level(const char *v, char *err, size_t errlen);
 static int check_nats_urls(const char *v, char *err, size_t errlen);
 static int check_stream(const char *v, char *err, size_t errlen);
+static int check_access_log(const char *v, char *err, size_t errlen);
 
 #define F(field) offsetof(ts_config, field)
 #define MIB ((int64_t)1 << 20)
@@ -79,18 +80,37 @@ static const ts_option options[] = {
      "bearer token for /admin/* (without one, /admin answers loopback clients only)", NULL},
     {"feedback-token-file", OPT_STRING, F(feedback_token_file), NULL, 0, 0, "FILE",
      "bearer token required for feedback (the admin token also works)", NULL},
+    {"allowed-hosts", OPT_STRING, F(allowed_hosts), NULL, 0, 0, "NAMES",
+     "comma-separated Host names (besides localhost and the listen address) that /admin and "
+     "feedback accept when they answer without a token (a DNS rebinding guard)", NULL},
     {"max-body-bytes", OPT_BYTES, F(max_body_bytes), "64M", 1024, (int64_t)1 << 34, "BYTES",
      "largest request body (413 past it); also bounds PUT model files", NULL},
+    {"max-buffered-bytes", OPT_BYTES, F(max_buffered_bytes), "256M", 1024, (int64_t)1 << 40, "BYTES",
+     "most bytes of request bodies held while they arrive, all connections together (503 "
+     "past it; buffers grow with the bytes received, not with Content-Length)", NULL},
     {"max-rows", OPT_INT, F(max_rows), "65536", 1, (int64_t)1 << 30, "ROWS",
      "most rows (batch size) in one request", NULL},
     {"max-queue-rows", OPT_INT, F(max_queue_rows), "65536", 1, (int64_t)1 << 32, "ROWS",
      "most rows waiting for compute, all models together (503 past it)", NULL},
     {"max-queue-bytes", OPT_BYTES, F(max_queue_bytes), "512M", 1024, (int64_t)1 << 40, "BYTES",
      "most tensor bytes waiting for compute, all models together (503 past it)", NULL},
+    {"max-response-bytes", OPT_BYTES, F(max_response_bytes), "64M", 1024, (int64_t)1 << 40, "BYTES",
+     "largest inference answer: a request whose output could be larger is refused (413) "
+     "before it is computed (JSON counts 16 bytes a value, binary output 4)", NULL},
     {"max-connections", OPT_INT, F(max_connections), "1024", 1, 1000000, "N",
-     "most simultaneous HTTP connections", NULL},
+     "most simultaneous HTTP connections; beyond it (up to N/8+4 more) a connection is "
+     "answered for /v2/health/* and /metrics only, anything else 503 at once", NULL},
+    {"max-connections-per-client", OPT_INT, F(max_connections_per_client), "0", 0, 1000000, "N",
+     "most simultaneous connections from one client address (more are closed at once); "
+     "0 = half of --max-connections (behind a reverse proxy every connection has the proxy's "
+     "address: set it to --max-connections there)", NULL},
     {"request-timeout", OPT_INT, F(request_timeout), "60", 1, 86400, "SEC",
      "close a connection idle (no bytes from the client) this long", NULL},
+    {"header-timeout", OPT_INT, F(header_timeout), "10", 1, 86400, "SEC",
+     "close a connection whose request head (line and headers) is not complete this long "
+     "after it opened or after its previous response, however steadily it trickles", NULL},
+    {"body-timeout", OPT_INT, F(body_timeout), "120", 1, 86400, "SEC",
+     "close a connection whose request body is not complete this long after its headers", NULL},
     {"http-threads", OPT_INT, F(http_threads), "1", 1, 64, "N",
      "HTTP polling threads (request parsing runs on them)", NULL},
     {"replicate", OPT_STRING, F(replicate), NULL, 0, 0, "URLS",
@@ -111,6 +131,9 @@ static const ts_option options[] = {
      "JetStream replicas of the stream when it is created (3 in a NATS cluster)", NULL},
     {"log-level", OPT_STRING, F(log_level), "info", 0, 0, "LEVEL",
      "debug, info, warn or error", check_log_level},
+    {"access-log", OPT_STRING, F(access_log), "off", 0, 0, "LEVEL",
+     "one line per request at this log level (debug, info, ...): method, path (no query), "
+     "status, response bytes, microseconds; never bodies or tokens; off = none", check_access_log},
     {"help", OPT_HELP, 0, NULL, 0, 0, NULL, "print this help and exit", NULL},
     {"version", OPT_VERSION, 0, NULL, 0, 0, NULL, "print the version and exit", NULL},
 };
@@ -200,6 +223,14 @@ static int check_log_level(const char *v, char *err, size_t errlen) {
     if (ts_log_level_parse(v, &l) == 0)
         return 0;
     snprintf(err, errlen, "'%s' is not one of debug, info, warn, error", v);
+    return -1;
+}
+
+static int check_access_log(const char *v, char *err, size_t errlen) {
+    ts_log_level l;
+    if (strcmp(v, "off") == 0 || ts_log_level_parse(v, &l) == 0)
+        return 0;
+    snprintf(err, errlen, "'%s' is not one of off, debug, info, warn, error", v);
     return -1;
 }
 
@@ -333,6 +364,37 @@ static void env_name(const ts_option *o, char *out, size_t len) {
         out[i] = out[i] == '-' ? '_' : (char)toupper((unsigned char)out[i]);
 }
 
+int ts_config_unknown_env(char *const *envp, char *out, size_t outlen) {
+    /* deploy/tscale.env.example's compose-only variables: read by compose, not the daemon */
+    static const char *const compose_only[] = {"TSCALE_PUBLISH", "TSCALE_IMAGE",
+                                               "TSCALE_SECRETS_DIR", "TSCALE_MODELS_DIR"};
+    int n = 0;
+    size_t used = 0;
+    out[0] = '\0';
+    for (; envp && *envp; envp++) {
+        const char *eq = strchr(*envp, '=');
+        size_t len = eq ? (size_t)(eq - *envp) : strlen(*envp);
+        if (len <= 7 || strncmp(*envp, "TSCALE_", 7) != 0)
+            continue;
+        int known = 0;
+        char var[64];
+        for (size_t i = 0; i < N_OPTIONS && !known; i++) {
+            env_name(&options[i], var, sizeof var);
+            known = options[i].type != OPT_HELP && options[i].type != OPT_VERSION &&
+                    strlen(var) == len && strncmp(var, *envp, len) == 0;
+        }
+        for (size_t i = 0; i < sizeof compose_only / sizeof compose_only[0] && !known; i++)
+            known = strlen(compose_only[i]) == len && strncmp(compose_only[i], *envp, len) == 0;
+        if (known)
+            continue;
+        if (used + len + 3 < outlen) {
+            used += (size_t)snprintf(out + used, outlen - used, "%s%.*s", n ? ", " : "", (int)len, *envp);
+        }
+        n++;
+    }
+    return n;
+}
+
 #define HELP_COL 37    /* where the help texts start */
 #define HELP_WIDTH 100 /* and the column they wrap before */
 
@@ -440,7 +502,12 @@ static int next_flag(int argc, char **argv, int *i, const ts_option **opt, const
     char why[256];
     if (o->type == OPT_HELP || o->type == OPT_VERSION)
         *value = NULL;
-    else if (o->type == OPT_BOOL && !eq &&
+    else if (o->type == OPT_BOOL && !eq && !negated && *i + 1 < argc && argv[*i + 1][0] != '-' &&
+             parse_bool(argv[*i + 1], &ignored, why, sizeof why) < 0) {
+        /* serve takes no other arguments: "--flag word" meant word as the value */
+        snprintf(err, errlen, "%s %s: %s", a, argv[*i + 1], why);
+        return -1;
+    } else if (o->type == OPT_BOOL && !eq &&
              (negated || *i + 1 >= argc || parse_bool(argv[*i + 1], &ignored, why, sizeof why) < 0))
         *value = negated ? "no" : "yes"; /* a bare boolean flag sets it */
     else if (eq)
@@ -492,6 +559,8 @@ ts_config_result ts_config_parse(ts_config *cfg, int argc, char **argv, FILE *ou
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         cfg->threads = n > 0 ? n : 1;
     }
+    if (cfg->max_connections_per_client == 0)
+        cfg->max_connections_per_client = cfg->max_connections >= 2 ? cfg->max_connections / 2 : 1;
     for (int i = 0; i < cfg->n_models; i++)
         for (int j = 0; j < i; j++)
             if (cfg->models[i].name && cfg->models[j].name &&

@@ -32,12 +32,18 @@ typedef struct {
     int64_t eager_batching;        /* bool: start early when nothing else can join */
     char *admin_token_file;
     char *feedback_token_file;
+    char *allowed_hosts;           /* extra Host names for tokenless /admin and feedback */
     int64_t max_body_bytes;        /* per request body */
+    int64_t max_buffered_bytes;    /* all request bodies being received together */
     int64_t max_rows;              /* rows per request */
     int64_t max_queue_rows;        /* rows waiting, all models */
     int64_t max_queue_bytes;       /* tensor bytes waiting, all models */
+    int64_t max_response_bytes;    /* an inference answer's size bound */
     int64_t max_connections;
+    int64_t max_connections_per_client; /* 0 = half of max_connections (resolved) */
     int64_t request_timeout;       /* seconds of client inactivity before a connection closes */
+    int64_t header_timeout;        /* seconds for a request's whole head */
+    int64_t body_timeout;          /* seconds for a request's whole body */
     int64_t http_threads;          /* libmicrohttpd polling threads */
     char *log_level;
     /* replication (repl.h); replicate NULL = off */
@@ -48,6 +54,7 @@ typedef struct {
     int64_t replicate_ack_timeout_ms;
     int64_t replicate_max_age;     /* seconds, when the stream is created */
     int64_t replicate_replicas;    /* when the stream is created */
+    char *access_log;              /* "off" or a log level */
 } ts_config;
 
 typedef enum { TS_CONFIG_OK, TS_CONFIG_EXIT, TS_CONFIG_ERROR } ts_config_result;
@@ -58,6 +65,11 @@ typedef enum { TS_CONFIG_OK, TS_CONFIG_EXIT, TS_CONFIG_ERROR } ts_config_result;
 ts_config_result ts_config_parse(ts_config *cfg, int argc, char **argv, FILE *out, char *err,
                                  size_t errlen);
 void ts_config_free(ts_config *cfg);
+
+/* The TSCALE_* variables of envp (NAME=value strings, NULL-terminated) that are no setting:
+ * a misspelt one would otherwise be ignored without a word. Their names, comma-separated,
+ * go to out[outlen] (as many as fit); returns how many there are. */
+int ts_config_unknown_env(char *const *envp, char *out, size_t outlen);
 
 /* The --help text. */
 void ts_config_usage(FILE *out);

@@ -15,6 +15,7 @@
  * an answer rather than a reset when the socket closes.
  */
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 #include "api.h"
 #include "cli.h"
 #include "log.h"
+#include "memory.h"
 #include "recover.h"
 #include "server.h"
 #include "snapshot.h"
@@ -39,6 +41,7 @@ static void close_handles(ts_server *srv) {
     uv_close((uv_handle_t *)&srv->snapshot_timer, NULL);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sighup, NULL);
     ts_http_stop(srv->http);
     ts_repl_stop(srv->repl); /* before the engine and the ids its callbacks use */
     ts_persist_stop(srv->persist);
@@ -107,7 +110,19 @@ static void on_signal(uv_signal_t *h, int signum) { begin_shutdown(h->data, sign
 
 static void on_snapshot_timer(uv_timer_t *t) { ts_snapshot_changed(t->data); }
 
+/* A token file others can write lets them choose the token: say so (the start goes on;
+ * refusing would break setups whose secrets are mounted with loose modes). */
+static void warn_token_mode(const char *path) {
+    struct stat st;
+    if (path && stat(path, &st) == 0 && (st.st_mode & (S_IWGRP | S_IWOTH)))
+        ts_log_warn("token file %s is writable by its group or by everyone (mode %03o): anyone "
+                    "who can write it can choose the token; chmod go-w it", path,
+                    (unsigned)(st.st_mode & 0777));
+}
+
 static int load_tokens(ts_server *srv, char *err, size_t errlen) {
+    warn_token_mode(srv->cfg.admin_token_file);
+    warn_token_mode(srv->cfg.feedback_token_file);
     if (srv->cfg.admin_token_file &&
         ts_auth_load_token(srv->cfg.admin_token_file, srv->admin_token, err, errlen) < 0)
         return -1;
@@ -164,6 +179,41 @@ static int start_journal(ts_server *srv, char *err, size_t errlen) {
     return new_repl(srv, err, errlen);
 }
 
+typedef struct {
+    ts_server *srv;
+    const char *admin, *feedback;  /* the files' new tokens */
+} token_swap;
+
+static void swap_tokens(void *ctx) {
+    token_swap *t = ctx;
+    memcpy(t->srv->admin_token, t->admin, TS_TOKEN_MAX);
+    memcpy(t->srv->feedback_token, t->feedback, TS_TOKEN_MAX);
+}
+
+/* SIGHUP: read the token files again (rotation without a restart). Both or neither: a
+ * file that cannot be read keeps the tokens in force, and says why. */
+static void on_sighup(uv_signal_t *h, int signum) {
+    ts_server *srv = h->data;
+    char admin[TS_TOKEN_MAX], feedback[TS_TOKEN_MAX];
+    char err[512];
+    memcpy(admin, srv->admin_token, TS_TOKEN_MAX);
+    memcpy(feedback, srv->feedback_token, TS_TOKEN_MAX);
+    const char *af = srv->cfg.admin_token_file, *ff = srv->cfg.feedback_token_file;
+    if ((af && ts_auth_load_token(af, admin, err, sizeof err) < 0) ||
+        (ff && ts_auth_load_token(ff, feedback, err, sizeof err) < 0)) {
+        ts_log_error("SIGHUP: %s; the tokens in force are kept", err);
+    } else if (srv->http) {
+        warn_token_mode(af);
+        warn_token_mode(ff);
+        token_swap t = {srv, admin, feedback};
+        ts_http_update_tokens(srv->http, swap_tokens, &t);
+        ts_log_info("SIGHUP: token files read again (%s%s%s)", af ? "admin" : "",
+                    af && ff ? ", " : "", ff ? "feedback" : af ? "" : "none configured");
+    }
+    memset(admin, 0, sizeof admin);
+    memset(feedback, 0, sizeof feedback);
+}
+
 /* Open the store, recover the models (snapshots + journal), start the persistence thread. */
 static int start_models(ts_server *srv, char *err, size_t errlen) {
     if (start_journal(srv, err, errlen) < 0)
@@ -174,6 +224,7 @@ static int start_models(ts_server *srv, char *err, size_t errlen) {
         .max_rows = srv->cfg.max_rows,
         .max_queue_rows = srv->cfg.max_queue_rows,
         .max_queue_bytes = srv->cfg.max_queue_bytes,
+        .max_response_bytes = srv->cfg.max_response_bytes,
         .feedback_requires_snapshot = (int)srv->cfg.feedback_requires_snapshot,
         .pool = srv->pool,
         .metrics = &srv->metrics,
@@ -210,9 +261,47 @@ static int start_models(ts_server *srv, char *err, size_t errlen) {
     return 0;
 }
 
+/* Everything a start can fail on without writing: the listening port (bound now, served
+ * later), the --model files, the database's lock. Only then is the database opened. */
+static int start_checks(ts_server *srv, char *err, size_t errlen) {
+    char host[256];
+    int port;
+    if (ts_config_split_listen(srv->cfg.listen, host, sizeof host, &port, err, errlen) < 0)
+        return -1;
+    srv->listen_fd = ts_http_bind(host, port, &srv->bound_port, err, errlen);
+    if (srv->listen_fd < 0)
+        return -1;
+    if (ts_recover_check_files(&srv->cfg, err, errlen) < 0)
+        return -1;
+    return ts_dblock_acquire(&srv->dblock, srv->cfg.db, err, errlen);
+}
+
+/* Which routes need what, once at start; a loud warning when feedback (which changes the
+ * models) answers anyone who reaches a non-loopback address. */
+static void log_protection(ts_server *srv, const char *host) {
+    int local = strcmp(host, "localhost") == 0 || strcmp(host, "::1") == 0 ||
+                strncmp(host, "127.", 4) == 0;
+    const char *fb = srv->feedback_token[0] ? "the feedback (or admin) token"
+                   : srv->admin_token[0]    ? "the admin token"
+                                            : "no token";
+    ts_log_info("routes: /admin/* needs %s; feedback needs %s; inference, metadata, health and "
+                "/metrics need none", srv->admin_token[0] ? "the admin token" : "a loopback client",
+                fb);
+    if (!local && !srv->feedback_token[0] && !srv->admin_token[0])
+        ts_log_warn("feedback changes the models and answers every client that reaches %s "
+                    "without a token: configure --feedback-token-file (or --admin-token-file)",
+                    srv->cfg.listen);
+}
+
+/* --access-log: "off" -> -1, else its level (config.c checked it). */
+static int access_log_level(const char *v) {
+    ts_log_level l;
+    return strcmp(v, "off") != 0 && ts_log_level_parse(v, &l) == 0 ? (int)l : -1;
+}
+
 static int start_http(ts_server *srv, char *err, size_t errlen) {
     char host[256];
-    int port, bound = 0;
+    int port;
     if (ts_config_split_listen(srv->cfg.listen, host, sizeof host, &port, err, errlen) < 0)
         return -1;
     /* Largest tensor a body can carry: every element takes at least 1 byte of JSON or 4 of
@@ -220,11 +309,18 @@ static int start_http(ts_server *srv, char *err, size_t errlen) {
     ts_http_config hc = {
         .host = host,
         .port = port,
+        .listen_fd = srv->listen_fd,
         .threads = (int)srv->cfg.http_threads,
         .max_body_bytes = srv->cfg.max_body_bytes,
+        .max_buffered_bytes = srv->cfg.max_buffered_bytes,
         .max_connections = srv->cfg.max_connections,
+        .max_per_client = srv->cfg.max_connections_per_client,
         .request_timeout_s = srv->cfg.request_timeout,
+        .header_timeout_s = srv->cfg.header_timeout,
+        .body_timeout_s = srv->cfg.body_timeout,
         .max_elements = srv->cfg.max_body_bytes / 2 + 1,
+        .allowed_hosts = srv->cfg.allowed_hosts,
+        .access_log = access_log_level(srv->cfg.access_log),
         .admin_token = srv->admin_token,
         .feedback_token = srv->feedback_token,
         .shutting_down = &srv->shutting_down,
@@ -235,11 +331,14 @@ static int start_http(ts_server *srv, char *err, size_t errlen) {
         .dispatch_ctx = srv,
         .arriving = &srv->arriving,
     };
-    srv->http = ts_http_start(srv->loop, &hc, &bound, err, errlen);
+    srv->listen_fd = -1; /* MHD's now, whatever happens */
+    srv->http = ts_http_start(srv->loop, &hc, err, errlen);
     if (!srv->http)
         return -1;
     int v6 = strchr(host, ':') != NULL;
-    ts_log_info("listening on http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", bound);
+    ts_log_info("listening on http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "",
+                srv->bound_port);
+    log_protection(srv, host);
     return 0;
 }
 
@@ -252,6 +351,9 @@ static void start_signals(ts_server *srv) {
     srv->sigterm.data = srv->sigint.data = srv;
     uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    uv_signal_init(srv->loop, &srv->sighup);
+    srv->sighup.data = srv;
+    uv_signal_start(&srv->sighup, on_sighup, SIGHUP);
 }
 
 static void start_timers(ts_server *srv) {
@@ -272,7 +374,13 @@ static int run(ts_server *srv, uv_loop_t *loop) {
     start_signals(srv);
     ts_log_info("tscaled %s starting: pid %d, %lld compute threads, kernels %s, database %s", TS_VERSION,
                 (int)getpid(), (long long)srv->cfg.threads, ts_kernel_name(), srv->cfg.db);
-    if (load_tokens(srv, err, sizeof err) < 0)
+    char unknown[512];
+    int n_unknown = ts_config_unknown_env(environ, unknown, sizeof unknown);
+    if (n_unknown)
+        ts_log_warn("%d TSCALE_* variable(s) are no setting and are ignored: %s (tscaled --help "
+                    "lists the settings; the variable of --some-flag is TSCALE_SOME_FLAG)",
+                    n_unknown, unknown);
+    if (load_tokens(srv, err, sizeof err) < 0 || start_checks(srv, err, sizeof err) < 0)
         goto fail;
     srv->pool = ts_pool_new((int)srv->cfg.threads);
     if (!srv->pool) {
@@ -291,11 +399,16 @@ static int run(ts_server *srv, uv_loop_t *loop) {
     uv_run(loop, UV_RUN_DEFAULT);
     ts_repl_free(srv->repl);
     ts_pool_free(srv->pool);
+    ts_dblock_release(&srv->dblock, srv->cfg.db, 0); /* the store is closed */
     return srv->shutdown_failed ? 1 : 0;
 fail:
     ts_log_error("cannot start: %s", err);
+    if (srv->listen_fd >= 0)
+        close(srv->listen_fd);
+    ts_dblock_release(&srv->dblock, srv->cfg.db, 1);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sighup, NULL);
     if (srv->engine)
         ts_engine_free(srv->engine);
     ts_idem_free(srv->idem);
@@ -310,6 +423,8 @@ fail:
 int ts_cmd_serve(int argc, char **argv) {
     static ts_server srv; /* large (metrics, tokens); static storage rather than the stack */
     memset(&srv, 0, sizeof srv);
+    srv.listen_fd = -1;
+    srv.dblock.fd = -1;
     char err[1024];
     ts_config_result r = ts_config_parse(&srv.cfg, argc, argv, stdout, err, sizeof err);
     if (r == TS_CONFIG_EXIT)
@@ -322,6 +437,7 @@ int ts_cmd_serve(int argc, char **argv) {
     ts_log_level_parse(srv.cfg.log_level, &level);
     ts_log_set_level(level);
     signal(SIGPIPE, SIG_IGN); /* a client that hangs up must not kill the daemon */
+    ts_memory_setup();
     uv_loop_t loop;
     uv_loop_init(&loop);
     int rc = run(&srv, &loop);

@@ -277,8 +277,40 @@ static ts_item *pop(ts_engine *e, ts_served *s) {
     return it;
 }
 
-/* Queue a request's item, or refuse it (503) when the queue is full. */
+/* Bytes of JSON one FP32 output value can take: "-1.17549435e-38," */
+#define JSON_FLOAT_MAX 16
+
+/* 413 for a request that no state of the queue could take (larger than its limits by
+ * itself: a 503 would be retried forever), or whose answer would be over
+ * --max-response-bytes (refused before it is computed). 1 when it answered. */
+static int refuse_oversized(ts_engine *e, ts_served *s, ts_item *it) {
+    if (it->rows > e->cfg.max_queue_rows || it->bytes > (size_t)e->cfg.max_queue_bytes) {
+        ts_req_reply_error(it->req, 413, "this request alone (%lld rows, %zu bytes) is larger "
+                           "than the queue (--max-queue-rows %lld, --max-queue-bytes %lld): split it",
+                           (long long)it->rows, it->bytes, (long long)e->cfg.max_queue_rows,
+                           (long long)e->cfg.max_queue_bytes);
+        return 1;
+    }
+    uint64_t per = it->binary ? sizeof(float) : JSON_FLOAT_MAX;
+    uint64_t est = (uint64_t)it->rows * (uint64_t)s->model->out_dim * per;
+    if (it->kind == ITEM_INFER && est > (uint64_t)e->cfg.max_response_bytes) {
+        ts_req_reply_error(it->req, 413, "the response (%lld x %lld outputs) could take %llu "
+                           "bytes, over --max-response-bytes (%lld): ask for fewer rows%s",
+                           (long long)it->rows, (long long)s->model->out_dim,
+                           (unsigned long long)est, (long long)e->cfg.max_response_bytes,
+                           it->binary ? "" : ", or for binary output (4 bytes a value)");
+        return 1;
+    }
+    return 0;
+}
+
+/* Queue a request's item, or refuse it: 413 when it could never fit, 503 when the queue
+ * is full now. */
 static void enqueue_request(ts_engine *e, ts_served *s, ts_item *it) {
+    if (refuse_oversized(e, s, it)) {
+        item_free(it);
+        return;
+    }
     if (e->queued_rows + it->rows > e->cfg.max_queue_rows ||
         e->queued_bytes + it->bytes > (size_t)e->cfg.max_queue_bytes) {
         atomic_fetch_add_explicit(&e->cfg.metrics->queue_full, 1, memory_order_relaxed);
@@ -423,6 +455,9 @@ int ts_engine_control(ts_engine *e, ts_served *s, ts_control_fn fn, void *arg) {
 /* Below this many trit-row products a job runs on the compute thread alone (see engine.h):
  * about a hundred microseconds of kernel time. */
 #define POOL_MIN_WORK ((int64_t)1 << 20)
+/* Inference batches with at most this many weight·rows (a few µs of compute) run on the
+ * loop itself instead of the thread pool (launch). */
+#define INLINE_MAX_WORK ((int64_t)1 << 16)
 
 static ts_pool *pool_for(const ts_job *j) {
     int64_t params = ts_model_params(j->s->model);
@@ -657,6 +692,19 @@ static void step_commit(ts_engine *e, ts_served *s, ts_item *it) {
         step_acked(a, "out of memory journaling it");
 }
 
+/* The model's statistics (stats.h) of a finished infer or feedback job. */
+static void note_stats(ts_served *s, const ts_job *j) {
+    int infer = j->kind == ITEM_INFER;
+    uint64_t now = ts_now_us();
+    ts_stats_note_job(&s->stats, infer && j->items->status == 200, j->rows);
+    for (const ts_item *it = j->items; it; it = it->next) {
+        uint64_t t0 = it->req->t_received_us ? it->req->t_received_us : it->t_enq;
+        ts_stats_note_request(&s->stats, infer, it->status == 200, now > t0 ? now - t0 : 0,
+                              j->t_start > it->t_enq ? j->t_start - it->t_enq : 0,
+                              j->t_end - j->t_start);
+    }
+}
+
 static void after_cb(uv_work_t *w, int status) {
     ts_job *j = w->data;
     ts_engine *e = j->e;
@@ -676,6 +724,8 @@ static void after_cb(uv_work_t *w, int status) {
     }
     undo_pending(s);
     s->step = ts_model_step(s->model);
+    if (j->kind != ITEM_EXPORT)
+        note_stats(s, j);
     for (ts_item *it = j->items, *next; it; it = next) {
         next = it->next;
         if (j->kind != ITEM_EXPORT && j->t_start >= it->t_enq)
@@ -722,7 +772,15 @@ static void launch(ts_engine *e, ts_served *s, item_kind kind, int n) {
     j->n = n;
     s->busy = 1;
     e->lane_busy = 1;
-    /* Every job, however small, runs off the loop: the loop never waits on compute. */
+    if (kind == ITEM_INFER && j->rows * ts_model_params(s->model) <= INLINE_MAX_WORK) {
+        /* A tiny forward runs here: the loop waits a few µs, where the thread pool's two
+         * hand-offs (wake a worker, wake the loop back) cost more than the compute. pump()
+         * is guarded against re-entry, so after_cb's pump() only marks it to run again. */
+        work_cb(&j->work);
+        after_cb(&j->work, 0);
+        return;
+    }
+    /* Other jobs run off the loop: the loop never waits on real compute. */
     uv_queue_work(e->loop, &j->work, work_cb, after_cb);
 }
 

@@ -32,7 +32,11 @@
  *
  * Small jobs run on the compute thread alone: waking the pool's helpers costs more than
  * splitting a few microseconds of work saves, and on a busy machine idle helpers spinning
- * for the next job steal the CPU the HTTP threads need.
+ * for the next job steal the CPU the HTTP threads need. Tiny forwards (≤ 2^16 weight·rows,
+ * a few µs: the demo model's batches) run on the loop itself: the two hand-offs to a
+ * compute thread and back cost more than the forward (perf: 1.65 -> 0.78 context switches
+ * per batch-1 request under wrk, bench/README.md). They are still jobs of the one lane,
+ * between the same FIFO boundaries, so nothing above changes.
  */
 #ifndef TS_ENGINE_H
 #define TS_ENGINE_H
@@ -49,6 +53,7 @@
 #include "journal.h"
 #include "metrics.h"
 #include "repl.h"
+#include "stats.h"
 #include "store.h"
 
 typedef struct ts_engine ts_engine;
@@ -81,11 +86,13 @@ typedef struct ts_served {
     /* metrics */
     uint64_t feedback_steps;
     double last_loss;           /* NAN until a feedback step computed one */
+    ts_model_stats stats;       /* GET /v2/models/{m}/stats (stats.h) */
     struct ts_served *next;
 } ts_served;
 
 typedef struct {
     int64_t max_batch, max_queue_delay_us, max_rows, max_queue_rows, max_queue_bytes;
+    int64_t max_response_bytes;   /* an inference answer's bound (413 before computing) */
     int feedback_requires_snapshot;
     ts_pool *pool;
     ts_metrics *metrics;

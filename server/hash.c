@@ -1,14 +1,13 @@
 /* hash.c — content hash of model files (see hash.h). */
 #include "hash.h"
 
-#define FNV_OFFSET 0xcbf29ce484222325ULL
-#define FNV_PRIME 0x100000001b3ULL
+#define FNV_OFFSET TS_FNV_OFFSET
+#define FNV_PRIME TS_FNV_PRIME
 
-static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= FNV_PRIME;
-    }
+uint64_t ts_fnv1a(uint64_t h, const void *p, size_t n) {
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * FNV_PRIME;
     return h;
 }
 
@@ -29,11 +28,11 @@ uint64_t ts_hash_bytes(const uint8_t *buf, size_t len) {
         uint8_t bytes[8];
         for (int i = 0; i < 8; i++)
             bytes[i] = (uint8_t)(lane[k] >> (8 * i));
-        h = fnv1a(h, bytes, 8);
+        h = ts_fnv1a(h, bytes, 8);
     }
-    h = fnv1a(h, buf + blocks * 8, len - blocks * 8);
+    h = ts_fnv1a(h, buf + blocks * 8, len - blocks * 8);
     uint8_t lb[8];
     for (int i = 0; i < 8; i++)
         lb[i] = (uint8_t)((uint64_t)len >> (8 * i));
-    return fnv1a(h, lb, 8);
+    return ts_fnv1a(h, lb, 8);
 }

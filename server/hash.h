@@ -12,4 +12,11 @@
  * the value is stored in the database. */
 uint64_t ts_hash_bytes(const uint8_t *buf, size_t len);
 
+/* Plain FNV-1a 64 over p[n], one byte at a time, continuing from h (TS_FNV_OFFSET to start):
+ * for small canonical serialisations — content hashes of models, journal checksums. Stable
+ * across builds: stored in the database. */
+#define TS_FNV_OFFSET 0xcbf29ce484222325ULL
+#define TS_FNV_PRIME 0x100000001b3ULL
+uint64_t ts_fnv1a(uint64_t h, const void *p, size_t n);
+
 #endif

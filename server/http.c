@@ -1,6 +1,5 @@
 /* http.c — libmicrohttpd front end (see http.h for the design and a request's life). */
 #include "http.h"
-#include "admin.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -14,8 +13,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../proto/restore.h"
 #include "../proto/safetensors.h"
 #include "auth.h"
+#include "conns.h"
+#include "framing.h"
 #include "hash.h"
 #include "log.h"
 
@@ -34,6 +36,12 @@ struct ts_http {
     pthread_mutex_t mu;
     ts_req *in_head, *in_tail;   /* parsed requests waiting for the loop */
     _Atomic int active;          /* requests between first header and completion */
+    ts_conns *conns;             /* deadlines and the soft limit (conns.h) */
+    char host[256];              /* cfg.host points here (the caller's copy may not live on) */
+    pthread_rwlock_t tokens_mu;  /* cfg.admin_token / cfg.feedback_token (ts_http_update_tokens) */
+    _Atomic size_t buffered;     /* bytes of body buffers, all requests (--max-buffered-bytes) */
+    uv_timer_t deadline_timer;   /* loop: ts_conns_expire */
+    int handles_open;            /* loop handles not closed yet; h is freed at 0 */
     int stopping;                /* under mu: hand nothing more to the loop */
 };
 
@@ -69,6 +77,8 @@ static struct MHD_Response *make_response(ts_req *req, int status, const char *c
     }
     if (status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (req->close_after)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     if (status == 405 && req->route.allow[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, req->route.allow);
     return r;
@@ -93,6 +103,8 @@ static void not_arriving(ts_req *req) {
 void ts_req_reply(ts_req *req, int status, const char *content_type, void *body, size_t len,
                   int64_t json_len) {
     not_arriving(req);
+    req->log_status = status;
+    req->log_bytes = len;
     struct MHD_Response *r = make_response(req, status, content_type, body, len, json_len);
     count(req, status);
     struct MHD_Connection *conn = req->conn;
@@ -157,16 +169,105 @@ static int needs_model(ts_endpoint ep) {
     return ep == TS_EP_INFER || ep == TS_EP_FEEDBACK || ep == TS_EP_ADMIN_RESTORE;
 }
 
-/* Checks that need only the headers. 1 when it answered. */
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value) {
+    ts_framing_add(cls, key, value);
+    return MHD_YES;
+}
+
+/* Refuse ambiguous framing (framing.h) with Connection: close. 1 when it answered. */
+static int check_framing(ts_req *req, struct MHD_Connection *conn) {
+    ts_framing f;
+    ts_framing_init(&f);
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, framing_header, &f);
+    char err[256];
+    int status = ts_framing_verdict(&f, err, sizeof err);
+    req->declared_length = f.content_length;
+    if (!status)
+        return 0;
+    req->close_after = 1;
+    ts_req_reply_error(req, status, "%s", err);
+    return 1;
+}
+
+static int is_probe(ts_endpoint ep) {
+    return ep == TS_EP_HEALTH_LIVE || ep == TS_EP_HEALTH_READY || ep == TS_EP_METRICS;
+}
+
+/* A connection accepted beyond --max-connections (conns.h) serves probes only, and only
+ * once. 1 when it answered. */
+static int check_over(ts_req *req) {
+    if (!ts_conns_over(req->tconn))
+        return 0;
+    req->close_after = 1;
+    if (is_probe(req->route.ep))
+        return 0;
+    ts_req_reply_error(req, 503, "the daemon is at its connection limit (--max-connections "
+                       "%lld); retry shortly", (long long)req->http->cfg.max_connections);
+    return 1;
+}
+
+/* Does the endpoint answer without a token? (auth.h: the Host check applies only then.) */
+static int tokenless(const ts_http *h, ts_endpoint ep) {
+    if (ts_endpoint_is_admin(ep))
+        return !h->cfg.admin_token[0];
+    return ep == TS_EP_FEEDBACK && !h->cfg.feedback_token[0] && !h->cfg.admin_token[0];
+}
+
+/* The browser guards of the state-changing routes (auth.h). 1 when it answered. */
+static int check_browser(ts_req *req, struct MHD_Connection *conn) {
+    ts_http *h = req->http;
+    ts_endpoint ep = req->route.ep;
+    if (!ts_endpoint_is_admin(ep) && ep != TS_EP_FEEDBACK)
+        return 0;
+    const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    const char *ctype = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!ts_auth_origin_same(origin, host)) {
+        ts_req_reply_error(req, 403, "cross-origin request refused: /admin and feedback do not "
+                           "answer web pages of other origins (Origin: %.200s)", origin);
+        return 1;
+    }
+    if (tokenless(h, ep) && !ts_auth_host_allowed(host, h->cfg.host, h->cfg.allowed_hosts)) {
+        ts_req_reply_error(req, 403, "Host '%.200s' is not this daemon's address; without a token "
+                           "this route answers only requests for localhost, the listen address or "
+                           "a name in --allowed-hosts", host ? host : "");
+        return 1;
+    }
+    if ((ep == TS_EP_FEEDBACK || ep == TS_EP_ADMIN_RESTORE) && ctype && !ts_auth_content_type_ok(ctype)) {
+        ts_req_reply_error(req, 415, "Content-Type must be application/json (or "
+                           "application/octet-stream for binary tensor data), not '%.100s'", ctype);
+        return 1;
+    }
+    return 0;
+}
+
+static int check_headers_locked(ts_req *req, struct MHD_Connection *conn);
+
+/* Checks that need only the headers, the tokens held still meanwhile. 1 when it answered. */
 static int check_headers(ts_req *req, struct MHD_Connection *conn) {
+    pthread_rwlock_rdlock(&req->http->tokens_mu);
+    int answered = check_headers_locked(req, conn);
+    pthread_rwlock_unlock(&req->http->tokens_mu);
+    return answered;
+}
+
+void ts_http_update_tokens(ts_http *h, void (*update)(void *ctx), void *ctx) {
+    pthread_rwlock_wrlock(&h->tokens_mu);
+    update(ctx);
+    pthread_rwlock_unlock(&h->tokens_mu);
+}
+
+static int check_headers_locked(ts_req *req, struct MHD_Connection *conn) {
     ts_http *h = req->http;
     ts_route *rt = &req->route;
+    if (check_framing(req, conn))
+        return 1;
     if (rt->status) {
         ts_req_reply_error(req, rt->status, "%s", rt->error);
         return 1;
     }
-    if (atomic_load(h->cfg.shutting_down) && rt->ep != TS_EP_HEALTH_LIVE &&
-        rt->ep != TS_EP_HEALTH_READY && rt->ep != TS_EP_METRICS) {
+    if (atomic_load(h->cfg.shutting_down) && !is_probe(rt->ep)) {
         ts_req_reply_error(req, 503, "shutting down");
         return 1;
     }
@@ -184,7 +285,8 @@ static int check_headers(ts_req *req, struct MHD_Connection *conn) {
                 return 1;
             }
         }
-    } else if (rt->ep == TS_EP_FEEDBACK && h->cfg.feedback_token[0]) {
+    } else if (rt->ep == TS_EP_FEEDBACK && (h->cfg.feedback_token[0] || h->cfg.admin_token[0])) {
+        /* with only an admin token, feedback (which changes the model) needs it too */
         a = ts_auth_check(authz, h->cfg.feedback_token, h->cfg.admin_token);
     }
     if (a == TS_AUTH_MISSING) {
@@ -195,20 +297,15 @@ static int check_headers(ts_req *req, struct MHD_Connection *conn) {
         ts_req_reply_error(req, 403, "the bearer token is not valid for this endpoint");
         return 1;
     }
-    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl && takes_body(rt->ep)) {
-        char *end;
-        errno = 0;
-        unsigned long long n = strtoull(cl, &end, 10);
-        if (!errno && *end == '\0' && n > (unsigned long long)h->cfg.max_body_bytes) {
-            ts_req_reply_error(req, 413, "request body of %llu bytes is over the limit of %lld "
-                               "(--max-body-bytes)", n, (long long)h->cfg.max_body_bytes);
-            return 1;
-        }
-        if (!errno && *end == '\0' && n > 0) {
-            req->body = malloc((size_t)n);
-            req->body_cap = req->body ? (size_t)n : 0;
-        }
+    if (check_browser(req, conn))
+        return 1;
+    /* The declared length only refuses: the buffer grows with the bytes that arrive
+     * (collect), so announcing a large body costs the daemon nothing. */
+    if (takes_body(rt->ep) && req->declared_length > h->cfg.max_body_bytes) {
+        ts_req_reply_error(req, 413, "request body of %lld bytes is over the limit of %lld "
+                           "(--max-body-bytes)", (long long)req->declared_length,
+                           (long long)h->cfg.max_body_bytes);
+        return 1;
     }
     return 0;
 }
@@ -218,35 +315,65 @@ static int check_headers(ts_req *req, struct MHD_Connection *conn) {
  * closed instead, so a client cannot keep the daemon reading forever. */
 #define DISCARD_MAX ((size_t)64 << 20)
 
-/* Append upload data; past the limit keep discarding up to DISCARD_MAX. */
+/* Free the body buffer and give its bytes back to the budget (--max-buffered-bytes). */
+static void body_release(ts_req *req) {
+    if (req->body_cap)
+        atomic_fetch_sub(&req->http->buffered, req->body_cap);
+    free(req->body);
+    req->body = NULL;
+    req->body_len = req->body_cap = 0;
+}
+
+/* Grow the body buffer to hold need bytes, within the budget shared by every body being
+ * received. 0; -1 over the budget (the request is refused with 503, the buffer freed);
+ * -2 out of memory. */
+static int body_reserve(ts_req *req, size_t need) {
+    ts_http *h = req->http;
+    size_t cap = req->body_cap ? req->body_cap : 4096;
+    while (cap < need)
+        cap *= 2;
+    if (cap > (size_t)h->cfg.max_body_bytes)
+        cap = (size_t)h->cfg.max_body_bytes;
+    size_t add = cap - req->body_cap;
+    if (atomic_fetch_add(&h->buffered, add) + add > (size_t)h->cfg.max_buffered_bytes) {
+        atomic_fetch_sub(&h->buffered, add);
+        req->over_budget = 1;
+        body_release(req);
+        return -1;
+    }
+    uint8_t *p = realloc(req->body, cap);
+    if (!p) {
+        atomic_fetch_sub(&h->buffered, add);
+        return -2;
+    }
+    req->body = p;
+    req->body_cap = cap;
+    return 0;
+}
+
+/* Append upload data. Past the body limit or the budget, keep reading and discarding up
+ * to DISCARD_MAX, so that the client gets its answer. */
 static enum MHD_Result collect(ts_req *req, const char *data, size_t *size) {
     ts_http *h = req->http;
     size_t n = *size;
     *size = 0;
     if (!takes_body(req->route.ep))
         return MHD_YES; /* a body where none is expected is ignored */
-    if (req->too_large) {
+    if (req->too_large || req->over_budget) {
         req->discarded += n;
         return req->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
     }
     if (req->body_len + n > (size_t)h->cfg.max_body_bytes) {
         req->too_large = 1;
-        free(req->body);
-        req->body = NULL;
-        req->body_len = req->body_cap = 0;
+        body_release(req);
         return MHD_YES;
     }
     if (req->body_len + n > req->body_cap) {
-        size_t cap = req->body_cap ? req->body_cap : 4096;
-        while (cap < req->body_len + n)
-            cap *= 2;
-        if (cap > (size_t)h->cfg.max_body_bytes)
-            cap = (size_t)h->cfg.max_body_bytes;
-        uint8_t *p = realloc(req->body, cap);
-        if (!p)
+        int rc = body_reserve(req, req->body_len + n);
+        if (rc == -2)
             return MHD_NO;
-        req->body = p;
-        req->body_cap = cap;
+        if (rc == -1)
+            return collect(req, data, &n); /* discard this piece too */
     }
     memcpy(req->body + req->body_len, data, n);
     req->body_len += n;
@@ -295,7 +422,7 @@ static int parse_body(ts_req *req, struct MHD_Connection *conn, char *err, size_
         return 0;
     }
     case TS_EP_ADMIN_RESTORE:
-        return ts_admin_parse_restore(req->body, req->body_len, &req->snapshot_id, err, errlen);
+        return ts_restore_parse(req->body, req->body_len, &req->snapshot_id, err, errlen);
     default: return 0;
     }
 }
@@ -335,6 +462,26 @@ static void hand_to_loop(ts_req *req, struct MHD_Connection *conn) {
     uv_async_send(&h->async);
 }
 
+/* The access log keeps the method and the path (never the query, a body or a header: no
+ * token can reach it), with bytes that are not printable as '?'. */
+static void access_log_note(ts_req *req, const char *method, const char *url) {
+    snprintf(req->log_method, sizeof req->log_method, "%s", method);
+    size_t i = 0;
+    for (; url[i] && url[i] != '?' && i + 1 < sizeof req->log_path; i++)
+        req->log_path[i] = (url[i] > ' ' && url[i] < 0x7f) ? url[i] : '?';
+    req->log_path[i] = '\0';
+}
+
+static void access_log(const ts_req *req, enum MHD_RequestTerminationCode toe) {
+    const ts_http *h = req->http;
+    if (h->cfg.access_log < 0)
+        return;
+    ts_log((ts_log_level)h->cfg.access_log, "access: %s %s %d %zu bytes %llu us%s", req->log_method,
+           req->log_path, req->log_status, req->log_bytes,
+           (unsigned long long)(ts_now_us() - req->t_start_us),
+           toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (not sent whole: connection ended)");
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls) {
@@ -347,13 +494,21 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         *con_cls = req;
         req->http = h;
         req->conn = conn;
+        req->t_start_us = ts_now_us();
+        if (h->cfg.access_log >= 0)
+            access_log_note(req, method, url);
         atomic_fetch_add(&h->active, 1);
         ts_route_match(method, url, &req->route);
         if (req->route.ep == TS_EP_INFER && h->cfg.arriving) {
             req->arriving = 1;
             atomic_fetch_add_explicit(h->cfg.arriving, 1, memory_order_relaxed);
         }
-        check_headers(req, conn);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        req->tconn = ci ? ci->socket_context : NULL;
+        ts_conns_phase(h->conns, req->tconn, TS_CONN_BODY, ts_now_us());
+        if (check_over(req) || check_headers(req, conn))
+            ts_conns_phase(h->conns, req->tconn, TS_CONN_SERVING, ts_now_us());
         return MHD_YES;
     }
     if (req->state == REQ_ANSWERED) { /* resumed by the loop */
@@ -372,16 +527,21 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return collect(req, upload_data, upload_data_size);
     /* The body is complete. */
     req->t_received_us = ts_now_us();
+    ts_conns_phase(h->conns, req->tconn, TS_CONN_SERVING, req->t_received_us);
     if (req->too_large) {
         ts_req_reply_error(req, 413, "request body is over the limit of %lld bytes (--max-body-bytes)",
                            (long long)h->cfg.max_body_bytes);
         return MHD_YES;
     }
+    if (req->over_budget) {
+        ts_req_reply_error(req, 503, "the request bodies being received together exceed "
+                           "--max-buffered-bytes (%lld); retry shortly",
+                           (long long)h->cfg.max_buffered_bytes);
+        return MHD_YES;
+    }
     char err[sizeof req->bad_body];
     int rc = parse_body(req, conn, err, sizeof err);
-    free(req->body);
-    req->body = NULL;
-    req->body_len = req->body_cap = 0;
+    body_release(req);
     if (rc < 0 && needs_model(req->route.ep)) {
         snprintf(req->bad_body, sizeof req->bad_body, "%s", err);
         hand_to_loop(req, conn);
@@ -400,13 +560,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!req)
         return;
     *con_cls = NULL;
+    access_log(req, toe);
+    ts_conns_phase(h->conns, req->tconn, TS_CONN_HEAD, ts_now_us()); /* the next request's */
     not_arriving(req);
     if (req->response)
         MHD_destroy_response(req->response);
     if (req->has_oip)
         ts_oip_request_free(&req->oip);
     ts_model_free(req->upload);
-    free(req->body);
+    body_release(req);
     free(req);
     atomic_fetch_sub(&h->active, 1);
 }
@@ -433,6 +595,27 @@ void ts_http_drain_inbound(ts_http *h) {
 
 static void on_async(uv_async_t *a) { ts_http_drain_inbound(a->data); }
 
+/* libmicrohttpd's threads: register each connection with the budget (conns.h). The entry
+ * is the connection's socket_context, freed here when it closes. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    ts_http *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        ts_conns_close(h->conns, *socket_context);
+        *socket_context = NULL;
+        return;
+    }
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    *socket_context = ci ? ts_conns_open(h->conns, ci->connect_fd, ts_now_us()) : NULL;
+}
+
+static void on_deadline_tick(uv_timer_t *t) {
+    ts_http *h = t->data;
+    int n = ts_conns_expire(h->conns, ts_now_us());
+    if (n)
+        ts_log_debug("http: closed %d connection(s) past --header-timeout/--body-timeout", n);
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
     char msg[512];
     vsnprintf(msg, sizeof msg, fmt, ap);
@@ -454,6 +637,29 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss, char
     else
         ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
     return 0;
+}
+
+int ts_http_bind(const char *host, int port, int *bound_port, char *err, size_t errlen) {
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (resolve(host, port, &ss, err, errlen) < 0)
+        return -1;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int one = 1;
+    socklen_t len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0) ||
+        bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, SOMAXCONN) < 0 ||
+        getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s (is the port in use, or the address "
+                 "not local?)", host, port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    *bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    return fd;
 }
 
 static int hex_digit(char c) {
@@ -480,26 +686,27 @@ static size_t unescape_keep_nul(void *cls, struct MHD_Connection *conn, char *s)
     return (size_t)(out - s);
 }
 
-ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, int *bound_port, char *err,
-                       size_t errlen) {
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    if (resolve(cfg->host, cfg->port, &ss, err, errlen) < 0)
-        return NULL;
+ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, char *err, size_t errlen) {
     ts_http *h = calloc(1, sizeof *h);
+    if (h && !(h->conns = ts_conns_new(cfg->max_connections, (uint64_t)cfg->header_timeout_s * 1000000u,
+                                       (uint64_t)cfg->body_timeout_s * 1000000u))) {
+        free(h);
+        h = NULL;
+    }
     if (!h) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     h->cfg = *cfg;
+    snprintf(h->host, sizeof h->host, "%s", cfg->host);
+    h->cfg.host = h->host;
     h->listen_fd = MHD_INVALID_SOCKET;
     pthread_mutex_init(&h->mu, NULL);
+    pthread_rwlock_init(&h->tokens_mu, NULL);
     uv_async_init(loop, &h->async, on_async);
     h->async.data = h;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ITC | MHD_USE_ERROR_LOG;
-    if (ss.ss_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
     /* The pool-size option only when a pool is wanted: MHD warns on stderr about 0. */
     struct MHD_OptionItem pool_opt[] = {
         {MHD_OPTION_THREAD_POOL_SIZE, cfg->threads, NULL},
@@ -507,25 +714,31 @@ ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, int *bound_po
     };
     h->mhd = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, on_access, h,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)cfg->listen_fd,
         MHD_OPTION_ARRAY, cfg->threads > 1 ? pool_opt : pool_opt + 1,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(cfg->max_connections + ts_http_spare(cfg->max_connections)),
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_per_client,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->request_timeout_s,
         MHD_OPTION_UNESCAPE_CALLBACK, unescape_keep_nul, NULL,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
         MHD_OPTION_END);
     if (!h->mhd) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s (is the port in use, or the address "
-                 "not local?)", cfg->host, cfg->port, errno ? strerror(errno) : "libmicrohttpd refused");
+        snprintf(err, errlen, "cannot serve HTTP on %s:%d: %s", cfg->host, cfg->port,
+                 errno ? strerror(errno) : "libmicrohttpd refused");
         uv_close((uv_handle_t *)&h->async, NULL);
         uv_run(loop, UV_RUN_NOWAIT);
         pthread_mutex_destroy(&h->mu);
+        pthread_rwlock_destroy(&h->tokens_mu);
+        ts_conns_free(h->conns);
         free(h);
         return NULL;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    *bound_port = di ? di->port : cfg->port;
+    h->handles_open = 2; /* async, deadline_timer */
+    uv_timer_init(loop, &h->deadline_timer);
+    h->deadline_timer.data = h;
+    uv_timer_start(&h->deadline_timer, on_deadline_tick, 200, 200);
     return h;
 }
 
@@ -536,9 +749,15 @@ void ts_http_quiesce(ts_http *h) {
 
 int ts_http_active(ts_http *h) { return atomic_load(&h->active); }
 
-static void on_async_closed(uv_handle_t *handle) {
+int64_t ts_http_spare(int64_t max_connections) { return max_connections / 8 + 4; }
+
+static void on_handle_closed(uv_handle_t *handle) {
     ts_http *h = handle->data;
+    if (--h->handles_open > 0)
+        return;
     pthread_mutex_destroy(&h->mu);
+    pthread_rwlock_destroy(&h->tokens_mu);
+    ts_conns_free(h->conns);
     free(h);
 }
 
@@ -553,5 +772,7 @@ void ts_http_stop(ts_http *h) {
     MHD_stop_daemon(h->mhd);
     if (h->listen_fd != MHD_INVALID_SOCKET)
         close(h->listen_fd);
-    uv_close((uv_handle_t *)&h->async, on_async_closed);
+    uv_timer_stop(&h->deadline_timer);
+    uv_close((uv_handle_t *)&h->deadline_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&h->async, on_handle_closed);
 }

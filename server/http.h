@@ -54,6 +54,14 @@ struct ts_req {
     uint8_t *body;
     size_t body_len, body_cap, discarded;
     int too_large;
+    int over_budget;             /* the body did not fit --max-buffered-bytes: 503 */
+    int64_t declared_length;     /* Content-Length, or -1 */
+    void *tconn;                 /* the connection's ts_conn (conns.h), or NULL */
+    int close_after;
+    uint64_t t_start_us;         /* headers complete */
+    char log_method[12], log_path[256];  /* for the access log */
+    int log_status;
+    size_t log_bytes;             /* answer with Connection: close (the framing was refused) */
     int has_oip;
     int arriving;                /* counted in cfg.arriving */
     void *response;              /* struct MHD_Response * once answered from the loop */
@@ -64,13 +72,20 @@ struct ts_req {
 typedef void (*ts_http_dispatch_fn)(void *ctx, ts_req *req);
 
 typedef struct {
-    const char *host;
+    const char *host;            /* the listen host (copied): messages and the Host check */
     int port;
+    int listen_fd;               /* from ts_http_bind; MHD owns it once started */
     int threads;                 /* MHD polling threads */
     int64_t max_body_bytes;
-    int64_t max_connections;
-    int64_t request_timeout_s;
+    int64_t max_buffered_bytes;  /* all body buffers together (503 past it) */
+    int64_t max_connections;     /* soft: beyond it probes only, others 503 (conns.h) */
+    int64_t max_per_client;      /* connections from one client address (hard) */
+    int64_t request_timeout_s;   /* idle */
+    int64_t header_timeout_s;    /* total, per request head (conns.h) */
+    int64_t body_timeout_s;      /* total, per request body */
     int64_t max_elements;        /* per tensor, for the OIP parser */
+    int access_log;              /* ts_log_level of the access log lines, -1 = none */
+    const char *allowed_hosts;   /* --allowed-hosts (comma-separated) or NULL */
     const char *admin_token;     /* "" = none configured */
     const char *feedback_token;  /* "" = none configured */
     const _Atomic int *shutting_down;
@@ -82,18 +97,28 @@ typedef struct {
     _Atomic int *arriving;       /* inference requests being received or parsed */
 } ts_http_config;
 
-/* Start listening. The config's strings must outlive the ts_http. *bound_port receives
- * the actual port (useful with port 0). NULL + err on failure. */
-ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, int *bound_port, char *err,
-                       size_t errlen);
+/* Bind and listen on host:port, non-blocking; *bound_port receives the actual port (port 0
+ * picks one). Done before the database is opened, so that a port in use stops the start
+ * before anything is written. The socket, or -1 + err. */
+int ts_http_bind(const char *host, int port, int *bound_port, char *err, size_t errlen);
+
+/* Serve on cfg->listen_fd (which MHD then owns, even on failure). The config's strings must
+ * outlive the ts_http. NULL + err on failure. */
+ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, char *err, size_t errlen);
 
 /* Stop accepting new connections (existing ones keep being served). Loop thread. */
 void ts_http_quiesce(ts_http *h);
 /* Dispatch now every request already handed over (loop thread; used at shutdown so that
  * what was accepted before it is served, not refused). */
 void ts_http_drain_inbound(ts_http *h);
+/* Run update(ctx) while no HTTP thread reads the config's token strings: the only way to
+ * change them after the start (SIGHUP re-reads the token files; daemon.c). Loop thread. */
+void ts_http_update_tokens(ts_http *h, void (*update)(void *ctx), void *ctx);
 /* Requests received but not yet fully sent back (any thread). */
 int ts_http_active(ts_http *h);
+/* Connections accepted beyond max_connections for probes (libmicrohttpd's hard limit is
+ * the sum): max_connections / 8 + 4. */
+int64_t ts_http_spare(int64_t max_connections);
 /* Close every connection and stop the threads; close the loop handle. Requests still in
  * the hand-over list are dispatched first (the loop answers them: 503 when closing);
  * call it only when the loop holds no other request. Then run the loop to finish. */

@@ -2,10 +2,12 @@
 #include "journal.h"
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "log.h"
 
 /* Payload encodings: the first byte says which. */
@@ -72,19 +74,9 @@ int ts_journal_decode(const uint8_t *p, size_t len, int16_t *scores, size_t n) {
     return -1;
 }
 
-#define FNV_OFFSET 0xcbf29ce484222325ull
-#define FNV_PRIME 0x100000001b3ull
-
-static uint64_t fnv(uint64_t h, const void *p, size_t n) {
-    const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * FNV_PRIME;
-    return h;
-}
-
 uint64_t ts_journal_checksum(int64_t seq, int64_t version, int64_t step, const void *payload, size_t len) {
     int64_t head[3] = {seq, version, step}; /* little-endian host (store.c checks) */
-    return fnv(fnv(FNV_OFFSET, head, sizeof head), payload, len);
+    return ts_fnv1a(ts_fnv1a(TS_FNV_OFFSET, head, sizeof head), payload, len);
 }
 
 /* ---- life cycle ---- */
@@ -290,27 +282,30 @@ void ts_journal_note_replayed(ts_journal *j, int64_t n) { atomic_fetch_add(&j->r
 
 /* ---- metrics ---- */
 
-static void counter(ts_buf *out, const char *name, const char *help, _Atomic uint64_t *v) {
-    ts_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
-                  (unsigned long long)atomic_load_explicit(v, memory_order_relaxed));
-}
-
 void ts_journal_render_metrics(ts_journal *j, ts_buf *out) {
     ts_buf_printf(out, "# HELP tscale_journal_enabled 1 when feedback is journaled (--journal yes).\n"
                        "# TYPE tscale_journal_enabled gauge\ntscale_journal_enabled %d\n",
                   j->enabled);
-    counter(out, "tscale_journal_entries_total", "Feedback steps committed to the journal.", &j->entries);
-    counter(out, "tscale_journal_bytes_total", "Payload bytes committed to the journal.", &j->bytes);
-    counter(out, "tscale_journal_commits_total", "Journal group commits (one fsync each).", &j->commits);
-    counter(out, "tscale_journal_commit_failures_total", "Journal commits that failed.", &j->failures);
-    counter(out, "tscale_journal_replayed_entries_total", "Journal entries replayed at start.",
-            &j->replayed);
-    ts_buf_printf(out, "# HELP tscale_journal_commit_seconds Journal group commit duration.\n"
-                       "# TYPE tscale_journal_commit_seconds histogram\n");
-    ts_hist_render(&j->commit_us, "tscale_journal_commit_seconds", "", out);
-    ts_buf_printf(out, "# HELP tscale_journal_group_entries Steps per journal group commit.\n"
-                       "# TYPE tscale_journal_group_entries histogram\n");
-    ts_hist_render(&j->group_size, "tscale_journal_group_entries", "", out);
+    static const struct {
+        const char *name, *help;
+        size_t offset;
+    } counters[] = {
+        {"tscale_journal_entries_total", "Feedback steps committed to the journal.",
+         offsetof(ts_journal, entries)},
+        {"tscale_journal_bytes_total", "Payload bytes committed to the journal.", offsetof(ts_journal, bytes)},
+        {"tscale_journal_commits_total", "Journal group commits (one fsync each).",
+         offsetof(ts_journal, commits)},
+        {"tscale_journal_commit_failures_total", "Journal commits that failed.", offsetof(ts_journal, failures)},
+        {"tscale_journal_replayed_entries_total", "Journal entries replayed at start.",
+         offsetof(ts_journal, replayed)},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
+        ts_metrics_render_counter(out, counters[i].name, counters[i].help,
+                                  (_Atomic uint64_t *)((char *)j + counters[i].offset));
+    ts_hist_render_family(&j->commit_us, "tscale_journal_commit_seconds", "Journal group commit duration.",
+                          out);
+    ts_hist_render_family(&j->group_size, "tscale_journal_group_entries", "Steps per journal group commit.",
+                          out);
     ts_buf_printf(out, "# HELP tscale_journal_failing 1 while feedback is refused after a failed "
                        "journal commit.\n# TYPE tscale_journal_failing gauge\ntscale_journal_failing %d\n",
                   j->failing);

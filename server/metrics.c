@@ -86,9 +86,14 @@ static void render_kind_hist(ts_hist *hs, const char *name, const char *help, ts
     }
 }
 
-static void render_counter(ts_buf *out, const char *name, const char *help, _Atomic uint64_t *v) {
+void ts_metrics_render_counter(ts_buf *out, const char *name, const char *help, _Atomic uint64_t *v) {
     ts_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
                   (unsigned long long)atomic_load_explicit(v, memory_order_relaxed));
+}
+
+void ts_hist_render_family(ts_hist *h, const char *name, const char *help, ts_buf *out) {
+    ts_buf_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    ts_hist_render(h, name, "", out);
 }
 
 void ts_metrics_render(ts_metrics *m, ts_buf *out) {
@@ -116,15 +121,13 @@ void ts_metrics_render(ts_metrics *m, ts_buf *out) {
     ts_buf_printf(out, "# HELP tscale_batch_rows Rows per inference forward (dynamic batching).\n"
                        "# TYPE tscale_batch_rows histogram\n");
     ts_hist_render(&m->batch_rows, "tscale_batch_rows", "", out);
-    render_counter(out, "tscale_batches_total", "Inference forwards run.", &m->batches);
-    render_counter(out, "tscale_queue_full_total", "Requests refused (503) because the queue was full.",
+    ts_metrics_render_counter(out, "tscale_batches_total", "Inference forwards run.", &m->batches);
+    ts_metrics_render_counter(out, "tscale_queue_full_total", "Requests refused (503) because the queue was full.",
                    &m->queue_full);
-    render_counter(out, "tscale_snapshots_total", "Snapshots written.", &m->snapshots_ok);
-    render_counter(out, "tscale_snapshot_failures_total", "Snapshot writes that failed.",
+    ts_metrics_render_counter(out, "tscale_snapshots_total", "Snapshots written.", &m->snapshots_ok);
+    ts_metrics_render_counter(out, "tscale_snapshot_failures_total", "Snapshot writes that failed.",
                    &m->snapshots_failed);
-    ts_buf_printf(out, "# HELP tscale_snapshot_seconds Snapshot write duration.\n"
-                       "# TYPE tscale_snapshot_seconds histogram\n");
-    ts_hist_render(&m->snapshot_us, "tscale_snapshot_seconds", "", out);
+    ts_hist_render_family(&m->snapshot_us, "tscale_snapshot_seconds", "Snapshot write duration.", out);
     ts_buf_printf(out, "# HELP tscale_snapshot_copy_seconds Snapshot state copy on the serving loop "
                        "(serving of the model waits for it).\n"
                        "# TYPE tscale_snapshot_copy_seconds histogram\n");

@@ -53,6 +53,10 @@ void ts_hist_init_latency(ts_hist *h);
 void ts_hist_init_counts(ts_hist *h);
 /* Append the text exposition of everything in m. */
 void ts_metrics_render(ts_metrics *m, ts_buf *out);
+/* One counter with its HELP and TYPE lines; one histogram family (HELP, TYPE, then the
+ * histogram without labels). For modules that keep their own counters. */
+void ts_metrics_render_counter(ts_buf *out, const char *name, const char *help, _Atomic uint64_t *v);
+void ts_hist_render_family(ts_hist *h, const char *name, const char *help, ts_buf *out);
 /* Render one histogram as NAME{labels} (labels may be "" or e.g. "kind=\"infer\""). */
 void ts_hist_render(ts_hist *h, const char *name, const char *labels, ts_buf *out);
 

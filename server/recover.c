@@ -148,7 +148,8 @@ static int default_name(const char *path, const char *file_name, char *name, cha
     return -1;
 }
 
-/* Load one --model file; name[] receives the name it is served under. */
+/* Load one --model file; name[] receives the name it is served under. With st NULL, only
+ * read, check and name it. */
 static int apply_model_file(ts_store *st, const ts_config *cfg, ts_engine *e, const ts_model_arg *a,
                             char *name, char *err, size_t errlen) {
     char why[512], file_name[TS_MODEL_NAME_MAX] = "";
@@ -172,6 +173,10 @@ static int apply_model_file(ts_store *st, const ts_config *cfg, ts_engine *e, co
         ts_model_free(m);
         return -1;
     }
+    if (!st) { /* ts_recover_check_files: the file is usable under this name */
+        ts_model_free(m);
+        return 0;
+    }
     int64_t held = 0;
     ts_served *cur = ts_engine_find(e, name, 1);
     if (ts_store_find_version(st, name, hash, &held, err, errlen) < 0) {
@@ -188,7 +193,7 @@ static int apply_model_file(ts_store *st, const ts_config *cfg, ts_engine *e, co
 }
 
 /* Every --model file, in order; two that end up with the same name are an error (the
- * second would silently replace the first). */
+ * second would silently replace the first). With st and e NULL, only check them. */
 static int apply_model_files(ts_store *st, const ts_config *cfg, ts_engine *e, char *err,
                              size_t errlen) {
     char (*names)[TS_MODEL_NAME_MAX] = calloc((size_t)cfg->n_models + 1, sizeof *names);
@@ -219,6 +224,19 @@ static int add_demo(ts_store *st, const ts_config *cfg, ts_engine *e, char *err,
                         "the built-in demo (nothing else configured)", err, errlen);
 }
 
+/* The demo for a database that never held a model; one whose models were all deleted
+ * stays empty (a deleted model, the demo too, stays deleted across restarts). */
+static int add_demo_once(ts_store *st, const ts_config *cfg, ts_engine *e, char *err, size_t errlen) {
+    int64_t ever = 0;
+    if (ts_store_count_models(st, &ever, err, errlen) < 0)
+        return -1;
+    if (ever == 0)
+        return add_demo(st, cfg, e, err, errlen);
+    ts_log_warn("serving no model: every model of the database was deleted (PUT "
+                "/admin/models/NAME with a model file, or start with --model, to serve one)");
+    return 0;
+}
+
 int ts_recover_models(ts_store *st, const ts_config *cfg, ts_engine *e, int64_t *replayed, char *err,
                       size_t errlen) {
     *replayed = 0;
@@ -226,7 +244,9 @@ int ts_recover_models(ts_store *st, const ts_config *cfg, ts_engine *e, int64_t 
         return -1;
     if (apply_model_files(st, cfg, e, err, errlen) < 0)
         return -1;
-    if (ts_engine_count(e) == 0 && add_demo(st, cfg, e, err, errlen) < 0)
-        return -1;
-    return 0;
+    return ts_engine_count(e) == 0 ? add_demo_once(st, cfg, e, err, errlen) : 0;
+}
+
+int ts_recover_check_files(const ts_config *cfg, char *err, size_t errlen) {
+    return apply_model_files(NULL, cfg, NULL, err, errlen);
 }

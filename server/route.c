@@ -22,6 +22,10 @@ static const struct {
     {"POST", "/v2/models/{m}/versions/{v}/infer", TS_EP_INFER},
     {"POST", "/v2/models/{m}/feedback", TS_EP_FEEDBACK},
     {"POST", "/v2/models/{m}/versions/{v}/feedback", TS_EP_FEEDBACK},
+    {"GET", "/v2/models/{m}/stats", TS_EP_MODEL_STATS},
+    {"GET", "/v2/models/{m}/versions/{v}/stats", TS_EP_MODEL_STATS},
+    {"GET", "/v2/models", TS_EP_REPO_LIST},
+    {"POST", "/v2/repository/index", TS_EP_REPO_INDEX},
     {"GET", "/metrics", TS_EP_METRICS},
     {"GET", "/admin/models", TS_EP_ADMIN_LIST},
     {"POST", "/admin/models/{m}/snapshots", TS_EP_ADMIN_SNAPSHOT},
@@ -30,13 +34,15 @@ static const struct {
     {"GET", "/admin/models/{m}/export", TS_EP_ADMIN_EXPORT},
     {"PUT", "/admin/models/{m}", TS_EP_ADMIN_PUT},
     {"DELETE", "/admin/models/{m}", TS_EP_ADMIN_DELETE},
+    {"GET", "/admin/models/{m}", TS_EP_ADMIN_GET},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
 static const char *const ep_names[TS_EP_COUNT] = {
     "health_live", "health_ready", "server_metadata", "model_metadata", "model_ready",
-    "infer", "feedback", "metrics", "admin_list", "admin_snapshot", "admin_snapshots",
-    "admin_restore", "admin_export", "admin_put", "admin_delete",
+    "infer", "feedback", "model_stats", "repository_list", "repository_index", "metrics",
+    "admin_list", "admin_snapshot", "admin_snapshots", "admin_restore", "admin_export",
+    "admin_put", "admin_delete", "admin_get",
 };
 
 const char *ts_endpoint_name(ts_endpoint ep) {

@@ -18,6 +18,9 @@ typedef enum {
     TS_EP_MODEL_READY,
     TS_EP_INFER,
     TS_EP_FEEDBACK,
+    TS_EP_MODEL_STATS,          /* GET /v2/models/{m}/stats (Triton's statistics extension) */
+    TS_EP_REPO_LIST,            /* GET /v2/models */
+    TS_EP_REPO_INDEX,           /* POST /v2/repository/index (Triton's repository index) */
     TS_EP_METRICS,
     TS_EP_ADMIN_LIST,
     TS_EP_ADMIN_SNAPSHOT,       /* POST: take one */
@@ -26,6 +29,7 @@ typedef enum {
     TS_EP_ADMIN_EXPORT,
     TS_EP_ADMIN_PUT,
     TS_EP_ADMIN_DELETE,
+    TS_EP_ADMIN_GET,            /* GET /admin/models/{m}: one model of the list */
     TS_EP_COUNT
 } ts_endpoint;
 

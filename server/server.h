@@ -10,6 +10,7 @@
 #include "../core/pool.h"
 #include "auth.h"
 #include "config.h"
+#include "dblock.h"
 #include "engine.h"
 #include "http.h"
 #include "metrics.h"
@@ -27,6 +28,10 @@ typedef struct ts_server {
     ts_idem *idem;                      /* exactly-once feedback ids (idem.h); NULL: off */
     ts_repl *repl;                      /* replication (repl.h); always there, maybe off */
     ts_http *http;
+    ts_dblock dblock;                   /* the database's exclusive lock (dblock.h) */
+    int listen_fd;                      /* bound before the database is opened; -1 once
+                                           MHD owns it */
+    int bound_port;
     char admin_token[TS_TOKEN_MAX];     /* "" when not configured */
     char feedback_token[TS_TOKEN_MAX];
     _Atomic int shutting_down;          /* read by the HTTP threads */
@@ -37,7 +42,7 @@ typedef struct ts_server {
     int shutdown_failed;                /* a final snapshot failed: exit status 1 */
     uint64_t shutdown_started_ms;       /* uv_now when the signal came */
     uint64_t shutdown_quiesced_ms;      /* uv_now when the listening socket closed, or 0 */
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     uv_timer_t snapshot_timer;
     uv_timer_t shutdown_timer;
 } ts_server;

@@ -98,6 +98,14 @@ ts_model *ts_store_load(ts_store *s, const char *name, int64_t snapshot_id, ts_s
 int ts_store_list_models(ts_store *s, char ***names, int *n, char *err, size_t errlen);
 void ts_store_names_free(char **names, int n);
 
+/* How many model names the database has ever held, deleted ones included (the built-in
+ * demo is added only to a database that never held one). 0, or -1 + err. */
+int ts_store_count_models(ts_store *s, int64_t *n, char *err, size_t errlen);
+
+/* Mark name active again (a deleted model restored: loaded at the next start again).
+ * 0, or -1 + err. */
+int ts_store_activate(ts_store *s, const char *name, char *err, size_t errlen);
+
 /* Mark name inactive (DELETE /admin/models/{m}: unloaded, not loaded at the next start;
  * its versions and snapshots stay). 0, or -1 + err. */
 int ts_store_deactivate(ts_store *s, const char *name, char *err, size_t errlen);

@@ -2,7 +2,7 @@
 """torch_export — tscale model files (SPEC §2) from and to PyTorch.
 
 A tscale model file is what `safetensors.torch.save_file(seq.state_dict(), path,
-metadata={...})` writes for an nn.Sequential of the reference modules
+metadata={...})` writes for an nn.Sequential of the ternary modules
 (TernaryScaleTensor, TernaryRMSNorm, nn.ReLU, nn.SiLU, nn.GELU), with metadata
 `tscale.format` = "1", `tscale.layers` (the architecture, JSON) and optionally
 `tscale.name`.
@@ -16,13 +16,22 @@ Library use (the golden generator imports this):
 Command line (run with /usr/bin/python3, Debian's python3-torch):
 
     torch_export.py to-tscale MODULE.pt OUT.safetensors [--name NAME]
+    torch_export.py to-tscale STATE.pt OUT.safetensors --layers SPEC [--name NAME]
     torch_export.py from-tscale IN.safetensors OUT.pt
     torch_export.py roundtrip            # self-check: save → load → save is byte-identical
     torch_export.py example OUT.safetensors OUT.io --layers ... [--steps N] [--seed N]
     torch_export.py forward IN.safetensors IN.io OUT.io
 
-Every command takes `--reference PATH` (default ../shared/reference/tscale_mini.py
-relative to the repository root).
+The modules are the project's own, clients/python/tscale/torch_layers.py (this
+repository's copy of the `tscale` package, else an installed one), which match the
+reference exactly (SPEC §1; tests/torch/ proves it). Every
+command takes `--reference PATH` to use another implementation of the same classes
+instead, e.g. ../shared/reference/tscale_mini.py.
+
+to-tscale reads what torch.save wrote: a pickled nn.Sequential, or a state_dict (the
+usual way to save a model), which needs `--layers`: the architecture, either in the
+short syntax of `tscaled init` ("linear:64x32/gs8+bias,relu,linear:32x10/gs8") or as
+the tscale.layers JSON array. The state_dict's keys must be exactly the model's.
 
 Byte layout. The writer here is the canonical tscale form, byte-identical to what
 the C writer (proto/safetensors.c) produces, and to safetensors' own serializer:
@@ -58,7 +67,7 @@ FORMAT = "1"
 MAX_HEADER = 100_000_000
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_REFERENCE = os.path.join(REPO_ROOT, "..", "shared", "reference", "tscale_mini.py")
+CLIENT_DIR = os.path.join(REPO_ROOT, "clients", "python")
 
 # safetensors dtype name → (torch dtype, alignment rank in safetensors' Dtype enum).
 # The rank orders the data section: higher first (the Rust enum's declaration order).
@@ -80,20 +89,25 @@ class FormatError(ValueError):
     """The file is not a valid tscale model file."""
 
 
-# ─── The reference modules ───
+# ─── The modules ───
 
 def reference(path=None):
-    """The reference module (tscale_mini). Reuses an already imported `tscale_mini`
-    so that modules built by the caller and by load() share their classes (and so
-    that torch.save'd Sequentials unpickle)."""
-    if path is None and "tscale_mini" in sys.modules:
-        return sys.modules["tscale_mini"]
-    path = os.path.abspath(path or DEFAULT_REFERENCE)
+    """The module that defines TernaryScaleTensor and TernaryRMSNorm: the project's own
+    (tscale.torch_layers) when path is None, else the file at path (e.g. the reference
+    tscale_mini.py), imported as `tscale_mini` so that torch.save'd Sequentials of the
+    reference unpickle. A module already imported for the same path is reused, so that
+    modules built by the caller and by load() share their classes."""
+    if path is None:
+        if CLIENT_DIR not in sys.path:   # this repository's copy first, then an installed one
+            sys.path.insert(0, CLIENT_DIR)
+        from tscale import torch_layers
+        return torch_layers
+    path = os.path.abspath(path)
     mod = sys.modules.get("tscale_mini")
     if mod is not None and os.path.abspath(getattr(mod, "__file__", "")) == path:
         return mod
     if not os.path.exists(path):
-        raise FileNotFoundError(f"reference module not found: {path} (use --reference PATH)")
+        raise FileNotFoundError(f"--reference {path}: no such file")
     spec = importlib.util.spec_from_file_location("tscale_mini", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules["tscale_mini"] = mod
@@ -420,10 +434,49 @@ def read_io(path):
 # ─── Command line ───
 
 def cmd_to_tscale(a):
-    reference(a.reference)
-    seq = torch.load(a.module)
+    ref = reference(a.reference)
+    obj = torch.load(a.module)
+    if isinstance(obj, dict):
+        if not a.layers:
+            raise ValueError(f"{a.module} holds a state_dict: give the architecture with --layers "
+                             "(e.g. linear:64x32/gs8,relu,linear:32x10/gs8)")
+        seq = from_state_dict(obj, a.layers, ref)
+    elif isinstance(obj, nn.Sequential):
+        if a.layers and layers_json(specs_of_text(a.layers)) != layers_json(
+                [layer_spec(m, i) for i, m in enumerate(obj)]):
+            raise ValueError(f"{a.module} holds an nn.Sequential whose layers differ from --layers")
+        seq = obj
+    else:
+        raise ValueError(f"{a.module} holds a {type(obj).__name__}: expected an nn.Sequential "
+                         "or a state_dict (torch.save(model.state_dict(), path))")
     save(seq, a.out, a.name)
     print(f"wrote {a.out}: {len(seq)} layers")
+
+
+def specs_of_text(text):
+    """Layer specs from --layers: a JSON array (tscale.layers) or the short syntax."""
+    if text.lstrip().startswith("["):
+        try:
+            specs = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--layers is not valid JSON: {e}") from None
+        if not isinstance(specs, list) or not specs:
+            raise ValueError("--layers: expected a non-empty JSON array of layer objects")
+        return specs
+    return parse_layers(text)
+
+
+def from_state_dict(state, layers, ref):
+    """An nn.Sequential of the `layers` (text, see specs_of_text) holding `state`: the same
+    checks as a model file's tensors (names, dtypes, shapes, trits), with messages that
+    name the tensor."""
+    tensors = {k: v for k, v in state.items()}
+    bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"state_dict entry {bad[0]!r} is not a tensor")
+    specs = specs_of_text(layers)
+    metadata = {"tscale.format": FORMAT, "tscale.layers": layers_json(specs)}
+    return from_tensors(tensors, metadata, ref)[0]
 
 
 def cmd_from_tscale(a):
@@ -464,7 +517,7 @@ def cmd_roundtrip(a):
     with tempfile.TemporaryDirectory() as d:
         p1, p2 = os.path.join(d, "a.safetensors"), os.path.join(d, "b.safetensors")
         save(seq, p1, name="mini")
-        back, name = load(p1)
+        back, name = load(p1, a.reference)
         save(back, p2, name=name)
         b1, b2 = open(p1, "rb").read(), open(p2, "rb").read()
     assert b1 == b2, "save → load → save changed the bytes"
@@ -488,14 +541,16 @@ def _with_parents(add_parser, parents):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", default=None,
-                   help=f"path of tscale_mini.py (default: {os.path.normpath(DEFAULT_REFERENCE)})")
+                   help="a file defining TernaryScaleTensor/TernaryRMSNorm to use instead of the "
+                        "project's (clients/python/tscale/torch_layers.py)")
     # --reference also after the subcommand; SUPPRESS keeps one given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--reference", default=argparse.SUPPRESS, help="path of tscale_mini.py")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser = _with_parents(sub.add_parser, [common])
-    s = sub.add_parser("to-tscale", help="torch.save'd nn.Sequential → model file")
+    s = sub.add_parser("to-tscale", help="torch.save'd nn.Sequential or state_dict → model file")
     s.add_argument("module"); s.add_argument("out"); s.add_argument("--name")
+    s.add_argument("--layers", help="architecture of a state_dict: short syntax or JSON array")
     s.set_defaults(run=cmd_to_tscale)
     s = sub.add_parser("from-tscale", help="model file → torch.save'd nn.Sequential")
     s.add_argument("file"); s.add_argument("out")

@@ -17,6 +17,13 @@ CASES = oipc.golden_cases()
 INFER_CASE = "mlp_relu_mse"   # the model most API tests use (any golden model would do)
 
 
+def proc_status(pid):
+    """The memory lines of /proc/PID/status, in bytes."""
+    with open("/proc/%d/status" % pid) as f:
+        return {k: int(v.split()[0]) * 1024 for k, _, v in (l.partition(":") for l in f)
+                if v.strip().endswith("kB")}
+
+
 def model_args():
     args = []
     for c in CASES:
@@ -207,6 +214,22 @@ class Api(unittest.TestCase):
         for line in text.splitlines():  # every sample line is "name{labels} number"
             if line and not line.startswith("#"):
                 float(line.rsplit(" ", 1)[1])
+
+    def test_metrics_resident_memory(self):
+        """process_resident_memory_bytes (the Prometheus client libraries' name) and the
+        anonymous part of it, as the kernel counts them for the daemon's process."""
+        text = self.d.request("GET", "/metrics")[2].decode()
+        status = proc_status(self.d.proc.pid)
+        values = {}
+        for line in text.splitlines():
+            if line.startswith(("process_resident_memory_bytes ", "tscale_resident_anon_bytes ")):
+                name, value = line.split()
+                values[name] = float(value)
+        self.assertIn("# TYPE process_resident_memory_bytes gauge", text)
+        self.assertEqual(sorted(values), ["process_resident_memory_bytes", "tscale_resident_anon_bytes"])
+        self.assertLess(abs(values["process_resident_memory_bytes"] - status["VmRSS"]), 4 << 20)
+        self.assertLess(abs(values["tscale_resident_anon_bytes"] - status["RssAnon"]), 4 << 20)
+        self.assertLess(values["tscale_resident_anon_bytes"], values["process_resident_memory_bytes"])
 
     # ---- admin ----
 

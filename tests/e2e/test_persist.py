@@ -37,6 +37,15 @@ def probe_rows(case=CASE):
     return [[0.1 * k - 0.5 for k in range(n)], [0.3 - 0.07 * k for k in range(n)]]
 
 
+def damage_newest_snapshot(db_dir):
+    """Flip one byte of the newest snapshot's state: its checksum no longer verifies."""
+    with sqlite3.connect(os.path.join(db_dir, "tscale.db")) as db:
+        (sid,) = db.execute("SELECT max(id) FROM snapshots").fetchone()
+        db.execute("UPDATE snapshots SET state = substr(state, 1, 40) || x'A5' || substr(state, 42) "
+                   "WHERE id = ?", (sid,))
+    db.close()
+
+
 def model_names(d):
     return [m["name"] for m in d.json("GET", "/admin/models")["models"]]
 
@@ -204,11 +213,7 @@ class Persist(unittest.TestCase):
         good = ms.export(d, "g")
         drive(d, "g", 1)
         self.assertEqual(d.stop(), 0, d.log())  # the shutdown snapshot is the newest
-        with sqlite3.connect(os.path.join(d.dir, "tscale.db")) as db:
-            (sid,) = db.execute("SELECT max(id) FROM snapshots").fetchone()
-            db.execute("UPDATE snapshots SET state = substr(state, 1, 40) || x'A5' || substr(state, 42) "
-                       "WHERE id = ?", (sid,))
-        db.close()
+        damage_newest_snapshot(d.dir)
         d = self.start(self.args + ["--journal", "no"], db_dir=d.dir)
         self.assertEqual(ms.export(d, "g"), good)
         self.assertRegex(d.log(), r"skipped 1 damaged snapshot")
@@ -222,11 +227,7 @@ class Persist(unittest.TestCase):
         drive(d, "g", 1)
         final = ms.export(d, "g")
         self.assertEqual(d.stop(), 0, d.log())  # the shutdown snapshot is the newest
-        with sqlite3.connect(os.path.join(d.dir, "tscale.db")) as db:
-            (sid,) = db.execute("SELECT max(id) FROM snapshots").fetchone()
-            db.execute("UPDATE snapshots SET state = substr(state, 1, 40) || x'A5' || substr(state, 42) "
-                       "WHERE id = ?", (sid,))
-        db.close()
+        damage_newest_snapshot(d.dir)
         d = self.start(db_dir=d.dir)
         self.assertEqual(ms.export(d, "g"), final)
         self.assertRegex(d.log(), r"skipped 1 damaged snapshot")

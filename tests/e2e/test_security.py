@@ -62,7 +62,7 @@ def infer(rows, **extra):
     return body
 
 
-class Hostile(unittest.TestCase):
+class Hostile(tsd.ServingCase):
     """One daemon (built-in demo model: 16 inputs, 4 outputs) with both tokens configured."""
 
     @classmethod
@@ -75,14 +75,6 @@ class Hostile(unittest.TestCase):
                                  "--feedback-token-file", os.path.join(cls.tmp, "feed"),
                                  "--max-rows", "64"])
         cls.row = [0.25] * 16
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.d.close()
-
-    def tearDown(self):
-        self.assertIsNone(self.d.proc.poll(), "the daemon died:\n" + self.d.log()[-3000:])
-        self.assertEqual(self.d.request("GET", "/v2/health/live")[0], 200)
 
     def post(self, path, body, headers=None):
         if isinstance(body, (dict, list)):
@@ -255,7 +247,7 @@ class Connections(unittest.TestCase):
             self.assertEqual(d.request("GET", "/v2/health/live")[0], 200)
 
     def test_surplus_connections_are_refused_not_fatal(self):
-        with tsd.Daemon(args=["--max-connections", "4"]) as d:
+        with tsd.Daemon(args=["--max-connections", "4", "--max-connections-per-client", "4"]) as d:
             held = [socket.create_connection(("127.0.0.1", d.port), timeout=10) for _ in range(12)]
             try:
                 for s in held[:4]:

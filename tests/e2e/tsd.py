@@ -125,3 +125,16 @@ class Daemon:
 
 def golden_path(name):
     return os.path.join(ROOT, "tests", "golden", name)
+
+
+class ServingCase(__import__("unittest").TestCase):
+    """Tests sharing one daemon, cls.d (made by the subclass's setUpClass): closed after the
+    class; after each test it must still be running and answering."""
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.close()
+
+    def tearDown(self):
+        self.assertIsNone(self.d.proc.poll(), "the daemon died:\n" + self.d.log()[-3000:])
+        self.assertEqual(self.d.request("GET", "/v2/health/live")[0], 200)

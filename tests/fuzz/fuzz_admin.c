@@ -18,7 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "server/admin.h"
+#include "proto/restore.h"
 #include "server/auth.h"
 #include "server/route.h"
 #include "tests/fuzz/fuzz.h"
@@ -77,7 +77,7 @@ static void fuzz_admin_restore(const uint8_t *data, size_t size)
 {
     int64_t id = 0;
     char err[256] = "";
-    if (ts_admin_parse_restore(data, size, &id, err, sizeof err) == 0)
+    if (ts_restore_parse(data, size, &id, err, sizeof err) == 0)
         TS_FUZZ_CHECK(id > 0, "accepted snapshot_id %lld", (long long)id);
     else
         TS_FUZZ_CHECK(err[0] != '\0', "refused without a reason");

@@ -3,9 +3,15 @@
 
 Run from anywhere with Debian's python3-torch:   /usr/bin/python3 tests/golden/gen.py
 
-The reference is ../shared/reference/tscale_mini.py beside the repository root (CI
-clones the repository next to shared/). The output is committed, so `make test` needs
-neither Python nor torch.
+The golden files are computed by the reference, ../shared/reference/tscale_mini.py beside
+the repository root (CI clones the repository next to shared/). The output is committed,
+so the C tests need neither Python nor torch.
+
+    gen.py [--reference PATH | --project] [--out DIR]
+
+--project computes them with the project's own modules (clients/python/tscale/
+torch_layers.py) instead: tests/torch/test_torch_layers.py does so into a temporary
+--out DIR and requires every file to be byte-identical to the committed ones.
 
 Each case <name> gives three files in tests/golden/:
   <name>.json                 read by tests/unit/test_golden.c (and test_core.c)
@@ -30,6 +36,7 @@ clearly away from 0 and, for every nonzero trit, dW = dyᵀx is clearly away fro
 relative to Σ_b |dy||x| (SPEC §1 allows a sign to differ only within rounding of 0).
 Otherwise the case is drawn again with the next seed.
 """
+import argparse
 import json
 import math
 import os
@@ -45,7 +52,7 @@ REFERENCE = os.path.join(os.path.dirname(REPO_ROOT), "shared", "reference", "tsc
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 import torch_export  # noqa: E402  (tools/torch_export.py)
 
-ref = torch_export.reference(REFERENCE)
+ref = None  # the module defining the layers: set by main() (the reference by default)
 
 MARGIN_DW = 1e-3     # |dW| / Σ_b |dy·x| below this (and nonzero) is too close to call
 MARGIN_RELU = 1e-4   # |h| / rms(h) below this at a ReLU input is too close to call
@@ -250,7 +257,14 @@ def write(path, data):
         f.write(data)
 
 
-def main():
+def main(argv=None):
+    global ref
+    p = argparse.ArgumentParser(description="golden cases for the C core")
+    p.add_argument("--reference", default=REFERENCE, help="the layers' module (tscale_mini.py)")
+    p.add_argument("--project", action="store_true", help="use clients/python/tscale/torch_layers.py")
+    p.add_argument("--out", default=HERE, help="directory to write to (default: tests/golden)")
+    a = p.parse_args(argv)
+    ref = torch_export.reference(None if a.project else a.reference)
     total = 0
     for k, c in enumerate(CASES):
         for attempt in range(100):
@@ -263,13 +277,13 @@ def main():
         else:
             sys.exit(f"{c['name']}: no stable seed found")
         text = json.dumps(case, separators=(",", ":")) + "\n"
-        base = os.path.join(HERE, c["name"])
+        base = os.path.join(a.out, c["name"])
         write(base + ".json", text)
         write(base + ".model.safetensors", initial)
         write(base + ".final.safetensors", final)
         total += len(text) + len(initial) + len(final)
         print(f"{c['name']}: seed {seed}, {len(case['feedback'])} steps")
-    write(os.path.join(HERE, "cases.txt"), "".join(c["name"] + "\n" for c in CASES))
+    write(os.path.join(a.out, "cases.txt"), "".join(c["name"] + "\n" for c in CASES))
     print(f"{len(CASES)} cases, {total} bytes")
 
 

@@ -602,6 +602,31 @@ START_TEST(test_feedback_failure_leaves_model)
 }
 END_TEST
 
+/* A loss past float32's range (outputs ~2^100, MSE ~2^200) is answered in double, finite,
+ * instead of inf (which JSON can only say as null). */
+START_TEST(test_feedback_loss_past_float32)
+{
+    ts_model *m = model_from("linear:4x3/gs2", 5);
+    ts_layer *l = &m->layers[0];
+    for (int64_t g = 0; g < l->n_groups; g++)
+        l->E[g] = 100;
+    ts_layer_update_scales(l, NULL);
+    float x[4] = {1, -1, 1, -1}, y[3], t[3] = {0, 0, 0};
+    ts_model_forward(m, x, 1, y, NULL);
+    double biggest = 0;
+    for (int j = 0; j < 3; j++)
+        biggest = fabs(y[j]) > biggest ? fabs(y[j]) : biggest;
+    ck_assert(isfinite(biggest) && biggest > 1e20);   /* the outputs are finite, their square is not */
+    double loss = 0;
+    char err[256];
+    ts_feedback_input in = {.kind = TS_LOSS_MSE, .target = t};
+    ck_assert_int_eq(ts_model_feedback(m, x, 1, &in, &loss, NULL, err, sizeof err), 0);
+    ck_assert(isfinite(loss));
+    ck_assert(loss >= biggest * biggest / 3 * 0.999);
+    ts_model_free(m);
+}
+END_TEST
+
 /* grad_output: no loss (NAN); a zero gradient steps but leaves corr_accum. */
 START_TEST(test_feedback_grad_zero)
 {
@@ -814,6 +839,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, test_activations);
     tcase_add_test(tc, test_feedback_failure_leaves_model);
     tcase_add_test(tc, test_feedback_grad_zero);
+    tcase_add_test(tc, test_feedback_loss_past_float32);
     tcase_add_test(tc, test_feedback_score_int16);
     tcase_add_test(tc, test_feedback_rmsnorm_only);
     tcase_add_test(tc, test_feedback_scores_replay_and_undo);

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "tests/fuzz/fuzz_admin.c"
+#include "tests/fuzz/fuzz_framing.c"
 #include "tests/fuzz/fuzz_json.c"
 #include "tests/fuzz/fuzz_oip.c"
 #include "tests/fuzz/fuzz_oip_binary.c"
@@ -88,6 +89,12 @@ START_TEST(admin_seeds_and_regressions)
 }
 END_TEST
 
+START_TEST(framing_seeds_and_regressions)
+{
+    ck_assert_int_ge(replay(ts_fuzz_framing, "framing"), 10);
+}
+END_TEST
+
 START_TEST(json_seeds_and_regressions)
 {
     ck_assert_int_ge(replay(ts_fuzz_json, "json"), 5);
@@ -98,7 +105,8 @@ END_TEST
 START_TEST(tiny_inputs)
 {
     static const uint8_t bytes[4] = {0xff, 0x00, 0x01, 0x80};
-    fuzz_fn fns[] = {ts_fuzz_safetensors, ts_fuzz_oip, ts_fuzz_oip_binary, ts_fuzz_json, ts_fuzz_admin};
+    fuzz_fn fns[] = {ts_fuzz_safetensors, ts_fuzz_oip, ts_fuzz_oip_binary, ts_fuzz_json, ts_fuzz_admin,
+                    ts_fuzz_framing};
     for (size_t f = 0; f < sizeof fns / sizeof fns[0]; f++)
         for (size_t len = 0; len <= sizeof bytes; len++)
             ck_assert_int_eq(fns[f](bytes, len), 0);
@@ -115,6 +123,7 @@ int main(void)
     tcase_add_test(tc, oip_binary_seeds_and_regressions);
     tcase_add_test(tc, json_seeds_and_regressions);
     tcase_add_test(tc, admin_seeds_and_regressions);
+    tcase_add_test(tc, framing_seeds_and_regressions);
     tcase_add_test(tc, tiny_inputs);
     suite_add_tcase(s, tc);
     return run_suite(s);

@@ -277,6 +277,37 @@ START_TEST(test_score_batches)
 }
 END_TEST
 
+/* dW must be the chain of fused multiply-adds (ts_kernel_dw), not products rounded first:
+ * with dy·x = -(1+2^-11) at b = 0 and (1+2^-12)² = 1+2^-11+2^-24 at b = 1, the fused chain
+ * leaves dW = 2^-24 > 0, a multiply then add rounds the product to 1+2^-11 and gives 0. */
+START_TEST(test_score_fused)
+{
+    layer l = layer_make(40, 70, 32, 2, 13);
+    int64_t n = l.rows * l.cols;
+    for (int64_t i = 0; i < n; i++)
+        l.T[i] = 1;
+    ts_trits_pack(l.T, (size_t)n, l.packed);
+    float a = 1.0f + 0x1p-12f;
+    for (int64_t c = 0; c < l.cols; c++)
+        l.x[c] = 1.0f, l.x[l.cols + c] = a;
+    for (int64_t r = 0; r < l.rows; r++)
+        l.dy[r] = -(1.0f + 0x1p-11f), l.dy[l.rows + r] = a;
+    ts_weights *w = ts_weights_build(l.packed, l.rows, l.cols, l.gs);
+    ck_assert_ptr_nonnull(w);
+    for (size_t f = 0; f < sizeof families / sizeof *families; f++) {
+        if (ts_kernel_use(families[f]) != 0)
+            continue;
+        int16_t score[40 * 3];
+        ts_kernel_score(w, l.dy, l.x, 2, score, NULL);
+        for (int64_t i = 0; i < l.rows * l.gpr; i++)
+            ck_assert_msg(score[i] == (i % l.gpr == 2 ? 6 : 32), "%s score[%lld] = %d: dW not fused",
+                          families[f], (long long)i, score[i]);
+    }
+    ts_weights_free(w);
+    layer_free(&l);
+}
+END_TEST
+
 START_TEST(test_empty_batch)
 {
     /* B = 0: score is all zeros (every dW is 0), forward and backward_x write nothing */
@@ -487,6 +518,7 @@ static Suite *kernel_suite(void)
     tcase_add_loop_test(tc, test_families_cols_gs, 0, 24);
     tcase_add_test(tc, test_families_rows);
     tcase_add_test(tc, test_empty_batch);
+    tcase_add_test(tc, test_score_fused);
     tcase_add_test(tc, test_score_batches);
     suite_add_tcase(s, tc);
     tc = tcase_create("layout");

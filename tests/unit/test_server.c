@@ -9,10 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "server/auth.h"
 #include "server/config.h"
+#include "server/conns.h"
+#include "server/framing.h"
 #include "server/hash.h"
 #include "server/route.h"
 #include "testutil.h"
@@ -44,6 +47,11 @@ START_TEST(route_endpoints)
         {"GET", "/admin/models/m/export", TS_EP_ADMIN_EXPORT, "m", ""},
         {"PUT", "/admin/models/m", TS_EP_ADMIN_PUT, "m", ""},
         {"DELETE", "/admin/models/m", TS_EP_ADMIN_DELETE, "m", ""},
+        {"GET", "/admin/models/m", TS_EP_ADMIN_GET, "m", ""},
+        {"GET", "/v2/models", TS_EP_REPO_LIST, "", ""},
+        {"POST", "/v2/repository/index", TS_EP_REPO_INDEX, "", ""},
+        {"GET", "/v2/models/m/stats", TS_EP_MODEL_STATS, "m", ""},
+        {"GET", "/v2/models/m/versions/3/stats", TS_EP_MODEL_STATS, "m", "3"},
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         ts_route r;
@@ -58,7 +66,7 @@ END_TEST
 START_TEST(route_refusals)
 {
     ts_route r;
-    static const char *const not_found[] = {"/", "", "v2", "/v2//health", "/v3", "/v2/models",
+    static const char *const not_found[] = {"/", "", "v2", "/v2//health", "/v3", "/v2/modelz",
                                             "/v2/models/m/x", "/admin", "/admin/models/m/x/y",
                                             "/a/b/c/d/e/f/g/h/i/j", "/metrics/x"};
     for (size_t i = 0; i < sizeof not_found / sizeof not_found[0]; i++) {
@@ -69,7 +77,7 @@ START_TEST(route_refusals)
     ck_assert_int_eq(ts_route_match("GET", "/v2/models/m/infer", &r), 405);
     ck_assert_str_eq(r.allow, "POST");
     ck_assert_int_eq(ts_route_match("POST", "/admin/models/m", &r), 405);
-    ck_assert_str_eq(r.allow, "PUT, DELETE");
+    ck_assert_str_eq(r.allow, "PUT, DELETE, GET, HEAD");
     ck_assert_int_eq(ts_route_match("DELETE", "/admin/models/m/snapshots", &r), 405);
     ck_assert_ptr_nonnull(strstr(r.allow, "GET"));
     ck_assert_ptr_nonnull(strstr(r.allow, "POST"));
@@ -301,6 +309,8 @@ START_TEST(config_errors)
         {"--model", "=x", "NAME=FILE"},
         {"--model", "x=", "NAME=FILE"},
         {"--feedback-requires-snapshot=maybe", NULL, "yes/no"},
+        {"--eager-batching", "yess", "'yess' is not yes/no, true/false, on/off or 1/0"},
+        {"--access-log", "loud", "off, debug"},
         {"--nope", NULL, "unknown flag"},
         {"positional", NULL, "unexpected"},
         {"--db", NULL, "needs a value"},
@@ -310,6 +320,13 @@ START_TEST(config_errors)
         ck_assert_msg(strstr(err, bad[i].word), "'%s' lacks '%s'", err, bad[i].word);
     }
     ck_assert_int_eq(parse(&c, err, "--model", "a=1", "--model", "a=2", NULL), TS_CONFIG_ERROR);
+    /* a bare boolean still sets it, before another flag or at the end */
+    ck_assert_int_eq(parse(&c, err, "--eager-batching", "--max-batch", "8", NULL), TS_CONFIG_OK);
+    ck_assert_int_eq(c.eager_batching, 1);
+    ts_config_free(&c);
+    ck_assert_int_eq(parse(&c, err, "--max-batch", "8", "--no-eager-batching", NULL), TS_CONFIG_OK);
+    ck_assert_int_eq(c.eager_batching, 0);
+    ts_config_free(&c);
     setenv("TSCALE_SNAPSHOT_INTERVAL", "soon", 1);
     ck_assert_int_eq(parse(&c, err, NULL), TS_CONFIG_ERROR);
     ck_assert_ptr_nonnull(strstr(err, "TSCALE_SNAPSHOT_INTERVAL"));
@@ -339,6 +356,98 @@ START_TEST(config_listen_split)
     ck_assert_int_eq(ts_config_split_listen(":80", host, sizeof host, &port, err, sizeof err), -1);
     ck_assert_int_eq(ts_config_split_listen("h:", host, sizeof host, &port, err, sizeof err), -1);
     ck_assert_int_eq(ts_config_split_listen("h:-1", host, sizeof host, &port, err, sizeof err), -1);
+}
+END_TEST
+
+/* ---- framing ---- */
+
+/* The verdict on a list of "name", "value" pairs ending with NULL. */
+static int framing_of(const char *first, ...)
+{
+    ts_framing f;
+    ts_framing_init(&f);
+    va_list ap;
+    va_start(ap, first);
+    for (const char *name = first; name; name = va_arg(ap, const char *))
+        ts_framing_add(&f, name, va_arg(ap, const char *));
+    va_end(ap);
+    char err[256] = "";
+    int v = ts_framing_verdict(&f, err, sizeof err);
+    ck_assert(v == 0 || err[0]);
+    return v;
+}
+
+START_TEST(framing_verdicts)
+{
+    ck_assert_int_eq(framing_of("Host", "x", "Content-Length", "5", NULL), 0);
+    ck_assert_int_eq(framing_of("Transfer-Encoding", "Chunked", NULL), 0);
+    ck_assert_int_eq(framing_of("Host", "x", NULL), 0);
+    /* Request smuggling: two lengths (even equal ones), a length beside chunked. */
+    ck_assert_int_eq(framing_of("Content-Length", "5", "content-length", "7", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "5", "Content-Length", "5", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "5", "Transfer-Encoding", "chunked", NULL), 400);
+    ck_assert_int_eq(framing_of("Transfer-Encoding", "chunked", "Content-Length", "0", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "+5", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "5, 5", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "", NULL), 400);
+    ck_assert_int_eq(framing_of("Content-Length", "4611686018427387904000", NULL), 0);
+    ck_assert_int_eq(framing_of("Host", "a", "Host", "b", NULL), 400);
+    ck_assert_int_eq(framing_of("Transfer-Encoding", "gzip, chunked", NULL), 501);
+    ck_assert_int_eq(framing_of("Transfer-Encoding", "chunked", "Transfer-Encoding", "chunked", NULL), 501);
+    ts_framing f;
+    ts_framing_init(&f);
+    ts_framing_add(&f, "content-LENGTH", "999999999999999999");
+    ck_assert_int_eq(f.content_length, 999999999999999999LL);
+    ts_framing_init(&f);
+    ts_framing_add(&f, "Content-Length", "9223372036854775808");
+    ck_assert_int_eq(f.content_length, INT64_MAX);
+}
+END_TEST
+
+/* ---- connection deadlines ---- */
+
+/* 1 when the peer of sv[0] was shut down (its reads see the end of the stream). */
+static int was_shut(int fd)
+{
+    char c;
+    return recv(fd, &c, 1, MSG_DONTWAIT) == 0;
+}
+
+START_TEST(conns_deadlines_and_soft_limit)
+{
+    int a[2], b[2], c[2];
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, c), 0);
+    ts_conns *cs = ts_conns_new(2, 10000000, 60000000); /* head 10 s, body 60 s */
+    ts_conn *ca = ts_conns_open(cs, a[0], 0), *cb = ts_conns_open(cs, b[0], 0);
+    ts_conn *cc = ts_conns_open(cs, c[0], 0);
+    ck_assert_int_eq(ts_conns_count(cs), 3);
+    ck_assert(!ts_conns_over(ca) && !ts_conns_over(cb) && ts_conns_over(cc));
+    /* a trickles its head: phase changes only when the head is complete */
+    ts_conns_phase(cs, cb, TS_CONN_BODY, 5000000);
+    ck_assert_int_eq(ts_conns_expire(cs, 2000000), 0);
+    ck_assert_int_eq(ts_conns_expire(cs, 2000001), 1);  /* c: over the limit, 2 s head */
+    ck_assert(was_shut(c[1]) && !was_shut(a[1]) && !was_shut(b[1]));
+    ck_assert_int_eq(ts_conns_expire(cs, 10000001), 1);  /* a: past --header-timeout */
+    ck_assert(was_shut(a[1]) && !was_shut(b[1]));
+    ck_assert_int_eq(ts_conns_expire(cs, 60000000), 0);  /* each is shut down once */
+    ts_conns_phase(cs, cb, TS_CONN_SERVING, 6000000);    /* the daemon's own time: no limit */
+    ck_assert_int_eq(ts_conns_expire(cs, 1000000000), 0);
+    ts_conns_phase(cs, cb, TS_CONN_HEAD, 1000000000);    /* kept alive: a new head deadline */
+    ck_assert_int_eq(ts_conns_expire(cs, 1010000001), 1);
+    ck_assert(was_shut(b[1]));
+    ts_conns_close(cs, cc);
+    ck_assert_int_eq(ts_conns_count(cs), 2);
+    ck_assert(ts_conns_over(ts_conns_open(cs, -1, 0)));  /* a and b hold the 2 slots */
+    ts_conns_close(cs, ca);
+    ck_assert(ts_conns_over(ts_conns_open(cs, -1, 0)));  /* b and the one above */
+    ts_conns_free(cs); /* frees what is still registered */
+    for (int i = 0; i < 2; i++) {
+        close(a[i]);
+        close(b[i]);
+        close(c[i]);
+    }
 }
 END_TEST
 
@@ -377,6 +486,8 @@ static Suite *server_suite(void)
     tcase_add_test(tc, config_defaults_flags_env);
     tcase_add_test(tc, config_errors);
     tcase_add_test(tc, config_listen_split);
+    tcase_add_test(tc, framing_verdicts);
+    tcase_add_test(tc, conns_deadlines_and_soft_limit);
     tcase_add_test(tc, hash_stable_and_sensitive);
     suite_add_tcase(s, tc);
     return s;

@@ -81,14 +81,6 @@ def feedback(d, step, id=None, timeout=30):
                      timeout=timeout)
 
 
-def metric(d, name):
-    _, _, body = d.request("GET", "/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
-
-
 def wait_for(what, fn, timeout):
     deadline = time.time() + timeout
     last = None
@@ -127,7 +119,7 @@ class Replication(unittest.TestCase):
         db_dir = db_dir or os.path.join(self.tmp, rid)
         os.makedirs(db_dir, exist_ok=True)
         d = tsd.Daemon(args=self.args(rid), db_dir=db_dir)
-        wait_for("replica %s to connect" % rid, lambda: metric(d, "tscale_repl_connected") == 1, 15)
+        wait_for("replica %s to connect" % rid, lambda: d.metric("tscale_repl_connected") == 1, 15)
         return d
 
     def start_three(self):
@@ -156,7 +148,7 @@ class Replication(unittest.TestCase):
             want = ms.export(single, MODEL)
             got = self.converged(n)
             self.assertEqual(got, want, "a replica's state differs from the single node's")
-            self.assertEqual(metric(r[0], "tscale_repl_deltas_published_total"), n)
+            self.assertEqual(r[0].metric("tscale_repl_deltas_published_total"), n)
             _, _, text = r[1].request("GET", "/metrics")
             self.assertIn(b'tscale_repl_deltas_applied_total{model="m",origin="r0"} %d' % n, text)
             # Off by default: a single node has no replication at all.
@@ -264,7 +256,7 @@ class Replication(unittest.TestCase):
         wait_for("feedback to work again",
                  lambda: feedback(r[1], 3, id="d-3")[0] == 200, CONVERGE_S)
         for d in r:  # each replica reconnects on its own schedule (reconnect wait 250 ms)
-            wait_for("every replica to reconnect", lambda: metric(d, "tscale_repl_connected") == 1, CONVERGE_S)
+            wait_for("every replica to reconnect", lambda: d.metric("tscale_repl_connected") == 1, CONVERGE_S)
         status, _, body = feedback(r[2], 4, id="d-4")
         self.assertEqual(status, 200, body[:300])
         self.converged(5)

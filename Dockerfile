@@ -12,6 +12,7 @@ FROM debian:bookworm AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
       gcc libc6-dev make pkg-config libuv1-dev libmicrohttpd-dev libjansson-dev libsqlite3-dev check \
+      libnats-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -26,7 +27,7 @@ FROM debian:bookworm
 # (the HEALTHCHECK is the binary's own `tscaled healthcheck`).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      libuv1 libmicrohttpd12 libjansson4 libsqlite3-0 \
+      libuv1 libmicrohttpd12 libjansson4 libsqlite3-0 libnats3.4 \
  && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 # A fixed uid/gid, so host-side files (secrets, bind-mounted models) can be granted to it.
 RUN groupadd --system --gid 10001 tscale \

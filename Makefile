@@ -13,9 +13,9 @@
 #   make deps       install missing Debian packages (apt-get; sudo when not root)
 
 CC      ?= cc
-PKGS    := libuv libmicrohttpd jansson sqlite3
+PKGS    := libuv libmicrohttpd jansson sqlite3 libnats
 DEB_PKGS := gcc make pkg-config libuv1-dev libmicrohttpd-dev libjansson-dev libsqlite3-dev \
-            check python3 curl ca-certificates
+            check python3 curl ca-certificates libnats-dev nats-server
 # `make test` checks the project's PyTorch modules (clients/python/tscale/torch_layers.py) and
 # tools/torch_export.py with Debian's torch: ~150 MB of packages, ~50 s to install here.
 TORCH_DEB_PKGS := python3-torch

@@ -47,18 +47,10 @@ def smaps(pid, top=8):
         print(f"    {anon / 1e6:7.2f} MB anon of {(hi - lo) / 1e6:8.2f} MB  {name}")
 
 
-def metric(d, name):
-    _, _, body = d.request("GET", "/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
-
-
 def report(phase, d, weights):
     time.sleep(0.5)
     r = rss(d.proc.pid)
-    m = metric(d, "process_resident_memory_bytes")
+    m = d.metric("process_resident_memory_bytes")
     print(f"{phase:<28} RssAnon {r['RssAnon'] / 1e6:7.1f} MB = {r['RssAnon'] / weights:.3f} B/weight"
           f"   (VmRSS {r['VmRSS'] / 1e6:.1f} MB, file {r['RssFile'] / 1e6:.1f} MB"
           + (f", /metrics {m / 1e6:.1f} MB" if m is not None else "") + ")", flush=True)
@@ -107,9 +99,9 @@ def main():
                 {"name": "input", "shape": [1, n_in], "datatype": "FP32", "data": x},
                 {"name": "label", "shape": [1], "datatype": "INT64", "data": [rng.randrange(4)]}]})
             steps += 1
-        snaps = metric(d, "tscale_snapshots_total")
+        snaps = d.metric("tscale_snapshots_total")
         report(f"after {a.minutes:g} min feedback", d, weights)
-        took = metric(d, "tscale_snapshot_seconds_sum")
+        took = d.metric("tscale_snapshot_seconds_sum")
         print(f"  ({steps} feedback steps, {snaps:.0f} snapshots, {1e3 * took / max(snaps, 1):.1f} ms "
               "per snapshot write)")
         d.stop()

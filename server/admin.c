@@ -395,6 +395,17 @@ static void undelete(ts_server *srv, ts_req *req) {
 
 void ts_admin_handle(ts_server *srv, ts_req *req) {
     ts_endpoint ep = req->route.ep;
+    if (ts_repl_enabled(srv->repl) &&
+        (ep == TS_EP_ADMIN_PUT || ep == TS_EP_ADMIN_RESTORE || ep == TS_EP_ADMIN_DELETE)) {
+        /* Not replicated yet (repl.h): done on one replica, it would part its state from the
+         * others' for good. */
+        ts_req_reply_error(req, 409, "%s of a model is not replicated yet, so it is refused while "
+                           "--replicate is on (it would make this replica differ from the others for "
+                           "good); to change a model, restart every replica with the new --model file",
+                           ep == TS_EP_ADMIN_PUT ? "replacing (PUT)" : ep == TS_EP_ADMIN_RESTORE ? "restoring"
+                                                                                                 : "deleting");
+        return;
+    }
     if (ep == TS_EP_ADMIN_LIST) {
         admin_list(srv, req);
         return;

@@ -42,6 +42,8 @@ typedef struct {
 
 static int check_listen(const char *v, char *err, size_t errlen);
 static int check_log_level(const char *v, char *err, size_t errlen);
+static int check_nats_urls(const char *v, char *err, size_t errlen);
+static int check_stream(const char *v, char *err, size_t errlen);
 static int check_access_log(const char *v, char *err, size_t errlen);
 
 #define F(field) offsetof(ts_config, field)
@@ -119,6 +121,22 @@ static const ts_option options[] = {
      "close a connection whose request body is not complete this long after its headers", NULL},
     {"http-threads", OPT_INT, F(http_threads), "1", 1, 64, "N",
      "HTTP polling threads (request parsing runs on them)", NULL},
+    {"replicate", OPT_STRING, F(replicate), NULL, 0, 0, "URLS",
+     "replicate learning through NATS JetStream: nats://HOST:PORT[,nats://HOST2:PORT...] "
+     "(default and empty: off, a single node)", check_nats_urls},
+    {"replica-id", OPT_STRING, F(replica_id), NULL, 0, 0, "ID",
+     "this replica's name in the stream; stable across restarts, unique among replicas "
+     "(default: hostname:port of --listen)", NULL},
+    {"replicate-token-file", OPT_STRING, F(replicate_token_file), NULL, 0, 0, "FILE",
+     "NATS token (a file ending in .creds is a NATS credentials file)", NULL},
+    {"replicate-stream", OPT_STRING, F(replicate_stream), "tscale", 0, 0, "NAME",
+     "JetStream stream of the deltas (subjects NAME.delta.>; created if missing)", check_stream},
+    {"replicate-ack-timeout-ms", OPT_INT, F(replicate_ack_timeout_ms), "5000", 10, 600000, "MS",
+     "a feedback step is answered 503 when JetStream has not acknowledged it within this", NULL},
+    {"replicate-max-age", OPT_INT, F(replicate_max_age), "604800", 1, 10LL * 365 * 86400, "SEC",
+     "stream retention when the stream is created: deltas older than this are deleted", NULL},
+    {"replicate-replicas", OPT_INT, F(replicate_replicas), "1", 1, 5, "N",
+     "JetStream replicas of the stream when it is created (3 in a NATS cluster)", NULL},
     {"log-level", OPT_STRING, F(log_level), "info", 0, 0, "LEVEL",
      "debug, info, warn or error", check_log_level},
     {"access-log", OPT_STRING, F(access_log), "off", 0, 0, "LEVEL",
@@ -179,6 +197,33 @@ static int check_listen(const char *v, char *err, size_t errlen) {
     char host[256];
     int port;
     return ts_config_split_listen(v, host, sizeof host, &port, err, errlen);
+}
+
+/* nats://HOST:PORT[,nats://HOST:PORT...] (tls:// too): libnats parses the rest. Empty is
+ * off (an environment that passes the variable through unset). */
+static int check_nats_urls(const char *v, char *err, size_t errlen) {
+    for (const char *p = v; *v;) {
+        size_t n = strcspn(p, ",");
+        if (!((n > 7 && strncmp(p, "nats://", 7) == 0) || (n > 6 && strncmp(p, "tls://", 6) == 0))) {
+            snprintf(err, errlen, "'%.*s' is not a NATS URL (nats://HOST:PORT); give one or more, "
+                     "separated by commas", (int)n, p);
+            return -1;
+        }
+        if (!p[n])
+            return 0;
+        p += n + 1;
+    }
+    return 0;
+}
+
+/* A JetStream stream name that is also a subject token: letters, digits, - and _. */
+static int check_stream(const char *v, char *err, size_t errlen) {
+    size_t n = strlen(v);
+    if (n == 0 || n > 64 || strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != n) {
+        snprintf(err, errlen, "'%s': a stream name is 1-64 characters of A-Z a-z 0-9 - _", v);
+        return -1;
+    }
+    return 0;
 }
 
 static int check_log_level(const char *v, char *err, size_t errlen) {

@@ -49,6 +49,14 @@ typedef struct {
     int64_t body_timeout;          /* seconds for a request's whole body */
     int64_t http_threads;          /* libmicrohttpd polling threads */
     char *log_level;
+    /* replication (repl.h); replicate NULL = off */
+    char *replicate;               /* nats://h:p[,nats://h2:p...]; "" is off too */
+    char *replica_id;              /* NULL: hostname:port of listen */
+    char *replicate_token_file;
+    char *replicate_stream;
+    int64_t replicate_ack_timeout_ms;
+    int64_t replicate_max_age;     /* seconds, when the stream is created */
+    int64_t replicate_replicas;    /* when the stream is created */
     char *access_log;              /* "off" or a log level */
 } ts_config;
 

@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -42,12 +43,14 @@ static void close_handles(ts_server *srv) {
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->sighup, NULL);
     ts_http_stop(srv->http);
+    ts_repl_stop(srv->repl); /* before the engine and the ids its callbacks use */
     ts_persist_stop(srv->persist);
     ts_engine_free(srv->engine);
     ts_idem_free(srv->idem);
     ts_window_free(srv->window);
     ts_journal_free(srv->journal);
-    /* the loop returns once these handles have closed */
+    /* the loop returns once these handles have closed; srv->repl (which holds two of them)
+     * is freed after that, in run() */
 }
 
 static void on_shutdown_tick(uv_timer_t *t) {
@@ -56,6 +59,10 @@ static void on_shutdown_tick(uv_timer_t *t) {
     if (!srv->shutdown_quiesced_ms) {
         if (!ts_engine_idle(srv->engine) || ts_persist_pending(srv->persist) > 0 ||
             srv->shutdown_snapshots_pending > 0 || now - srv->shutdown_started_ms < GRACE_MS)
+            return;
+        /* Steps waiting for their PubAck: wait while JetStream is there to give it. */
+        if (ts_repl_pending(srv->repl) > 0 && ts_repl_ready(srv->repl, NULL) &&
+            now - srv->shutdown_started_ms < (uint64_t)srv->cfg.replicate_ack_timeout_ms)
             return;
         ts_http_quiesce(srv->http); /* all work done: no more connections */
         srv->shutdown_quiesced_ms = now;
@@ -83,6 +90,7 @@ static void begin_shutdown(ts_server *srv, int signum) {
                 strsignal(signum));
     ts_http_drain_inbound(srv->http); /* accepted before the signal: serve it */
     srv->closing = 1;
+    ts_repl_drain(srv->repl); /* deltas from now on are consumed again at the next start */
     uv_timer_stop(&srv->snapshot_timer);
     for (ts_served *s = ts_engine_first(srv->engine); s; s = s->next) {
         if (s->unloading)
@@ -132,7 +140,35 @@ static int load_id(void *arg, const ts_journal_row *r) {
     return 0;
 }
 
-/* The journal and the exactly-once table, before the engine that uses them. */
+/* The replication object (repl.h; carries stored positions along even when off). */
+static int new_repl(ts_server *srv, char *err, size_t errlen) {
+    ts_config *c = &srv->cfg;
+    char id[300];
+    if (c->replicate && !c->replicate[0]) { /* empty: off */
+        free(c->replicate);
+        c->replicate = NULL;
+    }
+    if (c->replicate && !c->journal) {
+        snprintf(err, errlen, "--replicate needs --journal yes: a replica publishes its steps from the "
+                 "journal, so that none is lost between its answer and its publication");
+        return -1;
+    }
+    if (c->replica_id) {
+        snprintf(id, sizeof id, "%s", c->replica_id);
+    } else { /* hostname:port of --listen */
+        char host[256] = "localhost";
+        const char *colon = strrchr(c->listen, ':');
+        gethostname(host, sizeof host - 1);
+        snprintf(id, sizeof id, "%s:%s", host, colon ? colon + 1 : "0");
+    }
+    ts_repl_config rc = {.urls = c->replicate, .replica_id = id, .token_file = c->replicate_token_file,
+                         .stream = c->replicate_stream, .ack_timeout_ms = c->replicate_ack_timeout_ms,
+                         .max_age_s = c->replicate_max_age, .replicas = c->replicate_replicas};
+    srv->repl = ts_repl_new(&rc, err, errlen);
+    return srv->repl ? 0 : -1;
+}
+
+/* The journal, the exactly-once table and replication, before the engine that uses them. */
 static int start_journal(ts_server *srv, char *err, size_t errlen) {
     int64_t window_ms = srv->cfg.feedback_id_window * 1000;
     srv->journal = ts_journal_new((int)srv->cfg.journal, window_ms);
@@ -145,7 +181,7 @@ static int start_journal(ts_server *srv, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    return 0;
+    return new_repl(srv, err, errlen);
 }
 
 typedef struct {
@@ -201,6 +237,7 @@ static int start_models(ts_server *srv, char *err, size_t errlen) {
         .journal = srv->journal,
         .idem = srv->idem,
         .window = srv->window,
+        .repl = srv->repl,
     };
     srv->engine = ts_engine_new(srv->loop, &ec, err, errlen);
     if (!srv->engine)
@@ -211,6 +248,7 @@ static int start_models(ts_server *srv, char *err, size_t errlen) {
     int64_t replayed = 0, last_seq = 0;
     if (ts_recover_models(st, &srv->cfg, srv->engine, &replayed, err, errlen) < 0 ||
         ts_store_journal_last(st, &last_seq, err, errlen) < 0 ||
+        ts_repl_recover(srv->repl, st, srv->engine, err, errlen) < 0 ||
         (srv->idem && ts_store_feedback_ids(st, ts_wall_ms() - srv->cfg.feedback_id_window * 1000,
                                             load_id, srv, err, errlen) < 0)) {
         ts_store_close(st);
@@ -358,12 +396,15 @@ static int run(ts_server *srv, uv_loop_t *loop) {
     }
     if (start_models(srv, err, sizeof err) < 0)
         goto fail;
-    if (start_http(srv, err, sizeof err) < 0) {
+    if (ts_repl_start(srv->repl, loop, srv->engine, err, sizeof err) < 0 ||
+        start_http(srv, err, sizeof err) < 0) {
+        ts_repl_stop(srv->repl);
         ts_persist_stop(srv->persist);
         goto fail;
     }
     start_timers(srv);
     uv_run(loop, UV_RUN_DEFAULT);
+    ts_repl_free(srv->repl);
     ts_pool_free(srv->pool);
     ts_dblock_release(&srv->dblock, srv->cfg.db, 0); /* the store is closed */
     return srv->shutdown_failed ? 1 : 0;
@@ -381,6 +422,7 @@ fail:
     ts_window_free(srv->window);
     ts_journal_free(srv->journal);
     uv_run(loop, UV_RUN_DEFAULT); /* finish closing handles */
+    ts_repl_free(srv->repl);
     if (srv->pool)
         ts_pool_free(srv->pool);
     return 1;

@@ -593,6 +593,11 @@ void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req) {
                            "until it can: nothing was applied", why);
         return;
     }
+    if (!ts_repl_ready(e->cfg.repl, &why)) {
+        ts_req_reply_error(req, 503, "replication is not available (%s); feedback is refused until it is, "
+                           "nothing was applied (inference goes on)", why);
+        return;
+    }
     ts_item *it = new_item(req, ITEM_FEEDBACK);
     if (!it)
         return;
@@ -763,43 +768,87 @@ typedef struct {
     ts_engine *e;
     char name[TS_MODEL_NAME_MAX];
     uint64_t generation;         /* of the model the step was applied to */
-    ts_item *it;                 /* req, body (the answer), scores, idem */
+    int64_t version, seq;        /* the model version and the step's journal entry */
+    size_t n;                    /* scores of the step */
+    ts_item *it;                 /* req (NULL once answered), body (the answer), scores, idem */
 } step_ack;
+
+/* The step is durable (and, replicating, acknowledged by JetStream): answer it. */
+static void step_answer(step_ack *a) {
+    ts_item *it = a->it;
+    if (it->idem)
+        ts_idem_finish(a->e->cfg.idem, it->idem, it->body, ts_wall_ms());
+    it->idem = NULL;
+    ts_window_settle(a->e->cfg.window, it->win, 1); /* applied: the input leaves the window */
+    it->win.serial = 0;
+    if (it->req) {
+        ts_req_reply(it->req, it->status, it->ctype, it->body, it->len, it->json_len);
+        it->body = NULL;
+    }
+    item_free(it);
+    free(a);
+}
+
+/* What became of a journaled step's publication (repl.h). A late step stays applied and
+ * journaled: it is answered 503 now, and a retry with the same id (parked meanwhile on
+ * its pending exactly-once record) gets the 200 once JetStream acknowledges it. */
+static void step_published(void *arg, ts_repl_event ev) {
+    step_ack *a = arg;
+    ts_item *it = a->it;
+    if (ev == TS_REPL_ACKED) {
+        step_answer(a);
+        return;
+    }
+    if (it->req)
+        ts_req_reply_error(it->req, 503, "the feedback step is kept and journaled locally but %s: it is "
+                           "replicated when NATS is reachable again; a retry with the same id answers once "
+                           "it is", ev == TS_REPL_LATE ? "JetStream has not acknowledged it in time"
+                                                       : "the daemon is shutting down before JetStream "
+                                                         "acknowledged it");
+    it->req = NULL;
+    if (ev == TS_REPL_GAVE_UP) { /* published from the journal at the next start */
+        ts_window_settle(a->e->cfg.window, it->win, 1); /* applied (and journaled) */
+        item_free(it);
+        free(a);
+    }
+}
 
 static void step_acked(void *arg, const char *err) {
     step_ack *a = arg;
     ts_engine *e = a->e;
     ts_item *it = a->it;
-    if (!err) {
-        if (it->idem)
-            ts_idem_finish(e->cfg.idem, it->idem, it->body, ts_wall_ms());
-        it->idem = NULL;
-        ts_window_settle(e->cfg.window, it->win, 1); /* applied: the input leaves the window */
-        it->win.serial = 0;
-        ts_req_reply(it->req, it->status, it->ctype, it->body, it->len, it->json_len);
-        it->body = NULL;
-    } else {
-        /* Not durable, so not applied: take the step back (exactly: integer state), unless
-         * the model was swapped since (the swap discarded it already). */
-        ts_served *s = ts_engine_find(e, a->name, 1);
-        ts_undo *u = s && s->generation == a->generation ? malloc(sizeof *u) : NULL;
-        if (u) {
-            u->scores = it->scores;
-            it->scores = NULL;
-            u->next = s->undo;
-            s->undo = u;
-            if (!s->busy)
-                undo_pending(s);
-        } else if (s && s->generation == a->generation) {
-            ts_log_error("model '%s': out of memory taking back a step whose journal commit failed",
-                         a->name);
-        }
-        char msg[600];
-        snprintf(msg, sizeof msg, "the feedback step could not be made durable (%s): it was taken "
-                 "back, nothing was applied; retry", err);
-        item_drop_id(e, it, 503, msg);
-        ts_req_reply_error(it->req, 503, "%s", msg);
+    if (!err && ts_repl_enabled(e->cfg.repl)) {
+        if (ts_repl_publish(e->cfg.repl, a->name, a->version, a->seq, it->scores, a->n, step_published, a) == 0)
+            return;
+        ts_log_error("model '%s': out of memory queueing journal entry %lld for replication; it is "
+                     "published at the next start", a->name, (long long)a->seq);
+        step_published(a, TS_REPL_GAVE_UP);
+        return;
     }
+    if (!err) {
+        step_answer(a);
+        return;
+    }
+    /* Not durable, so not applied: take the step back (exactly: integer state), unless
+     * the model was swapped since (the swap discarded it already). */
+    ts_served *s = ts_engine_find(e, a->name, 1);
+    ts_undo *u = s && s->generation == a->generation ? malloc(sizeof *u) : NULL;
+    if (u) {
+        u->scores = it->scores;
+        it->scores = NULL;
+        u->next = s->undo;
+        s->undo = u;
+        if (!s->busy)
+            undo_pending(s);
+    } else if (s && s->generation == a->generation) {
+        ts_log_error("model '%s': out of memory taking back a step whose journal commit failed",
+                     a->name);
+    }
+    char msg[600];
+    snprintf(msg, sizeof msg, "the feedback step could not be made durable (%s): it was taken "
+             "back, nothing was applied; retry", err);
+    item_drop_id(e, it, 503, msg);
+    ts_req_reply_error(it->req, 503, "%s", msg);
     item_free(it);
     free(a);
 }
@@ -816,15 +865,19 @@ static void step_commit(ts_engine *e, ts_served *s, ts_item *it) {
         item_free(it);
         return;
     }
-    *a = (step_ack){.e = e, .generation = s->generation, .it = it};
+    *a = (step_ack){.e = e, .generation = s->generation, .version = s->version,
+                    .n = ts_model_score_len(s->model), .it = it};
     snprintf(a->name, sizeof a->name, "%s", s->name);
     ts_journal_step st = {.model = s->name, .version = s->version, .step = ts_model_step(s->model),
                           .scores = it->scores, .n = ts_model_score_len(s->model),
                           .request_id = it->idem ? it->req->oip.id : NULL,
                           .body_hash = it->body_hash, .answer = it->body};
-    if (!e->cfg.journal)
+    if (!e->cfg.journal) {
         step_acked(a, NULL);
-    else if (ts_journal_append(e->cfg.journal, &st, step_acked, a) != 0)
+        return;
+    }
+    a->seq = ts_journal_last_seq(e->cfg.journal) + 1; /* the entry's; before: cb may run inside */
+    if (ts_journal_append(e->cfg.journal, &st, step_acked, a) != 0)
         step_acked(a, "out of memory journaling it");
 }
 

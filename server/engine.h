@@ -52,6 +52,7 @@
 #include "idem.h"
 #include "journal.h"
 #include "metrics.h"
+#include "repl.h"
 #include "stats.h"
 #include "store.h"
 #include "window.h"
@@ -102,6 +103,8 @@ typedef struct {
     ts_idem *idem;                /* exactly-once feedback by OIP id (NULL: ids not tracked) */
     ts_window *window;            /* inputs of recent inferences, for feedback by id (required;
                                      bounds 0: the window keeps nothing) */
+    ts_repl *repl;                /* replication (NULL or off: none); when on, a step is
+                                     answered once journaled and acknowledged by JetStream */
 } ts_engine_config;
 
 ts_engine *ts_engine_new(uv_loop_t *loop, const ts_engine_config *cfg, char *err, size_t errlen);

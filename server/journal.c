@@ -228,6 +228,8 @@ typedef struct {
     ts_model *m;
     const char *name;
     int64_t version, replayed, bad_seq;
+    int step_gaps;
+    int64_t last_step;            /* the step of the entry replayed last (0: none yet) */
     int16_t *scores;
     size_t n;
     char why[256];
@@ -241,15 +243,16 @@ static int replay_one(void *arg, const ts_journal_row *r) {
     else if (r->version != c->version)
         snprintf(c->why, sizeof c->why, "it is for version %lld, the state is version %lld",
                  (long long)r->version, (long long)c->version);
-    else if (r->step != step + 1)
-        snprintf(c->why, sizeof c->why, "it ends at step %lld, the state is at step %lld",
-                 (long long)r->step, (long long)step);
+    else if (c->step_gaps ? r->step <= step || r->step <= c->last_step : r->step != step + 1)
+        snprintf(c->why, sizeof c->why, "it ends at step %lld, the state is at step %lld%s",
+                 (long long)r->step, (long long)step, c->step_gaps ? " and it must end past the previous entry" : "");
     else if (ts_journal_decode(r->payload, r->len, c->scores, c->n) != 0)
         snprintf(c->why, sizeof c->why, "its payload (%zu bytes) does not fit the model's %zu groups",
                  r->len, c->n);
     else {
         ts_model_apply_scores(c->m, c->scores, +1, NULL);
         c->replayed++;
+        c->last_step = r->step;
         return 0;
     }
     c->bad_seq = r->seq;
@@ -257,8 +260,8 @@ static int replay_one(void *arg, const ts_journal_row *r) {
 }
 
 int ts_journal_replay(ts_store *st, const char *name, ts_model *m, int64_t version, int64_t after_seq,
-                      int64_t *replayed, char *err, size_t errlen) {
-    replay_ctx c = {.m = m, .name = name, .version = version, .n = ts_model_score_len(m)};
+                      int step_gaps, int64_t *replayed, char *err, size_t errlen) {
+    replay_ctx c = {.m = m, .name = name, .version = version, .step_gaps = step_gaps, .n = ts_model_score_len(m)};
     c.scores = malloc((c.n ? c.n : 1) * sizeof *c.scores);
     if (!c.scores) {
         snprintf(err, errlen, "model '%s': out of memory replaying the journal", name);

@@ -74,7 +74,8 @@ typedef void (*ts_journal_cb)(void *arg, const char *err);
 
 /* Queue step for the next group commit; cb(arg, ...) runs later, exactly once. -1 when out
  * of memory (cb is not called; nothing was queued). With the journal disabled, cb runs at
- * once with err NULL. */
+ * once with err NULL (inside this call). The entry's sequence number is
+ * ts_journal_last_seq() + 1 as read just before the call. */
 int ts_journal_append(ts_journal *j, const ts_journal_step *step, ts_journal_cb cb, void *arg);
 
 /* The newest sequence number given out (a snapshot copied now covers it). */
@@ -83,9 +84,12 @@ int64_t ts_journal_last_seq(const ts_journal *j);
 /* Start-up, on the thread that owns st: apply to m (recovered from a snapshot of version
  * `version` covering after_seq) every entry of model name after after_seq. A damaged or
  * out-of-order entry ends the replay; it and every later entry of the model are deleted
- * and the reason logged. *replayed counts what was applied. 0, or -1 + err (SQLite). */
+ * and the reason logged. In order means: the entry's step is the state's step + 1; with
+ * step_gaps (replicating: other replicas' deltas advanced the step between local entries
+ * and are not journaled; they are consumed again from the stream, repl.h), any step
+ * past both the state's and the previous entry's. *replayed counts what was applied. 0, or -1 + err (SQLite). */
 int ts_journal_replay(ts_store *st, const char *name, ts_model *m, int64_t version, int64_t after_seq,
-                      int64_t *replayed, char *err, size_t errlen);
+                      int step_gaps, int64_t *replayed, char *err, size_t errlen);
 
 /* Prometheus lines: entries, bytes, commits, commit latency, group sizes, failures. */
 void ts_journal_render_metrics(ts_journal *j, ts_buf *out);

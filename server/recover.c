@@ -49,7 +49,8 @@ static int import_model(ts_store *st, const ts_config *cfg, ts_engine *e, const 
     return 0;
 }
 
-static int recover_stored(ts_store *st, ts_engine *e, int64_t *total_replayed, char *err, size_t errlen) {
+static int recover_stored(ts_store *st, const ts_config *cfg, ts_engine *e, int64_t *total_replayed, char *err,
+                          size_t errlen) {
     char **names = NULL;
     int n = 0;
     if (ts_store_list_models(st, &names, &n, err, errlen) < 0)
@@ -69,7 +70,8 @@ static int recover_stored(ts_store *st, ts_engine *e, int64_t *total_replayed, c
             ts_log_warn("model '%s': skipped %d damaged snapshot(s), recovering from snapshot %lld",
                         names[i], skipped, (long long)info.snapshot_id);
         int64_t replayed = 0;
-        if (ts_journal_replay(st, names[i], m, info.version, info.journal_seq, &replayed, err, errlen) < 0) {
+        if (ts_journal_replay(st, names[i], m, info.version, info.journal_seq, cfg->replicate != NULL, &replayed,
+                              err, errlen) < 0) {
             ts_model_free(m);
             rc = -1;
             break;
@@ -238,7 +240,7 @@ static int add_demo_once(ts_store *st, const ts_config *cfg, ts_engine *e, char 
 int ts_recover_models(ts_store *st, const ts_config *cfg, ts_engine *e, int64_t *replayed, char *err,
                       size_t errlen) {
     *replayed = 0;
-    if (recover_stored(st, e, replayed, err, errlen) < 0)
+    if (recover_stored(st, cfg, e, replayed, err, errlen) < 0)
         return -1;
     if (apply_model_files(st, cfg, e, err, errlen) < 0)
         return -1;

@@ -15,6 +15,7 @@
 #include "http.h"
 #include "metrics.h"
 #include "persist.h"
+#include "repl.h"
 
 typedef struct ts_server {
     ts_config cfg;
@@ -26,6 +27,7 @@ typedef struct ts_server {
     ts_journal *journal;                /* feedback journal (journal.h) */
     ts_idem *idem;                      /* exactly-once feedback ids (idem.h); NULL: off */
     ts_window *window;                  /* inputs kept for feedback by id (window.h) */
+    ts_repl *repl;                      /* replication (repl.h); always there, maybe off */
     ts_http *http;
     ts_dblock dblock;                   /* the database's exclusive lock (dblock.h) */
     int listen_fd;                      /* bound before the database is opened; -1 once

@@ -21,6 +21,7 @@ typedef struct {
     int64_t version, step;
     int64_t *state;
     size_t len;
+    char *repl;             /* the replication position of the copy (repl.h), or NULL */
     /* the result */
     int rc;
     ts_snapshot_info info;
@@ -52,7 +53,7 @@ static void snap_work(ts_store *store, ts_persist_job *pj) {
     snap_job *j = (snap_job *)pj;
     uint64_t t0 = ts_now_us();
     j->rc = ts_store_put_snapshot(store, j->name, j->version, j->state, j->len, j->step, j->reason,
-                                  (int)j->srv->cfg.snapshot_keep, &j->info, j->err, sizeof j->err);
+                                  j->repl, (int)j->srv->cfg.snapshot_keep, &j->info, j->err, sizeof j->err);
     j->dur_us = ts_now_us() - t0;
 }
 
@@ -90,6 +91,7 @@ static void snap_done(ts_persist_job *pj) {
     if (j->cb)
         j->cb(srv, s, j->rc == 0 ? &j->info : NULL, j->rc == 0 ? NULL : j->err, j->arg);
     free(j->state);
+    free(j->repl);
     free(j);
 }
 
@@ -118,6 +120,7 @@ static void take(ts_server *srv, ts_served *s, const char *reason, int only_if_c
         return;
     }
     ts_state_save(s->model, state); /* the only time the loop holds serving: a memcpy */
+    j->repl = ts_repl_position(srv->repl, s->name); /* of this very state (both change in control items) */
     uint64_t copy_us = ts_now_us() - t0;
     ts_hist_observe(&srv->metrics.snapshot_copy_us, copy_us);
     ts_log_debug("snapshot of model '%s': state copied on the loop in %.2f ms (%zu bytes)", s->name,

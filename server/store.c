@@ -641,8 +641,8 @@ static int version_ids(ts_store *s, const char *name, int64_t version, int64_t *
 
 /* In a transaction: append the snapshot, then apply retention. */
 static int snapshot_put(ts_store *s, const char *name, int64_t version, const int64_t *state, size_t state_len,
-                        int64_t step, const char *reason, int keep, ts_snapshot_info *out, char *err,
-                        size_t errlen) {
+                        int64_t step, const char *reason, const char *repl, int keep, ts_snapshot_info *out,
+                        char *err, size_t errlen) {
     int64_t vid = 0, mid = 0, need = 0, bytes = (int64_t)(state_len * sizeof *state);
     if (!reason || !reason[0] || strlen(reason) >= sizeof out->reason)
         return fail(s, err, errlen, "snapshot of model '%s': reason must be 1 to %zu characters", name,
@@ -658,7 +658,7 @@ static int snapshot_put(ts_store *s, const char *name, int64_t version, const in
      * writes entries and snapshots in the order the loop made them (journal.h). When the
      * journal is empty, the newest journal_seq of any snapshot keeps the sequence monotonic. */
     if (prepare(s, "INSERT INTO snapshots (model_id, version_id, step, created_at, reason, state, checksum, bytes, "
-                   "journal_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, " JOURNAL_LAST_SQL ")", &st) != 0)
+                   "repl, journal_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, " JOURNAL_LAST_SQL ")", &st) != 0)
         return fail_sql(s, err, errlen, "snapshot of model '%s'", name);
     sqlite3_bind_int64(st, 1, mid);
     sqlite3_bind_int64(st, 2, vid);
@@ -668,6 +668,10 @@ static int snapshot_put(ts_store *s, const char *name, int64_t version, const in
     sqlite3_bind_blob64(st, 6, state_len ? (const void *)state : "", (sqlite3_uint64)bytes, SQLITE_STATIC);
     sqlite3_bind_int64(st, 7, (int64_t)state_checksum(state, (size_t)bytes));
     sqlite3_bind_int64(st, 8, bytes);
+    if (repl)
+        sqlite3_bind_text(st, 9, repl, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 9);
     if (step_done(st) != 0)
         return fail_sql(s, err, errlen, "snapshot of model '%s'", name);
     int64_t sid = sqlite3_last_insert_rowid(s->db), jseq = 0;
@@ -688,13 +692,13 @@ static int snapshot_put(ts_store *s, const char *name, int64_t version, const in
 }
 
 int ts_store_put_snapshot(ts_store *s, const char *name, int64_t version, const int64_t *state, size_t state_len,
-                          int64_t step, const char *reason, int keep, ts_snapshot_info *out, char *err,
-                          size_t errlen) {
+                          int64_t step, const char *reason, const char *repl, int keep, ts_snapshot_info *out,
+                          char *err, size_t errlen) {
     char what[TS_WHAT_MAX];
     snprintf(what, sizeof what, "snapshot of model '%s'", name);
     if (tx_begin(s, err, errlen, what) != 0)
         return -1;
-    int rc = snapshot_put(s, name, version, state, state_len, step, reason, keep, out, err, errlen);
+    int rc = snapshot_put(s, name, version, state, state_len, step, reason, repl, keep, out, err, errlen);
     return tx_end(s, rc, err, errlen, what);
 }
 
@@ -711,11 +715,29 @@ int ts_store_put_model(ts_store *s, const char *name, const ts_model *m, uint64_
     if (rc == 0) {
         rc = version_put(s, name, m, file_hash, version, created, err, errlen);
         if (rc == 0)
-            rc = snapshot_put(s, name, *version, state, n, ts_model_step(m), reason, keep, out, err, errlen);
+            rc = snapshot_put(s, name, *version, state, n, ts_model_step(m), reason, NULL, keep, out, err, errlen);
         rc = tx_end(s, rc, err, errlen, what);
     }
     free(state);
     return rc;
+}
+
+int ts_store_snapshot_repl(ts_store *s, int64_t snapshot_id, char **repl, char *err, size_t errlen) {
+    sqlite3_stmt *st;
+    *repl = NULL;
+    if (prepare(s, "SELECT repl FROM snapshots WHERE id = ?1", &st) != 0)
+        return fail_sql(s, err, errlen, "snapshot %lld: reading its replication position", (long long)snapshot_id);
+    sqlite3_bind_int64(st, 1, snapshot_id);
+    int rc = sqlite3_step(st);
+    const unsigned char *t = rc == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
+    if (t && !(*repl = strdup((const char *)t))) {
+        sqlite3_finalize(st);
+        return fail(s, err, errlen, "snapshot %lld: out of memory", (long long)snapshot_id);
+    }
+    sqlite3_finalize(st);
+    if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+        return 0;
+    return fail_sql(s, err, errlen, "snapshot %lld: reading its replication position", (long long)snapshot_id);
 }
 
 static void info_read(sqlite3_stmt *st, ts_snapshot_info *info) {

@@ -69,11 +69,15 @@ int ts_store_find_version(ts_store *s, const char *name, uint64_t file_hash, int
 uint64_t ts_store_model_hash(const ts_model *m);
 
 /* Append a snapshot of name at version: state[state_len] as from ts_state_save, step as
- * ts_model_step. Then delete all but the newest `keep` snapshots of name (keep <= 0:
- * keep all). Fills *out when not NULL. 0, or -1 + err (disk full, read-only, I/O). */
+ * ts_model_step, repl the replication position of that state (repl.h; NULL: none). Then
+ * delete all but the newest `keep` snapshots of name (keep <= 0: keep all). Fills *out
+ * when not NULL. 0, or -1 + err (disk full, read-only, I/O). */
 int ts_store_put_snapshot(ts_store *s, const char *name, int64_t version, const int64_t *state,
-                          size_t state_len, int64_t step, const char *reason, int keep,
+                          size_t state_len, int64_t step, const char *reason, const char *repl, int keep,
                           ts_snapshot_info *out, char *err, size_t errlen);
+/* The replication position stored with snapshot snapshot_id: *repl malloc'd (free it), or
+ * NULL when the snapshot has none. 0, or -1 + err. */
+int ts_store_snapshot_repl(ts_store *s, int64_t snapshot_id, char **repl, char *err, size_t errlen);
 
 /* Snapshots of name, newest first (none for a name never stored); *out malloc'd (free it),
  * *n entries. 0, or -1 + err. */

@@ -89,6 +89,14 @@ class Daemon:
             raise AssertionError(f"{method} {path}: status {status}, expected {expect}: {data[:500]!r}")
         return json.loads(data) if data else None
 
+    def metric(self, name):
+        """The value of an unlabelled Prometheus sample `name` from GET /metrics, or None."""
+        _, _, body = self.request("GET", "/metrics")
+        for line in body.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
     def signal(self, sig):
         self.proc.send_signal(sig)
 

@@ -138,7 +138,7 @@ START_TEST(test_replay_gives_the_live_state) {
     ck_assert_msg(m != NULL, "%s", err);
     ck_assert_int_eq(info.journal_seq, 0);
     int64_t replayed = 0;
-    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, info.journal_seq, &replayed, err, sizeof err), 0);
+    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, info.journal_seq, 0, &replayed, err, sizeof err), 0);
     ck_assert_int_eq(replayed, 4);
     assert_same_state(m, live);
     ts_model_free(m);
@@ -161,7 +161,7 @@ START_TEST(test_damaged_entry_cuts_the_tail) {
     ts_snapshot_info info;
     ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
     int64_t replayed = 0;
-    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, &replayed, err, sizeof err), 0);
+    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, 0, &replayed, err, sizeof err), 0);
     ck_assert_int_eq(replayed, 2);
     assert_same_state(m, at2);
     int n = 0;
@@ -186,10 +186,48 @@ START_TEST(test_out_of_order_entry_is_not_applied) {
     ts_snapshot_info info;
     ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
     int64_t replayed = 0;
-    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, &replayed, err, sizeof err), 0);
+    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, 0, &replayed, err, sizeof err), 0);
     ck_assert_int_eq(replayed, 1);
     ck_assert_int_eq(ts_model_step(m), 1);
     ts_model_free(m);
+    ts_model_free(live);
+    ts_store_close(s);
+}
+END_TEST
+
+/* Replicating, other replicas' deltas advance the step between local entries and are not
+ * journaled (server/repl.h): a forward gap is replayed, a step that goes back is not. */
+START_TEST(test_step_gaps_replayed_when_replicating) {
+    ts_model *live;
+    ts_store *s = store_with_model(&live);
+    ts_model *at3 = NULL;
+    rows_buf b = {0};
+    steps_to_rows(live, 4, 1, &b);
+    for (int i = 1; i < 4; i++) /* two remote deltas came between entries 1 and 2 */
+        b.rows[i].step += 2;
+    b.rows[3].step = b.rows[2].step; /* entry 4 goes back: damaged */
+    for (int i = 1; i < 4; i++)
+        b.rows[i].checksum = ts_journal_checksum(b.rows[i].seq, 1, b.rows[i].step, b.rows[i].payload, b.rows[i].len);
+    ck_assert_int_eq(ts_store_journal_append(s, b.rows, 4, 0, err, sizeof err), 0);
+    ts_snapshot_info info;
+    ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
+    int64_t replayed = 0;
+    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, 1, &replayed, err, sizeof err), 0);
+    ck_assert_int_eq(replayed, 3);
+    ck_assert_int_eq(ts_model_step(m), 3); /* the remote deltas come again from the stream */
+    at3 = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
+    int16_t *scores = malloc(ts_model_score_len(at3) * sizeof *scores);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(ts_journal_decode(b.rows[i].payload, b.rows[i].len, scores, ts_model_score_len(at3)), 0);
+        ts_model_apply_scores(at3, scores, +1, NULL);
+    }
+    assert_same_state(m, at3);
+    int n = 0;
+    ck_assert_int_eq(ts_store_journal_scan(s, "m", 0, count_rows, &n, err, sizeof err), 0);
+    ck_assert_int_eq(n, 3); /* entry 4 was cut */
+    free(scores);
+    ts_model_free(m);
+    ts_model_free(at3);
     ts_model_free(live);
     ts_store_close(s);
 }
@@ -208,7 +246,7 @@ START_TEST(test_snapshots_cover_and_prune) {
     for (int k = 0; k < 3; k++) { /* entries 1-2, snapshot, 3-4, snapshot, 5-6, snapshot */
         ck_assert_int_eq(ts_store_journal_append(s, b.rows + 2 * k, 2, 0, err, sizeof err), 0);
         ts_state_save(live, state); /* the state is not checked against the steps here */
-        ck_assert_msg(ts_store_put_snapshot(s, "m", 1, state, n, ts_model_step(live), "timer", 0, &info, err,
+        ck_assert_msg(ts_store_put_snapshot(s, "m", 1, state, n, ts_model_step(live), "timer", NULL, 0, &info, err,
                                             sizeof err) == 0, "%s", err);
         ck_assert_int_eq(info.journal_seq, 2 * k + 2);
         count = 0;
@@ -344,6 +382,7 @@ int main(void) {
     tcase_add_test(tc, test_replay_gives_the_live_state);
     tcase_add_test(tc, test_damaged_entry_cuts_the_tail);
     tcase_add_test(tc, test_out_of_order_entry_is_not_applied);
+    tcase_add_test(tc, test_step_gaps_replayed_when_replicating);
     tcase_add_test(tc, test_snapshots_cover_and_prune);
     tcase_add_test(tc, test_feedback_ids_written_with_their_step_and_expired);
     tcase_add_test(tc, test_idem_claim_repeat_conflict_drop_expire);

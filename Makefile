@@ -39,11 +39,11 @@ SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sa
 
 CORE_SRC   := $(sort $(wildcard core/*.c))
 PROTO_SRC  := $(sort $(wildcard proto/*.c))
-SERVER_SRC := $(filter-out server/main.c,$(sort $(wildcard server/*.c)))
+SERVER_SRC := $(filter-out server/main.c,$(sort $(wildcard server/*.c server/*/*.c)))
 GEN_SRC    := build/gen/migrations.c
 LIB_SRC    := $(CORE_SRC) $(PROTO_SRC) $(SERVER_SRC) $(GEN_SRC)
 TEST_SRC   := $(sort $(wildcard tests/unit/test_*.c))
-HEADERS    := $(wildcard core/*.h proto/*.h server/*.h tests/unit/*.h)
+HEADERS    := $(wildcard core/*.h proto/*.h server/*.h server/*/*.h tests/unit/*.h)
 
 OBJ      := $(patsubst %.c,build/obj/%.o,$(LIB_SRC:build/%=%))
 SAN_OBJ  := $(patsubst %.c,build/asan/%.o,$(LIB_SRC:build/%=%))

@@ -21,7 +21,7 @@ CREATE TABLE journal (
     version    INTEGER NOT NULL,                 -- versions.number the step applied to
     step       INTEGER NOT NULL,                 -- the model's step after this entry
     created_at INTEGER NOT NULL,                 -- Unix ms
-    payload    BLOB    NOT NULL,                 -- encoded scores (server/journal.c)
+    payload    BLOB    NOT NULL,                 -- encoded scores (server/store/journal.c)
     checksum   INTEGER NOT NULL                  -- FNV-1a 64 of seq, version, step, payload
 );
 -- No index on model_id: the journal holds one or two snapshot intervals, and its readers

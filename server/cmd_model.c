@@ -8,9 +8,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cli.h"
-#include "../core/model.h"
-#include "../proto/safetensors.h"
+#include "server/cli.h"
+#include "core/model.h"
+#include "proto/safetensors.h"
 
 static const char init_usage[] =
     "usage: tscaled init --layers SPEC --out FILE [--seed N] [--name NAME] [--force]\n"

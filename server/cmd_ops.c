@@ -20,8 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli.h"
-#include "store.h"
+#include "server/cli.h"
+#include "server/store/store.h"
 
 #define HC_DEFAULT_URL "http://127.0.0.1:8080/v2/health/ready"
 #define HC_READY_PATH "/v2/health/ready"

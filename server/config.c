@@ -5,7 +5,7 @@
  * printing --help all walk that table, so they cannot drift apart. Precedence: a flag
  * replaces its variable entirely (TSCALE_MODEL included: --model flags replace the list).
  */
-#include "config.h"
+#include "server/config.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -16,7 +16,7 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "server/log.h"
 
 typedef enum {
     OPT_STRING,  /* char * */

@@ -21,14 +21,14 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../core/kernel.h"
-#include "api.h"
-#include "cli.h"
-#include "log.h"
-#include "memory.h"
-#include "recover.h"
-#include "server.h"
-#include "snapshot.h"
+#include "core/kernel.h"
+#include "server/api/api.h"
+#include "server/cli.h"
+#include "server/log.h"
+#include "server/memory.h"
+#include "server/store/recover.h"
+#include "server/server.h"
+#include "server/store/snapshot.h"
 
 /* How long shutdown waits for answered responses to reach their clients. */
 #define FLUSH_WAIT_MS 5000

@@ -1,5 +1,5 @@
 /* hash.c — content hash of model files (see hash.h). */
-#include "hash.h"
+#include "server/hash.h"
 
 #include <string.h>
 

@@ -1,5 +1,5 @@
 /* log.c — timestamped one-line events on stderr (see log.h). */
-#include "log.h"
+#include "server/log.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>

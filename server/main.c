@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli.h"
+#include "server/cli.h"
 
 static int serve(int argc, char **argv);
 

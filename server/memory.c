@@ -1,5 +1,5 @@
 /* memory.c — glibc allocator settings and resident memory (see memory.h). */
-#include "memory.h"
+#include "server/memory.h"
 
 #include <malloc.h>
 #include <stdio.h>

@@ -18,7 +18,7 @@
 
 #include <stdint.h>
 
-#include "../proto/buf.h"
+#include "proto/buf.h"
 
 /* Fix glibc's mmap threshold (buffers from TS_MEMORY_MMAP_MIN up get their own mapping and
  * go back to the kernel when freed). Call once at start, before any large allocation. */

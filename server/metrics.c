@@ -1,5 +1,5 @@
 /* metrics.c — Prometheus text exposition of the daemon's counters (see metrics.h). */
-#include "metrics.h"
+#include "server/metrics.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -12,8 +12,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "../proto/buf.h"
-#include "route.h"
+#include "proto/buf.h"
+#include "server/http/route.h"
 
 #define TS_HIST_BUCKETS 20
 

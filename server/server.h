@@ -7,15 +7,15 @@
 #include <stdatomic.h>
 #include <uv.h>
 
-#include "../core/pool.h"
-#include "auth.h"
-#include "config.h"
-#include "dblock.h"
-#include "engine.h"
-#include "http.h"
-#include "metrics.h"
-#include "persist.h"
-#include "repl.h"
+#include "core/pool.h"
+#include "server/http/auth.h"
+#include "server/config.h"
+#include "server/store/dblock.h"
+#include "server/engine/engine.h"
+#include "server/http/http.h"
+#include "server/metrics.h"
+#include "server/store/persist.h"
+#include "server/repl/repl.h"
 
 typedef struct ts_server {
     ts_config cfg;

@@ -1,6 +1,6 @@
 /* fuzz_admin.c — what the daemon decides from a request before any model is involved:
- * the method and path (server/route.c: "/v2/models/../", long names, odd segments) and
- * the Authorization header (server/auth.c).
+ * the method and path (server/http/route.c: "/v2/models/../", long names, odd segments) and
+ * the Authorization header (server/http/auth.c).
  *
  * Input: byte 0 picks the method (GET HEAD POST PUT DELETE OPTIONS, or the bytes up to the
  * first NUL when bit 7 is set); the rest is split at the first NUL into the URL (as MHD
@@ -12,15 +12,15 @@
  *    the endpoint the path spells; admin endpoints only under /admin/;
  *  - ts_auth_equal is string equality; ts_auth_check is OK exactly when the header is
  *    "Bearer <token>" (any case, spaces after "Bearer") for one of the tokens;
- *  - the restore body parser (server/admin.c) accepts only a positive snapshot_id and
+ *  - the restore body parser (server/api/admin.c) accepts only a positive snapshot_id and
  *    otherwise says why.
  */
 #include <string.h>
 #include <strings.h>
 
 #include "proto/restore.h"
-#include "server/auth.h"
-#include "server/route.h"
+#include "server/http/auth.h"
+#include "server/http/route.h"
 #include "tests/fuzz/fuzz.h"
 
 static void fuzz_admin_route(const char *method, const char *url)

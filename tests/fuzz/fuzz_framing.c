@@ -1,4 +1,4 @@
-/* fuzz_framing.c — request framing (server/framing.c): which header sets make the end of a
+/* fuzz_framing.c — request framing (server/http/framing.c): which header sets make the end of a
  * request body ambiguous (two Content-Length, Content-Length with Transfer-Encoding, an
  * odd length or transfer coding), the request-smuggling cases the HTTP thread refuses.
  *
@@ -16,7 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "server/framing.h"
+#include "server/http/framing.h"
 #include "tests/fuzz/fuzz.h"
 
 #define FRAMING_MAX_LINES 64

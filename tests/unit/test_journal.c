@@ -8,9 +8,9 @@
 
 #include "core/feedback.h"
 #include "core/model.h"
-#include "server/idem.h"
-#include "server/journal.h"
-#include "server/store.h"
+#include "server/engine/idem.h"
+#include "server/store/journal.h"
+#include "server/store/store.h"
 #include "testutil.h"
 
 #define ARCH "rmsnorm:12/gs5,linear:12x7/gs4+bias,gelu,linear:7x9/gs3"
@@ -196,7 +196,7 @@ START_TEST(test_out_of_order_entry_is_not_applied) {
 END_TEST
 
 /* Replicating, other replicas' deltas advance the step between local entries and are not
- * journaled (server/repl.h): a forward gap is replayed, a step that goes back is not. */
+ * journaled (server/repl/repl.h): a forward gap is replayed, a step that goes back is not. */
 START_TEST(test_step_gaps_replayed_when_replicating) {
     ts_model *live;
     ts_store *s = store_with_model(&live);

@@ -12,12 +12,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "server/auth.h"
+#include "server/http/auth.h"
 #include "server/config.h"
-#include "server/conns.h"
-#include "server/framing.h"
+#include "server/http/conns.h"
+#include "server/http/framing.h"
 #include "server/hash.h"
-#include "server/route.h"
+#include "server/http/route.h"
 #include "testutil.h"
 
 /* ---- route ---- */

@@ -14,8 +14,8 @@
 #include <unistd.h>
 
 #include "core/model.h"
-#include "server/migrations.h"
-#include "server/store.h"
+#include "server/store/migrations.h"
+#include "server/store/store.h"
 #include "testutil.h"
 
 #define ARCH "rmsnorm:12/gs5,linear:12x7/gs4+bias,gelu,linear:7x9/gs3,relu,linear:9x5/gs8+bias"

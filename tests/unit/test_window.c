@@ -1,11 +1,11 @@
-/* test_window.c — the feedback window (server/window.h): the row, byte and age bounds and
+/* test_window.c — the feedback window (server/engine/window.h): the row, byte and age bounds and
  * their eviction order, 404 (never seen) against 410 (gone, and why), take/settle, replacing
  * an id, forgetting a model, the ids it makes. */
 #include <check.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "server/window.h"
+#include "server/engine/window.h"
 #include "testutil.h"
 
 #define DIM 4

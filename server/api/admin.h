@@ -1,0 +1,15 @@
+/* admin.h — the /admin API (SPEC §4): list, snapshots, restore, export, put, delete.
+ * Loop thread. Database work goes to the persistence thread; state changes (restore,
+ * replace, unload) run as control items of the model's FIFO, i.e. between two jobs. */
+#ifndef TS_ADMIN_H
+#define TS_ADMIN_H
+
+#include "server/server.h"
+
+/* Answer an /admin request (auth was checked on the HTTP thread). */
+void ts_admin_handle(ts_server *srv, ts_req *req);
+
+/* The layers of m as the model file's tscale.layers entries (a jansson json_t *). */
+void *ts_admin_layers_json(const ts_model *m);
+
+#endif

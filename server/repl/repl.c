@@ -1,0 +1,872 @@
+/* repl.c — replication through NATS JetStream (see repl.h). */
+#include "server/repl/repl.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "proto/safetensors.h"
+#include "server/http/auth.h"
+#include "server/engine/engine.h"
+#include "server/store/journal.h"
+#include "server/log.h"
+
+/* How often the loop looks for late steps, and the publisher's pause after a failure. */
+#define TICK_MS 100
+#define RETRY_MS 200
+/* The ordered consumer's idle heartbeat: a consumer lost with a restarted server is
+ * noticed (and recreated where it stopped) after a few of these. */
+#define HEARTBEAT_NS 1000000000LL
+
+/* ---- positions (loop) ---- */
+
+typedef struct origin {
+    char id[TS_TOKEN_MAX];
+    int64_t seq;                 /* high-water mark: every step <= seq of it is in the state */
+    uint64_t applied;            /* metrics: its deltas applied since start */
+    struct origin *next;
+} origin;
+
+typedef struct position {
+    char model[TS_MODEL_NAME_MAX];
+    uint64_t stream_seq;         /* every delta of the stream <= this is in the state */
+    int known;                   /* loaded from a snapshot or advanced since start */
+    origin *origins;
+    struct position *next;
+} position;
+
+/* One step to publish: owned by the queue until acknowledged or given up. */
+typedef struct pub {
+    char model[TS_MODEL_NAME_MAX];
+    int64_t version, seq;
+    uint8_t *payload;
+    size_t len;
+    uint64_t t_queued_ms;        /* uv_now when queued */
+    int late;                    /* loop: TS_REPL_LATE reported */
+    ts_repl_cb cb;
+    void *arg;
+    struct pub *next;            /* todo / acked lists (mu) */
+    struct pub *lnext;           /* loop: every step not yet acknowledged, oldest first */
+} pub;
+
+/* One message of the stream, on its way to its model's FIFO. */
+typedef struct delta {
+    ts_repl *r;
+    char model[TS_MODEL_NAME_MAX];
+    char origin[TS_TOKEN_MAX];
+    int64_t version, seq;
+    uint64_t stream_seq;
+    uint8_t *payload;
+    size_t len;
+    struct delta *next;
+} delta;
+
+struct ts_repl {
+    ts_repl_config cfg;          /* strings owned below */
+    char *urls, *id, *token_file, *stream;
+    uv_loop_t *loop;
+    struct ts_engine *engine;
+    position *positions;         /* loop */
+    int started;
+    /* NATS */
+    natsConnection *nc;
+    jsCtx *js;
+    natsSubscription *sub;
+    uint64_t start_seq;          /* where consuming starts (set before the thread runs) */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stopping;                /* mu */
+    pub *todo_head, *todo_tail;  /* mu: the head is being published */
+    pub *acked_head, *acked_tail;/* mu: acknowledged, for the loop */
+    delta *in_head, *in_tail;    /* mu: consumed, for the loop */
+    uv_async_t async;
+    uv_timer_t tick;
+    _Atomic int connected, set_up;
+    pub *lhead, *ltail;          /* loop: the same steps as todo, in the same order (walked
+                                    without the lock; acknowledgements come in this order) */
+    int64_t pending;             /* loop: queued and not acknowledged */
+    int draining;                /* loop: shutdown began; consumed deltas are dropped */
+    int64_t queued_deltas;       /* loop: handed to FIFOs, not yet applied */
+    int any_late;                /* loop: a queued step is late */
+    char why[256];               /* loop: ts_repl_ready's reason */
+    /* metrics */
+    _Atomic uint64_t published, publish_failures, duplicates, other_version, malformed, unknown_model;
+    _Atomic uint64_t num_pending; /* the consumer's NumPending at the newest message */
+};
+
+static void position_free(position *p) {
+    while (p->origins) {
+        origin *o = p->origins;
+        p->origins = o->next;
+        free(o);
+    }
+    free(p);
+}
+
+/* The position of model, created empty (NULL when out of memory). */
+static position *position_get(ts_repl *r, const char *model) {
+    for (position *p = r->positions; p; p = p->next)
+        if (strcmp(p->model, model) == 0)
+            return p;
+    position *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    snprintf(p->model, sizeof p->model, "%s", model);
+    p->next = r->positions;
+    r->positions = p;
+    return p;
+}
+
+static origin *origin_get(position *p, const char *id) {
+    for (origin *o = p->origins; o; o = o->next)
+        if (strcmp(o->id, id) == 0)
+            return o;
+    origin *o = calloc(1, sizeof *o);
+    if (!o)
+        return NULL;
+    snprintf(o->id, sizeof o->id, "%s", id);
+    o->next = p->origins;
+    p->origins = o;
+    return o;
+}
+
+char *ts_repl_position(ts_repl *r, const char *model) {
+    position *p = NULL;
+    for (p = r->positions; p && strcmp(p->model, model) != 0; p = p->next)
+        ;
+    if (!p || !p->known)
+        return NULL;
+    json_t *origins = json_object(), *doc = json_object();
+    for (origin *o = p->origins; origins && o; o = o->next)
+        json_object_set_new(origins, o->id, json_integer(o->seq));
+    char *out = NULL;
+    if (origins && doc && json_object_set_new(doc, "stream_seq", json_integer((json_int_t)p->stream_seq)) == 0 &&
+        json_object_set(doc, "origins", origins) == 0)
+        out = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(origins);
+    json_decref(doc);
+    return out;
+}
+
+/* Load a position stored by ts_repl_position. 0, or -1 when it does not parse. */
+static int position_load(ts_repl *r, const char *model, const char *text) {
+    json_error_t jerr;
+    json_t *doc = json_loads(text, 0, &jerr);
+    json_t *seq = doc ? json_object_get(doc, "stream_seq") : NULL;
+    json_t *origins = doc ? json_object_get(doc, "origins") : NULL;
+    position *p = seq && json_is_integer(seq) && json_is_object(origins) ? position_get(r, model) : NULL;
+    int rc = p ? 0 : -1;
+    if (p) {
+        p->stream_seq = (uint64_t)json_integer_value(seq);
+        p->known = 1;
+        const char *id;
+        json_t *v;
+        json_object_foreach(origins, id, v) {
+            origin *o = json_is_integer(v) ? origin_get(p, id) : NULL;
+            if (o)
+                o->seq = json_integer_value(v);
+            else
+                rc = -1;
+        }
+    }
+    json_decref(doc);
+    return rc;
+}
+
+/* ---- life cycle ---- */
+
+ts_repl *ts_repl_new(const ts_repl_config *cfg, char *err, size_t errlen) {
+    ts_repl *r = calloc(1, sizeof *r);
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    r->cfg = *cfg;
+    if (!cfg->urls)
+        return r;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    r->urls = strdup(cfg->urls);
+    r->id = strdup(cfg->replica_id);
+    r->stream = strdup(cfg->stream);
+    r->token_file = cfg->token_file ? strdup(cfg->token_file) : NULL;
+    r->cfg.urls = r->urls;
+    r->cfg.replica_id = r->id;
+    r->cfg.stream = r->stream;
+    r->cfg.token_file = r->token_file;
+    if (!r->urls || !r->id || !r->stream || (cfg->token_file && !r->token_file))
+        snprintf(err, errlen, "out of memory");
+    else if (!r->id[0] || strlen(r->id) >= TS_TOKEN_MAX)
+        snprintf(err, errlen, "--replica-id must be 1 to %d characters", TS_TOKEN_MAX - 1);
+    else
+        return r;
+    ts_repl_free(r);
+    return NULL;
+}
+
+static void pub_free(pub *p) {
+    free(p->payload);
+    free(p);
+}
+
+static void delta_free(delta *d) {
+    free(d->payload);
+    free(d);
+}
+
+void ts_repl_free(ts_repl *r) {
+    if (!r)
+        return;
+    while (r->positions) {
+        position *p = r->positions;
+        r->positions = p->next;
+        position_free(p);
+    }
+    if (r->cfg.urls) {
+        pthread_mutex_destroy(&r->mu);
+        pthread_cond_destroy(&r->cv);
+    }
+    free(r->urls);
+    free(r->id);
+    free(r->stream);
+    free(r->token_file);
+    free(r);
+}
+
+int ts_repl_enabled(const ts_repl *r) { return r && r->cfg.urls != NULL; }
+int64_t ts_repl_pending(const ts_repl *r) { return ts_repl_enabled(r) ? r->pending : 0; }
+
+int ts_repl_ready(const ts_repl *r, const char **why) {
+    const char *w = NULL;
+    if (!ts_repl_enabled(r))
+        return 1;
+    if (!atomic_load(&r->connected))
+        w = "NATS is not reachable";
+    else if (!atomic_load(&r->set_up))
+        w = "the replication stream is not set up yet";
+    else if (r->any_late)
+        w = "JetStream has not acknowledged earlier steps in time";
+    if (w && why)
+        *why = w;
+    return w == NULL;
+}
+
+/* ---- publishing ---- */
+
+/* Append p to a list linked through next (todo or acked; mu held). */
+static void pub_push(pub **head, pub **tail, pub *p) {
+    p->next = NULL;
+    if (*tail)
+        (*tail)->next = p;
+    else
+        *head = p;
+    *tail = p;
+}
+
+static void enqueue_pub(ts_repl *r, pub *p) {
+    p->t_queued_ms = r->loop ? uv_now(r->loop) : 0;
+    p->lnext = NULL;
+    if (r->ltail)
+        r->ltail->lnext = p;
+    else
+        r->lhead = p;
+    r->ltail = p;
+    r->pending++;
+    pthread_mutex_lock(&r->mu);
+    pub_push(&r->todo_head, &r->todo_tail, p);
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* A step of seq whose encoded payload[len] is copied. NULL when out of memory. */
+static pub *pub_new(const char *model, int64_t version, int64_t seq, const uint8_t *payload, size_t len) {
+    pub *p = calloc(1, sizeof *p);
+    if (p && !(p->payload = malloc(len ? len : 1))) {
+        free(p);
+        return NULL;
+    }
+    if (!p)
+        return NULL;
+    snprintf(p->model, sizeof p->model, "%s", model);
+    p->version = version;
+    p->seq = seq;
+    memcpy(p->payload, payload, len);
+    p->len = len;
+    return p;
+}
+
+int ts_repl_publish(ts_repl *r, const char *model, int64_t version, int64_t seq, const int16_t *scores,
+                    size_t n, ts_repl_cb cb, void *arg) {
+    uint8_t *enc = malloc(1 + 2 * n);
+    pub *p = enc ? pub_new(model, version, seq, enc, ts_journal_encode(scores, n, enc)) : NULL;
+    free(enc);
+    if (!p)
+        return -1;
+    p->cb = cb;
+    p->arg = arg;
+    enqueue_pub(r, p);
+    return 0;
+}
+
+/* Publisher thread: publish p and wait for its PubAck. NATS_OK or why not in err. */
+static natsStatus publish_one(ts_repl *r, const pub *p, char *err, size_t errlen) {
+    char subj[256], v[32], s[32], msgid[TS_TOKEN_MAX + 32];
+    snprintf(subj, sizeof subj, "%s.delta.%s", r->stream, p->model);
+    snprintf(v, sizeof v, "%lld", (long long)p->version);
+    snprintf(s, sizeof s, "%lld", (long long)p->seq);
+    snprintf(msgid, sizeof msgid, "%s:%lld", r->id, (long long)p->seq);
+    natsMsg *m = NULL;
+    jsPubAck *ack = NULL;
+    jsErrCode jerr = 0;
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = r->cfg.ack_timeout_ms;
+    natsStatus st = natsMsg_Create(&m, subj, NULL, (const char *)p->payload, (int)p->len);
+    if (st == NATS_OK)
+        st = natsMsgHeader_Set(m, "Tscale-Origin", r->id);
+    if (st == NATS_OK)
+        st = natsMsgHeader_Set(m, "Tscale-Seq", s);
+    if (st == NATS_OK)
+        st = natsMsgHeader_Set(m, "Tscale-Version", v);
+    if (st == NATS_OK)
+        st = natsMsgHeader_Set(m, "Tscale-Model", p->model);
+    if (st == NATS_OK)
+        st = natsMsgHeader_Set(m, "Nats-Msg-Id", msgid);
+    if (st == NATS_OK)
+        st = js_PublishMsg(&ack, r->js, m, &po, &jerr);
+    if (st != NATS_OK)
+        snprintf(err, errlen, "%s%s", natsStatus_GetText(st), jerr ? " (JetStream error)" : "");
+    jsPubAck_Destroy(ack);
+    natsMsg_Destroy(m);
+    return st;
+}
+
+/* ---- consuming (libnats' subscription thread) ---- */
+
+static const char *header(natsMsg *m, const char *key) {
+    const char *v = NULL;
+    return natsMsgHeader_Get(m, key, &v) == NATS_OK ? v : NULL;
+}
+
+static int parse_i64(const char *s, int64_t *out) {
+    char *end;
+    if (!s || !*s)
+        return -1;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < 0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Who owns what: libnats hands msg over (destroyed here); the delta goes to the loop. */
+static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
+    ts_repl *r = closure;
+    jsMsgMetaData *meta = NULL;
+    delta *d = calloc(1, sizeof *d);
+    const char *o = header(msg, "Tscale-Origin"), *model = header(msg, "Tscale-Model");
+    int len = natsMsg_GetDataLength(msg);
+    int ok = d && natsMsg_GetMetaData(&meta, msg) == NATS_OK && o && model && strlen(o) < sizeof d->origin &&
+             strlen(model) < sizeof d->model && parse_i64(header(msg, "Tscale-Seq"), &d->seq) == 0 &&
+             parse_i64(header(msg, "Tscale-Version"), &d->version) == 0 &&
+             (d->payload = malloc(len > 0 ? (size_t)len : 1)) != NULL;
+    if (ok) {
+        d->r = r;
+        snprintf(d->origin, sizeof d->origin, "%s", o);
+        snprintf(d->model, sizeof d->model, "%s", model);
+        d->stream_seq = meta->Sequence.Stream;
+        d->len = (size_t)len;
+        memcpy(d->payload, natsMsg_GetData(msg), d->len);
+        atomic_store(&r->num_pending, meta->NumPending);
+        pthread_mutex_lock(&r->mu);
+        if (r->in_tail)
+            r->in_tail->next = d;
+        else
+            r->in_head = d;
+        r->in_tail = d;
+        pthread_mutex_unlock(&r->mu);
+        uv_async_send(&r->async);
+    } else {
+        atomic_fetch_add(&r->malformed, 1);
+        if (d)
+            delta_free(d);
+    }
+    jsMsgMetaData_Destroy(meta);
+    natsMsg_Destroy(msg);
+}
+
+/* ---- the publisher thread: set-up, then publish in order ---- */
+
+/* Create the stream when missing, then subscribe. 0, or -1 + err (retried later). */
+static int set_up(ts_repl *r, char *err, size_t errlen) {
+    jsErrCode jerr = 0;
+    jsStreamInfo *si = NULL;
+    natsStatus st = r->js ? NATS_OK : natsConnection_JetStream(&r->js, r->nc, NULL);
+    if (st == NATS_OK)
+        st = js_GetStreamInfo(&si, r->js, r->stream, NULL, &jerr);
+    if (st == NATS_NOT_FOUND) {
+        char subject[128];
+        const char *subjects[1] = {subject};
+        snprintf(subject, sizeof subject, "%s.delta.>", r->stream);
+        jsStreamConfig sc;
+        jsStreamConfig_Init(&sc);
+        sc.Name = r->stream;
+        sc.Subjects = subjects;
+        sc.SubjectsLen = 1;
+        sc.Storage = js_FileStorage;
+        sc.MaxAge = r->cfg.max_age_s * 1000000000LL;
+        sc.Replicas = r->cfg.replicas;
+        st = js_AddStream(&si, r->js, &sc, NULL, &jerr);
+        if (st == NATS_OK)
+            ts_log_info("replication: created stream '%s' (subjects %s, file storage, max age %lld s, "
+                        "%lld replicas)", r->stream, subject, (long long)r->cfg.max_age_s,
+                        (long long)r->cfg.replicas);
+    }
+    jsStreamInfo_Destroy(si);
+    if (st == NATS_OK && !r->sub) {
+        char subject[128];
+        snprintf(subject, sizeof subject, "%s.delta.>", r->stream);
+        jsSubOptions so;
+        jsSubOptions_Init(&so);
+        so.Stream = r->stream;
+        so.Ordered = true;
+        so.Config.Heartbeat = HEARTBEAT_NS;
+        so.Config.DeliverPolicy = r->start_seq > 1 ? js_DeliverByStartSequence : js_DeliverAll;
+        so.Config.OptStartSeq = r->start_seq > 1 ? r->start_seq : 0;
+        st = js_Subscribe(&r->sub, r->js, subject, on_msg, r, NULL, &so, &jerr);
+        if (st == NATS_OK)
+            ts_log_info("replication: consuming stream '%s' from sequence %llu as replica '%s'", r->stream,
+                        (unsigned long long)(r->start_seq ? r->start_seq : 1), r->id);
+    }
+    if (st != NATS_OK)
+        snprintf(err, errlen, "%s (JetStream error %d): %s", natsStatus_GetText(st), (int)jerr,
+                 nats_GetLastError(NULL));
+    return st == NATS_OK ? 0 : -1;
+}
+
+/* Wait up to ms on the condition variable (mu held); returns at once when stopping. */
+static void pause_locked(ts_repl *r, int64_t ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += (time_t)(ms / 1000);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    if (!r->stopping)
+        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+}
+
+/* One failure log line per streak, so a long outage does not flood the log. */
+static void note_failure(ts_repl *r, int *streak, const char *what, const char *err) {
+    atomic_fetch_add(&r->publish_failures, 1);
+    if ((*streak)++ == 0)
+        ts_log_warn("replication: %s failed: %s; retrying every %d ms", what, err, RETRY_MS);
+}
+
+static void *thread_main(void *arg) {
+    ts_repl *r = arg;
+    int streak = 0;
+    char err[512];
+    pthread_mutex_lock(&r->mu);
+    while (!r->stopping) {
+        if (!atomic_load(&r->set_up) || !r->todo_head || !atomic_load(&r->connected)) {
+            if (!atomic_load(&r->set_up) && atomic_load(&r->connected)) {
+                pthread_mutex_unlock(&r->mu);
+                int ok = set_up(r, err, sizeof err) == 0;
+                pthread_mutex_lock(&r->mu);
+                if (ok) {
+                    atomic_store(&r->set_up, 1);
+                    uv_async_send(&r->async);
+                    streak = 0;
+                    continue;
+                }
+                note_failure(r, &streak, "setting up the stream", err);
+            }
+            pause_locked(r, RETRY_MS);
+            continue;
+        }
+        pub *p = r->todo_head; /* stays queued (and owned by the queue) until acknowledged */
+        pthread_mutex_unlock(&r->mu);
+        natsStatus st = publish_one(r, p, err, sizeof err);
+        pthread_mutex_lock(&r->mu);
+        if (st != NATS_OK) {
+            note_failure(r, &streak, "publishing a step", err);
+            pause_locked(r, RETRY_MS);
+            continue;
+        }
+        if (streak)
+            ts_log_info("replication: JetStream acknowledges steps again");
+        streak = 0;
+        atomic_fetch_add(&r->published, 1);
+        r->todo_head = p->next;
+        if (!r->todo_head)
+            r->todo_tail = NULL;
+        pub_push(&r->acked_head, &r->acked_tail, p);
+        uv_async_send(&r->async);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* ---- connection events (libnats' threads) ---- */
+
+static void on_connected(natsConnection *nc, void *closure) {
+    ts_repl *r = closure;
+    atomic_store(&r->connected, 1);
+    ts_log_info("replication: connected to NATS");
+    pthread_mutex_lock(&r->mu);
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void on_disconnected(natsConnection *nc, void *closure) {
+    ts_repl *r = closure;
+    if (atomic_exchange(&r->connected, 0))
+        ts_log_warn("replication: disconnected from NATS; feedback is refused (503) until it is back, "
+                    "inference goes on");
+}
+
+/* ---- the loop side ---- */
+
+static void apply_delta(struct ts_engine *e, ts_served *s, void *arg);
+
+/* The acknowledged steps: marks and callbacks. */
+static void drain_acked(ts_repl *r) {
+    pthread_mutex_lock(&r->mu);
+    pub *acked = r->acked_head;
+    r->acked_head = r->acked_tail = NULL;
+    pthread_mutex_unlock(&r->mu);
+    for (pub *p; (p = acked) != NULL;) {
+        acked = p->next;
+        r->lhead = p->lnext; /* acknowledged in queue order: p is the oldest */
+        if (!r->lhead)
+            r->ltail = NULL;
+        r->pending--;
+        position *pos = position_get(r, p->model);
+        origin *self = pos ? origin_get(pos, r->id) : NULL;
+        if (self && p->seq > self->seq)
+            self->seq = p->seq; /* acknowledged: not published again after a restart */
+        if (p->cb)
+            p->cb(p->arg, TS_REPL_ACKED);
+        pub_free(p);
+    }
+}
+
+/* The consumed deltas, each to its model's FIFO (or dropped while shutting down: the
+ * position does not move, so the next start consumes them again). */
+static void drain_in(ts_repl *r) {
+    pthread_mutex_lock(&r->mu);
+    delta *in = r->in_head;
+    r->in_head = r->in_tail = NULL;
+    pthread_mutex_unlock(&r->mu);
+    for (delta *d; (d = in) != NULL;) {
+        in = d->next;
+        d->next = NULL;
+        ts_served *s = r->draining ? NULL : ts_engine_find(r->engine, d->model, 0);
+        if (s && ts_engine_control(r->engine, s, apply_delta, d) == 0) {
+            r->queued_deltas++;
+            continue;
+        }
+        if (!s && !r->draining && atomic_fetch_add(&r->unknown_model, 1) == 0)
+            ts_log_warn("replication: a delta for model '%s', which this replica does not serve, was "
+                        "skipped (counted in tscale_repl_deltas_skipped_total)", d->model);
+        else if (s)
+            ts_log_error("replication: out of memory queueing a delta of model '%s'", d->model);
+        delta_free(d);
+    }
+}
+
+static void on_async(uv_async_t *h) {
+    ts_repl *r = h->data;
+    drain_acked(r);
+    drain_in(r);
+}
+
+void ts_repl_drain(ts_repl *r) {
+    if (r)
+        r->draining = 1;
+}
+
+/* Whether d is already in s's state; advances the marks that say so when it is not. */
+static int delta_seen(ts_repl *r, position *pos, const delta *d, origin **o) {
+    if (d->stream_seq <= pos->stream_seq)
+        return 1;
+    pos->stream_seq = d->stream_seq;
+    pos->known = 1;
+    if (strcmp(d->origin, r->id) == 0)
+        return 1; /* applied locally before it was published (and in the journal) */
+    *o = origin_get(pos, d->origin);
+    return *o && d->seq <= (*o)->seq;
+}
+
+/* A control item of s's FIFO (s idle): apply one consumed delta. Owns d. */
+static void apply_delta(struct ts_engine *e, ts_served *s, void *arg) {
+    delta *d = arg;
+    ts_repl *r = d->r;
+    r->queued_deltas--;
+    position *pos = position_get(r, s->name);
+    origin *o = NULL;
+    if (!pos || delta_seen(r, pos, d, &o)) {
+        if (pos && strcmp(d->origin, r->id) != 0)
+            atomic_fetch_add(&r->duplicates, 1);
+        delta_free(d);
+        return;
+    }
+    o->seq = d->seq; /* applied or skipped for good: either way not again */
+    size_t n = ts_model_score_len(s->model);
+    int16_t *scores = malloc((n ? n : 1) * sizeof *scores);
+    if (d->version != s->version) {
+        if (atomic_fetch_add(&r->other_version, 1) == 0 || d->version > s->version)
+            ts_log_warn("replication: model '%s': skipped a delta of replica '%s' for version %lld "
+                        "(this replica serves version %lld; versions are not replicated yet)",
+                        s->name, d->origin, (long long)d->version, (long long)s->version);
+    } else if (!scores || ts_journal_decode(d->payload, d->len, scores, n) != 0) {
+        atomic_fetch_add(&r->malformed, 1);
+        ts_log_error("replication: model '%s': a delta of replica '%s' (seq %lld, %zu bytes) does not fit "
+                     "the model's %zu groups%s; skipped", s->name, d->origin, (long long)d->seq, d->len, n,
+                     scores ? "" : " (out of memory)");
+    } else {
+        ts_model_apply_scores(s->model, scores, +1, NULL);
+        s->step = ts_model_step(s->model);
+        o->applied++;
+    }
+    free(scores);
+    delta_free(d);
+}
+
+/* Report the steps queued longer than the ack timeout as late (their answer is a 503). */
+static void on_tick(uv_timer_t *t) {
+    ts_repl *r = t->data;
+    uint64_t now = uv_now(r->loop);
+    int late = 0;
+    for (pub *p = r->lhead; p && now - p->t_queued_ms >= (uint64_t)r->cfg.ack_timeout_ms; p = p->lnext) {
+        late = 1;
+        if (!p->late && p->cb) {
+            p->late = 1;
+            p->cb(p->arg, TS_REPL_LATE);
+        }
+    }
+    r->any_late = late;
+}
+
+/* --replicate's comma-separated URLs as the server list of opts. */
+static natsStatus set_servers(natsOptions *opts, const char *urls) {
+    char *copy = strdup(urls), *save = NULL;
+    const char *list[32];
+    int n = 0;
+    if (!copy)
+        return NATS_NO_MEMORY;
+    for (char *t = strtok_r(copy, ",", &save); t && n < 32; t = strtok_r(NULL, ",", &save))
+        list[n++] = t;
+    natsStatus st = natsOptions_SetServers(opts, list, n);
+    free(copy);
+    return st;
+}
+
+static int connect_nats(ts_repl *r, char *err, size_t errlen) {
+    natsOptions *opts = NULL;
+    char token[TS_TOKEN_MAX] = "";
+    size_t tl = r->token_file ? strlen(r->token_file) : 0;
+    int creds = tl > 6 && strcmp(r->token_file + tl - 6, ".creds") == 0;
+    if (r->token_file && !creds && ts_auth_load_token(r->token_file, token, err, errlen) < 0)
+        return -1;
+    natsStatus st = natsOptions_Create(&opts);
+    if (st == NATS_OK)
+        st = set_servers(opts, r->urls);
+    if (st == NATS_OK)
+        st = natsOptions_SetName(opts, r->id);
+    if (st == NATS_OK)
+        st = natsOptions_SetMaxReconnect(opts, -1);
+    if (st == NATS_OK)
+        st = natsOptions_SetReconnectWait(opts, 250);
+    if (st == NATS_OK)
+        st = natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, r);
+    if (st == NATS_OK)
+        st = natsOptions_SetDisconnectedCB(opts, on_disconnected, r);
+    if (st == NATS_OK)
+        st = natsOptions_SetReconnectedCB(opts, on_connected, r);
+    if (st == NATS_OK && token[0])
+        st = natsOptions_SetToken(opts, token);
+    if (st == NATS_OK && creds)
+        st = natsOptions_SetUserCredentialsFromFiles(opts, r->token_file, NULL);
+    memset(token, 0, sizeof token);
+    if (st == NATS_OK) {
+        st = natsConnection_Connect(&r->nc, opts);
+        if (st == NATS_OK)
+            on_connected(r->nc, r);
+        else if (st == NATS_NOT_YET_CONNECTED)
+            st = NATS_OK; /* connects in the background */
+    }
+    natsOptions_Destroy(opts);
+    if (st != NATS_OK)
+        snprintf(err, errlen, "--replicate %s: %s: %s", r->urls, natsStatus_GetText(st), nats_GetLastError(NULL));
+    return st == NATS_OK ? 0 : -1;
+}
+
+int ts_repl_start(ts_repl *r, uv_loop_t *loop, struct ts_engine *e, char *err, size_t errlen) {
+    if (!ts_repl_enabled(r))
+        return 0;
+    r->loop = loop;
+    r->engine = e;
+    /* Consume from the oldest position a served model's state covers. */
+    uint64_t start = UINT64_MAX;
+    for (ts_served *s = ts_engine_first(e); s; s = s->next) {
+        position *p = position_get(r, s->name);
+        uint64_t from = p && p->known ? p->stream_seq + 1 : 1;
+        start = from < start ? from : start;
+    }
+    r->start_seq = start == UINT64_MAX ? 1 : start;
+    for (pub *p = r->lhead; p; p = p->lnext) /* queued at recovery */
+        p->t_queued_ms = uv_now(loop);
+    uv_async_init(loop, &r->async, on_async);
+    r->async.data = r;
+    uv_timer_init(loop, &r->tick);
+    r->tick.data = r;
+    uv_timer_start(&r->tick, on_tick, TICK_MS, TICK_MS);
+    r->started = 1;
+    if (connect_nats(r, err, errlen) < 0)
+        return -1;
+    int rc = pthread_create(&r->thread, NULL, thread_main, r);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start the replication thread: %s", strerror(rc));
+        return -1;
+    }
+    r->started = 2;
+    ts_log_info("replication: replica '%s', NATS %s, stream '%s', %lld steps to publish from the journal",
+                r->id, r->urls, r->stream, (long long)r->pending);
+    return 0;
+}
+
+void ts_repl_stop(ts_repl *r) {
+    if (!ts_repl_enabled(r) || !r->started)
+        return;
+    pthread_mutex_lock(&r->mu);
+    r->stopping = 1;
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    if (r->nc)
+        natsConnection_Close(r->nc); /* a publish waiting for its ack returns now */
+    if (r->started == 2)
+        pthread_join(r->thread, NULL);
+    natsSubscription_Destroy(r->sub);
+    jsCtx_Destroy(r->js);
+    natsConnection_Destroy(r->nc);
+    nats_CloseAndWait(2000); /* libnats' own threads and memory, so leak checks stay clean */
+    r->sub = NULL;
+    r->js = NULL;
+    r->nc = NULL;
+    r->draining = 1;
+    on_async(&r->async); /* what was acknowledged meanwhile; deltas are dropped */
+    for (pub *p; (p = r->lhead) != NULL;) {
+        r->lhead = p->lnext;
+        r->pending--;
+        if (p->cb)
+            p->cb(p->arg, TS_REPL_GAVE_UP);
+        pub_free(p);
+    }
+    r->ltail = NULL;
+    r->todo_head = r->todo_tail = NULL;
+    uv_timer_stop(&r->tick);
+    uv_close((uv_handle_t *)&r->tick, NULL);
+    uv_close((uv_handle_t *)&r->async, NULL);
+    r->started = 0;
+}
+
+/* ---- start-up ---- */
+
+typedef struct {
+    ts_repl *r;
+    const char *model;
+    int64_t queued;
+    int oom;
+} republish_ctx;
+
+static int republish_one(void *arg, const ts_journal_row *row) {
+    republish_ctx *c = arg;
+    pub *p = pub_new(c->model, row->version, row->seq, row->payload, row->len);
+    if (!p) {
+        c->oom = 1;
+        return 1;
+    }
+    enqueue_pub(c->r, p);
+    c->queued++;
+    return 0;
+}
+
+int ts_repl_recover(ts_repl *r, ts_store *st, struct ts_engine *e, char *err, size_t errlen) {
+    for (ts_served *s = ts_engine_first(e); s; s = s->next) {
+        char *text = NULL;
+        if (s->newest.snapshot_id && ts_store_snapshot_repl(st, s->newest.snapshot_id, &text, err, errlen) < 0)
+            return -1;
+        if (text && position_load(r, s->name, text) < 0)
+            ts_log_warn("model '%s': the replication position of snapshot %lld does not parse; consuming the "
+                        "stream from its start (deltas already applied are skipped by their marks)",
+                        s->name, (long long)s->newest.snapshot_id);
+        free(text);
+        if (!ts_repl_enabled(r))
+            continue;
+        position *pos = position_get(r, s->name);
+        origin *self = pos ? origin_get(pos, r->id) : NULL;
+        if (!self) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        republish_ctx c = {.r = r, .model = s->name};
+        if (ts_store_journal_scan(st, s->name, self->seq, republish_one, &c, err, errlen) < 0)
+            return -1;
+        if (c.oom) {
+            snprintf(err, errlen, "out of memory queueing journal entries to publish");
+            return -1;
+        }
+        if (c.queued)
+            ts_log_info("model '%s': %lld journal entries after the last acknowledged step (seq %lld) are "
+                        "published again", s->name, (long long)c.queued, (long long)self->seq);
+    }
+    return 0;
+}
+
+/* ---- metrics ---- */
+
+static void metric(ts_buf *out, const char *name, const char *type, const char *help, double v) {
+    ts_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
+}
+
+void ts_repl_render_metrics(ts_repl *r, ts_buf *out) {
+    if (!ts_repl_enabled(r))
+        return;
+    metric(out, "tscale_repl_connected", "gauge", "1 while connected to NATS and the stream is set up.",
+           atomic_load(&r->connected) && atomic_load(&r->set_up));
+    metric(out, "tscale_repl_deltas_published_total", "counter", "Own steps acknowledged by JetStream.",
+           (double)atomic_load(&r->published));
+    metric(out, "tscale_repl_publish_failures_total", "counter",
+           "Failed publish or stream set-up attempts (each is retried).", (double)atomic_load(&r->publish_failures));
+    metric(out, "tscale_repl_publish_pending", "gauge", "Own steps not yet acknowledged by JetStream.",
+           (double)r->pending);
+    metric(out, "tscale_repl_lag_messages", "gauge",
+           "Stream messages not yet applied: the consumer's pending count plus deltas queued here.",
+           (double)atomic_load(&r->num_pending) + (double)r->queued_deltas);
+    ts_buf_printf(out, "# HELP tscale_repl_deltas_skipped_total Deltas consumed and not applied, by reason.\n"
+                       "# TYPE tscale_repl_deltas_skipped_total counter\n");
+    static const char *const reasons[] = {"duplicate", "other_version", "malformed", "unknown_model"};
+    _Atomic uint64_t *counts[] = {&r->duplicates, &r->other_version, &r->malformed, &r->unknown_model};
+    for (int i = 0; i < 4; i++)
+        ts_buf_printf(out, "tscale_repl_deltas_skipped_total{reason=\"%s\"} %llu\n", reasons[i],
+                      (unsigned long long)atomic_load(counts[i]));
+    ts_buf_printf(out, "# HELP tscale_repl_deltas_applied_total Other replicas' deltas applied, by model and "
+                       "origin.\n# TYPE tscale_repl_deltas_applied_total counter\n");
+    for (position *p = r->positions; p; p = p->next)
+        for (origin *o = p->origins; o; o = o->next)
+            if (strcmp(o->id, r->id) != 0)
+                ts_buf_printf(out, "tscale_repl_deltas_applied_total{model=\"%s\",origin=\"%s\"} %llu\n",
+                              p->model, o->id, (unsigned long long)o->applied);
+}

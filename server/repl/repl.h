@@ -1,0 +1,116 @@
+/* repl.h — replication through NATS JetStream (SPEC §7, --replicate): replicas that learn
+ * from each other's feedback and converge to byte-identical state.
+ *
+ * Why it can be exact: a feedback step changes only integers (corr_accum -= score, step
+ * += 1; core/model.h ts_model_apply_scores), and integer addition commutes. Replicas
+ * exchange a step's integer scores — the journal's encoding of them — never floats, so
+ * two replicas that have applied the same set of deltas hold the same bytes, whatever
+ * order they came in.
+ *
+ * Publish: the journal is the source of truth for a replica's own steps. Once a step is
+ * durable in the local journal, the engine hands it here with its journal seq. One
+ * thread publishes the steps in seq order to subject <stream>.delta.<model>, with headers
+ * Tscale-Origin (replica id), Tscale-Seq (journal seq), Tscale-Version, Tscale-Model and
+ * Nats-Msg-Id "<origin>:<seq>" (JetStream drops a repeat within its duplicate window);
+ * a step is retried until JetStream acknowledges it (at-least-once: consumers dedupe).
+ * A step not acknowledged within --replicate-ack-timeout-ms is reported late (the engine
+ * answers 503) and stays queued: it is acknowledged when NATS is back.
+ *
+ * Consume: an ordered push consumer on <stream>.delta.> from the oldest stream position
+ * any served model's state covers. Each message becomes a control item of its model's
+ * FIFO (engine.h), so it is applied between jobs, never inside a batch or a step. A
+ * message is skipped when the model's state covers its stream position already, when it
+ * is this replica's own (applied locally before it was published), when its (origin,
+ * seq) is at or below the origin's high-water mark, or when it is for another version of
+ * the model (counted and logged).
+ *
+ * Position: per model, the stream sequence the state covers and each origin's high-water
+ * mark (for this replica's own id: its highest step acknowledged by JetStream). It
+ * changes only in control items, so a snapshot's state copy (also a control item) and its
+ * position always agree; snapshots store it (snapshots.repl, ts_repl_position). At start
+ * (ts_repl_recover) the newest snapshot's position is loaded; the local journal's steps
+ * after it were replayed (recover.c; remote deltas are not journaled, so a replicated
+ * journal has step gaps) and its own entries above the acknowledged mark are published
+ * again; remote deltas after the position are consumed again.
+ *
+ * Threads: libnats runs its own (connection, the subscription's callback); a publisher
+ * thread of this module owns the JetStream calls. Everything they produce reaches the
+ * loop through mutex-guarded lists and one uv_async_t (like persist.c). All functions are
+ * loop thread only unless said otherwise. With replication off the object only carries
+ * each model's stored position forward into new snapshots.
+ */
+#ifndef TS_REPL_H
+#define TS_REPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "proto/buf.h"
+#include "server/store/store.h"
+
+struct ts_engine;
+typedef struct ts_repl ts_repl;
+
+typedef struct {
+    const char *urls;            /* nats://h:p[,...]; NULL = replication off */
+    const char *replica_id;      /* this replica's origin name (stable across restarts) */
+    const char *token_file;      /* NULL, a token file, or a NATS .creds file */
+    const char *stream;          /* stream name; subjects <stream>.delta.> */
+    int64_t ack_timeout_ms;      /* a step is late after this */
+    int64_t max_age_s;           /* stream retention, when this replica creates it */
+    int64_t replicas;            /* stream replicas, when this replica creates it */
+} ts_repl_config;
+
+/* The strings are copied. NULL + err when out of memory or the token file is unreadable. */
+ts_repl *ts_repl_new(const ts_repl_config *cfg, char *err, size_t errlen);
+/* Only after ts_repl_stop and the loop run that closes its handles (or when never started). */
+void ts_repl_free(ts_repl *r);
+int ts_repl_enabled(const ts_repl *r);
+
+/* Start-up, on the thread that owns st, after recovery (recover.h) and before
+ * ts_repl_start: load each served model's position from its newest snapshot; when
+ * replicating, queue its own journal entries above its acknowledged mark for publishing.
+ * 0, or -1 + err (SQLite). */
+int ts_repl_recover(ts_repl *r, ts_store *st, struct ts_engine *e, char *err, size_t errlen);
+
+/* Replication on: connect in the background (NATS need not be up yet; it reconnects for
+ * ever), create the stream if missing, subscribe, publish. 0, or -1 + err. */
+int ts_repl_start(ts_repl *r, uv_loop_t *loop, struct ts_engine *e, char *err, size_t errlen);
+/* Shutdown began: deltas consumed from now on are dropped, not queued (the position does
+ * not move, so the next start consumes them again); the FIFOs can drain. */
+void ts_repl_drain(ts_repl *r);
+/* Close the connection, join the threads, and call every queued step's callback with
+ * TS_REPL_GAVE_UP. Then run the loop once more to close the handles. No-op when off. */
+void ts_repl_stop(ts_repl *r);
+
+/* Whether new feedback can be accepted: connected, the stream is set up, and no queued
+ * step is late. *why (when not NULL) says what is wrong; owned by r. Always 1 when off. */
+int ts_repl_ready(const ts_repl *r, const char **why);
+
+typedef enum {
+    TS_REPL_ACKED,    /* JetStream acknowledged it: the last call */
+    TS_REPL_LATE,     /* not acknowledged within the timeout; still queued: ACKED or GAVE_UP follows */
+    TS_REPL_GAVE_UP,  /* shutting down before an acknowledgement: the last call (the step is in
+                         the journal and is published again at the next start) */
+} ts_repl_event;
+/* Who owns what: arg stays the caller's; the callback runs on the loop. */
+typedef void (*ts_repl_cb)(void *arg, ts_repl_event ev);
+
+/* Queue the step of journal entry seq (the model's version, its scores[n]) for publishing;
+ * cb (may be NULL) is told what becomes of it. 0, or -1 when out of memory (nothing
+ * queued, cb not called). Replication must be on. */
+int ts_repl_publish(ts_repl *r, const char *model, int64_t version, int64_t seq, const int16_t *scores,
+                    size_t n, ts_repl_cb cb, void *arg);
+/* Steps queued and not yet acknowledged. */
+int64_t ts_repl_pending(const ts_repl *r);
+
+/* The position of model's state now, as JSON for snapshots.repl (malloc'd; free it), or
+ * NULL when it has none (never replicated) or when out of memory. */
+char *ts_repl_position(ts_repl *r, const char *model);
+
+/* Prometheus lines (nothing when off): connected, published, applied by origin,
+ * duplicates skipped, other-version deltas skipped, lag, publish failures. */
+void ts_repl_render_metrics(ts_repl *r, ts_buf *out);
+
+#endif

@@ -1,0 +1,312 @@
+/* journal.c — the feedback journal: encoding, group commit, failure, replay (see journal.h). */
+#include "server/store/journal.h"
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/hash.h"
+#include "server/log.h"
+
+/* Payload encodings: the first byte says which. */
+enum { ENC_INT8 = 1, ENC_INT16 = 2 };
+
+struct ts_journal {
+    int enabled;
+    int64_t id_window_ms;
+    ts_persist *persist;
+    int64_t last_seq;             /* loop */
+    int64_t outstanding;          /* loop: appended, callback not yet run */
+    int failing;                  /* loop: a commit failed; see journal.h */
+    char failing_why[512];
+    _Atomic int broken;           /* persistence thread sets it on a failed commit, so the
+                                     groups behind it are not written; the loop clears it */
+    ts_journal_row rows[TS_PERSIST_GROUP_MAX]; /* persistence thread: one group's rows */
+    /* metrics (persistence thread writes, scrapes read) */
+    _Atomic uint64_t entries, bytes, commits, failures, replayed;
+    ts_hist commit_us, group_size;
+    int64_t expired_ms;           /* persistence thread: when ids were last expired */
+};
+
+typedef struct {
+    ts_persist_job job;
+    ts_journal *j;
+    ts_journal_row row;           /* its strings and payload are owned by the entry */
+    ts_journal_cb cb;
+    void *arg;
+    int rc;                       /* persistence thread: 0 written, -1 failed */
+    char err[384];
+} entry;
+
+/* ---- encoding ---- */
+
+size_t ts_journal_encode(const int16_t *scores, size_t n, uint8_t *out) {
+    int small = 1;
+    for (size_t i = 0; i < n && small; i++)
+        small = scores[i] >= INT8_MIN && scores[i] <= INT8_MAX;
+    out[0] = small ? ENC_INT8 : ENC_INT16;
+    if (small) {
+        for (size_t i = 0; i < n; i++)
+            out[1 + i] = (uint8_t)(int8_t)scores[i];
+        return 1 + n;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint16_t v = (uint16_t)scores[i];
+        out[1 + 2 * i] = (uint8_t)(v & 0xff);
+        out[2 + 2 * i] = (uint8_t)(v >> 8);
+    }
+    return 1 + 2 * n;
+}
+
+int ts_journal_decode(const uint8_t *p, size_t len, int16_t *scores, size_t n) {
+    if (len == 1 + n && p[0] == ENC_INT8) {
+        for (size_t i = 0; i < n; i++)
+            scores[i] = (int8_t)p[1 + i];
+        return 0;
+    }
+    if (len == 1 + 2 * n && p[0] == ENC_INT16) {
+        for (size_t i = 0; i < n; i++)
+            scores[i] = (int16_t)(uint16_t)(p[1 + 2 * i] | (uint16_t)p[2 + 2 * i] << 8);
+        return 0;
+    }
+    return -1;
+}
+
+uint64_t ts_journal_checksum(int64_t seq, int64_t version, int64_t step, const void *payload, size_t len) {
+    int64_t head[3] = {seq, version, step}; /* little-endian host (store.c checks) */
+    return ts_fnv1a(ts_fnv1a(TS_FNV_OFFSET, head, sizeof head), payload, len);
+}
+
+/* ---- life cycle ---- */
+
+ts_journal *ts_journal_new(int enabled, int64_t id_window_ms) {
+    ts_journal *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->enabled = enabled;
+    j->id_window_ms = id_window_ms;
+    ts_hist_init_latency(&j->commit_us);
+    ts_hist_init_counts(&j->group_size);
+    return j;
+}
+
+void ts_journal_start(ts_journal *j, ts_persist *p, int64_t last_seq) {
+    j->persist = p;
+    j->last_seq = last_seq;
+}
+
+void ts_journal_free(ts_journal *j) { free(j); }
+int ts_journal_enabled(const ts_journal *j) { return j->enabled; }
+int64_t ts_journal_last_seq(const ts_journal *j) { return j->last_seq; }
+
+int ts_journal_failing(const ts_journal *j, const char **why) {
+    if (j->failing && why)
+        *why = j->failing_why;
+    return j->failing;
+}
+
+/* ---- group commit ---- */
+
+static void entry_free(entry *e) {
+    free((void *)e->row.model);
+    free((void *)e->row.payload);
+    free((void *)e->row.request_id);
+    free((void *)e->row.answer);
+    free(e);
+}
+
+/* Persistence thread: the entries of one group in one transaction. */
+static void commit_group(ts_store *st, ts_persist_job **jobs, int n) {
+    ts_journal *j = ((entry *)jobs[0])->j;
+    char err[384] = "";
+    int rc = -1;
+    if (atomic_load(&j->broken)) {
+        snprintf(err, sizeof err, "an earlier journal commit failed and this step was computed on "
+                                  "top of it");
+    } else {
+        uint64_t bytes = 0, t0 = ts_now_us();
+        for (int i = 0; i < n; i++) {
+            j->rows[i] = ((entry *)jobs[i])->row;
+            bytes += j->rows[i].len;
+        }
+        /* Expiring ids scans their time index: once a second is plenty. */
+        int64_t now = ts_wall_ms(), before = 0;
+        if (now - j->expired_ms >= 1000) {
+            before = now - j->id_window_ms;
+            j->expired_ms = now;
+        }
+        rc = ts_store_journal_append(st, j->rows, n, before, err, sizeof err);
+        ts_hist_observe(&j->commit_us, ts_now_us() - t0);
+        if (rc == 0) {
+            ts_hist_observe(&j->group_size, (uint64_t)n);
+            atomic_fetch_add(&j->commits, 1);
+            atomic_fetch_add(&j->entries, (uint64_t)n);
+            atomic_fetch_add(&j->bytes, bytes);
+        } else {
+            atomic_fetch_add(&j->failures, 1);
+            atomic_store(&j->broken, 1);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        entry *e = (entry *)jobs[i];
+        e->rc = rc;
+        if (rc != 0)
+            snprintf(e->err, sizeof e->err, "%s", err);
+    }
+}
+
+/* Loop: one entry is back. */
+static void entry_done(ts_persist_job *pj) {
+    entry *e = (entry *)pj;
+    ts_journal *j = e->j;
+    j->outstanding--;
+    if (e->rc != 0 && !j->failing) {
+        j->failing = 1;
+        snprintf(j->failing_why, sizeof j->failing_why, "%s", e->err);
+        ts_log_error("journal commit failed: %s; feedback is refused (503) and the steps not "
+                     "written are taken back, until a commit succeeds", e->err);
+    }
+    e->cb(e->arg, e->rc == 0 ? NULL : e->err);
+    if (j->failing && j->outstanding == 0) {
+        /* Every step computed on top of the failed one has come back and been taken back:
+         * the next step may try again. */
+        j->failing = 0;
+        atomic_store(&j->broken, 0);
+        ts_log_info("journal: every step in flight came back; the next feedback step tries to "
+                    "commit again");
+    }
+    entry_free(e);
+}
+
+static char *dup_or_null(const char *s, int *oom) {
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    *oom |= !d;
+    return d;
+}
+
+int ts_journal_append(ts_journal *j, const ts_journal_step *s, ts_journal_cb cb, void *arg) {
+    if (!j->enabled) {
+        cb(arg, NULL);
+        return 0;
+    }
+    entry *e = calloc(1, sizeof *e);
+    uint8_t *payload = e ? malloc(1 + 2 * s->n) : NULL;
+    if (!payload) {
+        free(e);
+        return -1;
+    }
+    int oom = 0;
+    int64_t seq = j->last_seq + 1;
+    size_t len = ts_journal_encode(s->scores, s->n, payload);
+    e->row = (ts_journal_row){.model = dup_or_null(s->model, &oom), .seq = seq, .version = s->version,
+                              .step = s->step, .created_at_ms = ts_wall_ms(), .payload = payload, .len = len,
+                              .checksum = ts_journal_checksum(seq, s->version, s->step, payload, len),
+                              .request_id = dup_or_null(s->request_id, &oom), .body_hash = s->body_hash,
+                              .answer = s->request_id ? dup_or_null(s->answer, &oom) : NULL};
+    if (oom) {
+        entry_free(e);
+        return -1;
+    }
+    j->last_seq = seq;
+    e->j = j;
+    e->cb = cb;
+    e->arg = arg;
+    e->job.group = commit_group;
+    e->job.done = entry_done;
+    j->outstanding++;
+    ts_persist_submit(j->persist, &e->job);
+    return 0;
+}
+
+/* ---- replay ---- */
+
+typedef struct {
+    ts_model *m;
+    const char *name;
+    int64_t version, replayed, bad_seq;
+    int step_gaps;
+    int64_t last_step;            /* the step of the entry replayed last (0: none yet) */
+    int16_t *scores;
+    size_t n;
+    char why[256];
+} replay_ctx;
+
+static int replay_one(void *arg, const ts_journal_row *r) {
+    replay_ctx *c = arg;
+    int64_t step = ts_model_step(c->m);
+    if (ts_journal_checksum(r->seq, r->version, r->step, r->payload, r->len) != r->checksum)
+        snprintf(c->why, sizeof c->why, "its checksum does not match (damaged)");
+    else if (r->version != c->version)
+        snprintf(c->why, sizeof c->why, "it is for version %lld, the state is version %lld",
+                 (long long)r->version, (long long)c->version);
+    else if (c->step_gaps ? r->step <= step || r->step <= c->last_step : r->step != step + 1)
+        snprintf(c->why, sizeof c->why, "it ends at step %lld, the state is at step %lld%s",
+                 (long long)r->step, (long long)step, c->step_gaps ? " and it must end past the previous entry" : "");
+    else if (ts_journal_decode(r->payload, r->len, c->scores, c->n) != 0)
+        snprintf(c->why, sizeof c->why, "its payload (%zu bytes) does not fit the model's %zu groups",
+                 r->len, c->n);
+    else {
+        ts_model_apply_scores(c->m, c->scores, +1, NULL);
+        c->replayed++;
+        c->last_step = r->step;
+        return 0;
+    }
+    c->bad_seq = r->seq;
+    return 1;
+}
+
+int ts_journal_replay(ts_store *st, const char *name, ts_model *m, int64_t version, int64_t after_seq,
+                      int step_gaps, int64_t *replayed, char *err, size_t errlen) {
+    replay_ctx c = {.m = m, .name = name, .version = version, .step_gaps = step_gaps, .n = ts_model_score_len(m)};
+    c.scores = malloc((c.n ? c.n : 1) * sizeof *c.scores);
+    if (!c.scores) {
+        snprintf(err, errlen, "model '%s': out of memory replaying the journal", name);
+        return -1;
+    }
+    int rc = ts_store_journal_scan(st, name, after_seq, replay_one, &c, err, errlen);
+    free(c.scores);
+    *replayed = c.replayed;
+    if (rc != 0 || !c.bad_seq)
+        return rc;
+    ts_log_warn("model '%s': journal entry %lld cannot be replayed (%s); cutting the journal there "
+                "(%lld entries replayed, step %lld)", name, (long long)c.bad_seq, c.why,
+                (long long)c.replayed, (long long)ts_model_step(m));
+    return ts_store_journal_cut(st, name, c.bad_seq, err, errlen);
+}
+
+void ts_journal_note_replayed(ts_journal *j, int64_t n) { atomic_fetch_add(&j->replayed, (uint64_t)n); }
+
+/* ---- metrics ---- */
+
+void ts_journal_render_metrics(ts_journal *j, ts_buf *out) {
+    ts_buf_printf(out, "# HELP tscale_journal_enabled 1 when feedback is journaled (--journal yes).\n"
+                       "# TYPE tscale_journal_enabled gauge\ntscale_journal_enabled %d\n",
+                  j->enabled);
+    static const struct {
+        const char *name, *help;
+        size_t offset;
+    } counters[] = {
+        {"tscale_journal_entries_total", "Feedback steps committed to the journal.",
+         offsetof(ts_journal, entries)},
+        {"tscale_journal_bytes_total", "Payload bytes committed to the journal.", offsetof(ts_journal, bytes)},
+        {"tscale_journal_commits_total", "Journal group commits (one fsync each).",
+         offsetof(ts_journal, commits)},
+        {"tscale_journal_commit_failures_total", "Journal commits that failed.", offsetof(ts_journal, failures)},
+        {"tscale_journal_replayed_entries_total", "Journal entries replayed at start.",
+         offsetof(ts_journal, replayed)},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
+        ts_metrics_render_counter(out, counters[i].name, counters[i].help,
+                                  (_Atomic uint64_t *)((char *)j + counters[i].offset));
+    ts_hist_render_family(&j->commit_us, "tscale_journal_commit_seconds", "Journal group commit duration.",
+                          out);
+    ts_hist_render_family(&j->group_size, "tscale_journal_group_entries", "Steps per journal group commit.",
+                          out);
+    ts_buf_printf(out, "# HELP tscale_journal_failing 1 while feedback is refused after a failed "
+                       "journal commit.\n# TYPE tscale_journal_failing gauge\ntscale_journal_failing %d\n",
+                  j->failing);
+}

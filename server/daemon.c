@@ -26,9 +26,9 @@
 #include "server/cli.h"
 #include "server/log.h"
 #include "server/memory.h"
-#include "server/store/recover.h"
+#include "server/recover.h"
 #include "server/server.h"
-#include "server/store/snapshot.h"
+#include "server/snapshot.h"
 
 /* How long shutdown waits for answered responses to reach their clients. */
 #define FLUSH_WAIT_MS 5000

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "server/log.h"
-#include "server/store/snapshot.h"
+#include "server/snapshot.h"
 
 /* ---- JSON pieces ---- */
 

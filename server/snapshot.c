@@ -1,5 +1,5 @@
 /* snapshot.c — state copy at a step boundary, write on the persistence thread (see snapshot.h). */
-#include "server/store/snapshot.h"
+#include "server/snapshot.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /* recover.c — models served at start (see recover.h). */
-#include "server/store/recover.h"
+#include "server/recover.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -12,7 +12,7 @@
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/http/route.h"
-#include "server/store/snapshot.h"
+#include "server/snapshot.h"
 
 /* Serve m as name at version, replacing what is served under that name. */
 static ts_served *serve(ts_engine *e, const char *name, ts_model *m, int64_t version) {

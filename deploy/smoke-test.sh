@@ -22,21 +22,8 @@ IMAGE=${SMOKE_IMAGE:-tscale:smoke}
 WAIT=${SMOKE_WAIT:-120}
 T0=$(date +%s)
 
-log() { printf '%s smoke: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAIL: $*"; exit 1; }
-now() { date +%s; }
-
-if [ -n "${SMOKE_ENGINE:-}" ]; then ENGINE=$SMOKE_ENGINE
-elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then ENGINE=docker
-elif command -v podman >/dev/null 2>&1; then ENGINE=podman
-else die "no container engine: install Docker, or podman and podman-compose"; fi
-if [ -n "${SMOKE_COMPOSE:-}" ]; then COMPOSE=$SMOKE_COMPOSE
-elif [ "$ENGINE" = podman ]; then COMPOSE=podman-compose
-elif docker compose version >/dev/null 2>&1; then COMPOSE="docker compose"
-else COMPOSE=docker-compose; fi
-for tool in curl python3 timeout; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is needed on the host"
-done
+SMOKE_NAME=smoke
+. deploy/smoke-lib.sh
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tscale-smoke.XXXXXX")
 chmod 0700 "$WORK"
@@ -88,19 +75,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# --- HTTP against the published port ---------------------------------------------------
-# http METHOD PATH [TOKEN] [JSON]: sets $status; the body is in $WORK/body.
-http() {
-    set -- "$1" "$2" "${3:-}" "${4:-}"
-    _m=$1 _p=$2 _t=$3 _d=$4
-    set -- -sS --max-time 30 -o "$WORK/body" -w '%{http_code}' -X "$_m"
-    [ -z "$_t" ] || set -- "$@" -H "Authorization: Bearer $_t"
-    [ -z "$_d" ] || set -- "$@" -H 'Content-Type: application/json' --data-binary "$_d"
-    status=$(curl "$@" "$BASE$_p" 2>>"$LOGF") || status=000
-}
-expect() { [ "$status" = "$1" ] || die "$2: HTTP $status, expected $1: $(head -c 300 "$WORK/body")"; }
-# json EXPR: evaluate a Python expression over the last body, bound to d.
-json() { python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$WORK/body" "$1"; }
+# --- HTTP against the published port (http, expect, json: smoke-lib.sh) ------------------
 model_step() { # the step of model demo, from GET /admin/models
     http GET /admin/models "$ADMIN_TOKEN"
     expect 200 "GET /admin/models"
@@ -141,7 +116,7 @@ for f in admin_token feedback_token; do
 done
 ADMIN_TOKEN=$(cat "$WORK/secrets/admin_token")
 FEEDBACK_TOKEN=$(cat "$WORK/secrets/feedback_token")
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 BASE=http://127.0.0.1:$PORT
 export TSCALE_IMAGE="$IMAGE" TSCALE_PUBLISH="127.0.0.1:$PORT" TSCALE_SECRETS_DIR="$WORK/secrets" \
     TSCALE_MODELS_DIR="$WORK/models"

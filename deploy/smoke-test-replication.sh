@@ -7,8 +7,9 @@
 #   2. feedback through the load balancer, each request with an OIP id, spread over the
 #      replicas (each must have published some); convergence: GET /admin/models/demo/export,
 #      asked of each replica directly, byte-identical on all three, step = steps acknowledged;
-#   3. kill -s KILL one tscale replica and one NATS node; more feedback through the load
-#      balancer (the two live replicas take it, the stream keeps its quorum);
+#   3. kill -s KILL one tscale replica and the NATS node that leads the stream (the stream must
+#      have 3 replicas, one per node); more feedback through the load balancer (the two live
+#      replicas take it; the stream elects another leader and keeps its quorum);
 #   4. start both again: the killed replica recovers from its volume and catches up from the
 #      stream; convergence again, and no acknowledged step lost (step = all steps acknowledged);
 #   5. tear everything down (containers, network, volumes).
@@ -73,7 +74,7 @@ cleanup() {
     rc=$?
     trap - EXIT INT TERM
     if [ "$rc" -ne 0 ]; then
-        for s in $REPLICAS nats1 lb; do
+        for s in $REPLICAS nats1 nats2 nats3 lb; do
             c=$(cid "$s")
             [ -n "$c" ] || continue
             log "$s log (last 15 lines):"
@@ -124,6 +125,15 @@ kill9() {
         [ "$(now)" -lt "$_deadline" ] || die "$1 survived SIGKILL"
         sleep 1
     done
+}
+
+# stream_leader MONITOR_PORT: "LEADER REPLICAS" of the tscale stream, from a NATS node's /jsz.
+stream_leader() {
+    curl -sS --max-time 10 "http://127.0.0.1:$1/jsz?accounts=true&streams=true" 2>>"$LOGF" | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+s = [s for a in j.get("account_details", []) for s in a.get("stream_detail", []) if s["name"] == "tscale"][0]
+print(s["cluster"]["leader"], 1 + len(s["cluster"].get("replicas", [])))'
 }
 
 # feed PREFIX COUNT: COUNT feedback steps through the load balancer, ids PREFIX-0.., one
@@ -204,11 +214,12 @@ for f in admin_token feedback_token; do
 done
 ADMIN_TOKEN=$(cat "$WORK/secrets/admin_token")
 FEEDBACK_TOKEN=$(cat "$WORK/secrets/feedback_token")
-PORT=$(free_port) P1=$(free_port) P2=$(free_port) P3=$(free_port)
+PORT=$(free_port) P1=$(free_port) P2=$(free_port) P3=$(free_port) M1=$(free_port) M2=$(free_port) M3=$(free_port)
 BASE=http://127.0.0.1:$PORT
 export TSCALE_IMAGE="$IMAGE" TSCALE_NATS_IMAGE="$NATS_IMAGE" TSCALE_LB_IMAGE="$LB_IMAGE" \
     TSCALE_PUBLISH="127.0.0.1:$PORT" TSCALE1_PUBLISH="127.0.0.1:$P1" TSCALE2_PUBLISH="127.0.0.1:$P2" \
-    TSCALE3_PUBLISH="127.0.0.1:$P3" TSCALE_SECRETS_DIR="$WORK/secrets" TSCALE_MODELS_DIR="$WORK/models"
+    TSCALE3_PUBLISH="127.0.0.1:$P3" NATS1_MONITOR="127.0.0.1:$M1" NATS2_MONITOR="127.0.0.1:$M2" \
+    NATS3_MONITOR="127.0.0.1:$M3" TSCALE_SECRETS_DIR="$WORK/secrets" TSCALE_MODELS_DIR="$WORK/models"
 # The test kills and starts containers itself: no engine restarts behind its back.
 export TSCALE_RESTART=no
 
@@ -239,17 +250,21 @@ t=$(now)
 SHA=$(converged "$ACKED")
 log "converged at step $ACKED in $(($(now) - t))s: the three exports are byte-identical (sha256 ${SHA%"${SHA#????????????}"})"
 
-# --- 3. kill one replica and one NATS node, more feedback -----------------------------------
+# --- 3. kill one replica and the stream's leader NATS node, more feedback ----------------------
+set -- $(stream_leader "$M1") ''
+LEADER=$1
+case $LEADER in nats1|nats2|nats3) ;; *) die "no leader of stream 'tscale' in nats1's /jsz" ;; esac
+[ "${2:-}" = 3 ] || die "stream 'tscale' has ${2:-?} replicas, expected 3 (TSCALE_REPLICATE_REPLICAS)"
 kill9 tscale2
-kill9 nats1
-log "killed tscale2 and nats1 (SIGKILL)"
+kill9 "$LEADER"
+log "killed tscale2 and $LEADER, the stream's leader (SIGKILL)"
 set -- $(feed b "$STEPS")
 ACKED=$((ACKED + $1))
-log "phase 2: $1 more steps acknowledged with tscale2 and nats1 down ($2 retries)"
+log "phase 2: $1 more steps acknowledged with tscale2 and $LEADER down ($2 retries)"
 
 # --- 4. start them again: recovery, catch-up, convergence, nothing lost ----------------------
 t=$(now)
-compose start nats1 tscale2
+compose start "$LEADER" tscale2
 wait_ready tscale2
 SHA=$(converged "$ACKED")
 log "restarted and converged in $(($(now) - t))s at step $ACKED = every acknowledged step (sha256 ${SHA%"${SHA#????????????}"})"

@@ -19,8 +19,9 @@
      daemon's CPU time per inference request.
 
 On a 2-core machine the three replicas, NATS, wrk and the client share the same cores: this
-shows the overhead, not the scale. The estimate for N machines uses the measured per-request
-and per-delta CPU costs (printed with the table).
+shows the overhead, not the scale. The estimate for N machines scales the single node's
+measured inference rate by the CPU time left after the measured per-step and per-delta costs
+(printed with the table).
 
     python3 bench/repl_bench.py [--model demo|mid] [--rate 50] [--seconds 10] [--wrk-seconds 5]
 """
@@ -174,12 +175,12 @@ class Observer(threading.Thread):
 
 
 def wrk(ports, name, n_in, seconds, tmp):
-    """Inference requests/s summed over one wrk per port, run at the same time."""
+    """Inference requests/s summed over one wrk (-t1 -c16) per port, run at the same time."""
     lua = os.path.join(tmp, "infer.lua")
     with open(lua, "w") as f:
         f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n' % json.dumps(
             json.dumps({"inputs": [{"name": "input", "shape": [1, n_in], "datatype": "FP32", "data": row(n_in, 0)}]})))
-    procs = [subprocess.Popen(["wrk", "-t2" if len(ports) == 1 else "-t1", "-c16", "-d%ds" % seconds, "-s", lua,
+    procs = [subprocess.Popen(["wrk", "-t1", "-c16", "-d%ds" % seconds, "-s", lua,
                                "http://127.0.0.1:%d/v2/models/%s/infer" % (p, name)],
                               stdout=subprocess.PIPE, text=True) for p in ports]
     total = 0.0
@@ -191,26 +192,22 @@ def wrk(ports, name, n_in, seconds, tmp):
     return total
 
 
-def infer_phase(daemons, targets, feed_d, name, n_in, a, tmp):
-    """wrk on the targets while feedback runs on feed_d at the steady rate; returns
-    (requests/s summed, CPU seconds per request of the targets)."""
+def infer_phase(targets, feed_d, name, n_in, a, tmp):
+    """Three wrk, one per target (a target may repeat), while feedback runs on feed_d at the
+    steady rate; returns (requests/s summed, CPU seconds per request of the targets)."""
     f = Feeder(feed_d, name, n_in, a.rate, prefix="w%d-%d" % (len(targets), time.time_ns()))
     f.start()
-    c0 = sum(cpu_s(d.proc.pid) for d in targets)
+    pids = set(d.proc.pid for d in targets)
+    c0 = sum(cpu_s(p) for p in pids)
     rps = wrk([d.port for d in targets], name, n_in, a.wrk_seconds, tmp)
-    c1 = sum(cpu_s(d.proc.pid) for d in targets)
+    c1 = sum(cpu_s(p) for p in pids)
     f.stop_ev.set()
     f.join(30)
     return rps, (c1 - c0) / max(rps * a.wrk_seconds, 1)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="demo", choices=("demo", "mid"))
-    ap.add_argument("--rate", type=float, default=50.0, help="feedback steps/s on r0")
-    ap.add_argument("--seconds", type=float, default=10.0, help="length of the delay measurement")
-    ap.add_argument("--wrk-seconds", type=int, default=5)
-    a = ap.parse_args()
+def one_run(a):
+    """Everything once, in fresh processes; returns the measurements."""
     tmp = tempfile.mkdtemp(prefix="tscale-rbench-")
     margs, name, n_in = model_args(a.model, tmp)
     res = {"model": name, "rate": a.rate}
@@ -220,7 +217,7 @@ def main():
         # --- 4a. the single node, without replication ---
         with tsd.Daemon(args=margs + ["--snapshot-interval", "0"]) as single:
             res["single_rps"], res["single_cpu_per_req_ms"] = (lambda r: (r[0], r[1] * 1e3))(
-                infer_phase([single], [single], single, name, n_in, a, tmp))
+                infer_phase([single] * 3, single, name, n_in, a, tmp))
         # --- 1-3. three replicas, steady feedback on r0 ---
         for i in range(3):
             reps.append(tsd.Daemon(args=margs + ["--snapshot-interval", "0", "--replicate", nats.url(),
@@ -279,23 +276,38 @@ def main():
             statistics.mean(c1[i] - c0[i] for i in (1, 2)) * 1e3 / len(f2.acked), 3)
         res["origin_cpu_per_step_unpolled_ms"] = round((c1[0] - c0[0]) * 1e3 / len(f2.acked), 3)
         # --- 4b, 4c. inference on one replica, then on all three ---
-        res["r0_rps"], cpu = infer_phase(reps, reps[:1], reps[0], name, n_in, a, tmp)
+        res["r0_rps"], cpu = infer_phase(reps[:1] * 3, reps[0], name, n_in, a, tmp)
         res["r0_cpu_per_req_ms"] = cpu * 1e3
-        res["all3_rps"], cpu = infer_phase(reps, reps, reps[0], name, n_in, a, tmp)
+        res["all3_rps"], cpu = infer_phase(reps, reps[0], name, n_in, a, tmp)
         res["all3_cpu_per_req_ms"] = cpu * 1e3
     finally:
         for d in reps:
             d.close()
         nats.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    for k in ("single_rps", "r0_rps", "all3_rps"):
+        res[k] = round(res[k])
     for k in ("single_cpu_per_req_ms", "r0_cpu_per_req_ms", "all3_cpu_per_req_ms"):
         res[k] = round(res[k], 4)
     print(json.dumps(res), flush=True)
-    report(res)
+    return res
 
 
-def report(r):
-    print("\n| %s, %.0f feedback steps/s on r0 | value |" % (r["model"], r["rate"]))
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="demo", choices=("demo", "mid"))
+    ap.add_argument("--rate", type=float, default=50.0, help="feedback steps/s on r0")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of the delay measurement")
+    ap.add_argument("--wrk-seconds", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=3, help="the table shows the medians of the runs")
+    a = ap.parse_args()
+    runs = [one_run(a) for _ in range(a.runs)]
+    report({k: (statistics.median(r[k] for r in runs) if isinstance(v, (int, float)) else v)
+            for k, v in runs[0].items()}, a.runs)
+
+
+def report(r, runs):
+    print("\n| %s, %.0f feedback steps/s on r0, median of %d runs | value |" % (r["model"], r["rate"], runs))
     print("|---|---|")
     print("| ack on r0 → applied on r1/r2, p50 / p99 / max | %.2f / %.2f / %.2f ms (%d samples, poll every %.2f ms) |" % (
         r["delay_p50_ms"], r["delay_p99_ms"], r["delay_max_ms"], r["delays"], r["poll_interval_ms"]))
@@ -307,14 +319,19 @@ def report(r):
     print("| inference req/s: single node, no --replicate | %.0f (%.3f ms CPU/req) |" % (r["single_rps"], r["single_cpu_per_req_ms"]))
     print("| inference req/s: r0 of 3 replicas | %.0f (%.3f ms CPU/req) |" % (r["r0_rps"], r["r0_cpu_per_req_ms"]))
     print("| inference req/s: all 3 replicas at once (summed) | %.0f (%.3f ms CPU/req) |" % (r["all3_rps"], r["all3_cpu_per_req_ms"]))
-    # N machines with C cores each, F feedback steps/s in total spread over them: each
-    # machine spends F·apply on the others' deltas (roughly; its own 1/N share costs
-    # origin instead), the rest of its cores serve inference at cpu_per_req each.
-    req, apply_ms = r["single_cpu_per_req_ms"], r["apply_cpu_per_delta_unpolled_ms"]
-    print("\nExpected on N machines (2 cores each, %.0f feedback steps/s in total): inference ≈ N × (2000 ms − "
-          "%.0f × %.3f ms) / %.3f ms per second" % (r["rate"], r["rate"], apply_ms, req))
+    # N machines, F feedback steps/s in total spread evenly: each machine takes F/N steps
+    # (origin cost each) and applies the others' F(N-1)/N deltas, where the single node took
+    # all F steps itself. Inference is what is left, at the single node's measured rate.
+    f, rps = r["rate"], r["single_rps"]
+    origin, apply_ms = r["origin_cpu_per_step_unpolled_ms"], r["apply_cpu_per_delta_unpolled_ms"]
+    print("\nExpected on N machines like this one (2 cores), %.0f feedback steps/s in total: each machine spends "
+          "%.0f × %.3f ms = %.1f ms of CPU per second applying the others' deltas (%.2f %% of its cores) and "
+          "%.0f/N × %.3f ms taking its own steps, so inference ≈ N × %.0f req/s:" % (
+              f, f, apply_ms, f * apply_ms, f * apply_ms / 20.0, f, origin, rps))
     for n in (1, 3, 10):
-        print("  N=%d: %.0f req/s" % (n, n * (2000.0 - (r["rate"] if n > 1 else 0) * apply_ms) / req))
+        cpu = f / n * origin + f * (n - 1) / n * apply_ms  # ms per second, vs f * origin on one node
+        print("  N=%d: %.0f req/s (replication and feedback: %.1f ms CPU/s per machine)" % (
+            n, n * rps * (2000.0 - cpu) / (2000.0 - f * origin), cpu))
 
 
 if __name__ == "__main__":

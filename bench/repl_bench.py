@@ -41,18 +41,10 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
 import tsd  # noqa: E402
+from test_replication import NATS, free_port  # noqa: E402
 
 MID = "rmsnorm:1024,linear:1024x4096,gelu,linear:4096x1024"
-NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def cpu_s(pid):
@@ -73,6 +65,9 @@ def pct(xs, p):
 
 
 class Nats:
+    """nats-server -js on loopback, like the end-to-end tests' NatsServer, with its monitoring
+    port (-m) too: /varz and /jsz give the bytes."""
+
     def __init__(self, tmp):
         self.port, self.mport = free_port(), free_port()
         self.proc = subprocess.Popen([NATS, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.mport),

@@ -40,3 +40,44 @@ http() {
 expect() { [ "$status" = "$1" ] || die "$2: HTTP $status, expected $1: $(head -c 300 "$WORK/body")"; }
 # json EXPR: evaluate a Python expression over the last body, bound to d.
 json() { python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$WORK/body" "$1"; }
+
+# The compose project: PROJECT (name) and COMPOSE_FILE must be set before these are called.
+# compose ARGS...: the project, as the README runs it (its output goes to the log file).
+compose() {
+    # shellcheck disable=SC2086 # COMPOSE may be two words ("docker compose")
+    timeout 300 $COMPOSE -p "$PROJECT" -f "$COMPOSE_FILE" "$@" >>"$LOGF" 2>&1 ||
+        { tail -n 30 "$LOGF" >&2; die "$COMPOSE $*: failed"; }
+}
+# service_cid SERVICE: its container (compose v1, v2 and podman-compose all set these labels).
+service_cid() {
+    $ENGINE ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
+        --filter "label=com.docker.compose.service=$1" 2>/dev/null | head -n 1
+}
+# What of the project is still there: containers, volumes, networks (nothing when clean).
+leftovers() {
+    $ENGINE ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null
+    $ENGINE volume ls -q 2>/dev/null | grep "^${PROJECT}_" || true
+    $ENGINE network ls --format '{{.Name}}' 2>/dev/null | grep "^${PROJECT}_" || true
+}
+# Remove the project whatever state it is in; never fails.
+teardown() {
+    # shellcheck disable=SC2086
+    timeout 180 $COMPOSE -p "$PROJECT" -f "$COMPOSE_FILE" down -v -t 10 >>"$LOGF" 2>&1 || true
+    # podman-compose 1.0 can leave the network (and volumes, after a failed start) behind.
+    for _c in $($ENGINE ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null); do
+        $ENGINE rm -f "$_c" >/dev/null 2>&1 || true
+    done
+    for _v in $($ENGINE volume ls -q 2>/dev/null | grep "^${PROJECT}_"); do
+        $ENGINE volume rm "$_v" >/dev/null 2>&1 || true
+    done
+    $ENGINE network rm "${PROJECT}_default" >/dev/null 2>&1 || true
+}
+# healthy CONTAINER: the image's HEALTHCHECK passes. podman here has no systemd to schedule
+# checks: run one, as `podman healthcheck run` does; Docker reports its own.
+healthy() {
+    if [ "$ENGINE" = podman ]; then
+        podman healthcheck run "$1" >/dev/null 2>&1
+    else
+        [ "$(docker inspect -f '{{.State.Health.Status}}' "$1" 2>/dev/null)" = healthy ]
+    fi
+}

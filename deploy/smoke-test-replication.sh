@@ -44,38 +44,13 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/tscale-smoke-repl.XXXXXX")
 chmod 0700 "$WORK"
 LOGF=$WORK/engine.log
 
-compose() {
-    # shellcheck disable=SC2086 # COMPOSE may be two words ("docker compose")
-    timeout 300 $COMPOSE -p "$PROJECT" -f "$COMPOSE_FILE" "$@" >>"$LOGF" 2>&1 ||
-        { tail -n 30 "$LOGF" >&2; die "$COMPOSE $*: failed"; }
-}
-cid() { # SERVICE: its container
-    $ENGINE ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
-        --filter "label=com.docker.compose.service=$1" 2>/dev/null | head -n 1
-}
-leftovers() {
-    $ENGINE ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null
-    $ENGINE volume ls -q 2>/dev/null | grep "^${PROJECT}_" || true
-    $ENGINE network ls --format '{{.Name}}' 2>/dev/null | grep "^${PROJECT}_" || true
-}
-teardown() {
-    # shellcheck disable=SC2086
-    timeout 180 $COMPOSE -p "$PROJECT" -f "$COMPOSE_FILE" down -v -t 10 >>"$LOGF" 2>&1 || true
-    # podman-compose 1.0 can leave the network (and volumes, after a failed start) behind.
-    for c in $($ENGINE ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null); do
-        $ENGINE rm -f "$c" >/dev/null 2>&1 || true
-    done
-    for v in nats1 nats2 nats3 data1 data2 data3; do
-        $ENGINE volume rm "${PROJECT}_$v" >/dev/null 2>&1 || true
-    done
-    $ENGINE network rm "${PROJECT}_default" >/dev/null 2>&1 || true
-}
+# compose, service_cid, leftovers, teardown, healthy: smoke-lib.sh.
 cleanup() {
     rc=$?
     trap - EXIT INT TERM
     if [ "$rc" -ne 0 ]; then
         for s in $REPLICAS nats1 nats2 nats3 lb; do
-            c=$(cid "$s")
+            c=$(service_cid "$s")
             [ -n "$c" ] || continue
             log "$s log (last 15 lines):"
             $ENGINE logs "$c" 2>&1 | tail -n 15 >&2 || true
@@ -105,10 +80,8 @@ wait_ready() {
     _deadline=$(($(now) + WAIT))
     for _s in "$@"; do
         while :; do
-            _c=$(cid "$_s")
-            if [ -n "$_c" ] && if [ "$ENGINE" = podman ]; then podman healthcheck run "$_c" >/dev/null 2>&1
-                else [ "$($ENGINE inspect -f '{{.State.Health.Status}}' "$_c" 2>/dev/null)" = healthy ]; fi &&
-                [ "$(metric "$_s" tscale_repl_connected)" = 1 ]; then
+            _c=$(service_cid "$_s")
+            if [ -n "$_c" ] && healthy "$_c" && [ "$(metric "$_s" tscale_repl_connected)" = 1 ]; then
                 break
             fi
             [ "$(now)" -lt "$_deadline" ] || die "$_s: not healthy and connected to NATS after ${WAIT}s"
@@ -118,7 +91,7 @@ wait_ready() {
 }
 # kill9 SERVICE: SIGKILL its container and wait until it is no longer running.
 kill9() {
-    _c=$(cid "$1")
+    _c=$(service_cid "$1")
     $ENGINE kill -s KILL "$_c" >>"$LOGF" 2>&1 || die "kill -s KILL $1 failed"
     _deadline=$(($(now) + WAIT))
     while [ "$($ENGINE inspect -f '{{.State.Running}}' "$_c")" = true ]; do

@@ -2,7 +2,7 @@
 # deploy/smoke-test.sh — the container deployment, for real, the way deploy/README.md tells an
 # operator to run it: build the image, start the compose project, infer, send feedback, take a
 # snapshot, kill the container hard (SIGKILL), start it again and check the state came back
-# from the volume, stop it gracefully and check the final snapshot, back up the database,
+# from the volume (snapshot + feedback journal: nothing acknowledged lost), stop it gracefully and check the final snapshot, back up the database,
 # check the healthcheck, then tear everything down (containers, network, volume).
 #
 #   deploy/smoke-test.sh            from anywhere; uses docker (+ docker compose / docker-compose)
@@ -29,32 +29,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/tscale-smoke.XXXXXX")
 chmod 0700 "$WORK"
 LOGF=$WORK/engine.log
 
-# compose ARGS...: the project, as the README runs it (its output goes to the log file).
-compose() {
-    # shellcheck disable=SC2086 # COMPOSE may be two words ("docker compose")
-    timeout 300 $COMPOSE -p "$PROJECT" -f "$COMPOSE_FILE" "$@" >>"$LOGF" 2>&1 ||
-        { tail -n 30 "$LOGF" >&2; die "$COMPOSE $*: failed"; }
-}
-# The project's tscale container (compose v1, v2 and podman-compose all set these labels).
-cid() {
-    $ENGINE ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
-        --filter "label=com.docker.compose.service=tscale" 2>/dev/null | head -n 1
-}
-leftovers() {
-    $ENGINE ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null
-    $ENGINE volume ls -q 2>/dev/null | grep "^${PROJECT}_" || true
-    $ENGINE network ls --format '{{.Name}}' 2>/dev/null | grep "^${PROJECT}_" || true
-}
-teardown() {
-    # shellcheck disable=SC2086
-    timeout 120 $COMPOSE -p "$PROJECT" -f "$COMPOSE_FILE" down -v -t 10 >>"$LOGF" 2>&1 || true
-    # podman-compose 1.0 can leave the network (and a volume, after a failed start) behind.
-    for c in $($ENGINE ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null); do
-        $ENGINE rm -f "$c" >/dev/null 2>&1 || true
-    done
-    $ENGINE volume rm "${PROJECT}_data" "${PROJECT}_prometheus" >/dev/null 2>&1 || true
-    $ENGINE network rm "${PROJECT}_default" >/dev/null 2>&1 || true
-}
+# compose, leftovers, teardown, healthy: smoke-lib.sh. The project's tscale container:
+cid() { service_cid tscale; }
 cleanup() {
     rc=$?
     trap - EXIT INT TERM
@@ -85,14 +61,7 @@ wait_healthy() { # $1: what for; uses the image's HEALTHCHECK command, as the en
     _deadline=$(($(now) + WAIT))
     while :; do
         _c=$(cid)
-        if [ -n "$_c" ]; then
-            if [ "$ENGINE" = podman ]; then
-                # No systemd here to schedule healthchecks: run one, as `podman healthcheck run` does.
-                podman healthcheck run "$_c" >/dev/null 2>&1 && return 0
-            else
-                [ "$(docker inspect -f '{{.State.Health.Status}}' "$_c" 2>/dev/null)" = healthy ] && return 0
-            fi
-        fi
+        if [ -n "$_c" ] && healthy "$_c"; then return 0; fi
         [ "$(now)" -lt "$_deadline" ] || die "$1: not healthy after ${WAIT}s"
         sleep 1
     done
@@ -120,7 +89,7 @@ PORT=$(free_port)
 BASE=http://127.0.0.1:$PORT
 export TSCALE_IMAGE="$IMAGE" TSCALE_PUBLISH="127.0.0.1:$PORT" TSCALE_SECRETS_DIR="$WORK/secrets" \
     TSCALE_MODELS_DIR="$WORK/models"
-# No timer snapshots: what survives the SIGKILL is exactly the admin snapshot.
+# No timer snapshots: what survives the SIGKILL is the admin snapshot plus the journal after it.
 export TSCALE_SNAPSHOT_INTERVAL=0
 
 # --- 3. start, wait until healthy ---------------------------------------------------------
@@ -159,12 +128,13 @@ expect 403 "snapshot with the feedback token"
 http POST /admin/models/demo/snapshots "$ADMIN_TOKEN"
 expect 201 "snapshot"
 [ "$(json 'd["step"]')" = 2 ] || die "snapshot: step $(json 'd["step"]'), expected 2"
-http POST /v2/models/demo/infer "" "$INFER"
-expect 200 "infer after snapshot"
-cp "$WORK/body" "$WORK/infer-at-snapshot.json"
-# One more step that no snapshot holds: SIGKILL must lose it (the loss window of SPEC §6).
+# One more step that no snapshot holds: the feedback journal (--journal yes, the default) keeps
+# it, so SIGKILL loses nothing that was answered 200 (SPEC §6).
 http POST /v2/models/demo/feedback "$FEEDBACK_TOKEN" "$FEEDBACK"
 expect 200 "feedback 3"
+http POST /v2/models/demo/infer "" "$INFER"
+expect 200 "infer after feedback 3"
+cp "$WORK/body" "$WORK/infer-before-kill.json"
 
 # --- 5. kill -9, start again, the state comes back from the volume --------------------------
 C=$(cid)
@@ -181,15 +151,15 @@ wait_healthy "restart after SIGKILL"
 RESTART_S=$(($(now) - t))
 [ "$($ENGINE inspect -f '{{.State.StartedAt}}' "$C")" != "$STARTED" ] || die "the container was not restarted"
 STEP=$(model_step)
-[ "$STEP" = 2 ] || die "after SIGKILL: step $STEP, expected 2 (the snapshot's)"
+[ "$STEP" = 3 ] || die "after SIGKILL: step $STEP, expected 3 (the snapshot's 2 + 1 from the journal)"
 http POST /v2/models/demo/infer "" "$INFER"
 expect 200 "infer after SIGKILL"
-python3 - "$WORK/infer-at-snapshot.json" "$WORK/body" <<'EOF' || die "after SIGKILL: outputs differ from the snapshot's"
+python3 - "$WORK/infer-before-kill.json" "$WORK/body" <<'EOF' || die "after SIGKILL: outputs differ from those before it"
 import json, sys
 a, b = (json.load(open(p))["outputs"][0]["data"] for p in sys.argv[1:3])
 sys.exit(0 if len(a) == len(b) and all(abs(x - y) <= 1e-5 + 1e-5 * abs(y) for x, y in zip(a, b)) else 1)
 EOF
-log "SIGKILL: state recovered from the snapshot on the volume (step 2), restart -> healthy in ${RESTART_S}s"
+log "SIGKILL: state recovered from the volume (snapshot step 2 + journal: step 3), restart -> healthy in ${RESTART_S}s"
 
 # --- 6. graceful stop keeps everything (final snapshot), then start again -------------------
 http POST /v2/models/demo/feedback "$FEEDBACK_TOKEN" "$FEEDBACK"
@@ -199,8 +169,8 @@ compose stop -t 60 tscale
 compose start tscale
 wait_healthy "start after stop"
 STEP=$(model_step)
-[ "$STEP" = 3 ] || die "after a graceful stop: step $STEP, expected 3 (the final snapshot's)"
-log "SIGTERM: exit 0, final snapshot kept step 3"
+[ "$STEP" = 4 ] || die "after a graceful stop: step $STEP, expected 4 (the final snapshot's)"
+log "SIGTERM: exit 0, final snapshot kept step 4"
 
 # --- 7. online backup, metrics, healthcheck, secrets stay out of the logs ------------------
 rm -f "$WORK/backup.db"
@@ -235,8 +205,8 @@ timeout 120 "$ENGINE" run --rm -u 0 -v "${PROJECT}_data:/data" -v "$WORK/backup.
 compose start tscale
 wait_healthy "start after restore"
 STEP=$(model_step)
-[ "$STEP" = 3 ] || die "after restoring the backup: step $STEP, expected 3 (the backup's)"
-log "backup taken while serving, restored: step 3"
+[ "$STEP" = 4 ] || die "after restoring the backup: step $STEP, expected 4 (the backup's)"
+log "backup taken while serving, restored: step 4"
 
 # --- 9. tear down: containers, network and volume -----------------------------------------
 compose down -v -t 60

@@ -7,6 +7,7 @@
 #   2. feedback through the load balancer, each request with an OIP id, spread over the
 #      replicas (each must have published some); convergence: GET /admin/models/demo/export,
 #      asked of each replica directly, byte-identical on all three, step = steps acknowledged;
+#      the same ids sent again are answered and change nothing (the balancer sticks ids);
 #   3. kill -s KILL one tscale replica and the NATS node that leads the stream (the stream must
 #      have 3 replicas, one per node); more feedback through the load balancer (the two live
 #      replicas take it; the stream elects another leader and keeps its quorum);
@@ -222,6 +223,13 @@ done
 t=$(now)
 SHA=$(converged "$ACKED")
 log "converged at step $ACKED in $(($(now) - t))s: the three exports are byte-identical (sha256 ${SHA%"${SHA#????????????}"})"
+# The same ids again, through the load balancer: each must reach the replica that took it
+# (haproxy.cfg sticks feedback ids), which answers its first answer and applies nothing. Round
+# robin alone would send most of them to another replica, where each would be a new step.
+set -- $(feed a 6)
+[ "$1" = 6 ] || die "repeated ids: $1 of 6 answered 200"
+SHA=$(converged "$ACKED")
+log "6 ids sent again through the load balancer: answered, nothing applied twice (step $ACKED)"
 
 # --- 3. kill one replica and the stream's leader NATS node, more feedback ----------------------
 set -- $(stream_leader "$M1") ''

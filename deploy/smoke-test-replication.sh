@@ -7,7 +7,8 @@
 #   2. feedback through the load balancer, each request with an OIP id, spread over the
 #      replicas (each must have published some); convergence: GET /admin/models/demo/export,
 #      asked of each replica directly, byte-identical on all three, step = steps acknowledged;
-#      the same ids sent again are answered and change nothing (the balancer sticks ids);
+#      ids sent again (each three times) are answered and change nothing (the balancer sticks
+#      ids to a replica);
 #   3. kill -s KILL one tscale replica and the NATS node that leads the stream (the stream must
 #      have 3 replicas, one per node); more feedback through the load balancer (the two live
 #      replicas take it; the stream elects another leader and keeps its quorum);
@@ -213,7 +214,8 @@ OUT=$(json 'd["outputs"][0]["shape"][1]')
 log "up -> 3 replicas healthy and connected, load balancer serving in ${UP_S}s"
 
 # --- 2. feedback spread over the replicas, convergence --------------------------------------
-set -- $(feed a "$STEPS")
+R=$(feed a "$STEPS") || die "feedback through the load balancer failed (above)"
+set -- $R
 ACKED=$1
 log "phase 1: $ACKED steps acknowledged through the load balancer ($2 retries)"
 for s in $REPLICAS; do
@@ -221,15 +223,19 @@ for s in $REPLICAS; do
     [ "${n:-0}" != 0 ] || die "$s published no delta: the load balancer did not spread the feedback"
 done
 t=$(now)
-SHA=$(converged "$ACKED")
+SHA=$(converged "$ACKED") || die "the replicas did not converge (above)"
 log "converged at step $ACKED in $(($(now) - t))s: the three exports are byte-identical (sha256 ${SHA%"${SHA#????????????}"})"
 # The same ids again, through the load balancer: each must reach the replica that took it
-# (haproxy.cfg sticks feedback ids), which answers its first answer and applies nothing. Round
-# robin alone would send most of them to another replica, where each would be a new step.
-set -- $(feed a 6)
-[ "$1" = 6 ] || die "repeated ids: $1 of 6 answered 200"
-SHA=$(converged "$ACKED")
-log "6 ids sent again through the load balancer: answered, nothing applied twice (step $ACKED)"
+# (haproxy.cfg sticks feedback ids), which answers its first answer and applies nothing. Sent
+# as a-0, a-1, a-0, a-1, a-0, a-1, round robin alone would bring each to all three replicas,
+# and two of them would apply it as a new step.
+for _ in 1 2 3; do
+    R=$(feed a 2) || die "feedback through the load balancer failed (above)"
+    set -- $R
+    [ "$1" = 2 ] || die "repeated ids: $1 of 2 answered 200"
+done
+SHA=$(converged "$ACKED") || die "the replicas did not converge (above)"
+log "2 ids sent 3 times each again through the load balancer: answered, nothing applied twice (step $ACKED)"
 
 # --- 3. kill one replica and the stream's leader NATS node, more feedback ----------------------
 set -- $(stream_leader "$M1") ''
@@ -239,7 +245,8 @@ case $LEADER in nats1|nats2|nats3) ;; *) die "no leader of stream 'tscale' in na
 kill9 tscale2
 kill9 "$LEADER"
 log "killed tscale2 and $LEADER, the stream's leader (SIGKILL)"
-set -- $(feed b "$STEPS")
+R=$(feed b "$STEPS") || die "feedback through the load balancer failed (above)"
+set -- $R
 ACKED=$((ACKED + $1))
 log "phase 2: $1 more steps acknowledged with tscale2 and $LEADER down ($2 retries)"
 
@@ -247,7 +254,7 @@ log "phase 2: $1 more steps acknowledged with tscale2 and $LEADER down ($2 retri
 t=$(now)
 compose start "$LEADER" tscale2
 wait_ready tscale2
-SHA=$(converged "$ACKED")
+SHA=$(converged "$ACKED") || die "the replicas did not converge (above)"
 log "restarted and converged in $(($(now) - t))s at step $ACKED = every acknowledged step (sha256 ${SHA%"${SHA#????????????}"})"
 for s in $REPLICAS; do
     [ "$(metric "$s" tscale_repl_connected)" = 1 ] || die "$s is not connected to NATS"

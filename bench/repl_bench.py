@@ -11,12 +11,13 @@
   2. Bytes per step: nats-server's /varz (monitoring port) in_bytes / out_bytes and the
      stream's bytes (/jsz?streams=1) over the steps of part 1. These count messages (headers +
      payload), not the NATS protocol's framing or TCP.
-  3. CPU per step: process CPU time (/proc/PID/stat) of r0 (takes the steps, publishes) and of
-     r1/r2 (only consume and apply deltas) over part 1, per step.
-  4. Inference: wrk -t2 -c16 on POST /v2/models/M/infer (batch 1) of one daemon without
-     --replicate, then of r0 of the three replicas, then of all three at once (three wrk, summed),
-     each while the steady feedback runs on r0 (on the single node: on itself); also the
-     daemon's CPU time per inference request.
+  3. CPU per step: CPU time (/proc/PID/task/*/schedstat, ns) of r0 (takes the steps,
+     publishes) and of r1/r2 (only consume and apply deltas), per step, over a second run of
+     half the steps that nothing polls.
+  4. Inference: three wrk -t1 -c16 at once on POST /v2/models/M/infer (batch 1): all against
+     one daemon without --replicate, then all against r0 of the three replicas, then one
+     against each replica (summed); each while the steady feedback runs on r0 (on the single
+     node: on itself); also the daemons' CPU time per inference request.
 
 On a 2-core machine the three replicas, NATS, wrk and the client share the same cores: this
 shows the overhead, not the scale. The estimate for N machines scales the single node's
@@ -24,6 +25,8 @@ measured inference rate by the CPU time left after the measured per-step and per
 (printed with the table).
 
     python3 bench/repl_bench.py [--model demo|mid] [--rate 50] [--seconds 10] [--wrk-seconds 5]
+                                [--runs 3]
+Prints one JSON line per run, then a table of the medians and the N-machine estimate.
 """
 import argparse
 import json
@@ -44,14 +47,20 @@ import tsd  # noqa: E402
 from test_replication import NATS, free_port  # noqa: E402
 
 MID = "rmsnorm:1024,linear:1024x4096,gelu,linear:4096x1024"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_s(pid):
-    """User + system CPU seconds of a process so far."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """CPU seconds of a process's live threads so far, from the scheduler's nanosecond counts
+    (/proc/PID/task/*/schedstat; /proc/PID/stat counts in 10 ms ticks, too coarse per step).
+    A thread that ended in between is not counted: the daemon's threads live as long as it."""
+    total = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total / 1e9
 
 
 def get_json(url):

@@ -2,7 +2,7 @@
 # deploy/smoke-test.sh — the container deployment, for real, the way deploy/README.md tells an
 # operator to run it: build the image, start the compose project, infer, send feedback, take a
 # snapshot, kill the container hard (SIGKILL), start it again and check the state came back
-# from the volume, stop it gracefully and check the final snapshot, back up the database,
+# from the volume (snapshot + feedback journal: nothing acknowledged lost), stop it gracefully and check the final snapshot, back up the database,
 # check the healthcheck, then tear everything down (containers, network, volume).
 #
 #   deploy/smoke-test.sh            from anywhere; uses docker (+ docker compose / docker-compose)
@@ -22,52 +22,15 @@ IMAGE=${SMOKE_IMAGE:-tscale:smoke}
 WAIT=${SMOKE_WAIT:-120}
 T0=$(date +%s)
 
-log() { printf '%s smoke: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAIL: $*"; exit 1; }
-now() { date +%s; }
-
-if [ -n "${SMOKE_ENGINE:-}" ]; then ENGINE=$SMOKE_ENGINE
-elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then ENGINE=docker
-elif command -v podman >/dev/null 2>&1; then ENGINE=podman
-else die "no container engine: install Docker, or podman and podman-compose"; fi
-if [ -n "${SMOKE_COMPOSE:-}" ]; then COMPOSE=$SMOKE_COMPOSE
-elif [ "$ENGINE" = podman ]; then COMPOSE=podman-compose
-elif docker compose version >/dev/null 2>&1; then COMPOSE="docker compose"
-else COMPOSE=docker-compose; fi
-for tool in curl python3 timeout; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is needed on the host"
-done
+SMOKE_NAME=smoke
+. deploy/smoke-lib.sh
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tscale-smoke.XXXXXX")
 chmod 0700 "$WORK"
 LOGF=$WORK/engine.log
 
-# compose ARGS...: the project, as the README runs it (its output goes to the log file).
-compose() {
-    # shellcheck disable=SC2086 # COMPOSE may be two words ("docker compose")
-    timeout 300 $COMPOSE -p "$PROJECT" -f "$COMPOSE_FILE" "$@" >>"$LOGF" 2>&1 ||
-        { tail -n 30 "$LOGF" >&2; die "$COMPOSE $*: failed"; }
-}
-# The project's tscale container (compose v1, v2 and podman-compose all set these labels).
-cid() {
-    $ENGINE ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
-        --filter "label=com.docker.compose.service=tscale" 2>/dev/null | head -n 1
-}
-leftovers() {
-    $ENGINE ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null
-    $ENGINE volume ls -q 2>/dev/null | grep "^${PROJECT}_" || true
-    $ENGINE network ls --format '{{.Name}}' 2>/dev/null | grep "^${PROJECT}_" || true
-}
-teardown() {
-    # shellcheck disable=SC2086
-    timeout 120 $COMPOSE -p "$PROJECT" -f "$COMPOSE_FILE" down -v -t 10 >>"$LOGF" 2>&1 || true
-    # podman-compose 1.0 can leave the network (and a volume, after a failed start) behind.
-    for c in $($ENGINE ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null); do
-        $ENGINE rm -f "$c" >/dev/null 2>&1 || true
-    done
-    $ENGINE volume rm "${PROJECT}_data" "${PROJECT}_prometheus" >/dev/null 2>&1 || true
-    $ENGINE network rm "${PROJECT}_default" >/dev/null 2>&1 || true
-}
+# compose, leftovers, teardown, healthy: smoke-lib.sh. The project's tscale container:
+cid() { service_cid tscale; }
 cleanup() {
     rc=$?
     trap - EXIT INT TERM
@@ -88,19 +51,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# --- HTTP against the published port ---------------------------------------------------
-# http METHOD PATH [TOKEN] [JSON]: sets $status; the body is in $WORK/body.
-http() {
-    set -- "$1" "$2" "${3:-}" "${4:-}"
-    _m=$1 _p=$2 _t=$3 _d=$4
-    set -- -sS --max-time 30 -o "$WORK/body" -w '%{http_code}' -X "$_m"
-    [ -z "$_t" ] || set -- "$@" -H "Authorization: Bearer $_t"
-    [ -z "$_d" ] || set -- "$@" -H 'Content-Type: application/json' --data-binary "$_d"
-    status=$(curl "$@" "$BASE$_p" 2>>"$LOGF") || status=000
-}
-expect() { [ "$status" = "$1" ] || die "$2: HTTP $status, expected $1: $(head -c 300 "$WORK/body")"; }
-# json EXPR: evaluate a Python expression over the last body, bound to d.
-json() { python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$WORK/body" "$1"; }
+# --- HTTP against the published port (http, expect, json: smoke-lib.sh) ------------------
 model_step() { # the step of model demo, from GET /admin/models
     http GET /admin/models "$ADMIN_TOKEN"
     expect 200 "GET /admin/models"
@@ -110,14 +61,7 @@ wait_healthy() { # $1: what for; uses the image's HEALTHCHECK command, as the en
     _deadline=$(($(now) + WAIT))
     while :; do
         _c=$(cid)
-        if [ -n "$_c" ]; then
-            if [ "$ENGINE" = podman ]; then
-                # No systemd here to schedule healthchecks: run one, as `podman healthcheck run` does.
-                podman healthcheck run "$_c" >/dev/null 2>&1 && return 0
-            else
-                [ "$(docker inspect -f '{{.State.Health.Status}}' "$_c" 2>/dev/null)" = healthy ] && return 0
-            fi
-        fi
+        if [ -n "$_c" ] && healthy "$_c"; then return 0; fi
         [ "$(now)" -lt "$_deadline" ] || die "$1: not healthy after ${WAIT}s"
         sleep 1
     done
@@ -141,11 +85,11 @@ for f in admin_token feedback_token; do
 done
 ADMIN_TOKEN=$(cat "$WORK/secrets/admin_token")
 FEEDBACK_TOKEN=$(cat "$WORK/secrets/feedback_token")
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 BASE=http://127.0.0.1:$PORT
 export TSCALE_IMAGE="$IMAGE" TSCALE_PUBLISH="127.0.0.1:$PORT" TSCALE_SECRETS_DIR="$WORK/secrets" \
     TSCALE_MODELS_DIR="$WORK/models"
-# No timer snapshots: what survives the SIGKILL is the admin snapshot plus the feedback journal.
+# No timer snapshots: what survives the SIGKILL is the admin snapshot plus the journal after it.
 export TSCALE_SNAPSHOT_INTERVAL=0
 
 # --- 3. start, wait until healthy ---------------------------------------------------------
@@ -184,10 +128,8 @@ expect 403 "snapshot with the feedback token"
 http POST /admin/models/demo/snapshots "$ADMIN_TOKEN"
 expect 201 "snapshot"
 [ "$(json 'd["step"]')" = 2 ] || die "snapshot: step $(json 'd["step"]'), expected 2"
-http POST /v2/models/demo/infer "" "$INFER"
-expect 200 "infer after snapshot"
-# One more step that no snapshot holds: it was answered 200, so the journal must bring it
-# back after SIGKILL (SPEC §6, --journal yes by default).
+# One more step that no snapshot holds: the feedback journal (--journal yes, the default) keeps
+# it, so SIGKILL loses nothing that was answered 200 (SPEC §6).
 http POST /v2/models/demo/feedback "$FEEDBACK_TOKEN" "$FEEDBACK"
 expect 200 "feedback 3"
 http POST /v2/models/demo/infer "" "$INFER"
@@ -209,15 +151,15 @@ wait_healthy "restart after SIGKILL"
 RESTART_S=$(($(now) - t))
 [ "$($ENGINE inspect -f '{{.State.StartedAt}}' "$C")" != "$STARTED" ] || die "the container was not restarted"
 STEP=$(model_step)
-[ "$STEP" = 3 ] || die "after SIGKILL: step $STEP, expected 3 (the snapshot's 2 and the journaled step)"
+[ "$STEP" = 3 ] || die "after SIGKILL: step $STEP, expected 3 (the snapshot's 2 + 1 from the journal)"
 http POST /v2/models/demo/infer "" "$INFER"
 expect 200 "infer after SIGKILL"
-python3 - "$WORK/infer-before-kill.json" "$WORK/body" <<'EOF' || die "after SIGKILL: outputs differ from before the kill"
+python3 - "$WORK/infer-before-kill.json" "$WORK/body" <<'EOF' || die "after SIGKILL: outputs differ from those before it"
 import json, sys
 a, b = (json.load(open(p))["outputs"][0]["data"] for p in sys.argv[1:3])
 sys.exit(0 if len(a) == len(b) and all(abs(x - y) <= 1e-5 + 1e-5 * abs(y) for x, y in zip(a, b)) else 1)
 EOF
-log "SIGKILL: state recovered from the volume (snapshot at step 2 + journal: step 3), restart -> healthy in ${RESTART_S}s"
+log "SIGKILL: state recovered from the volume (snapshot step 2 + journal: step 3), restart -> healthy in ${RESTART_S}s"
 
 # --- 6. graceful stop keeps everything (final snapshot), then start again -------------------
 http POST /v2/models/demo/feedback "$FEEDBACK_TOKEN" "$FEEDBACK"

@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
 import tsd  # noqa: E402
-from test_replication import NATS, free_port  # noqa: E402
+from test_replication import NatsServer, free_port  # noqa: E402
 
 MID = "rmsnorm:1024,linear:1024x4096,gelu,linear:4096x1024"
 
@@ -73,26 +72,13 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, max(0, int(round(p / 100.0 * (len(xs) - 1)))))]
 
 
-class Nats:
-    """nats-server -js on loopback, like the end-to-end tests' NatsServer, with its monitoring
-    port (-m) too: /varz and /jsz give the bytes."""
+class Nats(NatsServer):
+    """The end-to-end tests' NatsServer with its monitoring port (-m) too: /varz and /jsz give
+    the bytes."""
 
     def __init__(self, tmp):
-        self.port, self.mport = free_port(), free_port()
-        self.proc = subprocess.Popen([NATS, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.mport),
-                                      "-sd", os.path.join(tmp, "nats")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nats-server did not listen on port %d" % self.port)
-
-    def url(self):
-        return "nats://127.0.0.1:%d" % self.port
+        self.mport = free_port()
+        super().__init__(os.path.join(tmp, "nats"), extra=["-m", str(self.mport)])
 
     def varz(self):
         return get_json("http://127.0.0.1:%d/varz" % self.mport)
@@ -101,10 +87,6 @@ class Nats:
         j = get_json("http://127.0.0.1:%d/jsz?streams=1" % self.mport)
         streams = [s for a in j.get("account_details", []) for s in a.get("stream_detail", [])]
         return sum(s["state"]["bytes"] for s in streams), sum(s["state"]["messages"] for s in streams)
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def model_args(model, tmp):

@@ -41,16 +41,17 @@ def free_port():
 
 
 class NatsServer:
-    """nats-server -js on 127.0.0.1:port with its store in store_dir."""
+    """nats-server -js on 127.0.0.1:port with its store in store_dir (extra: more arguments,
+    e.g. a monitoring port for bench/repl_bench.py)."""
 
-    def __init__(self, store_dir, port=None):
-        self.store_dir, self.port = store_dir, port or free_port()
+    def __init__(self, store_dir, port=None, extra=()):
+        self.store_dir, self.port, self.extra = store_dir, port or free_port(), list(extra)
         self.proc = None
         self.start()
 
     def start(self):
-        self.proc = subprocess.Popen([NATS, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", self.store_dir],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([NATS, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", self.store_dir]
+                                     + self.extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while time.time() < deadline:
             try:

@@ -869,15 +869,14 @@ static void step_commit(ts_engine *e, ts_served *s, ts_item *it) {
                     .n = ts_model_score_len(s->model), .it = it};
     snprintf(a->name, sizeof a->name, "%s", s->name);
     ts_journal_step st = {.model = s->name, .version = s->version, .step = ts_model_step(s->model),
-                          .scores = it->scores, .n = ts_model_score_len(s->model),
+                          .scores = it->scores, .n = a->n,
                           .request_id = it->idem ? it->req->oip.id : NULL,
                           .body_hash = it->body_hash, .answer = it->body};
     if (!e->cfg.journal) {
         step_acked(a, NULL);
         return;
     }
-    a->seq = ts_journal_last_seq(e->cfg.journal) + 1; /* the entry's; before: cb may run inside */
-    if (ts_journal_append(e->cfg.journal, &st, step_acked, a) != 0)
+    if (ts_journal_append(e->cfg.journal, &st, step_acked, a, &a->seq) != 0)
         step_acked(a, "out of memory journaling it");
 }
 

@@ -99,7 +99,6 @@ void ts_journal_start(ts_journal *j, ts_persist *p, int64_t last_seq) {
 
 void ts_journal_free(ts_journal *j) { free(j); }
 int ts_journal_enabled(const ts_journal *j) { return j->enabled; }
-int64_t ts_journal_last_seq(const ts_journal *j) { return j->last_seq; }
 
 int ts_journal_failing(const ts_journal *j, const char **why) {
     if (j->failing && why)
@@ -188,7 +187,9 @@ static char *dup_or_null(const char *s, int *oom) {
     return d;
 }
 
-int ts_journal_append(ts_journal *j, const ts_journal_step *s, ts_journal_cb cb, void *arg) {
+int ts_journal_append(ts_journal *j, const ts_journal_step *s, ts_journal_cb cb, void *arg,
+                      int64_t *seq_out) {
+    *seq_out = 0;
     if (!j->enabled) {
         cb(arg, NULL);
         return 0;
@@ -212,6 +213,7 @@ int ts_journal_append(ts_journal *j, const ts_journal_step *s, ts_journal_cb cb,
         return -1;
     }
     j->last_seq = seq;
+    *seq_out = seq;
     e->j = j;
     e->cb = cb;
     e->arg = arg;
@@ -226,7 +228,6 @@ int ts_journal_append(ts_journal *j, const ts_journal_step *s, ts_journal_cb cb,
 
 typedef struct {
     ts_model *m;
-    const char *name;
     int64_t version, replayed, bad_seq;
     int step_gaps;
     int64_t last_step;            /* the step of the entry replayed last (0: none yet) */
@@ -261,7 +262,7 @@ static int replay_one(void *arg, const ts_journal_row *r) {
 
 int ts_journal_replay(ts_store *st, const char *name, ts_model *m, int64_t version, int64_t after_seq,
                       int step_gaps, int64_t *replayed, char *err, size_t errlen) {
-    replay_ctx c = {.m = m, .name = name, .version = version, .step_gaps = step_gaps, .n = ts_model_score_len(m)};
+    replay_ctx c = {.m = m, .version = version, .step_gaps = step_gaps, .n = ts_model_score_len(m)};
     c.scores = malloc((c.n ? c.n : 1) * sizeof *c.scores);
     if (!c.scores) {
         snprintf(err, errlen, "model '%s': out of memory replaying the journal", name);

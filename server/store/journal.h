@@ -72,14 +72,12 @@ typedef struct {
 /* Runs on the loop when the entry is durable (err NULL) or failed (err says why). */
 typedef void (*ts_journal_cb)(void *arg, const char *err);
 
-/* Queue step for the next group commit; cb(arg, ...) runs later, exactly once. -1 when out
- * of memory (cb is not called; nothing was queued). With the journal disabled, cb runs at
- * once with err NULL (inside this call). The entry's sequence number is
- * ts_journal_last_seq() + 1 as read just before the call. */
-int ts_journal_append(ts_journal *j, const ts_journal_step *step, ts_journal_cb cb, void *arg);
-
-/* The newest sequence number given out (a snapshot copied now covers it). */
-int64_t ts_journal_last_seq(const ts_journal *j);
+/* Queue step for the next group commit; cb(arg, ...) runs later, exactly once. *seq
+ * receives the entry's sequence number before cb can run (0 with the journal disabled,
+ * when cb runs at once, inside this call, with err NULL). -1 when out of memory (cb is not
+ * called; nothing was queued). */
+int ts_journal_append(ts_journal *j, const ts_journal_step *step, ts_journal_cb cb, void *arg,
+                      int64_t *seq);
 
 /* Start-up, on the thread that owns st: apply to m (recovered from a snapshot of version
  * `version` covering after_seq) every entry of model name after after_seq. A damaged or

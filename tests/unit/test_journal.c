@@ -122,6 +122,24 @@ static void assert_same_state(const ts_model *a, const ts_model *b) {
     free(sb);
 }
 
+/* The model as a restart recovers it: its newest snapshot (which covers no entry here)
+ * plus the journal, replayed; *replayed counts the entries applied. */
+static ts_model *recover(ts_store *s, int step_gaps, int64_t *replayed) {
+    ts_snapshot_info info;
+    ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
+    ck_assert_msg(m != NULL, "%s", err);
+    ck_assert_int_eq(info.journal_seq, 0);
+    *replayed = 0;
+    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, info.journal_seq, step_gaps, replayed, err,
+                                       sizeof err), 0);
+    return m;
+}
+
+/* Recompute a row's checksum after a test changed its step (a consistent, not a damaged, row). */
+static void reseal(ts_journal_row *r) {
+    r->checksum = ts_journal_checksum(r->seq, r->version, r->step, r->payload, r->len);
+}
+
 START_TEST(test_replay_gives_the_live_state) {
     ts_model *live;
     ts_store *s = store_with_model(&live);
@@ -133,12 +151,8 @@ START_TEST(test_replay_gives_the_live_state) {
     ck_assert_int_eq(ts_store_journal_last(s, &last, err, sizeof err), 0);
     ck_assert_int_eq(last, 4);
 
-    ts_snapshot_info info;
-    ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
-    ck_assert_msg(m != NULL, "%s", err);
-    ck_assert_int_eq(info.journal_seq, 0);
-    int64_t replayed = 0;
-    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, info.journal_seq, 0, &replayed, err, sizeof err), 0);
+    int64_t replayed;
+    ts_model *m = recover(s, 0, &replayed);
     ck_assert_int_eq(replayed, 4);
     assert_same_state(m, live);
     ts_model_free(m);
@@ -158,10 +172,8 @@ START_TEST(test_damaged_entry_cuts_the_tail) {
     steps_to_rows(live, 2, 3, &b);
     b.payload[2][1] ^= 1; /* entry 3: its checksum no longer matches */
     ck_assert_int_eq(ts_store_journal_append(s, b.rows, 4, 0, err, sizeof err), 0);
-    ts_snapshot_info info;
-    ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
-    int64_t replayed = 0;
-    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, 0, &replayed, err, sizeof err), 0);
+    int64_t replayed;
+    ts_model *m = recover(s, 0, &replayed);
     ck_assert_int_eq(replayed, 2);
     assert_same_state(m, at2);
     int n = 0;
@@ -181,12 +193,10 @@ START_TEST(test_out_of_order_entry_is_not_applied) {
     rows_buf b = {0};
     steps_to_rows(live, 3, 1, &b);
     b.rows[1].step += 1; /* a gap */
-    b.rows[1].checksum = ts_journal_checksum(b.rows[1].seq, 1, b.rows[1].step, b.rows[1].payload, b.rows[1].len);
+    reseal(&b.rows[1]);
     ck_assert_int_eq(ts_store_journal_append(s, b.rows, 3, 0, err, sizeof err), 0);
-    ts_snapshot_info info;
-    ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
-    int64_t replayed = 0;
-    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, 0, &replayed, err, sizeof err), 0);
+    int64_t replayed;
+    ts_model *m = recover(s, 0, &replayed);
     ck_assert_int_eq(replayed, 1);
     ck_assert_int_eq(ts_model_step(m), 1);
     ts_model_free(m);
@@ -207,15 +217,13 @@ START_TEST(test_step_gaps_replayed_when_replicating) {
         b.rows[i].step += 2;
     b.rows[3].step = b.rows[2].step; /* entry 4 goes back: damaged */
     for (int i = 1; i < 4; i++)
-        b.rows[i].checksum = ts_journal_checksum(b.rows[i].seq, 1, b.rows[i].step, b.rows[i].payload, b.rows[i].len);
+        reseal(&b.rows[i]);
     ck_assert_int_eq(ts_store_journal_append(s, b.rows, 4, 0, err, sizeof err), 0);
-    ts_snapshot_info info;
-    ts_model *m = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
-    int64_t replayed = 0;
-    ck_assert_int_eq(ts_journal_replay(s, "m", m, info.version, 0, 1, &replayed, err, sizeof err), 0);
+    int64_t replayed;
+    ts_model *m = recover(s, 1, &replayed);
     ck_assert_int_eq(replayed, 3);
     ck_assert_int_eq(ts_model_step(m), 3); /* the remote deltas come again from the stream */
-    at3 = ts_store_load(s, "m", 0, &info, NULL, err, sizeof err);
+    at3 = ts_store_load(s, "m", 0, NULL, NULL, err, sizeof err);
     int16_t *scores = malloc(ts_model_score_len(at3) * sizeof *scores);
     for (int i = 0; i < 3; i++) {
         ck_assert_int_eq(ts_journal_decode(b.rows[i].payload, b.rows[i].len, scores, ts_model_score_len(at3)), 0);

@@ -777,7 +777,7 @@ typedef struct {
 static void step_answer(step_ack *a) {
     ts_item *it = a->it;
     if (it->idem)
-        ts_idem_finish(a->e->cfg.idem, it->idem, it->body, ts_wall_ms());
+        ts_idem_finish(a->e->cfg.idem, it->idem, it->body);
     it->idem = NULL;
     ts_window_settle(a->e->cfg.window, it->win, 1); /* applied: the input leaves the window */
     it->win.serial = 0;

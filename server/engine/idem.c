@@ -164,12 +164,13 @@ int ts_idem_claim(ts_idem *t, const char *model, const char *id, uint64_t body_h
     return 0;
 }
 
-void ts_idem_finish(ts_idem *t, ts_idem_rec *rec, const char *answer, int64_t now_ms) {
+/* The window counts from the claim (the record's created time), as the database's
+ * created_at counts from the step's journaling: finishing does not restart it. */
+void ts_idem_finish(ts_idem *t, ts_idem_rec *rec, const char *answer) {
     rec->answer = strdup(answer);
     answer_parked(rec, 200, answer);
     if (!rec->answer) /* out of memory: forget it rather than answer a repeat wrongly */
         rec_remove(t, rec);
-    (void)now_ms; /* the window counts from the claim, as the database's created_at does */
 }
 
 void ts_idem_drop(ts_idem *t, ts_idem_rec *rec, int status, const char *msg) {

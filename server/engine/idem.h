@@ -42,7 +42,7 @@ void ts_idem_free(ts_idem *t);
 int ts_idem_claim(ts_idem *t, const char *model, const char *id, uint64_t body_hash, int64_t now_ms,
                   ts_req *req, ts_idem_rec **rec, const char **answer, ts_idem_status *status);
 /* The step of rec is durable: remember answer (copied) and answer the parked requests. */
-void ts_idem_finish(ts_idem *t, ts_idem_rec *rec, const char *answer, int64_t now_ms);
+void ts_idem_finish(ts_idem *t, ts_idem_rec *rec, const char *answer);
 /* The step of rec was not applied: forget the id (a retry applies it) and answer the parked
  * requests with status and msg (plus Retry-After for a 503). */
 void ts_idem_drop(ts_idem *t, ts_idem_rec *rec, int status, const char *msg);

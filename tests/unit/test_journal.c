@@ -329,7 +329,7 @@ START_TEST(test_idem_claim_repeat_conflict_drop_expire) {
     ts_idem_status st;
     ck_assert_int_eq(ts_idem_claim(t, "m", "a", 11, 0, NULL, &rec, &answer, &st), 0);
     ck_assert_int_eq(st, TS_IDEM_NEW);
-    ts_idem_finish(t, rec, "{\"step\":1}", 0);
+    ts_idem_finish(t, rec, "{\"step\":1}");
     ck_assert_int_eq(ts_idem_claim(t, "m", "a", 11, 500, NULL, &rec, &answer, &st), 0);
     ck_assert_int_eq(st, TS_IDEM_REPEAT);
     ck_assert_str_eq(answer, "{\"step\":1}");
@@ -340,12 +340,12 @@ START_TEST(test_idem_claim_repeat_conflict_drop_expire) {
     ts_idem_drop(t, rec, 503, "retry");  /* its step failed: the id is free again */
     ck_assert_int_eq(ts_idem_claim(t, "other", "a", 13, 600, NULL, &rec, &answer, &st), 0);
     ck_assert_int_eq(st, TS_IDEM_NEW);
-    ts_idem_finish(t, rec, "{\"step\":7}", 600);
+    ts_idem_finish(t, rec, "{\"step\":7}");
     ck_assert_int_eq(ts_idem_count(t), 2);
     /* Past the window the first id is forgotten: it is a new request. */
     ck_assert_int_eq(ts_idem_claim(t, "m", "a", 99, 1500, NULL, &rec, &answer, &st), 0);
     ck_assert_int_eq(st, TS_IDEM_NEW);
-    ts_idem_finish(t, rec, "{}", 1500);
+    ts_idem_finish(t, rec, "{}");
     /* Loaded records count from their creation time. */
     ts_idem_load(t, "m", "old", 5, "{\"step\":2}", 100, 1500); /* expired: ignored */
     ts_idem_load(t, "m", "new", 5, "{\"step\":3}", 1400, 1500);
@@ -368,7 +368,7 @@ START_TEST(test_idem_many_ids_grow) {
         snprintf(id, sizeof id, "id-%d", i);
         ck_assert_int_eq(ts_idem_claim(t, "m", id, (uint64_t)i, i, NULL, &rec, &answer, &st), 0);
         ck_assert_int_eq(st, TS_IDEM_NEW);
-        ts_idem_finish(t, rec, id, i);
+        ts_idem_finish(t, rec, id);
     }
     for (int i = 0; i < 5000; i += 97) {
         snprintf(id, sizeof id, "id-%d", i);

@@ -137,6 +137,10 @@ static const ts_option options[] = {
      "stream retention when the stream is created: deltas older than this are deleted", NULL},
     {"replicate-replicas", OPT_INT, F(replicate_replicas), "1", 1, 5, "N",
      "JetStream replicas of the stream when it is created (3 in a NATS cluster)", NULL},
+    {"replicate-state-interval", OPT_INT, F(replicate_state_interval), "0", 0, 10LL * 365 * 86400, "SEC",
+     "publish each model's state (what a joining replica loads, and what digests are compared "
+     "with) at most this often; 0 = --snapshot-interval (30 without one), capped at a quarter "
+     "of --replicate-max-age", NULL},
     {"log-level", OPT_STRING, F(log_level), "info", 0, 0, "LEVEL",
      "debug, info, warn or error", check_log_level},
     {"access-log", OPT_STRING, F(access_log), "off", 0, 0, "LEVEL",

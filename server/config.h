@@ -57,6 +57,7 @@ typedef struct {
     int64_t replicate_ack_timeout_ms;
     int64_t replicate_max_age;     /* seconds, when the stream is created */
     int64_t replicate_replicas;    /* when the stream is created */
+    int64_t replicate_state_interval; /* seconds between published states; 0 = derived */
     char *access_log;              /* "off" or a log level */
 } ts_config;
 

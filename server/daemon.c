@@ -28,6 +28,7 @@
 #include "server/memory.h"
 #include "server/recover.h"
 #include "server/server.h"
+#include "server/repl/state.h"
 #include "server/snapshot.h"
 
 /* How long shutdown waits for answered responses to reach their clients. */
@@ -44,6 +45,7 @@ static void close_handles(ts_server *srv) {
     uv_close((uv_handle_t *)&srv->sighup, NULL);
     ts_http_stop(srv->http);
     ts_repl_stop(srv->repl); /* before the engine and the ids its callbacks use */
+    ts_state_stop(srv->state);
     ts_persist_stop(srv->persist);
     ts_engine_free(srv->engine);
     ts_idem_free(srv->idem);
@@ -363,6 +365,33 @@ static void start_signals(ts_server *srv) {
     uv_signal_start(&srv->sighup, on_sighup, SIGHUP);
 }
 
+/* Published states (state.h): every --replicate-state-interval seconds (0: the snapshot
+ * interval, or 30 s without one), and at least four times per --replicate-max-age, so that
+ * a newest state always covers what retention cuts. */
+static int start_states(ts_server *srv, char *err, size_t errlen) {
+    int64_t every = srv->cfg.replicate_state_interval;
+    int64_t quarter = srv->cfg.replicate_max_age / 4 > 0 ? srv->cfg.replicate_max_age / 4 : 1;
+    if (every > quarter) {
+        snprintf(err, errlen, "--replicate-state-interval %lld is longer than a quarter of --replicate-max-age "
+                 "%lld: retention could cut deltas no published state covers; make it at most %lld",
+                 (long long)every, (long long)srv->cfg.replicate_max_age, (long long)quarter);
+        return -1;
+    }
+    if (!every)
+        every = srv->cfg.snapshot_interval > 0 ? srv->cfg.snapshot_interval : 30;
+    every = every < quarter ? every : quarter;
+    srv->state = ts_state_new(srv, every);
+    if (!srv->state) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    ts_repl_set_state(srv->repl, srv->state);
+    ts_state_start(srv->state, srv->loop);
+    ts_log_info("replication: publishing model states every %lld s to stream '%s_STATE'", (long long)every,
+                ts_repl_stream(srv->repl));
+    return 0;
+}
+
 static void start_timers(ts_server *srv) {
     uv_timer_init(srv->loop, &srv->snapshot_timer);
     srv->snapshot_timer.data = srv;
@@ -396,6 +425,8 @@ static int run(ts_server *srv, uv_loop_t *loop) {
     }
     if (start_models(srv, err, sizeof err) < 0)
         goto fail;
+    if (ts_repl_enabled(srv->repl) && start_states(srv, err, sizeof err) < 0)
+        goto fail;
     if (ts_repl_start(srv->repl, loop, srv->engine, err, sizeof err) < 0 ||
         start_http(srv, err, sizeof err) < 0) {
         ts_repl_stop(srv->repl);
@@ -405,6 +436,7 @@ static int run(ts_server *srv, uv_loop_t *loop) {
     start_timers(srv);
     uv_run(loop, UV_RUN_DEFAULT);
     ts_repl_free(srv->repl);
+    ts_state_free(srv->state);
     ts_pool_free(srv->pool);
     ts_dblock_release(&srv->dblock, srv->cfg.db, 0); /* the store is closed */
     return srv->shutdown_failed ? 1 : 0;

@@ -593,7 +593,7 @@ void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req) {
                            "until it can: nothing was applied", why);
         return;
     }
-    if (!ts_repl_ready(e->cfg.repl, &why)) {
+    if (!ts_repl_model_ready(e->cfg.repl, s->name, &why)) {
         ts_req_reply_error(req, 503, "replication is not available (%s); feedback is refused until it is, "
                            "nothing was applied (inference goes on)", why);
         return;
@@ -817,6 +817,9 @@ static void step_acked(void *arg, const char *err) {
     step_ack *a = arg;
     ts_engine *e = a->e;
     ts_item *it = a->it;
+    ts_served *cs = ts_engine_find(e, a->name, 1);
+    if (cs && cs->generation == a->generation && cs->uncommitted > 0)
+        cs->uncommitted--; /* journaled now, or taken back below */
     if (!err && ts_repl_enabled(e->cfg.repl)) {
         if (ts_repl_publish(e->cfg.repl, a->name, a->version, a->seq, it->scores, a->n, step_published, a) == 0)
             return;
@@ -868,6 +871,7 @@ static void step_commit(ts_engine *e, ts_served *s, ts_item *it) {
     *a = (step_ack){.e = e, .generation = s->generation, .version = s->version,
                     .n = ts_model_score_len(s->model), .it = it};
     snprintf(a->name, sizeof a->name, "%s", s->name);
+    s->uncommitted++;
     ts_journal_step st = {.model = s->name, .version = s->version, .step = ts_model_step(s->model),
                           .scores = it->scores, .n = a->n,
                           .request_id = it->idem ? it->req->oip.id : NULL,
@@ -1182,6 +1186,7 @@ void ts_engine_swap(ts_engine *e, ts_served *s, ts_model *m, int64_t version) {
     snprintf(s->version_str, sizeof s->version_str, "%lld", (long long)version);
     s->step = ts_model_step(m);
     s->generation++;
+    s->uncommitted = 0; /* the old model's steps no longer count (step_acked checks generation) */
     drop_stale(e, s);
 }
 

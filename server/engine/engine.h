@@ -75,6 +75,8 @@ typedef struct ts_served {
     uint64_t generation;        /* bumped by every swap (ts_engine_swap): a step taken back
                                    after a failed journal commit must be of this model */
     struct ts_undo *undo;       /* steps to take back once the running job is done */
+    int64_t uncommitted;        /* own steps applied and not yet journaled (they may still be
+                                   taken back): a published state must not hold them (state.h) */
     int64_t step;               /* ts_model_step, refreshed on the loop between jobs (so the
                                    loop never reads state a running step is writing) */
     /* snapshots (snapshot.c) */

@@ -14,6 +14,7 @@
 #include "proto/safetensors.h"
 #include "server/http/auth.h"
 #include "server/engine/engine.h"
+#include "server/repl/state.h"
 #include "server/store/journal.h"
 #include "server/log.h"
 
@@ -37,6 +38,9 @@ typedef struct position {
     char model[TS_MODEL_NAME_MAX];
     uint64_t stream_seq;         /* every delta of the stream <= this is in the state */
     int known;                   /* loaded from a snapshot or advanced since start */
+    int64_t journaled;           /* this replica's highest own step of the model handed over
+                                    for publishing (journaled): what a published state holds */
+    char *diverged;              /* why feedback is refused (malloc'd), or NULL (ts_repl_model_ready) */
     origin *origins;
     struct position *next;
 } position;
@@ -78,7 +82,10 @@ struct ts_repl {
     natsConnection *nc;
     jsCtx *js;
     natsSubscription *sub;
-    uint64_t start_seq;          /* where consuming starts (set before the thread runs) */
+    uint64_t start_seq;          /* where consuming starts (set before the thread runs, or by
+                                    ts_repl_join_done once published states are loaded) */
+    ts_state *state;             /* published states (state.h), or NULL */
+    int joined;                  /* mu: ts_repl_join_done ran */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -102,6 +109,7 @@ struct ts_repl {
 };
 
 static void position_free(position *p) {
+    free(p->diverged);
     while (p->origins) {
         origin *o = p->origins;
         p->origins = o->next;
@@ -137,15 +145,17 @@ static origin *origin_get(position *p, const char *id) {
     return o;
 }
 
-char *ts_repl_position(ts_repl *r, const char *model) {
-    position *p = NULL;
-    for (p = r->positions; p && strcmp(p->model, model) != 0; p = p->next)
-        ;
-    if (!p || !p->known)
-        return NULL;
+/* p as JSON (malloc'd; NULL when out of memory). self (when not NULL) is this replica's
+ * id, whose mark is raised to at least self_mark; marks of 0 are left out then. */
+static char *position_json(const position *p, const char *self, int64_t self_mark) {
     json_t *origins = json_object(), *doc = json_object();
-    for (origin *o = p->origins; origins && o; o = o->next)
-        json_object_set_new(origins, o->id, json_integer(o->seq));
+    for (const origin *o = p->origins; origins && o; o = o->next) {
+        int64_t v = self && strcmp(o->id, self) == 0 && self_mark > o->seq ? self_mark : o->seq;
+        if (!self || v > 0)
+            json_object_set_new(origins, o->id, json_integer(v));
+    }
+    if (origins && self && self_mark > 0 && !json_object_get(origins, self))
+        json_object_set_new(origins, self, json_integer(self_mark));
     char *out = NULL;
     if (origins && doc && json_object_set_new(doc, "stream_seq", json_integer((json_int_t)p->stream_seq)) == 0 &&
         json_object_set(doc, "origins", origins) == 0)
@@ -153,6 +163,28 @@ char *ts_repl_position(ts_repl *r, const char *model) {
     json_decref(origins);
     json_decref(doc);
     return out;
+}
+
+static position *position_find(ts_repl *r, const char *model) {
+    position *p = r->positions;
+    while (p && strcmp(p->model, model) != 0)
+        p = p->next;
+    return p;
+}
+
+char *ts_repl_position(ts_repl *r, const char *model) {
+    position *p = position_find(r, model);
+    return p && p->known ? position_json(p, NULL, 0) : NULL;
+}
+
+char *ts_repl_state_position(ts_repl *r, const char *model) {
+    position *p = position_find(r, model);
+    return p && ts_repl_enabled(r) ? position_json(p, r->id, p->journaled) : NULL;
+}
+
+int ts_repl_position_known(ts_repl *r, const char *model) {
+    position *p = position_find(r, model);
+    return p && p->known;
 }
 
 /* Load a position stored by ts_repl_position. 0, or -1 when it does not parse. */
@@ -178,6 +210,74 @@ static int position_load(ts_repl *r, const char *model, const char *text) {
     }
     json_decref(doc);
     return rc;
+}
+
+int ts_repl_position_adopt(ts_repl *r, const char *model, const char *text) {
+    position *p = position_get(r, model);
+    if (!p)
+        return -1;
+    while (p->origins) {
+        origin *o = p->origins;
+        p->origins = o->next;
+        free(o);
+    }
+    free(p->diverged);
+    p->diverged = NULL;
+    return position_load(r, model, text);
+}
+
+void ts_repl_set_diverged(ts_repl *r, const char *model, const char *why) {
+    position *p = position_get(r, model);
+    if (p) {
+        free(p->diverged);
+        p->diverged = why ? strdup(why) : NULL;
+    }
+}
+
+int ts_repl_model_ready(const ts_repl *r, const char *model, const char **why) {
+    if (!ts_repl_ready(r, why))
+        return 0;
+    if (!ts_repl_enabled(r))
+        return 1;
+    for (position *p = r->positions; p; p = p->next)
+        if (p->diverged && strcmp(p->model, model) == 0) {
+            if (why)
+                *why = p->diverged;
+            return 0;
+        }
+    return 1;
+}
+
+const char *ts_repl_id(const ts_repl *r) { return r->id; }
+const char *ts_repl_stream(const ts_repl *r) { return r->stream; }
+int64_t ts_repl_max_age(const ts_repl *r) { return r->cfg.max_age_s; }
+
+void ts_repl_set_state(ts_repl *r, ts_state *st) { r->state = st; }
+
+void ts_repl_wake(ts_repl *r) {
+    pthread_mutex_lock(&r->mu);
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Where consuming starts: the oldest stream position a served model's state covers. */
+static uint64_t consume_from(ts_repl *r) {
+    uint64_t start = UINT64_MAX;
+    for (ts_served *s = ts_engine_first(r->engine); s; s = s->next) {
+        position *p = position_get(r, s->name);
+        uint64_t from = p && p->known ? p->stream_seq + 1 : 1;
+        start = from < start ? from : start;
+    }
+    return start == UINT64_MAX ? 1 : start;
+}
+
+void ts_repl_join_done(ts_repl *r) {
+    uint64_t start = consume_from(r);
+    pthread_mutex_lock(&r->mu);
+    r->start_seq = start;
+    r->joined = 1;
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
 }
 
 /* ---- life cycle ---- */
@@ -272,6 +372,9 @@ static void pub_push(pub **head, pub **tail, pub *p) {
 
 static void enqueue_pub(ts_repl *r, pub *p) {
     p->t_queued_ms = r->loop ? uv_now(r->loop) : 0;
+    position *pos = position_get(r, p->model);
+    if (pos && p->seq > pos->journaled)
+        pos->journaled = p->seq;
     p->lnext = NULL;
     if (r->ltail)
         r->ltail->lnext = p;
@@ -430,7 +533,21 @@ static int set_up(ts_repl *r, char *err, size_t errlen) {
                         "%lld replicas)", r->stream, subject, (long long)r->cfg.max_age_s,
                         (long long)r->cfg.replicas);
     }
+    uint64_t first_seq = si ? si->State.FirstSeq : 0;
     jsStreamInfo_Destroy(si);
+    if (st == NATS_OK && r->state && !r->sub) { /* join: published states first (state.h) */
+        if (ts_state_set_up(r->state, r->js, first_seq, err, errlen) < 0)
+            return -1;
+        pthread_mutex_lock(&r->mu);
+        while (!r->joined && !r->stopping)
+            pthread_cond_wait(&r->cv, &r->mu);
+        int stopping = r->stopping;
+        pthread_mutex_unlock(&r->mu);
+        if (stopping) {
+            snprintf(err, errlen, "shutting down");
+            return -1;
+        }
+    }
     if (st == NATS_OK && !r->sub) {
         char subject[128];
         snprintf(subject, sizeof subject, "%s.delta.>", r->stream);
@@ -479,6 +596,17 @@ static void *thread_main(void *arg) {
     char err[512];
     pthread_mutex_lock(&r->mu);
     while (!r->stopping) {
+        if (atomic_load(&r->set_up) && !r->todo_head && atomic_load(&r->connected) && r->state &&
+            ts_state_queued(r->state)) { /* states only when no step waits */
+            pthread_mutex_unlock(&r->mu);
+            int rc = ts_state_publish(r->state, r->js, natsConnection_GetMaxPayload(r->nc), err, sizeof err);
+            pthread_mutex_lock(&r->mu);
+            if (rc < 0) {
+                note_failure(r, &streak, "publishing a model state", err);
+                pause_locked(r, RETRY_MS);
+            }
+            continue;
+        }
         if (!atomic_load(&r->set_up) || !r->todo_head || !atomic_load(&r->connected)) {
             if (!atomic_load(&r->set_up) && atomic_load(&r->connected)) {
                 pthread_mutex_unlock(&r->mu);
@@ -718,14 +846,7 @@ int ts_repl_start(ts_repl *r, uv_loop_t *loop, struct ts_engine *e, char *err, s
         return 0;
     r->loop = loop;
     r->engine = e;
-    /* Consume from the oldest position a served model's state covers. */
-    uint64_t start = UINT64_MAX;
-    for (ts_served *s = ts_engine_first(e); s; s = s->next) {
-        position *p = position_get(r, s->name);
-        uint64_t from = p && p->known ? p->stream_seq + 1 : 1;
-        start = from < start ? from : start;
-    }
-    r->start_seq = start == UINT64_MAX ? 1 : start;
+    r->start_seq = consume_from(r); /* ts_repl_join_done sets it again after a join */
     for (pub *p = r->lhead; p; p = p->lnext) /* queued at recovery */
         p->t_queued_ms = uv_now(loop);
     uv_async_init(loop, &r->async, on_async);
@@ -759,6 +880,7 @@ void ts_repl_stop(ts_repl *r) {
     if (r->started == 2)
         pthread_join(r->thread, NULL);
     natsSubscription_Destroy(r->sub);
+    ts_state_unsubscribe(r->state);
     jsCtx_Destroy(r->js);
     natsConnection_Destroy(r->nc);
     nats_CloseAndWait(2000); /* libnats' own threads and memory, so leak checks stay clean */
@@ -844,6 +966,7 @@ static void metric(ts_buf *out, const char *name, const char *type, const char *
 void ts_repl_render_metrics(ts_repl *r, ts_buf *out) {
     if (!ts_repl_enabled(r))
         return;
+    ts_state_render_metrics(r->state, out);
     metric(out, "tscale_repl_connected", "gauge", "1 while connected to NATS and the stream is set up.",
            atomic_load(&r->connected) && atomic_load(&r->set_up));
     metric(out, "tscale_repl_deltas_published_total", "counter", "Own steps acknowledged by JetStream.",

@@ -33,6 +33,11 @@
  * journal has step gaps) and its own entries above the acknowledged mark are published
  * again; remote deltas after the position are consumed again.
  *
+ * Published states (state.h): at set-up, before the delta subscription, the publisher
+ * thread reads the published model states; the loop loads them for models whose position
+ * is unknown (a join) and then calls ts_repl_join_done, which sets where consuming starts.
+ * The publisher thread publishes queued states when no step waits.
+ *
  * Threads: libnats runs its own (connection, the subscription's callback); a publisher
  * thread of this module owns the JetStream calls. Everything they produce reaches the
  * loop through mutex-guarded lists and one uv_async_t (like persist.c). All functions are
@@ -108,6 +113,37 @@ int64_t ts_repl_pending(const ts_repl *r);
 /* The position of model's state now, as JSON for snapshots.repl (malloc'd; free it), or
  * NULL when it has none (never replicated) or when out of memory. */
 char *ts_repl_position(ts_repl *r, const char *model);
+
+/* ---- for published states (state.h; loop thread unless said otherwise) ---- */
+
+typedef struct ts_state ts_state;
+/* Published states and digests (state.h) run with this replication: before ts_repl_start.
+ * st stays the caller's. */
+void ts_repl_set_state(ts_repl *r, ts_state *st);
+/* The position a state of model held now would be published with (JSON as
+ * ts_repl_position, malloc'd), or NULL when replication is off or out of memory. Its mark
+ * for this replica is its highest own step journaled (not only acknowledged): a state
+ * copied while no own step waits for its journal commit holds exactly those steps, and
+ * the ones not yet acknowledged reach the stream later, where their marks skip them. */
+char *ts_repl_state_position(ts_repl *r, const char *model);
+/* Whether model's position is known (stored in a snapshot or advanced since start). */
+int ts_repl_position_known(ts_repl *r, const char *model);
+/* Replace model's position by text (a published state's; its diverged mark is cleared).
+ * 0, or -1 when text does not parse or out of memory. Only from a control item of model. */
+int ts_repl_position_adopt(ts_repl *r, const char *model, const char *text);
+/* Mark model diverged (why copied; NULL clears it): its feedback is refused (503, why)
+ * until a published state is loaded. */
+void ts_repl_set_diverged(ts_repl *r, const char *model, const char *why);
+/* ts_repl_ready, and model not diverged. *why as there. */
+int ts_repl_model_ready(const ts_repl *r, const char *model, const char **why);
+/* The published states are loaded: consume the deltas from the oldest position a served
+ * model covers now (the publisher thread waits for this before it subscribes). */
+void ts_repl_join_done(ts_repl *r);
+/* Wake the publisher thread (a state was queued). Any thread. */
+void ts_repl_wake(ts_repl *r);
+const char *ts_repl_id(const ts_repl *r);
+const char *ts_repl_stream(const ts_repl *r);
+int64_t ts_repl_max_age(const ts_repl *r);
 
 /* Prometheus lines (nothing when off): connected, published, applied by origin,
  * duplicates skipped, other-version deltas skipped, lag, publish failures. */

@@ -518,6 +518,17 @@ static int weights_put(ts_store *s, const ts_model *m, int64_t *id) {
 
 /* ---- versions --------------------------------------------------------------------------- */
 
+/* In a transaction: model mid (name) is active with version number as current. */
+static int version_current(ts_store *s, const char *name, int64_t mid, int64_t number, char *err, size_t errlen) {
+    sqlite3_stmt *st;
+    if (prepare(s, "UPDATE models SET active = 1, current_version = ?2, updated_at = ?3 WHERE id = ?1", &st) != 0)
+        return fail_sql(s, err, errlen, "model '%s': cannot update", name);
+    sqlite3_bind_int64(st, 1, mid);
+    sqlite3_bind_int64(st, 2, number);
+    sqlite3_bind_int64(st, 3, now_ms());
+    return step_done(st) == 0 ? 0 : fail_sql(s, err, errlen, "model '%s': cannot update", name);
+}
+
 /* In a transaction: the version of name holding m as it came from file_hash, added
  * (number = last + 1) when there is none; name becomes active with it as current. */
 static int version_put(ts_store *s, const char *name, const ts_model *m, uint64_t file_hash, int64_t *number,
@@ -554,12 +565,7 @@ static int version_put(ts_store *s, const char *name, const ts_model *m, uint64_
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return fail_sql(s, err, errlen, "model '%s': cannot add a version", name);
-    if (prepare(s, "UPDATE models SET active = 1, current_version = ?2, updated_at = ?3 WHERE id = ?1", &st) != 0)
-        return fail_sql(s, err, errlen, "model '%s': cannot update", name);
-    sqlite3_bind_int64(st, 1, mid);
-    sqlite3_bind_int64(st, 2, *number);
-    sqlite3_bind_int64(st, 3, now_ms());
-    return step_done(st) == 0 ? 0 : fail_sql(s, err, errlen, "model '%s': cannot update", name);
+    return version_current(s, name, mid, *number, err, errlen);
 }
 
 int ts_store_put_version(ts_store *s, const char *name, const ts_model *m, uint64_t file_hash, int64_t *version,
@@ -702,8 +708,47 @@ int ts_store_put_snapshot(ts_store *s, const char *name, int64_t version, const 
     return tx_end(s, rc, err, errlen, what);
 }
 
-int ts_store_put_model(ts_store *s, const char *name, const ts_model *m, uint64_t file_hash, const char *reason,
-                       int keep, int64_t *version, int *created, ts_snapshot_info *out, char *err, size_t errlen) {
+/* In a transaction: name's version number `version` holds m's weights — found, or added
+ * under exactly that number — and is name's current version. */
+static int version_put_as(ts_store *s, const char *name, const ts_model *m, int64_t version, char *err,
+                          size_t errlen) {
+    int64_t mid, wid, held = 0;
+    uint64_t hash;
+    sqlite3_stmt *st;
+    if (model_id(s, name, 1, &mid, err, errlen) != 0)
+        return -1;
+    if (weights_put(s, m, &wid) != 0 || model_hash(m, 1, &hash) != 0)
+        return fail_sql(s, err, errlen, "model '%s': cannot store the weights", name);
+    if (prepare(s, "SELECT weights_id FROM versions WHERE model_id = ?1 AND number = ?2", &st) != 0)
+        return fail_sql(s, err, errlen, "model '%s': version lookup failed", name);
+    sqlite3_bind_int64(st, 1, mid);
+    sqlite3_bind_int64(st, 2, version);
+    int rc = step_int(st, &held);
+    if (rc == SQLITE_ROW && held != wid)
+        return fail(s, err, errlen, "model '%s': this database's version %lld holds other weights than the "
+                    "published state's version %lld (a replica must start with the same model files as the "
+                    "others, or with an empty database)", name, (long long)version, (long long)version);
+    if (rc == SQLITE_DONE) {
+        if (prepare(s, "INSERT INTO versions (model_id, number, weights_id, file_hash, created_at) "
+                       "VALUES (?1, ?2, ?3, ?4, ?5)", &st) != 0)
+            return fail_sql(s, err, errlen, "model '%s': cannot add version %lld", name, (long long)version);
+        sqlite3_bind_int64(st, 1, mid);
+        sqlite3_bind_int64(st, 2, version);
+        sqlite3_bind_int64(st, 3, wid);
+        sqlite3_bind_int64(st, 4, (int64_t)hash);
+        sqlite3_bind_int64(st, 5, now_ms());
+        rc = step_done(st) == 0 ? SQLITE_DONE : SQLITE_ERROR;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return fail_sql(s, err, errlen, "model '%s': cannot add version %lld", name, (long long)version);
+    return version_current(s, name, mid, version, err, errlen);
+}
+
+/* A version of m (as_version > 0: exactly that number, version_put_as; else
+ * version_put's) and a snapshot of m's state, in one transaction. */
+static int model_put(ts_store *s, const char *name, const ts_model *m, uint64_t file_hash, int64_t as_version,
+                     const char *reason, const char *repl, int keep, int64_t *version, int *created,
+                     ts_snapshot_info *out, char *err, size_t errlen) {
     size_t n = ts_state_len(m);
     int64_t *state = malloc((n ? n : 1) * sizeof *state);
     if (!state)
@@ -713,13 +758,30 @@ int ts_store_put_model(ts_store *s, const char *name, const ts_model *m, uint64_
     snprintf(what, sizeof what, "storing model '%s'", name);
     int rc = tx_begin(s, err, errlen, what);
     if (rc == 0) {
-        rc = version_put(s, name, m, file_hash, version, created, err, errlen);
+        *created = 0;
+        *version = as_version;
+        rc = as_version > 0 ? version_put_as(s, name, m, as_version, err, errlen)
+                            : version_put(s, name, m, file_hash, version, created, err, errlen);
         if (rc == 0)
-            rc = snapshot_put(s, name, *version, state, n, ts_model_step(m), reason, NULL, keep, out, err, errlen);
+            rc = snapshot_put(s, name, *version, state, n, ts_model_step(m), reason, repl, keep, out, err, errlen);
         rc = tx_end(s, rc, err, errlen, what);
     }
     free(state);
     return rc;
+}
+
+int ts_store_put_model(ts_store *s, const char *name, const ts_model *m, uint64_t file_hash, const char *reason,
+                       int keep, int64_t *version, int *created, ts_snapshot_info *out, char *err, size_t errlen) {
+    return model_put(s, name, m, file_hash, 0, reason, NULL, keep, version, created, out, err, errlen);
+}
+
+int ts_store_put_joined(ts_store *s, const char *name, const ts_model *m, int64_t version, const char *repl,
+                        int keep, ts_snapshot_info *out, char *err, size_t errlen) {
+    int64_t v;
+    int created;
+    if (version <= 0)
+        return fail(s, err, errlen, "model '%s': version %lld is not a version number", name, (long long)version);
+    return model_put(s, name, m, 0, version, "join", repl, keep, &v, &created, out, err, errlen);
 }
 
 int ts_store_snapshot_repl(ts_store *s, int64_t snapshot_id, char **repl, char *err, size_t errlen) {

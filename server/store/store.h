@@ -27,7 +27,7 @@ typedef struct {
     int64_t step;
     int64_t created_at_ms; /* Unix time in milliseconds */
     int64_t bytes;         /* bytes of the snapshot row's state blob */
-    char reason[16];       /* "timer", "admin", "import", "shutdown", "restore" */
+    char reason[16];       /* "timer", "admin", "import", "shutdown", "restore", "join", "resync" */
     int64_t journal_seq;   /* every journal entry with seq <= this is in the state */
 } ts_snapshot_info;
 
@@ -59,6 +59,14 @@ int ts_store_put_version(ts_store *s, const char *name, const ts_model *m, uint6
 int ts_store_put_model(ts_store *s, const char *name, const ts_model *m, uint64_t file_hash,
                        const char *reason, int keep, int64_t *version, int *created,
                        ts_snapshot_info *out, char *err, size_t errlen);
+
+/* A replica joining from a published state (server/repl/state.h): name's version number
+ * `version` (the publisher's: deltas name it) holds m's weights — the existing one when its
+ * weights are m's (refused when they differ), else added under that number — and becomes
+ * current, with a snapshot of m's state (reason "join", replication position repl) in the
+ * same transaction. The other arguments as for ts_store_put_model. 0, or -1 + err. */
+int ts_store_put_joined(ts_store *s, const char *name, const ts_model *m, int64_t version, const char *repl,
+                        int keep, ts_snapshot_info *out, char *err, size_t errlen);
 
 /* The version of name whose file_hash equals file_hash, or 0 in *version when none. */
 int ts_store_find_version(ts_store *s, const char *name, uint64_t file_hash, int64_t *version,

@@ -619,6 +619,41 @@ START_TEST(test_snapshot_of_older_version_loads_its_weights) {
 }
 END_TEST
 
+/* A replica joining from a published state (server/repl/state.h) stores it as the
+ * publisher's version number: the existing version when its weights are the state's, a new
+ * one under exactly that number otherwise, refused when that number holds other weights. */
+START_TEST(test_put_joined_keeps_the_version_number) {
+    ts_model *a = model_from(ARCH, 16), *b = model_from("linear:4x4/gs2", 17);
+    ts_store *s = store_with("m", a);
+    model_set_state(a, 5);
+    ts_snapshot_info info;
+    ck_assert_msg(ts_store_put_joined(s, "m", a, 1, "{\"origins\":{},\"stream_seq\":7}", 0, &info, err,
+                                      sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(info.version, 1);
+    ck_assert_str_eq(info.reason, "join");
+    char *repl = NULL;
+    ck_assert_int_eq(ts_store_snapshot_repl(s, info.snapshot_id, &repl, err, sizeof err), 0);
+    ck_assert_str_eq(repl, "{\"origins\":{},\"stream_seq\":7}");
+    free(repl);
+    ts_model *back = load_ok(s, "m", 0, NULL, NULL);
+    ck_assert_uint_eq(ts_store_model_hash(back), ts_store_model_hash(a));
+    ts_model_free(back);
+    /* A name this database never held, at version 3 as numbered by the publisher. */
+    ck_assert_int_eq(ts_store_put_joined(s, "n", b, 3, NULL, 0, &info, err, sizeof err), 0);
+    ck_assert_int_eq(info.version, 3);
+    back = load_ok(s, "n", 0, NULL, NULL);
+    ck_assert_uint_eq(ts_store_model_hash(back), ts_store_model_hash(b));
+    ts_model_free(back);
+    /* Version 1 of m holds a's weights: b's state under that number is refused. */
+    ck_assert_int_eq(ts_store_put_joined(s, "m", b, 1, NULL, 0, &info, err, sizeof err), -1);
+    assert_err_has("holds other weights", "same model files");
+    ck_assert_int_eq(ts_store_put_joined(s, "m", b, 0, NULL, 0, &info, err, sizeof err), -1);
+    ts_store_close(s);
+    ts_model_free(a);
+    ts_model_free(b);
+}
+END_TEST
+
 /* ---- models, backup, faults ------------------------------------------------------------------- */
 
 START_TEST(test_deactivate) {
@@ -811,6 +846,7 @@ int main(void) {
     tcase_add_test(tc, test_load_skips_damaged_snapshots);
     tcase_add_test(tc, test_damaged_version_is_an_error);
     tcase_add_test(tc, test_snapshot_of_older_version_loads_its_weights);
+    tcase_add_test(tc, test_put_joined_keeps_the_version_number);
     tcase_add_test(tc, test_deactivate);
     tcase_add_test(tc, test_backup);
     tcase_add_test(tc, test_write_fault_fails_cleanly_then_recovers);

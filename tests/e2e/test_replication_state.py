@@ -1,0 +1,152 @@
+"""test_replication_state.py — published model states (issue 12 items 4 and 6; README
+"Replication"): replicas of build/tscaled and a real `nats-server -js` on loopback.
+
+  (a) a new replica with an empty database and no model of its own joins a running pair
+      under feedback: it loads the newest published state, replays the rest, and every
+      export is byte-identical at step = steps acknowledged;
+  (b) a replica that starts with the model file but an empty database, after the stream's
+      retention cut the deltas (short --replicate-max-age): it uses the published state,
+      not its own, and converges;
+  (c) one replica's integer state corrupted on disk (its SQLite snapshot edited while it
+      is stopped, checksum fixed so its own recovery loads it): the digest comparison at
+      the same position detects it, counts it, and the replica resyncs.
+
+Every wait polls with a deadline (ASan runs these too)."""
+import os
+import sqlite3
+import struct
+import threading
+import time
+import unittest
+
+import modelstate as ms
+import tsd
+import test_replication as base  # not its classes by name: unittest would run their tests here again
+from test_replication import CASE, CONVERGE_S, MODEL, NATS, feedback, wait_for
+
+FNV_OFFSET, FNV_PRIME, MASK = 0xcbf29ce484222325, 0x100000001b3, (1 << 64) - 1
+
+
+def state_checksum(blob):
+    """store.c state_checksum: FNV-1a with one step per little-endian 64-bit value."""
+    h = FNV_OFFSET
+    for (v,) in struct.iter_unpack("<Q", blob):
+        h = ((h ^ v) * FNV_PRIME) & MASK
+    return h
+
+
+@unittest.skipIf(NATS is None, "nats-server is not installed (make deps installs it)")
+class PublishedStates(unittest.TestCase):
+    # The same set-up as test_replication's: a nats-server in a temporary directory, the
+    # replicas stopped cleanly (so the sanitizers' exit checks run), and convergence.
+    setUp, tearDown, converged = base.Replication.setUp, base.Replication.tearDown, base.Replication.converged
+
+    def start(self, rid, with_model=True, extra=()):
+        db_dir = os.path.join(self.tmp, rid)
+        os.makedirs(db_dir, exist_ok=True)
+        args = (["--model", "%s=%s" % (MODEL, ms.golden_file(CASE))] if with_model else []) + [
+            "--replicate", self.nats.url(), "--replica-id", rid, "--replicate-ack-timeout-ms", "1500",
+            "--threads", "1", "--replicate-state-interval", "1"] + list(extra)
+        d = tsd.Daemon(args=args, db_dir=db_dir)
+        wait_for("replica %s to connect" % rid, lambda: d.metric("tscale_repl_connected") == 1, 30)
+        return d
+
+    def test_a_empty_replica_joins_a_running_pair_under_feedback(self):
+        self.replicas = [self.start("r0"), self.start("r1")]
+        acked, stop = [0, 0], threading.Event()
+
+        def drive(i):
+            k = 0
+            while not stop.is_set() and k < 60:
+                status, _, _ = feedback(self.replicas[i], 2 * k + i, id="a%d-%d" % (i, k))
+                if status == 200:
+                    acked[i] += 1
+                k += 1
+
+        threads = [threading.Thread(target=drive, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        wait_for("a published state", lambda: self.replicas[0].metric("tscale_repl_states_published_total") >= 1
+                 and sum(acked) >= 6, CONVERGE_S)
+        # No --model: the joiner has never seen model m; it learns it from the published state.
+        joiner = self.start("r2", with_model=False)
+        self.replicas.append(joiner)
+        time.sleep(0.5)  # feedback goes on while it joins
+        stop.set()
+        for t in threads:
+            t.join(60)
+        self.converged(sum(acked))
+        self.assertGreaterEqual(joiner.metric("tscale_repl_states_loaded_total"), 1)
+        self.assertTrue(any("loaded the state published by replica" in l for l in joiner.log_lines), joiner.log())
+        # It is a full replica: its own feedback reaches the others.
+        status, _, body = feedback(joiner, 7, id="joiner-0")
+        self.assertEqual(status, 200, body[:300])
+        self.converged(sum(acked) + 1)
+
+    def test_b_joiner_after_retention_cut_uses_the_published_state(self):
+        # The first replica creates the stream: deltas older than 4 s are deleted.
+        r0 = self.start("r0", extra=["--replicate-max-age", "4"])
+        self.replicas = [r0]
+        for step in range(5):
+            self.assertEqual(feedback(r0, step, id="b-%d" % step)[0], 200)
+        want = ms.export(r0, MODEL)
+        published = r0.metric("tscale_repl_states_published_total")
+        wait_for("a state after the last step", lambda: r0.metric("tscale_repl_states_published_total") > published,
+                 CONVERGE_S)
+        time.sleep(5)  # retention cuts the deltas
+        # The joiner has the model file (and so its own state at step 0) but an empty database.
+        r1 = self.start("r1", extra=["--replicate-max-age", "4"])
+        self.replicas.append(r1)
+        self.assertEqual(self.converged(5), want)
+        self.assertTrue(any("replaces this replica's own unreplicated state" in l for l in r1.log_lines), r1.log())
+        self.assertEqual(r1.metric("tscale_repl_states_loaded_total"), 1)
+        status, _, body = feedback(r1, 5, id="b-5")
+        self.assertEqual(status, 200, body[:300])
+        self.converged(6)
+
+    def corrupt_newest_snapshot(self, rid):
+        """Add 7 to the first corr_accum value of the newest snapshot of m (a real path: the
+        replica's own database, edited while it is stopped; the checksum is recomputed so
+        that its recovery loads the damaged state as good)."""
+        db = sqlite3.connect(os.path.join(self.tmp, rid, "tscale.db"))
+        sid, blob = db.execute("SELECT s.id, s.state FROM snapshots s JOIN models m ON m.id = s.model_id "
+                               "WHERE m.name = ? ORDER BY s.id DESC LIMIT 1", (MODEL,)).fetchone()
+        vals = list(struct.unpack("<%dq" % (len(blob) // 8), blob))
+        vals[1] += 7  # layer 0: step, then corr_accum[0]
+        blob = struct.pack("<%dq" % len(vals), *vals)
+        db.execute("UPDATE snapshots SET state = ?, checksum = ? WHERE id = ?",
+                   (blob, struct.unpack("<q", struct.pack("<Q", state_checksum(blob)))[0], sid))
+        db.commit()
+        db.close()
+
+    def test_c_digest_mismatch_is_detected_and_healed(self):
+        r0, r1 = self.start("r0"), self.start("r1")
+        self.replicas = [r0, r1]
+        for step in range(4):
+            self.assertEqual(feedback(r0, step, id="c-%d" % step)[0], 200)
+        want = self.converged(4)
+        wait_for("a digest check at the same position",
+                 lambda: r1.metric("tscale_repl_digest_checks_total") >= 1, CONVERGE_S)
+        self.assertEqual(r1.metric("tscale_repl_digest_mismatches_total"), 0)
+        self.assertEqual(r1.stop(), 0)
+        r1.close()
+        self.corrupt_newest_snapshot("r1")
+        r1 = self.start("r1")
+        self.replicas[1] = r1
+        # Its recovery loaded the damage (the mismatch names r1's own digest), and the check
+        # healed it, typically within a second of the start.
+        wait_for("the resync", lambda: r1.metric("tscale_repl_resyncs_total") == 1, CONVERGE_S)
+        self.assertGreaterEqual(r1.metric("tscale_repl_digest_mismatches_total"), 1)
+        self.assertTrue(any("digest mismatch" in l and "this replica ('r1') has" in l and "resyncing" in l
+                            for l in r1.log_lines), r1.log())
+        self.assertEqual(self.converged(4), want)
+        # Healed for good: its resync snapshot is what a restart loads.
+        self.assertEqual(r1.stop(), 0)
+        r1.close()
+        r1 = self.start("r1")
+        self.replicas[1] = r1
+        self.assertEqual(ms.export(r1, MODEL), want)
+
+
+if __name__ == "__main__":
+    unittest.main()

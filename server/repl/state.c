@@ -83,7 +83,7 @@ struct ts_state {
     int64_t counter;             /* states published by this process (their ids) */
     rstate *have;                /* the newest received state per (model, origin) */
     mrec *models;
-    _Atomic uint64_t published, loaded, resyncs, checks, mismatches, failures;
+    _Atomic uint64_t published, chunks, loaded, resyncs, checks, mismatches, failures;
 };
 
 static void rstate_free(rstate *rs) {
@@ -360,7 +360,10 @@ int ts_state_publish(ts_state *st, jsCtx *js, int64_t max_payload, char *err, si
     pthread_mutex_unlock(&st->mu);
     if (!rs)
         return 0;
-    size_t room = max_payload > 2 * HEADER_ROOM ? (size_t)(max_payload - HEADER_ROOM) : HEADER_ROOM;
+    /* Room for the headers (the first chunk's carry the position): HEADER_ROOM, or half of
+     * a small max_payload. */
+    size_t mp = max_payload > 0 ? (size_t)max_payload : 1024 * 1024;
+    size_t room = mp - (mp / 2 < HEADER_ROOM ? mp / 2 : HEADER_ROOM);
     int n = (int)((rs->len + room - 1) / room);
     n = n ? n : 1;
     char subject[400], id[ID_MAX + 32];
@@ -388,6 +391,7 @@ int ts_state_publish(ts_state *st, jsCtx *js, int64_t max_payload, char *err, si
                         "until the next state is published)", rs->model, nats_GetLastError(NULL), st->stream);
     }
     if (s == NATS_OK) {
+        atomic_fetch_add(&st->chunks, (uint64_t)n); /* first: a reader never sees a state without its chunks */
         atomic_fetch_add(&st->published, 1);
         ts_log_debug("replication: published the state of model '%s' (step %lld, stream position %llu, %zu "
                      "bytes in %d chunks)", rs->model, (long long)rs->step, (unsigned long long)rs->stream_seq,
@@ -863,17 +867,19 @@ void ts_state_stop(ts_state *st) {
 void ts_state_render_metrics(ts_state *st, ts_buf *out) {
     if (!st)
         return;
-    static const char *const names[] = {"states_published", "states_loaded", "resyncs", "digest_checks",
-                                        "digest_mismatches", "state_publish_failures"};
+    static const char *const names[] = {"states_published", "state_chunks_published", "states_loaded", "resyncs",
+                                        "digest_checks", "digest_mismatches", "state_publish_failures"};
     static const char *const helps[] = {
         "Model states this replica published (the join and resync source of others).",
+        "Messages those states took (a state larger than the server's max_payload is split).",
         "Published states loaded here (a join, or a model whose deltas retention cut).",
         "Digest mismatches healed by loading another replica's state for the same position.",
         "Digest comparisons with other replicas' states for the same position.",
         "Digest comparisons that differed (the replica that loses the vote resyncs).",
         "Failed attempts to publish a state (each is retried)."};
-    _Atomic uint64_t *v[] = {&st->published, &st->loaded, &st->resyncs, &st->checks, &st->mismatches, &st->failures};
-    for (int i = 0; i < 6; i++)
+    _Atomic uint64_t *v[] = {&st->published, &st->chunks, &st->loaded, &st->resyncs, &st->checks, &st->mismatches,
+                             &st->failures};
+    for (int i = 0; i < 7; i++)
         ts_buf_printf(out, "# HELP tscale_repl_%s_total %s\n# TYPE tscale_repl_%s_total counter\n"
                            "tscale_repl_%s_total %llu\n", names[i], helps[i], names[i], names[i],
                       (unsigned long long)atomic_load(v[i]));

@@ -52,6 +52,13 @@ class PublishedStates(unittest.TestCase):
         return d
 
     def test_a_empty_replica_joins_a_running_pair_under_feedback(self):
+        # A NATS server whose max_payload (1 KiB) is smaller than the model file (1.8 KiB):
+        # every state goes out in chunks, as a model of more than 1 MiB does by default.
+        self.nats.stop()
+        conf = os.path.join(self.tmp, "nats.conf")
+        with open(conf, "w") as f:
+            f.write("max_payload: 1024\n")
+        self.nats = base.NatsServer(os.path.join(self.tmp, "nats"), extra=["-c", conf])
         self.replicas = [self.start("r0"), self.start("r1")]
         acked, stop = [0, 0], threading.Event()
 
@@ -68,6 +75,10 @@ class PublishedStates(unittest.TestCase):
             t.start()
         wait_for("a published state", lambda: self.replicas[0].metric("tscale_repl_states_published_total") >= 1
                  and sum(acked) >= 6, CONVERGE_S)
+        _, _, text = self.replicas[0].request("GET", "/metrics")  # one reading for both counters
+        m = dict(l.split()[:2] for l in text.decode().splitlines() if l.startswith("tscale_repl_state"))
+        self.assertGreaterEqual(float(m["tscale_repl_state_chunks_published_total"]),
+                                2 * float(m["tscale_repl_states_published_total"]))
         # No --model: the joiner has never seen model m; it learns it from the published state.
         joiner = self.start("r2", with_model=False)
         self.replicas.append(joiner)

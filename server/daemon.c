@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "core/kernel.h"
+#include "server/api/admin.h"
 #include "server/api/api.h"
 #include "server/cli.h"
 #include "server/log.h"
@@ -93,6 +94,7 @@ static void begin_shutdown(ts_server *srv, int signum) {
     ts_http_drain_inbound(srv->http); /* accepted before the signal: serve it */
     srv->closing = 1;
     ts_repl_drain(srv->repl); /* deltas from now on are consumed again at the next start */
+    ts_admin_cancel_waits(srv);
     uv_timer_stop(&srv->snapshot_timer);
     for (ts_served *s = ts_engine_first(srv->engine); s; s = s->next) {
         if (s->unloading)
@@ -427,6 +429,7 @@ static int run(ts_server *srv, uv_loop_t *loop) {
         goto fail;
     if (ts_repl_enabled(srv->repl) && start_states(srv, err, sizeof err) < 0)
         goto fail;
+    ts_repl_set_admin(srv->repl, ts_admin_apply, srv);
     if (ts_repl_start(srv->repl, loop, srv->engine, err, sizeof err) < 0 ||
         start_http(srv, err, sizeof err) < 0) {
         ts_repl_stop(srv->repl);

@@ -28,6 +28,8 @@ typedef struct ts_server {
     ts_idem *idem;                      /* exactly-once feedback ids (idem.h); NULL: off */
     ts_window *window;                  /* inputs kept for feedback by id (window.h) */
     ts_repl *repl;                      /* replication (repl.h); always there, maybe off */
+    struct ts_admin_wait *admin_waits;  /* PUT/restore/DELETE requests waiting for their admin
+                                           message to come back from the stream (admin.c) */
     struct ts_state *state;             /* published states (server/repl/state.h); NULL when
                                            replication is off */
     ts_http *http;

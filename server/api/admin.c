@@ -94,24 +94,35 @@ typedef struct {
                                      restore: it was deleted (brought back, undelete) */
     int64_t version;              /* put */
     int created;                  /* put */
+    const char *reason;           /* an admin message applied: "import" or "restore" */
+    char *repl;                   /* its replication position (malloc'd) */
 } admin_job;
 
-static admin_job *new_job(ts_server *srv, ts_req *req, void (*work)(ts_store *, ts_persist_job *),
-                          void (*done)(ts_persist_job *)) {
+/* A job for model name (NULL: the request's); req may be NULL (an admin message of another
+ * replica: nobody to answer). */
+static admin_job *new_job_for(ts_server *srv, ts_req *req, const char *name,
+                              void (*work)(ts_store *, ts_persist_job *), void (*done)(ts_persist_job *)) {
     admin_job *j = calloc(1, sizeof *j);
     if (!j) {
-        ts_req_reply_error(req, 500, "out of memory");
+        if (req)
+            ts_req_reply_error(req, 500, "out of memory");
         return NULL;
     }
     j->job.work = work;
     j->job.done = done;
     j->srv = srv;
     j->req = req;
-    snprintf(j->name, sizeof j->name, "%s", req->route.model);
+    snprintf(j->name, sizeof j->name, "%s", name ? name : req->route.model);
     return j;
 }
 
+static admin_job *new_job(ts_server *srv, ts_req *req, void (*work)(ts_store *, ts_persist_job *),
+                          void (*done)(ts_persist_job *)) {
+    return new_job_for(srv, req, NULL, work, done);
+}
+
 static void free_job(admin_job *j) {
+    free(j->repl);
     free(j->list);
     ts_model_free(j->model);
     free(j);
@@ -203,6 +214,156 @@ static void queue_swap(ts_server *srv, ts_served *s, ts_req *req, ts_model *m, i
     ts_req_reply_error(req, 500, "out of memory");
 }
 
+/* ---- replicated: PUT, restore and DELETE as admin messages (repl.h "Admin everywhere") ---- */
+
+/* A request of this replica whose admin message has not come back from the stream yet. */
+typedef struct ts_admin_wait {
+    char id[96];
+    ts_req *req;
+    int64_t restored_from;
+    struct ts_admin_wait *next;
+} ts_admin_wait;
+
+/* Publish `what` for model name (its file and state from m; none for "delete") and answer
+ * req once the message has taken effect here (ts_admin_apply). */
+static void publish_admin(ts_server *srv, ts_req *req, const char *name, const char *what, int64_t version,
+                          const ts_model *m, int64_t restored_from) {
+    const char *why = NULL;
+    char err[256];
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    if (!ts_repl_model_ready(srv->repl, name, &why)) {
+        ts_req_reply_error(req, 503, "replication is not available (%s): the %s is not published, nothing "
+                           "changed; retry", why, what);
+        return;
+    }
+    if (m && ts_safetensors_write(m, name, &bytes, &len, err, sizeof err) < 0) {
+        ts_req_reply_error(req, 500, "%s", err);
+        return;
+    }
+    ts_admin_wait *w = calloc(1, sizeof *w);
+    if (!w || ts_repl_publish_admin(srv->repl, name, what, version, bytes, len, w->id, sizeof w->id) < 0) {
+        free(w);
+        free(bytes);
+        ts_req_reply_error(req, 500, "out of memory publishing the %s", what);
+        return;
+    }
+    free(bytes);
+    w->req = req;
+    w->restored_from = restored_from;
+    w->next = srv->admin_waits;
+    srv->admin_waits = w;
+}
+
+/* The waiting request of admin message id (taken off the list), or NULL. */
+static ts_admin_wait *take_wait(ts_server *srv, const char *id) {
+    for (ts_admin_wait **pp = &srv->admin_waits; *pp; pp = &(*pp)->next)
+        if (strcmp((*pp)->id, id) == 0) {
+            ts_admin_wait *w = *pp;
+            *pp = w->next;
+            return w;
+        }
+    return NULL;
+}
+
+void ts_admin_cancel_waits(ts_server *srv) {
+    while (srv->admin_waits) {
+        ts_admin_wait *w = take_wait(srv, srv->admin_waits->id);
+        ts_req_reply_error(w->req, 503, "shutting down before the change took effect here; it is published "
+                           "and takes effect on every replica (this one at its next start) in stream order");
+        free(w);
+    }
+}
+
+static void applied_work(ts_store *st, ts_persist_job *pj) {
+    admin_job *j = (admin_job *)pj;
+    j->rc = ts_store_put_joined(st, j->name, j->model, j->version, j->reason, j->repl,
+                                (int)j->srv->cfg.snapshot_keep, &j->info, j->err, sizeof j->err);
+}
+
+static void applied_done(ts_persist_job *pj) {
+    admin_job *j = (admin_job *)pj;
+    ts_served *s = ts_engine_find(j->srv->engine, j->name, 1);
+    if (j->rc == 0 && s) {
+        ts_snapshot_note(s, &j->info);
+        ts_snapshot_log(s->name, &j->info, 0);
+    } else if (j->rc < 0) {
+        ts_log_error("replication: model '%s': storing the replaced model failed: %s; feedback for it is "
+                     "refused until a published state is loaded", j->name, j->err);
+        ts_repl_set_diverged(j->srv->repl, j->name, "the model replaced by an admin message could not be stored");
+    }
+    if (j->req && s)
+        reply_swapped(j->req, s, j->rc == 0 ? &j->info : NULL, j->err, j->snapshot_id, 200);
+    else if (j->req)
+        ts_req_reply_error(j->req, 404, "model '%s' was unloaded", j->name);
+    free_job(j);
+}
+
+static void unload_control(ts_engine *e, ts_served *s, void *arg);
+static void deactivate_work(ts_store *st, ts_persist_job *pj);
+static void deactivate_done(ts_persist_job *pj);
+
+void ts_admin_apply(void *arg, ts_served *s, const char *what, int64_t version, const uint8_t *bytes, size_t len,
+                    const char *origin, const char *id) {
+    ts_server *srv = arg;
+    ts_admin_wait *w = take_wait(srv, id);
+    ts_req *req = w ? w->req : NULL;
+    int64_t restored_from = w ? w->restored_from : 0;
+    free(w);
+    if (strcmp(what, "delete") == 0) {
+        admin_job *j = new_job_for(srv, req, s->name, deactivate_work, deactivate_done);
+        if (j) {
+            s->unloading = 1; /* no new work from now on */
+            unload_control(srv->engine, s, j);
+        }
+        return;
+    }
+    char err[256];
+    ts_model *m = ts_safetensors_read(bytes, len, NULL, err, sizeof err);
+    admin_job *j = m ? new_job_for(srv, req, s->name, applied_work, applied_done) : NULL;
+    if (j)
+        j->model = ts_model_clone(m); /* the store's copy: the served one changes with feedback */
+    if (!j || !j->model) {
+        ts_log_error("replication: model '%s': the %s published by replica '%s' cannot be applied: %s; feedback "
+                     "for it is refused until a published state is loaded", s->name, what, origin,
+                     m ? "out of memory" : err);
+        ts_repl_set_diverged(srv->repl, s->name, "an admin message could not be applied (see the log)");
+        if (req && j)
+            ts_req_reply_error(req, 500, "the %s could not be applied here", what);
+        else if (req)
+            ts_req_reply_error(req, 500, "the %s could not be applied here: %s", what, m ? "out of memory" : err);
+        ts_model_free(m);
+        if (j)
+            free_job(j);
+        return;
+    }
+    ts_engine_swap(srv->engine, s, m, version);
+    ts_log_info("model '%s' %s by replica '%s': version %lld, step %lld", s->name,
+                strcmp(what, "restore") == 0 ? "restored" : "replaced", origin, (long long)version,
+                (long long)s->step);
+    j->version = version;
+    j->reason = strcmp(what, "restore") == 0 ? "restore" : "import";
+    j->snapshot_id = restored_from;
+    j->repl = ts_repl_position(srv->repl, s->name);
+    ts_persist_submit(srv->persist, &j->job);
+}
+
+/* PUT of a served model while replicating: its version number is this database's next, for
+ * every replica (ts_store_put_joined stores it under that number). */
+static void next_version_work(ts_store *st, ts_persist_job *pj) {
+    admin_job *j = (admin_job *)pj;
+    j->rc = ts_store_next_version(st, j->name, &j->version, j->err, sizeof j->err);
+}
+
+static void next_version_done(ts_persist_job *pj) {
+    admin_job *j = (admin_job *)pj;
+    if (j->rc < 0)
+        ts_req_reply_error(j->req, 500, "%s", j->err);
+    else
+        publish_admin(j->srv, j->req, j->name, "import", j->version, j->model, 0);
+    free_job(j);
+}
+
 /* ---- POST /admin/models/{m}/restore ---- */
 
 static void restore_work(ts_store *st, ts_persist_job *pj) {
@@ -265,6 +426,8 @@ static void restore_done(ts_persist_job *pj) {
         serve_restored(j);
     else if (!s)
         ts_req_reply_error(j->req, 404, "model '%s' was unloaded", j->name);
+    else if (ts_repl_enabled(j->srv->repl))
+        publish_admin(j->srv, j->req, j->name, "restore", j->info.version, j->model, j->snapshot_id);
     else {
         queue_swap(j->srv, s, j->req, j->model, j->info.version, "restore", j->snapshot_id, 200);
         j->model = NULL;
@@ -347,12 +510,15 @@ static void deactivate_done(ts_persist_job *pj) {
     if (j->rc < 0) {
         if (s)
             s->unloading = 0;
-        ts_req_reply_error(j->req, 500, "unloading failed (the model is still served): %s", j->err);
+        ts_log_error("model '%s': unloading failed (the model is still served): %s", j->name, j->err);
+        if (j->req)
+            ts_req_reply_error(j->req, 500, "unloading failed (the model is still served): %s", j->err);
     } else {
         if (s)
             ts_engine_remove(j->srv->engine, s);
         ts_log_info("model '%s' unloaded (its snapshots stay in the database)", j->name);
-        ts_req_reply_json(j->req, 200, json_pack("{s:s,s:b}", "model_name", j->name, "unloaded", 1));
+        if (j->req)
+            ts_req_reply_json(j->req, 200, json_pack("{s:s,s:b}", "model_name", j->name, "unloaded", 1));
     }
     free_job(j);
 }
@@ -395,15 +561,13 @@ static void undelete(ts_server *srv, ts_req *req) {
 
 void ts_admin_handle(ts_server *srv, ts_req *req) {
     ts_endpoint ep = req->route.ep;
-    if (ts_repl_enabled(srv->repl) &&
-        (ep == TS_EP_ADMIN_PUT || ep == TS_EP_ADMIN_RESTORE || ep == TS_EP_ADMIN_DELETE)) {
-        /* Not replicated yet (repl.h): done on one replica, it would part its state from the
+    if (ts_repl_enabled(srv->repl) && (ep == TS_EP_ADMIN_PUT || ep == TS_EP_ADMIN_RESTORE) &&
+        !ts_engine_find(srv->engine, req->route.model, 1)) {
+        /* Not replicated yet (repl.h): done on one replica, it would part its models from the
          * others' for good. */
-        ts_req_reply_error(req, 409, "%s of a model is not replicated yet, so it is refused while "
-                           "--replicate is on (it would make this replica differ from the others for "
-                           "good); to change a model, restart every replica with the new --model file",
-                           ep == TS_EP_ADMIN_PUT ? "replacing (PUT)" : ep == TS_EP_ADMIN_RESTORE ? "restoring"
-                                                                                                 : "deleting");
+        ts_req_reply_error(req, 409, "%s is not replicated yet, so it is refused while --replicate is on; "
+                           "replacing, restoring and deleting a served model are", ep == TS_EP_ADMIN_PUT
+                           ? "adding a new model (PUT)" : "bringing back a deleted model (restore)");
         return;
     }
     if (ep == TS_EP_ADMIN_LIST) {
@@ -412,6 +576,15 @@ void ts_admin_handle(ts_server *srv, ts_req *req) {
     }
     if (ep == TS_EP_ADMIN_SNAPSHOTS) {
         submit(srv, new_job(srv, req, list_work, list_done));
+        return;
+    }
+    if (ep == TS_EP_ADMIN_PUT && ts_repl_enabled(srv->repl)) {
+        admin_job *j = new_job(srv, req, next_version_work, next_version_done);
+        if (j) {
+            j->model = req->upload;
+            req->upload = NULL;
+            submit(srv, j);
+        }
         return;
     }
     if (ep == TS_EP_ADMIN_PUT) {
@@ -455,6 +628,10 @@ void ts_admin_handle(ts_server *srv, ts_req *req) {
     }
     case TS_EP_ADMIN_EXPORT: ts_engine_export(srv->engine, s, req); break;
     case TS_EP_ADMIN_DELETE: {
+        if (ts_repl_enabled(srv->repl)) {
+            publish_admin(srv, req, s->name, "delete", s->version, NULL, 0);
+            break;
+        }
         admin_job *j = new_job(srv, req, deactivate_work, deactivate_done);
         if (!j)
             break;

@@ -821,6 +821,8 @@ static void step_acked(void *arg, const char *err) {
     if (cs && cs->generation == a->generation && cs->uncommitted > 0)
         cs->uncommitted--; /* journaled now, or taken back below */
     if (!err && ts_repl_enabled(e->cfg.repl)) {
+        if (cs && cs->generation != a->generation)
+            ts_repl_reapply(e->cfg.repl, a->name, a->seq); /* its model was replaced meanwhile (repl.h) */
         if (ts_repl_publish(e->cfg.repl, a->name, a->version, a->seq, it->scores, a->n, step_published, a) == 0)
             return;
         ts_log_error("model '%s': out of memory queueing journal entry %lld for replication; it is "

@@ -41,6 +41,12 @@ typedef struct position {
     int64_t journaled;           /* this replica's highest own step of the model handed over
                                     for publishing (journaled): what a published state holds */
     char *diverged;              /* why feedback is refused (malloc'd), or NULL (ts_repl_model_ready) */
+    int64_t own_seen;            /* the highest own step consumed from the stream */
+    /* Own steps applied locally to a state that an admin message replaced, and after that
+     * message in the stream: applied again when consumed (repl.h "Admin everywhere"). */
+    int64_t reapply_lo, reapply_hi; /* seq in (lo, hi] */
+    int64_t *reapply;            /* and these (journaled after the replacement) */
+    size_t n_reapply;
     origin *origins;
     struct position *next;
 } position;
@@ -49,6 +55,9 @@ typedef struct position {
 typedef struct pub {
     char model[TS_MODEL_NAME_MAX];
     int64_t version, seq;
+    char admin[16];              /* an admin message: "import", "restore" or "delete"; "" = a step */
+    char admin_id[96];           /* its id, and this chunk of how many */
+    int chunk, chunks;
     uint8_t *payload;
     size_t len;
     uint64_t t_queued_ms;        /* uv_now when queued */
@@ -62,6 +71,11 @@ typedef struct pub {
 /* One message of the stream, on its way to its model's FIFO. */
 typedef struct delta {
     ts_repl *r;
+    char admin[16];              /* an admin message (pub's), its payload the model file */
+    char admin_id[96];
+    int chunks, next_chunk;      /* being assembled (the subscription's callback) */
+    size_t cap;
+    struct delta *next_asm;
     char model[TS_MODEL_NAME_MAX];
     char origin[TS_TOKEN_MAX];
     int64_t version, seq;
@@ -85,6 +99,10 @@ struct ts_repl {
     uint64_t start_seq;          /* where consuming starts (set before the thread runs, or by
                                     ts_repl_join_done once published states are loaded) */
     ts_state *state;             /* published states (state.h), or NULL */
+    ts_repl_admin_fn admin_fn;   /* applies admin messages (ts_repl_set_admin) */
+    void *admin_arg;
+    delta *asm_head;             /* the subscription's callback: admin messages in chunks */
+    uint64_t admin_counter;      /* loop: admin messages published by this process */
     int joined;                  /* mu: ts_repl_join_done ran */
     pthread_t thread;
     pthread_mutex_t mu;
@@ -110,6 +128,7 @@ struct ts_repl {
 
 static void position_free(position *p) {
     free(p->diverged);
+    free(p->reapply);
     while (p->origins) {
         origin *o = p->origins;
         p->origins = o->next;
@@ -156,6 +175,12 @@ static char *position_json(const position *p, const char *self, int64_t self_mar
     }
     if (origins && self && self_mark > 0 && !json_object_get(origins, self))
         json_object_set_new(origins, self, json_integer(self_mark));
+    if (doc && !self && (p->reapply_hi > p->reapply_lo || p->n_reapply)) { /* this replica's own business */
+        json_t *a = json_pack("[I,I]", (json_int_t)p->reapply_lo, (json_int_t)p->reapply_hi);
+        for (size_t i = 0; a && i < p->n_reapply; i++)
+            json_array_append_new(a, json_integer(p->reapply[i]));
+        json_object_set_new(doc, "reapply", a);
+    }
     char *out = NULL;
     if (origins && doc && json_object_set_new(doc, "stream_seq", json_integer((json_int_t)p->stream_seq)) == 0 &&
         json_object_set(doc, "origins", origins) == 0)
@@ -195,6 +220,13 @@ static int position_load(ts_repl *r, const char *model, const char *text) {
     json_t *origins = doc ? json_object_get(doc, "origins") : NULL;
     position *p = seq && json_is_integer(seq) && json_is_object(origins) ? position_get(r, model) : NULL;
     int rc = p ? 0 : -1;
+    json_t *re = doc ? json_object_get(doc, "reapply") : NULL;
+    if (p && json_array_size(re) >= 2) {
+        p->reapply_lo = json_integer_value(json_array_get(re, 0));
+        p->reapply_hi = json_integer_value(json_array_get(re, 1));
+        for (size_t i = 2; i < json_array_size(re); i++)
+            ts_repl_reapply(r, model, json_integer_value(json_array_get(re, i)));
+    }
     if (p) {
         p->stream_seq = (uint64_t)json_integer_value(seq);
         p->known = 1;
@@ -223,6 +255,8 @@ int ts_repl_position_adopt(ts_repl *r, const char *model, const char *text) {
     }
     free(p->diverged);
     p->diverged = NULL;
+    p->reapply_lo = p->reapply_hi = 0;
+    p->n_reapply = 0;
     return position_load(r, model, text);
 }
 
@@ -324,6 +358,11 @@ static void delta_free(delta *d) {
 void ts_repl_free(ts_repl *r) {
     if (!r)
         return;
+    while (r->asm_head) {
+        delta *d = r->asm_head;
+        r->asm_head = d->next_asm;
+        delta_free(d);
+    }
     while (r->positions) {
         position *p = r->positions;
         r->positions = p->next;
@@ -418,6 +457,65 @@ int ts_repl_publish(ts_repl *r, const char *model, int64_t version, int64_t seq,
     return 0;
 }
 
+int ts_repl_publish_admin(ts_repl *r, const char *model, const char *what, int64_t version,
+                          const uint8_t *bytes, size_t len, char *id, size_t idlen) {
+    int64_t mp = atomic_load(&r->connected) && r->nc ? natsConnection_GetMaxPayload(r->nc) : 0;
+    size_t room = mp > 65536 ? (size_t)mp - 16384 : mp > 1024 ? (size_t)mp / 2 : 1024 * 1024 - 16384;
+    int chunks = len ? (int)((len + room - 1) / room) : 1;
+    snprintf(id, idlen, "%s:admin:%llu:%llu", r->id, (unsigned long long)(ts_now_us() / 1000),
+             (unsigned long long)++r->admin_counter);
+    pub **ps = calloc((size_t)chunks, sizeof *ps);
+    if (!ps)
+        return -1;
+    for (int i = 0; i < chunks; i++) {
+        size_t off = (size_t)i * room, n = len - off < room ? len - off : room;
+        ps[i] = pub_new(model, version, 0, bytes ? bytes + off : (const uint8_t *)"", len ? n : 0);
+        if (!ps[i]) {
+            while (i-- > 0)
+                pub_free(ps[i]);
+            free(ps);
+            return -1;
+        }
+        snprintf(ps[i]->admin, sizeof ps[i]->admin, "%s", what);
+        snprintf(ps[i]->admin_id, sizeof ps[i]->admin_id, "%s", id);
+        ps[i]->chunk = i;
+        ps[i]->chunks = chunks;
+    }
+    for (int i = 0; i < chunks; i++)
+        enqueue_pub(r, ps[i]); /* behind the steps journaled before it */
+    free(ps);
+    return 0;
+}
+
+void ts_repl_set_admin(ts_repl *r, ts_repl_admin_fn fn, void *arg) {
+    r->admin_fn = fn;
+    r->admin_arg = arg;
+}
+
+void ts_repl_reapply(ts_repl *r, const char *model, int64_t seq) {
+    position *p = position_get(r, model);
+    int64_t *a = p ? realloc(p->reapply, (p->n_reapply + 1) * sizeof *a) : NULL;
+    if (!a) {
+        ts_log_error("replication: model '%s': out of memory remembering step %lld to apply again", model,
+                     (long long)seq);
+        return;
+    }
+    a[p->n_reapply++] = seq;
+    p->reapply = a;
+}
+
+/* Whether own step seq of p is to be applied again (once: an extra is forgotten). */
+static int reapply_take(position *p, int64_t seq) {
+    if (seq > p->reapply_lo && seq <= p->reapply_hi)
+        return 1;
+    for (size_t i = 0; i < p->n_reapply; i++)
+        if (p->reapply[i] == seq) {
+            p->reapply[i] = p->reapply[--p->n_reapply];
+            return 1;
+        }
+    return 0;
+}
+
 /* Publisher thread: publish p and wait for its PubAck. NATS_OK or why not in err. */
 static natsStatus publish_one(ts_repl *r, const pub *p, char *err, size_t errlen) {
     char subj[256], v[32], s[32], msgid[TS_TOKEN_MAX + 32];
@@ -425,6 +523,11 @@ static natsStatus publish_one(ts_repl *r, const pub *p, char *err, size_t errlen
     snprintf(v, sizeof v, "%lld", (long long)p->version);
     snprintf(s, sizeof s, "%lld", (long long)p->seq);
     snprintf(msgid, sizeof msgid, "%s:%lld", r->id, (long long)p->seq);
+    char chunk[32];
+    if (p->admin[0]) { /* an admin message: its id, no step seq */
+        snprintf(msgid, sizeof msgid, "%s:%d", p->admin_id, p->chunk);
+        snprintf(chunk, sizeof chunk, "%d/%d", p->chunk, p->chunks);
+    }
     natsMsg *m = NULL;
     jsPubAck *ack = NULL;
     jsErrCode jerr = 0;
@@ -435,7 +538,11 @@ static natsStatus publish_one(ts_repl *r, const pub *p, char *err, size_t errlen
     if (st == NATS_OK)
         st = natsMsgHeader_Set(m, "Tscale-Origin", r->id);
     if (st == NATS_OK)
-        st = natsMsgHeader_Set(m, "Tscale-Seq", s);
+        st = p->admin[0] ? natsMsgHeader_Set(m, "Tscale-Admin", p->admin) : natsMsgHeader_Set(m, "Tscale-Seq", s);
+    if (st == NATS_OK && p->admin[0])
+        st = natsMsgHeader_Set(m, "Tscale-Admin-Id", p->admin_id);
+    if (st == NATS_OK && p->admin[0])
+        st = natsMsgHeader_Set(m, "Tscale-Chunk", chunk);
     if (st == NATS_OK)
         st = natsMsgHeader_Set(m, "Tscale-Version", v);
     if (st == NATS_OK)
@@ -470,9 +577,86 @@ static int parse_i64(const char *s, int64_t *out) {
     return 0;
 }
 
+static void push_in(ts_repl *r, delta *d) {
+    pthread_mutex_lock(&r->mu);
+    if (r->in_tail)
+        r->in_tail->next = d;
+    else
+        r->in_head = d;
+    r->in_tail = d;
+    pthread_mutex_unlock(&r->mu);
+    uv_async_send(&r->async);
+}
+
+/* One chunk of an admin message (the subscription's callback): assembled per origin (one
+ * publisher thread per replica sends them in order); the whole message goes to the loop
+ * with the stream sequence of its last chunk, where it takes effect. 0, or -1 (malformed). */
+static int admin_chunk(ts_repl *r, natsMsg *msg, const jsMsgMetaData *meta) {
+    const char *o = header(msg, "Tscale-Origin"), *model = header(msg, "Tscale-Model");
+    const char *id = header(msg, "Tscale-Admin-Id"), *what = header(msg, "Tscale-Admin");
+    const char *chunk = header(msg, "Tscale-Chunk");
+    int i = -1, n = 0;
+    int64_t version = 0;
+    if (!o || !model || !id || !chunk || sscanf(chunk, "%d/%d", &i, &n) != 2 || i < 0 || i >= n ||
+        strlen(o) >= TS_TOKEN_MAX || strlen(model) >= TS_MODEL_NAME_MAX || strlen(id) >= 96 || strlen(what) >= 16 ||
+        parse_i64(header(msg, "Tscale-Version"), &version) != 0)
+        return -1;
+    delta **pp = &r->asm_head;
+    while (*pp && strcmp((*pp)->origin, o) != 0)
+        pp = &(*pp)->next_asm;
+    delta *d = *pp;
+    if (i == 0 && d) { /* a new message: an unfinished one of this origin is dropped */
+        *pp = d->next_asm;
+        delta_free(d);
+        d = NULL;
+    }
+    if (i == 0 && (d = calloc(1, sizeof *d)) != NULL) {
+        d->r = r;
+        snprintf(d->origin, sizeof d->origin, "%s", o);
+        snprintf(d->model, sizeof d->model, "%s", model);
+        snprintf(d->admin, sizeof d->admin, "%s", what);
+        snprintf(d->admin_id, sizeof d->admin_id, "%s", id);
+        d->version = version;
+        d->chunks = n;
+        d->next_asm = r->asm_head;
+        r->asm_head = d;
+    }
+    if (!d || strcmp(d->admin_id, id) != 0 || d->next_chunk != i)
+        return -1; /* out of memory, or a chunk missing */
+    size_t len = (size_t)natsMsg_GetDataLength(msg);
+    if (d->len + len > d->cap) {
+        uint8_t *b = realloc(d->payload, (d->len + len) * 2 + 1);
+        if (!b)
+            return -1;
+        d->payload = b;
+        d->cap = (d->len + len) * 2 + 1;
+    }
+    if (len) /* a delete has no payload (and no data pointer) */
+        memcpy(d->payload + d->len, natsMsg_GetData(msg), len);
+    d->len += len;
+    if (++d->next_chunk < d->chunks)
+        return 0;
+    for (pp = &r->asm_head; *pp != d; pp = &(*pp)->next_asm)
+        ;
+    *pp = d->next_asm;
+    d->stream_seq = meta->Sequence.Stream;
+    push_in(r, d);
+    return 0;
+}
+
 /* Who owns what: libnats hands msg over (destroyed here); the delta goes to the loop. */
 static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
     ts_repl *r = closure;
+    if (header(msg, "Tscale-Admin")) {
+        jsMsgMetaData *am = NULL;
+        if (natsMsg_GetMetaData(&am, msg) != NATS_OK || admin_chunk(r, msg, am) < 0)
+            atomic_fetch_add(&r->malformed, 1);
+        if (am)
+            atomic_store(&r->num_pending, am->NumPending);
+        jsMsgMetaData_Destroy(am);
+        natsMsg_Destroy(msg);
+        return;
+    }
     jsMsgMetaData *meta = NULL;
     delta *d = calloc(1, sizeof *d);
     const char *o = header(msg, "Tscale-Origin"), *model = header(msg, "Tscale-Model");
@@ -489,14 +673,7 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         d->len = (size_t)len;
         memcpy(d->payload, natsMsg_GetData(msg), d->len);
         atomic_store(&r->num_pending, meta->NumPending);
-        pthread_mutex_lock(&r->mu);
-        if (r->in_tail)
-            r->in_tail->next = d;
-        else
-            r->in_head = d;
-        r->in_tail = d;
-        pthread_mutex_unlock(&r->mu);
-        uv_async_send(&r->async);
+        push_in(r, d);
     } else {
         atomic_fetch_add(&r->malformed, 1);
         if (d)
@@ -667,6 +844,7 @@ static void on_disconnected(natsConnection *nc, void *closure) {
 /* ---- the loop side ---- */
 
 static void apply_delta(struct ts_engine *e, ts_served *s, void *arg);
+static void apply_admin(struct ts_engine *e, ts_served *s, void *arg);
 
 /* The acknowledged steps: marks and callbacks. */
 static void drain_acked(ts_repl *r) {
@@ -701,7 +879,7 @@ static void drain_in(ts_repl *r) {
         in = d->next;
         d->next = NULL;
         ts_served *s = r->draining ? NULL : ts_engine_find(r->engine, d->model, 0);
-        if (s && ts_engine_control(r->engine, s, apply_delta, d) == 0) {
+        if (s && ts_engine_control(r->engine, s, d->admin[0] ? apply_admin : apply_delta, d) == 0) {
             r->queued_deltas++;
             continue;
         }
@@ -731,10 +909,45 @@ static int delta_seen(ts_repl *r, position *pos, const delta *d, origin **o) {
         return 1;
     pos->stream_seq = d->stream_seq;
     pos->known = 1;
-    if (strcmp(d->origin, r->id) == 0)
-        return 1; /* applied locally before it was published (and in the journal) */
+    if (strcmp(d->origin, r->id) == 0) {
+        pos->own_seen = d->seq > pos->own_seen ? d->seq : pos->own_seen;
+        if (!reapply_take(pos, d->seq))
+            return 1; /* applied locally before it was published (and in the journal) */
+        *o = origin_get(pos, d->origin); /* applied here to a state since replaced: again */
+        return *o == NULL;
+    }
     *o = origin_get(pos, d->origin);
     return *o && d->seq <= (*o)->seq;
+}
+
+/* A control item of s's FIFO (s idle): an admin message takes effect here, in stream order
+ * (repl.h "Admin everywhere"). Owns d. */
+static void apply_admin(struct ts_engine *e, ts_served *s, void *arg) {
+    delta *d = arg;
+    ts_repl *r = d->r;
+    r->queued_deltas--;
+    position *pos = position_get(r, s->name);
+    if (pos && d->stream_seq > pos->stream_seq) {
+        pos->stream_seq = d->stream_seq;
+        pos->known = 1;
+        /* Own steps journaled and not yet consumed are after it in the stream: the others
+         * apply them to the replaced state, so this replica applies them again when they
+         * come; steps still waiting for their journal commit are added by the engine
+         * (ts_repl_reapply) once journaled. */
+        pos->reapply_lo = pos->own_seen;
+        pos->reapply_hi = pos->journaled;
+        pos->n_reapply = 0;
+        ts_log_info("replication: model '%s': %s by replica '%s' takes effect at stream sequence %llu (own "
+                    "steps with journal seq in (%lld, %lld] are after it in the stream: applied again when they "
+                    "come)", s->name,
+                    strcmp(d->admin, "delete") == 0 ? "delete" : strcmp(d->admin, "restore") == 0 ? "restore"
+                                                                                                     : "replace",
+                    d->origin, (unsigned long long)d->stream_seq, (long long)pos->reapply_lo,
+                    (long long)pos->reapply_hi);
+        if (r->admin_fn)
+            r->admin_fn(r->admin_arg, s, d->admin, d->version, d->payload, d->len, d->origin, d->admin_id);
+    }
+    delta_free(d);
 }
 
 /* A control item of s's FIFO (s idle): apply one consumed delta. Owns d. */
@@ -750,7 +963,8 @@ static void apply_delta(struct ts_engine *e, ts_served *s, void *arg) {
         delta_free(d);
         return;
     }
-    o->seq = d->seq; /* applied or skipped for good: either way not again */
+    if (d->seq > o->seq)
+        o->seq = d->seq; /* applied or skipped for good: either way not again */
     size_t n = ts_model_score_len(s->model);
     int16_t *scores = malloc((n ? n : 1) * sizeof *scores);
     if (d->version != s->version) {

@@ -38,6 +38,33 @@
  * is unknown (a join) and then calls ts_repl_join_done, which sets where consuming starts.
  * The publisher thread publishes queued states when no step waits.
  *
+ * Admin everywhere: PUT (replace), restore and DELETE of a served model are published to
+ * the model's delta subject as an admin message (headers Tscale-Admin "import", "restore"
+ * or "delete", Tscale-Admin-Id, Tscale-Chunk "i/n": a model file larger than max_payload
+ * goes in chunks, assembled per origin) and take effect on every replica, the originating
+ * one included, when consumed: a control item of the model's FIFO at the stream position
+ * of the last chunk, like a delta (ts_repl_set_admin's hook does the swap or unload; the
+ * originating replica answers its request then). So every replica replaces the state at
+ * the same point of the delta sequence.
+ *
+ * The rule for a replica's own steps around an admin message X (position p, stream seq
+ * S): every replica applies the deltas before S to the old state and those after S to the
+ * new one. A replica applies its own steps at once, before they are in the stream, so at
+ * the moment it applies X, its own steps of the model fall in three groups:
+ *   - consumed already (seq <= own_seen, the highest own step seen in the stream): before
+ *     S everywhere, replaced by X everywhere — nothing to do;
+ *   - journaled and not yet consumed (own_seen < seq <= journaled): after S in the stream
+ *     (one publisher, in seq order), so the others apply them on top of X: this replica
+ *     applies them again when they come (reapply_lo/hi);
+ *   - applied and not yet journaled (waiting for their commit): they get a seq later and
+ *     are published after S too; the engine sees that the model was swapped since the step
+ *     was computed (ts_served.generation) and registers the seq (ts_repl_reapply).
+ * Steps computed after X was applied are on the new state and are skipped when consumed,
+ * as always. Deltas of an older version are skipped everywhere alike (other_version), so
+ * a replacement by another version makes the groups moot; a restore of the same version
+ * needs them. The range and the registered seqs are stored with the position (snapshots)
+ * so a restart keeps them.
+ *
  * Threads: libnats runs its own (connection, the subscription's callback); a publisher
  * thread of this module owns the JetStream calls. Everything they produce reaches the
  * loop through mutex-guarded lists and one uv_async_t (like persist.c). All functions are
@@ -55,6 +82,7 @@
 #include "server/store/store.h"
 
 struct ts_engine;
+struct ts_served;
 typedef struct ts_repl ts_repl;
 
 typedef struct {
@@ -144,6 +172,23 @@ void ts_repl_wake(ts_repl *r);
 const char *ts_repl_id(const ts_repl *r);
 const char *ts_repl_stream(const ts_repl *r);
 int64_t ts_repl_max_age(const ts_repl *r);
+
+/* ---- admin everywhere (see the top comment) ---- */
+
+/* Publish an admin message for model: what is "import" (PUT), "restore" or "delete";
+ * version the version number the replicas serve after it; bytes[len] the model file with
+ * its state (copied; none for "delete"). Its id (unique, for matching the hook's call) in
+ * id[idlen]. 0, or -1 when out of memory. Replication must be on and ready. */
+int ts_repl_publish_admin(ts_repl *r, const char *model, const char *what, int64_t version,
+                          const uint8_t *bytes, size_t len, char *id, size_t idlen);
+/* Apply an admin message: a control item of s (idle), its position advanced past it.
+ * Who owns what: bytes, origin and id are r's, valid during the call. */
+typedef void (*ts_repl_admin_fn)(void *arg, struct ts_served *s, const char *what, int64_t version,
+                                 const uint8_t *bytes, size_t len, const char *origin, const char *id);
+void ts_repl_set_admin(ts_repl *r, ts_repl_admin_fn fn, void *arg);
+/* Own step seq of model was computed on a state an admin message has replaced since: it
+ * is applied again when consumed (the engine, when the step's journal commit lands). */
+void ts_repl_reapply(ts_repl *r, const char *model, int64_t seq);
 
 /* Prometheus lines (nothing when off): connected, published, applied by origin,
  * duplicates skipped, other-version deltas skipped, lag, publish failures. */

@@ -632,7 +632,7 @@ static void swap_in(ts_engine *e, ts_served *s, void *arg) {
 
 static void load_work(ts_store *store, ts_persist_job *pj) {
     load_job *j = (load_job *)pj;
-    j->rc = ts_store_put_joined(store, j->rs->model, j->m, j->rs->version, j->rs->position,
+    j->rc = ts_store_put_joined(store, j->rs->model, j->m, j->rs->version, "join", j->rs->position,
                                 (int)j->st->srv->cfg.snapshot_keep, &j->info, j->err, sizeof j->err);
 }
 

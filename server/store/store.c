@@ -775,13 +775,23 @@ int ts_store_put_model(ts_store *s, const char *name, const ts_model *m, uint64_
     return model_put(s, name, m, file_hash, 0, reason, NULL, keep, version, created, out, err, errlen);
 }
 
-int ts_store_put_joined(ts_store *s, const char *name, const ts_model *m, int64_t version, const char *repl,
-                        int keep, ts_snapshot_info *out, char *err, size_t errlen) {
+int ts_store_put_joined(ts_store *s, const char *name, const ts_model *m, int64_t version, const char *reason,
+                        const char *repl, int keep, ts_snapshot_info *out, char *err, size_t errlen) {
     int64_t v;
     int created;
     if (version <= 0)
         return fail(s, err, errlen, "model '%s': version %lld is not a version number", name, (long long)version);
-    return model_put(s, name, m, 0, version, "join", repl, keep, &v, &created, out, err, errlen);
+    return model_put(s, name, m, 0, version, reason, repl, keep, &v, &created, out, err, errlen);
+}
+
+int ts_store_next_version(ts_store *s, const char *name, int64_t *next, char *err, size_t errlen) {
+    sqlite3_stmt *st;
+    if (prepare(s, "SELECT coalesce(max(v.number), 0) + 1 FROM versions v JOIN models m ON m.id = v.model_id "
+                   "WHERE m.name = ?1", &st) != 0)
+        return fail_sql(s, err, errlen, "model '%s': version lookup failed", name);
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    int rc = step_int(st, next);
+    return rc == SQLITE_ROW ? 0 : fail_sql(s, err, errlen, "model '%s': version lookup failed", name);
 }
 
 int ts_store_snapshot_repl(ts_store *s, int64_t snapshot_id, char **repl, char *err, size_t errlen) {

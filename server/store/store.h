@@ -63,10 +63,14 @@ int ts_store_put_model(ts_store *s, const char *name, const ts_model *m, uint64_
 /* A replica joining from a published state (server/repl/state.h): name's version number
  * `version` (the publisher's: deltas name it) holds m's weights — the existing one when its
  * weights are m's (refused when they differ), else added under that number — and becomes
- * current, with a snapshot of m's state (reason "join", replication position repl) in the
- * same transaction. The other arguments as for ts_store_put_model. 0, or -1 + err. */
-int ts_store_put_joined(ts_store *s, const char *name, const ts_model *m, int64_t version, const char *repl,
-                        int keep, ts_snapshot_info *out, char *err, size_t errlen);
+ * current, with a snapshot of m's state (reason: "join"; "import" or "restore" for an
+ * admin message of another replica; replication position repl) in the same transaction.
+ * Also for admin messages (PUT, restore) applied from the stream, which name their version
+ * number too. The other arguments as for ts_store_put_model. 0, or -1 + err. */
+int ts_store_put_joined(ts_store *s, const char *name, const ts_model *m, int64_t version, const char *reason,
+                        const char *repl, int keep, ts_snapshot_info *out, char *err, size_t errlen);
+/* The number a new version of name would get here (1 for a name never stored). 0 or -1 + err. */
+int ts_store_next_version(ts_store *s, const char *name, int64_t *next, char *err, size_t errlen);
 
 /* The version of name whose file_hash equals file_hash, or 0 in *version when none. */
 int ts_store_find_version(ts_store *s, const char *name, uint64_t file_hash, int64_t *version,

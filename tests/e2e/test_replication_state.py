@@ -7,6 +7,9 @@
   (b) a replica that starts with the model file but an empty database, after the stream's
       retention cut the deltas (short --replicate-max-age): it uses the published state,
       not its own, and converges;
+  (d) restore, PUT (replace) and DELETE on one replica take effect on all, in stream order,
+      while the others take feedback: identical exports afterwards, and a restore with no
+      feedback around it gives every replica exactly the snapshot's state;
   (c) one replica's integer state corrupted on disk (its SQLite snapshot edited while it
       is stopped, checksum fixed so its own recovery loads it): the digest comparison at
       the same position detects it, counts it, and the replica resyncs.
@@ -157,6 +160,64 @@ class PublishedStates(unittest.TestCase):
         r1 = self.start("r1")
         self.replicas[1] = r1
         self.assertEqual(ms.export(r1, MODEL), want)
+
+    def same_exports(self):
+        def same():
+            blobs = [ms.export(d, MODEL) for d in self.replicas]
+            return blobs[0] if all(b == blobs[0] for b in blobs) else None
+        return wait_for("identical exports", same, CONVERGE_S)
+
+    def test_d_admin_everywhere_under_feedback(self):
+        self.replicas = [self.start("r0"), self.start("r1"), self.start("r2")]
+        r0, r1, r2 = self.replicas
+        for step in range(4):
+            self.assertEqual(feedback(r0, step, id="d-%d" % step)[0], 200)
+        at_snapshot = self.converged(4)
+        snap = ms.snapshot_now(r0, MODEL)["snapshot_id"]
+        stop, acked = threading.Event(), [0, 0]
+
+        def drive(i, w):  # three writers per replica: several own steps in flight at once
+            k = 0
+            while not stop.is_set() and k < 40:
+                status, _, _ = feedback(self.replicas[i + 1], 5 + 2 * k + i, id="dd%d-%d-%d" % (i, w, k))
+                acked[i] += status == 200
+                k += 1
+
+        threads = [threading.Thread(target=drive, args=(i, w)) for i in range(2) for w in range(3)]
+        for t in threads:
+            t.start()
+        wait_for("feedback on r1 and r2", lambda: min(acked) >= 6, CONVERGE_S)
+        # Restored on r0 while r1 and r2 take steps: their steps around the restore land
+        # before or after it in the stream, the same for every replica.
+        out = r0.json("POST", "/admin/models/%s/restore" % MODEL, {"snapshot_id": snap})
+        self.assertEqual(out["restored_from"], snap)
+        wait_for("more feedback after the restore", lambda: min(acked) >= 12, CONVERGE_S)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        self.same_exports()
+        for d in self.replicas:
+            self.assertTrue(any("restored by replica 'r0'" in l for l in d.log_lines), d.log())
+            # Converged by the rule itself, not healed afterwards by a digest resync.
+            self.assertEqual(d.metric("tscale_repl_digest_mismatches_total"), 0, d.log())
+        # With no feedback around it, the restore gives every replica the snapshot's state.
+        r0.json("POST", "/admin/models/%s/restore" % MODEL, {"snapshot_id": snap})
+        self.assertEqual(self.same_exports(), at_snapshot)
+        # PUT on r1 replaces the model everywhere: the file's own state, a new version.
+        with open(ms.golden_file(CASE), "rb") as f:
+            model_file = f.read()
+        put = ms.put(r1, MODEL, model_file)
+        self.assertEqual(self.same_exports(), ms.export(r1, MODEL))
+        self.assertEqual(ms.step_of(ms.state(ms.export(r2, MODEL))), self.base)
+        for d in self.replicas:
+            wait_for("the new version", lambda: d.json("GET", "/admin/models/%s" % MODEL)["version"]
+                     == int(put["model_version"]), CONVERGE_S)
+        self.assertEqual(feedback(r2, 0, id="after-put")[0], 200)
+        self.converged(1)
+        # DELETE on r2 unloads it everywhere.
+        self.assertEqual(r2.request("DELETE", "/admin/models/%s" % MODEL)[0], 200)
+        for d in self.replicas:
+            wait_for("the model gone", lambda: d.request("GET", "/admin/models/%s" % MODEL)[0] == 404, CONVERGE_S)
 
 
 if __name__ == "__main__":

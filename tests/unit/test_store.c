@@ -627,7 +627,7 @@ START_TEST(test_put_joined_keeps_the_version_number) {
     ts_store *s = store_with("m", a);
     model_set_state(a, 5);
     ts_snapshot_info info;
-    ck_assert_msg(ts_store_put_joined(s, "m", a, 1, "{\"origins\":{},\"stream_seq\":7}", 0, &info, err,
+    ck_assert_msg(ts_store_put_joined(s, "m", a, 1, "join", "{\"origins\":{},\"stream_seq\":7}", 0, &info, err,
                                       sizeof err) == 0, "%s", err);
     ck_assert_int_eq(info.version, 1);
     ck_assert_str_eq(info.reason, "join");
@@ -639,15 +639,20 @@ START_TEST(test_put_joined_keeps_the_version_number) {
     ck_assert_uint_eq(ts_store_model_hash(back), ts_store_model_hash(a));
     ts_model_free(back);
     /* A name this database never held, at version 3 as numbered by the publisher. */
-    ck_assert_int_eq(ts_store_put_joined(s, "n", b, 3, NULL, 0, &info, err, sizeof err), 0);
+    ck_assert_int_eq(ts_store_put_joined(s, "n", b, 3, "join", NULL, 0, &info, err, sizeof err), 0);
     ck_assert_int_eq(info.version, 3);
+    int64_t next = 0;
+    ck_assert_int_eq(ts_store_next_version(s, "n", &next, err, sizeof err), 0);
+    ck_assert_int_eq(next, 4);
+    ck_assert_int_eq(ts_store_next_version(s, "never", &next, err, sizeof err), 0);
+    ck_assert_int_eq(next, 1);
     back = load_ok(s, "n", 0, NULL, NULL);
     ck_assert_uint_eq(ts_store_model_hash(back), ts_store_model_hash(b));
     ts_model_free(back);
     /* Version 1 of m holds a's weights: b's state under that number is refused. */
-    ck_assert_int_eq(ts_store_put_joined(s, "m", b, 1, NULL, 0, &info, err, sizeof err), -1);
+    ck_assert_int_eq(ts_store_put_joined(s, "m", b, 1, "join", NULL, 0, &info, err, sizeof err), -1);
     assert_err_has("holds other weights", "same model files");
-    ck_assert_int_eq(ts_store_put_joined(s, "m", b, 0, NULL, 0, &info, err, sizeof err), -1);
+    ck_assert_int_eq(ts_store_put_joined(s, "m", b, 0, "join", NULL, 0, &info, err, sizeof err), -1);
     ts_store_close(s);
     ts_model_free(a);
     ts_model_free(b);

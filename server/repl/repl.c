@@ -14,6 +14,7 @@
 #include "proto/safetensors.h"
 #include "server/http/auth.h"
 #include "server/engine/engine.h"
+#include "server/repl/chunks.h"
 #include "server/repl/state.h"
 #include "server/store/journal.h"
 #include "server/log.h"
@@ -73,8 +74,7 @@ typedef struct delta {
     ts_repl *r;
     char admin[16];              /* an admin message (pub's), its payload the model file */
     char admin_id[96];
-    int chunks, next_chunk;      /* being assembled (the subscription's callback) */
-    size_t cap;
+    ts_chunks ch;                /* being assembled (the subscription's callback) */
     struct delta *next_asm;
     char model[TS_MODEL_NAME_MAX];
     char origin[TS_TOKEN_MAX];
@@ -351,6 +351,7 @@ static void pub_free(pub *p) {
 }
 
 static void delta_free(delta *d) {
+    ts_chunks_free(&d->ch);
     free(d->payload);
     free(d);
 }
@@ -459,9 +460,8 @@ int ts_repl_publish(ts_repl *r, const char *model, int64_t version, int64_t seq,
 
 int ts_repl_publish_admin(ts_repl *r, const char *model, const char *what, int64_t version,
                           const uint8_t *bytes, size_t len, char *id, size_t idlen) {
-    int64_t mp = atomic_load(&r->connected) && r->nc ? natsConnection_GetMaxPayload(r->nc) : 0;
-    size_t room = mp > 65536 ? (size_t)mp - 16384 : mp > 1024 ? (size_t)mp / 2 : 1024 * 1024 - 16384;
-    int chunks = len ? (int)((len + room - 1) / room) : 1;
+    size_t room = ts_chunk_room(atomic_load(&r->connected) && r->nc ? natsConnection_GetMaxPayload(r->nc) : 0);
+    int chunks = ts_chunk_count(len, room);
     snprintf(id, idlen, "%s:admin:%llu:%llu", r->id, (unsigned long long)(ts_now_us() / 1000),
              (unsigned long long)++r->admin_counter);
     pub **ps = calloc((size_t)chunks, sizeof *ps);
@@ -526,7 +526,7 @@ static natsStatus publish_one(ts_repl *r, const pub *p, char *err, size_t errlen
     char chunk[32];
     if (p->admin[0]) { /* an admin message: its id, no step seq */
         snprintf(msgid, sizeof msgid, "%s:%d", p->admin_id, p->chunk);
-        snprintf(chunk, sizeof chunk, "%d/%d", p->chunk, p->chunks);
+        ts_chunk_format(p->chunk, p->chunks, chunk, sizeof chunk);
     }
     natsMsg *m = NULL;
     jsPubAck *ack = NULL;
@@ -597,7 +597,7 @@ static int admin_chunk(ts_repl *r, natsMsg *msg, const jsMsgMetaData *meta) {
     const char *chunk = header(msg, "Tscale-Chunk");
     int i = -1, n = 0;
     int64_t version = 0;
-    if (!o || !model || !id || !chunk || sscanf(chunk, "%d/%d", &i, &n) != 2 || i < 0 || i >= n ||
+    if (!o || !model || !id || ts_chunk_parse(chunk, &i, &n) < 0 ||
         strlen(o) >= TS_TOKEN_MAX || strlen(model) >= TS_MODEL_NAME_MAX || strlen(id) >= 96 || strlen(what) >= 16 ||
         parse_i64(header(msg, "Tscale-Version"), &version) != 0)
         return -1;
@@ -617,25 +617,16 @@ static int admin_chunk(ts_repl *r, natsMsg *msg, const jsMsgMetaData *meta) {
         snprintf(d->admin, sizeof d->admin, "%s", what);
         snprintf(d->admin_id, sizeof d->admin_id, "%s", id);
         d->version = version;
-        d->chunks = n;
+        ts_chunks_begin(&d->ch, n);
         d->next_asm = r->asm_head;
         r->asm_head = d;
     }
-    if (!d || strcmp(d->admin_id, id) != 0 || d->next_chunk != i)
-        return -1; /* out of memory, or a chunk missing */
-    size_t len = (size_t)natsMsg_GetDataLength(msg);
-    if (d->len + len > d->cap) {
-        uint8_t *b = realloc(d->payload, (d->len + len) * 2 + 1);
-        if (!b)
-            return -1;
-        d->payload = b;
-        d->cap = (d->len + len) * 2 + 1;
-    }
-    if (len) /* a delete has no payload (and no data pointer) */
-        memcpy(d->payload + d->len, natsMsg_GetData(msg), len);
-    d->len += len;
-    if (++d->next_chunk < d->chunks)
-        return 0;
+    if (!d || strcmp(d->admin_id, id) != 0)
+        return -1; /* out of memory, or its first chunk missing */
+    int rc = ts_chunks_add(&d->ch, i, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
+    if (rc <= 0)
+        return rc; /* more to come, or a chunk missing */
+    d->payload = ts_chunks_take(&d->ch, &d->len);
     for (pp = &r->asm_head; *pp != d; pp = &(*pp)->next_asm)
         ;
     *pp = d->next_asm;

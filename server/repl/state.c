@@ -12,6 +12,7 @@
 
 #include "proto/safetensors.h"
 #include "server/hash.h"
+#include "server/repl/chunks.h"
 #include "server/log.h"
 #include "server/server.h"
 #include "server/snapshot.h"
@@ -20,8 +21,6 @@
  * (a state purged while being read) and loads what it has. */
 #define TICK_MS 250
 #define JOIN_WAIT_MS 15000
-/* Room left in a message for its headers. */
-#define HEADER_ROOM 16384
 #define ID_MAX 512
 
 /* A published state, as received (or as queued for publishing). Owned by its list. */
@@ -43,9 +42,8 @@ typedef struct rstate {
 typedef struct assembly {
     char subject[256];
     char id[ID_MAX + 32];
-    int next, n;
-    rstate *rs;
-    size_t cap;
+    rstate *rs;                  /* the state's headers; NULL: none (malformed) */
+    ts_chunks ch;                /* its bytes so far */
     struct assembly *next_a;
 } assembly;
 
@@ -137,6 +135,7 @@ void ts_state_free(ts_state *st) {
         assembly *a = st->asm_head;
         st->asm_head = a->next_a;
         rstate_free(a->rs);
+        ts_chunks_free(&a->ch);
         free(a);
     }
     while (st->models) {
@@ -213,31 +212,17 @@ static void assembly_begin(assembly *a, natsMsg *m, const char *id, int n) {
     }
     json_decref(pj);
     snprintf(a->id, sizeof a->id, "%s", id);
-    a->next = 0;
-    a->n = n;
-    a->cap = 0;
+    ts_chunks_begin(&a->ch, n);
 }
 
 /* Append chunk i of a's state; the complete state goes to the loop. */
 static void assembly_add(ts_state *st, assembly *a, natsMsg *m, int i) {
-    int len = natsMsg_GetDataLength(m);
-    if (!a->rs || i != a->next)
-        return; /* a chunk missing (purged meanwhile): this state is incomplete */
-    if (a->rs->len + (size_t)len > a->cap) {
-        size_t cap = (a->rs->len + (size_t)len) * 2;
-        uint8_t *b = realloc(a->rs->bytes, cap);
-        if (!b) {
-            rstate_free(a->rs);
-            a->rs = NULL;
-            return;
-        }
-        a->rs->bytes = b;
-        a->cap = cap;
-    }
-    memcpy(a->rs->bytes + a->rs->len, natsMsg_GetData(m), (size_t)len);
-    a->rs->len += (size_t)len;
-    a->next++;
-    if (a->next == a->n) {
+    int rc = a->rs ? ts_chunks_add(&a->ch, i, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)) : -1;
+    if (rc < 0) { /* a chunk missing (purged meanwhile): this state is incomplete */
+        rstate_free(a->rs);
+        a->rs = NULL;
+    } else if (rc == 1) {
+        a->rs->bytes = ts_chunks_take(&a->ch, &a->rs->len);
         push_in(st, a->rs);
         a->rs = NULL;
     }
@@ -249,8 +234,7 @@ static void on_state_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     jsMsgMetaData *meta = NULL;
     const char *id = hdr(msg, "Tscale-State"), *chunk = hdr(msg, "Tscale-Chunk");
     int i = -1, n = 0;
-    if (natsMsg_GetMetaData(&meta, msg) == NATS_OK && id && chunk && sscanf(chunk, "%d/%d", &i, &n) == 2 &&
-        i >= 0 && i < n) {
+    if (natsMsg_GetMetaData(&meta, msg) == NATS_OK && id && ts_chunk_parse(chunk, &i, &n) == 0) {
         assembly *a = assembly_get(st, natsMsg_GetSubject(msg));
         if (a && i == 0)
             assembly_begin(a, msg, id, n);
@@ -329,7 +313,7 @@ int ts_state_queued(ts_state *st) { return atomic_load(&st->n_out) > 0; }
 static natsStatus publish_chunk(ts_state *st, jsCtx *js, const rstate *rs, const char *subject, const char *id,
                                 int i, int n, size_t off, size_t len, uint64_t *seq) {
     char chunk[32], v[32], step[32], dg[32];
-    snprintf(chunk, sizeof chunk, "%d/%d", i, n);
+    ts_chunk_format(i, n, chunk, sizeof chunk);
     snprintf(v, sizeof v, "%" PRId64, rs->version);
     snprintf(step, sizeof step, "%" PRId64, rs->step);
     snprintf(dg, sizeof dg, "%016" PRIx64, rs->digest);
@@ -360,12 +344,8 @@ int ts_state_publish(ts_state *st, jsCtx *js, int64_t max_payload, char *err, si
     pthread_mutex_unlock(&st->mu);
     if (!rs)
         return 0;
-    /* Room for the headers (the first chunk's carry the position): HEADER_ROOM, or half of
-     * a small max_payload. */
-    size_t mp = max_payload > 0 ? (size_t)max_payload : 1024 * 1024;
-    size_t room = mp - (mp / 2 < HEADER_ROOM ? mp / 2 : HEADER_ROOM);
-    int n = (int)((rs->len + room - 1) / room);
-    n = n ? n : 1;
+    size_t room = ts_chunk_room(max_payload);
+    int n = ts_chunk_count(rs->len, room);
     char subject[400], id[ID_MAX + 32];
     snprintf(subject, sizeof subject, "%s.state.%s.%016" PRIx64, ts_repl_stream(st->srv->repl), rs->model,
              ts_fnv1a(TS_FNV_OFFSET, rs->origin, strlen(rs->origin)));

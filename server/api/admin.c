@@ -310,6 +310,12 @@ void ts_admin_apply(void *arg, ts_served *s, const char *what, int64_t version, 
     ts_req *req = w ? w->req : NULL;
     int64_t restored_from = w ? w->restored_from : 0;
     free(w);
+    if (!s) {
+        if (req)
+            ts_req_reply_error(req, 404, "the model was unloaded (by an earlier DELETE in the stream) before "
+                               "this %s took effect", what);
+        return;
+    }
     if (strcmp(what, "delete") == 0) {
         admin_job *j = new_job_for(srv, req, s->name, deactivate_work, deactivate_done);
         if (j) {

@@ -874,6 +874,8 @@ static void drain_in(ts_repl *r) {
             r->queued_deltas++;
             continue;
         }
+        if (!s && !r->draining && d->admin[0] && r->admin_fn) /* e.g. deleted by an earlier one */
+            r->admin_fn(r->admin_arg, NULL, d->admin, d->version, NULL, 0, d->origin, d->admin_id);
         if (!s && !r->draining && atomic_fetch_add(&r->unknown_model, 1) == 0)
             ts_log_warn("replication: a delta for model '%s', which this replica does not serve, was "
                         "skipped (counted in tscale_repl_deltas_skipped_total)", d->model);

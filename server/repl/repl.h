@@ -181,8 +181,10 @@ int64_t ts_repl_max_age(const ts_repl *r);
  * id[idlen]. 0, or -1 when out of memory. Replication must be on and ready. */
 int ts_repl_publish_admin(ts_repl *r, const char *model, const char *what, int64_t version,
                           const uint8_t *bytes, size_t len, char *id, size_t idlen);
-/* Apply an admin message: a control item of s (idle), its position advanced past it.
- * Who owns what: bytes, origin and id are r's, valid during the call. */
+/* Apply an admin message: a control item of s (idle), its position advanced past it; s
+ * NULL when the model is not served here (deleted by an earlier message): nothing to apply,
+ * but a request waiting for it is answered. Who owns what: bytes, origin and id are r's,
+ * valid during the call. */
 typedef void (*ts_repl_admin_fn)(void *arg, struct ts_served *s, const char *what, int64_t version,
                                  const uint8_t *bytes, size_t len, const char *origin, const char *id);
 void ts_repl_set_admin(ts_repl *r, ts_repl_admin_fn fn, void *arg);

@@ -214,8 +214,16 @@ class PublishedStates(unittest.TestCase):
                      == int(put["model_version"]), CONVERGE_S)
         self.assertEqual(feedback(r2, 0, id="after-put")[0], 200)
         self.converged(1)
-        # DELETE on r2 unloads it everywhere.
-        self.assertEqual(r2.request("DELETE", "/admin/models/%s" % MODEL)[0], 200)
+        # DELETE on r2 and on r0 at once: the first in the stream unloads it everywhere; the
+        # other is answered 404 (its message comes after the model is gone, or it arrives after).
+        codes = {}
+        deletes = [threading.Thread(target=lambda d=d: codes.__setitem__(
+            d, d.request("DELETE", "/admin/models/%s" % MODEL)[0])) for d in (r2, r0)]
+        for t in deletes:
+            t.start()
+        for t in deletes:
+            t.join(60)
+        self.assertEqual(sorted(codes.values()), [200, 404])
         for d in self.replicas:
             wait_for("the model gone", lambda: d.request("GET", "/admin/models/%s" % MODEL)[0] == 404, CONVERGE_S)
 

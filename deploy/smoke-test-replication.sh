@@ -14,7 +14,11 @@
 #      replicas take it; the stream elects another leader and keeps its quorum);
 #   4. start both again: the killed replica recovers from its volume and catches up from the
 #      stream; convergence again, and no acknowledged step lost (step = all steps acknowledged);
-#   5. tear everything down (containers, network, volumes).
+#   5. a fourth replica, tscale-4, with an empty database (a container of the same image on the
+#      project's network, not behind the load balancer) joins: it loads the newest published
+#      state and replays the rest; the four exports are byte-identical; more feedback (through
+#      the load balancer, and to the new replica directly) and convergence of all four;
+#   6. tear everything down (containers, network, volumes).
 #
 # A feedback request that is not answered 200 is retried with the same id (the load balancer
 # sends it to the same replica: haproxy.cfg), so every step is counted exactly once.
@@ -51,7 +55,7 @@ cleanup() {
     rc=$?
     trap - EXIT INT TERM
     if [ "$rc" -ne 0 ]; then
-        for s in $REPLICAS nats1 nats2 nats3 lb; do
+        for s in $REPLICAS tscale4 nats1 nats2 nats3 lb; do
             c=$(service_cid "$s")
             [ -n "$c" ] || continue
             log "$s log (last 15 lines):"
@@ -70,7 +74,7 @@ trap 'exit 143' TERM
 
 # replica_port SERVICE: its published port on the host.
 replica_port() {
-    case $1 in tscale1) echo "$P1" ;; tscale2) echo "$P2" ;; tscale3) echo "$P3" ;; esac
+    case $1 in tscale1) echo "$P1" ;; tscale2) echo "$P2" ;; tscale3) echo "$P3" ;; tscale4) echo "$P4" ;; esac
 }
 # metric SERVICE NAME: a metric's value on one replica (empty when absent).
 metric() {
@@ -144,10 +148,13 @@ for k in range(count):
 print(acked, retries)
 PY
 }
-# converged WANT: wait until the three exports (asked of each replica directly) are
-# byte-identical and the step is WANT; prints the export's SHA-256.
+# converged WANT [PORT...]: wait until the exports (asked of each replica directly: the three,
+# or the ports given) are byte-identical and the step is WANT; prints the export's SHA-256.
 converged() {
-    python3 - "$1" "$WAIT" "$ADMIN_TOKEN" "$P1" "$P2" "$P3" <<'PY'
+    _want=$1
+    shift
+    [ $# -gt 0 ] || set -- "$P1" "$P2" "$P3"
+    python3 - "$_want" "$WAIT" "$ADMIN_TOKEN" "$@" <<'PY'
 import hashlib, json, sys, time, urllib.request
 want, wait, token, ports = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
 def get(port, path):
@@ -160,7 +167,7 @@ while time.time() < deadline:
         blobs = [get(p, "/admin/models/demo/export") for p in ports]
         steps = [[m["step"] for m in json.loads(get(p, "/admin/models"))["models"] if m["name"] == "demo"][0] for p in ports]
         last = (steps, [hashlib.sha256(b).hexdigest()[:12] for b in blobs])
-        if steps == [want] * 3 and blobs[1] == blobs[0] and blobs[2] == blobs[0]:
+        if steps == [want] * len(ports) and all(b == blobs[0] for b in blobs):
             print(hashlib.sha256(blobs[0]).hexdigest())
             sys.exit(0)
     except OSError as e:
@@ -195,8 +202,9 @@ export TSCALE_IMAGE="$IMAGE" TSCALE_NATS_IMAGE="$NATS_IMAGE" TSCALE_LB_IMAGE="$L
     TSCALE_PUBLISH="127.0.0.1:$PORT" TSCALE1_PUBLISH="127.0.0.1:$P1" TSCALE2_PUBLISH="127.0.0.1:$P2" \
     TSCALE3_PUBLISH="127.0.0.1:$P3" NATS1_MONITOR="127.0.0.1:$M1" NATS2_MONITOR="127.0.0.1:$M2" \
     NATS3_MONITOR="127.0.0.1:$M3" TSCALE_SECRETS_DIR="$WORK/secrets" TSCALE_MODELS_DIR="$WORK/models"
-# The test kills and starts containers itself: no engine restarts behind its back.
-export TSCALE_RESTART=no
+# The test kills and starts containers itself: no engine restarts behind its back. States are
+# published every 2 s (default: the 30 s snapshot interval), so tscale4 finds a recent one.
+export TSCALE_RESTART=no TSCALE_REPLICATE_STATE_INTERVAL=2
 
 t=$(now)
 compose up -d
@@ -260,7 +268,38 @@ for s in $REPLICAS; do
     [ "$(metric "$s" tscale_repl_connected)" = 1 ] || die "$s is not connected to NATS"
 done
 
-# --- 5. tear down --------------------------------------------------------------------------
+# --- 5. a fourth replica with an empty database joins -----------------------------------------
+# A container of the same image and settings as tscale3 (its TSCALE_* environment, the
+# secrets) on the project's network, with the project's label (so teardown removes it), a new
+# replica id and a fresh /data volume.
+t=$(now)
+C3=$(service_cid tscale3)
+NET=$($ENGINE inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{println $k}}{{end}}' "$C3" | head -n 1)
+$ENGINE inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$C3" | grep '^TSCALE_' |
+    sed 's/^TSCALE_REPLICA_ID=.*/TSCALE_REPLICA_ID=tscale-4/' >"$WORK/tscale4.env"
+grep -q '^TSCALE_REPLICA_ID=tscale-4$' "$WORK/tscale4.env" || die "tscale3's environment has no TSCALE_REPLICA_ID"
+P4=$(free_port)
+J4=$PROJECT-tscale4
+$ENGINE run -d --name "$J4" --network "$NET" -p "127.0.0.1:$P4:8080" --env-file "$WORK/tscale4.env" \
+    -v "$WORK/secrets:/run/secrets:ro" --label "com.docker.compose.project=$PROJECT" \
+    --label com.docker.compose.service=tscale4 "$IMAGE" >>"$LOGF" 2>&1 || die "starting tscale4 failed"
+wait_ready tscale4
+SHA=$(converged "$ACKED" "$P1" "$P2" "$P3" "$P4") || die "tscale4 did not converge with the others (above)"
+[ "$(metric tscale4 tscale_repl_states_loaded_total)" != 0 ] || die "tscale4 loaded no published state"
+log "tscale4 (empty database) joined from the published state and converged in $(($(now) - t))s at step $ACKED"
+R=$(feed c "$STEPS") || die "feedback through the load balancer failed (above)"
+set -- $R
+ACKED=$((ACKED + $1))
+BASE=http://127.0.0.1:$P4 # its own feedback reaches the others too
+R=$(feed d 2) || die "feedback to tscale4 failed (above)"
+set -- $R
+ACKED=$((ACKED + $1))
+BASE=http://127.0.0.1:$PORT
+SHA=$(converged "$ACKED" "$P1" "$P2" "$P3" "$P4") || die "the four replicas did not converge (above)"
+log "phase 3: $STEPS steps through the load balancer and 2 on tscale4: the four converged at step $ACKED"
+$ENGINE rm -f -v "$J4" >>"$LOGF" 2>&1 || die "removing tscale4 failed"
+
+# --- 6. tear down --------------------------------------------------------------------------
 compose down -v -t 30
 teardown # what podman-compose 1.0 leaves behind
 [ -z "$(leftovers)" ] || die "left behind after down: $(leftovers | tr '\n' ' ')"

@@ -565,6 +565,21 @@ static void undelete(ts_server *srv, ts_req *req) {
     }
 }
 
+/* PUT /admin/models/{m}: stored here, or (replicating) its version number looked up first
+ * and then published as an admin message. */
+static void admin_put(ts_server *srv, ts_req *req) {
+    int repl = ts_repl_enabled(srv->repl);
+    admin_job *j = repl ? new_job(srv, req, next_version_work, next_version_done)
+                        : new_job(srv, req, put_work, put_done);
+    if (!j)
+        return;
+    j->model = req->upload; /* the job owns the parsed file from here */
+    j->hash = req->upload_hash;
+    j->is_new = !ts_engine_find(srv->engine, j->name, 1);
+    req->upload = NULL;
+    submit(srv, j);
+}
+
 void ts_admin_handle(ts_server *srv, ts_req *req) {
     ts_endpoint ep = req->route.ep;
     if (ts_repl_enabled(srv->repl) && (ep == TS_EP_ADMIN_PUT || ep == TS_EP_ADMIN_RESTORE) &&
@@ -584,24 +599,8 @@ void ts_admin_handle(ts_server *srv, ts_req *req) {
         submit(srv, new_job(srv, req, list_work, list_done));
         return;
     }
-    if (ep == TS_EP_ADMIN_PUT && ts_repl_enabled(srv->repl)) {
-        admin_job *j = new_job(srv, req, next_version_work, next_version_done);
-        if (j) {
-            j->model = req->upload;
-            req->upload = NULL;
-            submit(srv, j);
-        }
-        return;
-    }
     if (ep == TS_EP_ADMIN_PUT) {
-        admin_job *j = new_job(srv, req, put_work, put_done);
-        if (j) {
-            j->model = req->upload; /* the job owns the parsed file from here */
-            j->hash = req->upload_hash;
-            j->is_new = !ts_engine_find(srv->engine, j->name, 1);
-            req->upload = NULL;
-            submit(srv, j);
-        }
+        admin_put(srv, req);
         return;
     }
     ts_served *s = ts_engine_find(srv->engine, req->route.model, 0);

@@ -43,6 +43,8 @@ typedef struct position {
                                     for publishing (journaled): what a published state holds */
     char *diverged;              /* why feedback is refused (malloc'd), or NULL (ts_repl_model_ready) */
     int64_t own_seen;            /* the highest own step consumed from the stream */
+    uint64_t admin_seq;          /* stream sequence of the last admin message applied: part of
+                                    what a state holds (digests compare it with the marks) */
     /* Own steps applied locally to a state that an admin message replaced, and after that
      * message in the stream: applied again when consumed (repl.h "Admin everywhere"). */
     int64_t reapply_lo, reapply_hi; /* seq in (lo, hi] */
@@ -175,6 +177,8 @@ static char *position_json(const position *p, const char *self, int64_t self_mar
     }
     if (origins && self && self_mark > 0 && !json_object_get(origins, self))
         json_object_set_new(origins, self, json_integer(self_mark));
+    if (doc && p->admin_seq)
+        json_object_set_new(doc, "admin_seq", json_integer((json_int_t)p->admin_seq));
     if (doc && !self && (p->reapply_hi > p->reapply_lo || p->n_reapply)) { /* this replica's own business */
         json_t *a = json_pack("[I,I]", (json_int_t)p->reapply_lo, (json_int_t)p->reapply_hi);
         for (size_t i = 0; a && i < p->n_reapply; i++)
@@ -221,6 +225,8 @@ static int position_load(ts_repl *r, const char *model, const char *text) {
     position *p = seq && json_is_integer(seq) && json_is_object(origins) ? position_get(r, model) : NULL;
     int rc = p ? 0 : -1;
     json_t *re = doc ? json_object_get(doc, "reapply") : NULL;
+    if (p)
+        p->admin_seq = (uint64_t)json_integer_value(json_object_get(doc, "admin_seq"));
     if (p && json_array_size(re) >= 2) {
         p->reapply_lo = json_integer_value(json_array_get(re, 0));
         p->reapply_hi = json_integer_value(json_array_get(re, 1));
@@ -922,6 +928,7 @@ static void apply_admin(struct ts_engine *e, ts_served *s, void *arg) {
     position *pos = position_get(r, s->name);
     if (pos && d->stream_seq > pos->stream_seq) {
         pos->stream_seq = d->stream_seq;
+        pos->admin_seq = d->stream_seq;
         pos->known = 1;
         /* Own steps journaled and not yet consumed are after it in the stream: the others
          * apply them to the replaced state, so this replica applies them again when they

@@ -458,12 +458,15 @@ static void capture(ts_engine *e, ts_served *s, void *arg) {
 
 /* ---- comparing digests (loop) ---- */
 
-/* Whether two positions hold the same deltas: the same origins' marks (zeros ignored). */
+/* Whether two positions hold the same deltas: the same origins' marks (zeros ignored), and
+ * the same last admin message (a restore or replace changes the state, not the marks). */
 static int same_marks(const char *a, const char *b) {
     json_error_t je;
     json_t *ja = json_loads(a, 0, &je), *jb = json_loads(b, 0, &je);
     json_t *oa = json_object_get(ja, "origins"), *ob = json_object_get(jb, "origins");
-    int same = json_is_object(oa) && json_is_object(ob);
+    json_int_t admin_a = json_integer_value(json_object_get(ja, "admin_seq"));
+    int same = json_is_object(oa) && json_is_object(ob) &&
+               admin_a == json_integer_value(json_object_get(jb, "admin_seq"));
     const char *k;
     json_t *v;
     for (int pass = 0; same && pass < 2; pass++)

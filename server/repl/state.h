@@ -29,7 +29,8 @@
  *
  * Digests: a replica keeps the newest state of each other replica and model. When its own
  * position of a model equals a kept state's (the same marks: every origin's steps are
- * applied as prefixes, so equal marks are equal sets of deltas) and no own step waits for
+ * applied as prefixes, so equal marks are equal sets of deltas; and the same last admin
+ * message, admin_seq: a restore changes the state, not the marks) and no own step waits for
  * its journal commit, it compares digests (once per received state). The digests of the
  * states at that position vote, its own included; the most common wins, and a tie goes to
  * the digest of the replica whose id sorts first. A replica whose own digest loses logs

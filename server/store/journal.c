@@ -220,8 +220,16 @@ int ts_journal_append(ts_journal *j, const ts_journal_step *s, ts_journal_cb cb,
     e->job.group = commit_group;
     e->job.done = entry_done;
     j->outstanding++;
-    ts_persist_submit(j->persist, &e->job);
+    if (s->hold)
+        ts_persist_hold(j->persist, &e->job);
+    else
+        ts_persist_submit(j->persist, &e->job);
     return 0;
+}
+
+void ts_journal_flush(ts_journal *j) {
+    if (j && j->enabled && j->persist)
+        ts_persist_flush(j->persist);
 }
 
 /* ---- replay ---- */

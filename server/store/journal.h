@@ -67,6 +67,9 @@ typedef struct {
     const char *request_id;      /* NULL, or the OIP id (an exactly-once record is written) */
     uint64_t body_hash;
     const char *answer;          /* the JSON to answer (kept for repeats of request_id) */
+    int hold;                    /* 1: more tiny steps follow at once; the entry may wait on the
+                                    loop for them (ts_persist_hold) until ts_journal_flush or
+                                    the next append without hold */
 } ts_journal_step;
 
 /* Runs on the loop when the entry is durable (err NULL) or failed (err says why). */
@@ -78,6 +81,9 @@ typedef void (*ts_journal_cb)(void *arg, const char *err);
  * called; nothing was queued). */
 int ts_journal_append(ts_journal *j, const ts_journal_step *step, ts_journal_cb cb, void *arg,
                       int64_t *seq);
+
+/* Send held entries (step.hold) to be committed. Cheap when none are held. */
+void ts_journal_flush(ts_journal *j);
 
 /* Start-up, on the thread that owns st: apply to m (recovered from a snapshot of version
  * `version` covering after_seq) every entry of model name after after_seq. A damaged or

@@ -23,6 +23,8 @@ struct ts_persist {
     ts_persist_job *done_head, *done_tail;
     int stopping;
     int pending;   /* loop thread only */
+    ts_persist_job *held_head, *held_tail; /* loop thread only: ts_persist_hold */
+    int held;
     ts_persist_job *group[TS_PERSIST_GROUP_MAX];  /* persistence thread: the jobs of one call */
 };
 
@@ -108,12 +110,39 @@ ts_persist *ts_persist_start(uv_loop_t *loop, ts_store *store, char *err, size_t
     return p;
 }
 
-void ts_persist_submit(ts_persist *p, ts_persist_job *job) {
-    p->pending++;
+/* Loop thread: hand the held jobs, then job (NULL: none), to the thread. */
+static void send_jobs(ts_persist *p, ts_persist_job *job) {
     pthread_mutex_lock(&p->mu);
-    push(&p->todo_head, &p->todo_tail, job);
+    if (p->held_head) {
+        if (p->todo_tail)
+            p->todo_tail->next = p->held_head;
+        else
+            p->todo_head = p->held_head;
+        p->todo_tail = p->held_tail;
+        p->held_head = p->held_tail = NULL;
+        p->held = 0;
+    }
+    if (job)
+        push(&p->todo_head, &p->todo_tail, job);
     pthread_cond_signal(&p->cv);
     pthread_mutex_unlock(&p->mu);
+}
+
+void ts_persist_submit(ts_persist *p, ts_persist_job *job) {
+    p->pending++;
+    send_jobs(p, job);
+}
+
+void ts_persist_hold(ts_persist *p, ts_persist_job *job) {
+    p->pending++;
+    push(&p->held_head, &p->held_tail, job);
+    if (++p->held >= TS_PERSIST_HOLD_MAX)
+        send_jobs(p, NULL);
+}
+
+void ts_persist_flush(ts_persist *p) {
+    if (p->held_head)
+        send_jobs(p, NULL);
 }
 
 int ts_persist_pending(const ts_persist *p) { return p->pending; }

@@ -7,13 +7,21 @@ replicas of build/tscaled and a real `nats-server -js` on loopback, started and 
   (c) kill -9 of a replica under load, restart on its database: it catches up, nothing
       acknowledged is lost;
   (d) nats-server stopped: feedback 503 + Retry-After, inference 200; started again on the
-      same store: feedback works again and the replicas converge.
+      same store: feedback works again and the replicas converge;
+  (e) kill -9 of a replica whose steps are journaled and on their way to a paused
+      nats-server (SIGSTOP), which stores them after the kill: the restart publishes them
+      again from the journal, and every replica applies each exactly once.
+ReplicationSummed runs all of them again with --replicate-batch-ms (several steps summed
+into one message, server/repl/repl.h), plus concurrent writers whose steps are summed: one
+writer's replicas equal a single node fed the same steps in the same order, and many
+writers converge at step = acknowledged steps.
 
 Every wait polls with a deadline. The feedback requests are the golden case's, cyclically."""
 import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -93,8 +101,33 @@ def wait_for(what, fn, timeout):
     raise AssertionError("timed out after %.0f s waiting for %s (last: %r)" % (timeout, what, last))
 
 
+def concurrently(d, steps, ids=None, spacing=0.0):
+    """Feedback for each of `steps` on d, each from its own thread (started `spacing` s
+    apart), all in flight at once; returns [(status, body)] in the order of `steps`."""
+    out = [None] * len(steps)
+
+    def one(i):
+        try:
+            status, _, body = feedback(d, steps[i], id=ids[i] if ids else None)
+            out[i] = (status, body)
+        except (OSError, http.client.HTTPException) as e:
+            out[i] = (None, repr(e).encode())
+
+    threads = []
+    for i in range(len(steps)):
+        threads.append(threading.Thread(target=one, args=(i,)))
+        threads[-1].start()
+        time.sleep(spacing)
+    for t in threads:
+        t.join(60)
+    return out
+
+
 @unittest.skipIf(NATS is None, "nats-server is not installed (make deps installs it)")
 class Replication(unittest.TestCase):
+    BATCH = []   # --replicate-batch-ms for every replica (ReplicationSummed sets it)
+    WIDE = []    # a window wide enough that concurrent steps surely share a message
+
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="tscale-e2e-repl-")
         self.nats = NatsServer(os.path.join(self.tmp, "nats"))
@@ -114,18 +147,25 @@ class Replication(unittest.TestCase):
 
     def args(self, rid, extra=()):
         return ["--model", "%s=%s" % (MODEL, ms.golden_file(CASE)), "--replicate", self.nats.url(),
-                "--replica-id", rid, "--replicate-ack-timeout-ms", "1500", "--threads", "1"] + list(extra)
+                "--replica-id", rid, "--replicate-ack-timeout-ms", "1500", "--threads", "1"] + self.BATCH + list(extra)
 
-    def start_replica(self, rid, db_dir=None):
+    def start_replica(self, rid, db_dir=None, extra=()):
         db_dir = db_dir or os.path.join(self.tmp, rid)
         os.makedirs(db_dir, exist_ok=True)
-        d = tsd.Daemon(args=self.args(rid), db_dir=db_dir)
+        d = tsd.Daemon(args=self.args(rid, extra), db_dir=db_dir)
         wait_for("replica %s to connect" % rid, lambda: d.metric("tscale_repl_connected") == 1, 15)
         return d
 
-    def start_three(self):
-        self.replicas = [self.start_replica("r%d" % i) for i in range(3)]
+    def start_three(self, extra=()):
+        self.replicas = [self.start_replica("r%d" % i, extra=extra) for i in range(3)]
         return self.replicas
+
+    def skipped(self, d, reason):
+        _, _, text = d.request("GET", "/metrics")
+        for line in text.decode().splitlines():
+            if line.startswith('tscale_repl_deltas_skipped_total{reason="%s"} ' % reason):
+                return int(line.split()[1])
+        raise AssertionError("no skipped count for %s in /metrics" % reason)
 
     def converged(self, step):
         """Wait until every replica's export is the same and at step (from the golden
@@ -261,6 +301,95 @@ class Replication(unittest.TestCase):
         status, _, body = feedback(r[2], 4, id="d-4")
         self.assertEqual(status, 200, body[:300])
         self.converged(5)
+
+    def test_e_kill_9_with_steps_on_their_way_republishes_exactly_once(self):
+        r = self.start_three(extra=self.WIDE)
+        for step in range(2):
+            self.assertEqual(feedback(r[2], step, id="e-%d" % step)[0], 200)
+        self.converged(2)
+        # NATS paused: r2 journals the next steps and writes them to the connection, where
+        # they wait unread (no PubAck, so no answer).
+        self.nats.proc.send_signal(signal.SIGSTOP)
+        try:
+            results = []
+            t = threading.Thread(target=lambda: results.extend(
+                concurrently(r[2], list(range(2, 8)), ids=["e-%d" % k for k in range(2, 8)])))
+            t.start()
+            wait_for("6 steps journaled on r2, waiting for JetStream",
+                     lambda: r[2].metric("tscale_repl_publish_pending") == 6, 10)
+            time.sleep(0.5)  # past the summing window: the message is written to the socket
+            r[2].kill()
+            t.join(30)
+            self.assertFalse(any(status == 200 for status, _ in results), results)
+        finally:
+            self.nats.proc.send_signal(signal.SIGCONT)
+        # NATS reads what the dead connection sent (stored, never acknowledged); the restart
+        # replays r2's journal (all 8 steps) and publishes steps 3..8 again, one a message.
+        r[2].close()
+        self.replicas[2] = self.start_replica("r2", db_dir=os.path.join(self.tmp, "r2"), extra=self.WIDE)
+        self.converged(8)
+        wait_for("r2 to publish its journal again",
+                 lambda: self.replicas[2].metric("tscale_repl_publish_pending") == 0, CONVERGE_S)
+        time.sleep(0.5)  # the copies reach r0 and r1 too: they must not move them
+        self.converged(8)
+        if self.WIDE:  # the stored message summed steps 3..8 (id "r2:3-8"): JetStream can't drop
+            for d in self.replicas[:2]:  # the one-step copies by id; the high-water marks skip them
+                self.assertGreaterEqual(self.skipped(d, "duplicate"), 6)
+        # The journaled steps answer their ids now, without a new step.
+        status, _, body = feedback(self.replicas[2], 2, id="e-2")
+        self.assertEqual(status, 200, body[:300])
+        self.converged(8)
+
+
+class ReplicationSummed(Replication):
+    BATCH = ["--replicate-batch-ms", "5"]
+    WIDE = ["--replicate-batch-ms", "300"]
+
+    def test_f_summed_one_writer_equals_the_single_node(self):
+        r = self.start_three(extra=self.WIDE)
+        n = 8
+        out = concurrently(r[0], list(range(n)), spacing=0.02)
+        self.assertEqual([s for s, _ in out], [200] * n, out)
+        # The order r0 took them in is the order of their steps: the single node takes the
+        # same requests in that order.
+        order = sorted(range(n), key=lambda i: json.loads(out[i][1])["step"])
+        self.assertEqual(sorted(json.loads(b)["step"] - self.base for _, b in out), list(range(1, n + 1)))
+        single = tsd.Daemon(args=["--model", "%s=%s" % (MODEL, ms.golden_file(CASE)), "--threads", "1"])
+        try:
+            for i in order:
+                status, _, body = feedback(single, i)
+                self.assertEqual(status, 200, body[:300])
+            want = ms.export(single, MODEL)
+        finally:
+            single.close()
+        self.assertEqual(self.converged(n), want, "a replica's state differs from the single node's")
+        self.assertEqual(r[0].metric("tscale_repl_deltas_published_total"), n)
+        messages = r[0].metric("tscale_repl_messages_published_total")
+        self.assertLess(messages, n, "no steps were summed")
+        _, _, text = r[1].request("GET", "/metrics")
+        self.assertIn(b'tscale_repl_deltas_applied_total{model="m",origin="r0"} %d' % n, text)
+
+    def test_g_summed_many_writers_converge(self):
+        r = self.start_three(extra=self.WIDE)
+        results = []
+
+        def drive(i):
+            results.extend(concurrently(r[i], [3 * k + i for k in range(4)], ids=["g%d-%d" % (i, k) for k in range(4)]))
+
+        threads = [threading.Thread(target=drive, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        acked = sum(1 for status, _ in results if status == 200)
+        self.assertEqual(acked, 12, results)
+        self.converged(acked)
+        steps = sum(d.metric("tscale_repl_deltas_published_total") for d in r)
+        messages = sum(d.metric("tscale_repl_messages_published_total") for d in r)
+        self.assertEqual(steps, acked)
+        self.assertLess(messages, steps, "no steps were summed")
+        for d in r:
+            self.assertEqual(self.skipped(d, "straddles"), 0)
 
 
 if __name__ == "__main__":

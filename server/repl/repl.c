@@ -417,13 +417,21 @@ static natsStatus publish_group(ts_repl *r, const pub *first, const pub *last, s
     return st;
 }
 
+/* Headroom for a message's headers under the server's payload limit. */
+#define HEADERS_MAX 1024
+
 /* Publisher thread, mu held, todo not empty: how many steps from the head the next message
  * takes — `frozen` when a failed message is being retried (never regrouped: repl.h), else
  * the head's run of steps of the same model and version, up to --replicate-batch-max. 0
- * while that group can still grow and its window is open: wait until *wake_ns. */
-static size_t group_next(ts_repl *r, size_t frozen, int64_t *wake_ns) {
+ * while that group can still grow and its window is open (the head was queued while the
+ * previous message waited for its PubAck, at or before done_ns, and less than
+ * --replicate-batch-ms ago): wait until *wake_ns. A step queued while nothing was in
+ * flight goes at once, so a steady trickle pays no window. A model whose sums could
+ * outgrow the server's max_payload (4 bytes a group) is never summed. */
+static size_t group_next(ts_repl *r, size_t frozen, int64_t done_ns, int64_t *wake_ns) {
     pub *h = r->todo_head, *p = h;
-    if (frozen || r->cfg.batch_ms <= 0 || h->single || !h->n)
+    if (frozen || r->cfg.batch_ms <= 0 || h->single || !h->n ||
+        (int64_t)(1 + 4 * h->n) + HEADERS_MAX > natsConnection_GetMaxPayload(r->nc))
         return frozen ? frozen : 1;
     size_t n = 1;
     for (; n < (size_t)r->cfg.batch_max && p->next; p = p->next, n++) {
@@ -432,7 +440,7 @@ static size_t group_next(ts_repl *r, size_t frozen, int64_t *wake_ns) {
             return n; /* closed: a step that can't join is queued behind it */
     }
     *wake_ns = h->t_queued_ns + r->cfg.batch_ms * 1000000LL;
-    return n == (size_t)r->cfg.batch_max || mono_ns() >= *wake_ns ? n : 0;
+    return n == (size_t)r->cfg.batch_max || h->t_queued_ns > done_ns || mono_ns() >= *wake_ns ? n : 0;
 }
 
 /* ---- consuming (libnats' subscription thread) ---- */
@@ -597,7 +605,8 @@ static void ack_group(ts_repl *r, size_t n) {
 static void *thread_main(void *arg) {
     ts_repl *r = arg;
     int streak = 0;
-    size_t frozen = 0; /* steps of the message being retried (0: none) */
+    size_t frozen = 0;   /* steps of the message being retried (0: none) */
+    int64_t done_ns = 0; /* when the last message's publish returned */
     char err[512];
     pthread_mutex_lock(&r->mu);
     while (!r->stopping) {
@@ -618,7 +627,7 @@ static void *thread_main(void *arg) {
             continue;
         }
         int64_t wake_ns = 0;
-        size_t n = group_next(r, frozen, &wake_ns);
+        size_t n = group_next(r, frozen, done_ns, &wake_ns);
         if (!n) { /* the summing window is open and the group can grow */
             pause_ns_locked(r, wake_ns - mono_ns());
             continue;
@@ -629,6 +638,7 @@ static void *thread_main(void *arg) {
         frozen = n;
         pthread_mutex_unlock(&r->mu);
         natsStatus st = publish_group(r, first, last, n, err, sizeof err);
+        done_ns = mono_ns();
         pthread_mutex_lock(&r->mu);
         if (st != NATS_OK) {
             note_failure(r, &streak, "publishing a step", err);

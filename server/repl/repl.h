@@ -21,11 +21,13 @@
  * encoding), at most --replicate-batch-max of them, with headers Tscale-Seq = the last
  * step's seq, Tscale-First-Seq = the first's, Tscale-Steps = how many (seqs are global
  * across models, so the count is not last - first + 1) and Nats-Msg-Id
- * "<origin>:<first>-<last>"; a message of one step keeps the single-step form above. A
- * group waits for more steps only while it can still grow (not full, no other model's or
- * version's step queued behind it) and for at most W ms after its first step was queued;
- * steps that queued up while the previous publish waited for its PubAck are often past
- * that already and go at once. Every step of a message is answered when its PubAck comes.
+ * "<origin>:<first>-<last>"; a message of one step keeps the single-step form above.
+ * Steps that queue up while the previous message waits for its PubAck join the next one;
+ * that group then waits for more only while it can still grow (not full, no other model's
+ * or version's step queued behind it) and at most W ms after its first step was queued. A
+ * step that reaches an idle publisher goes at once: a steady trickle pays no window (the
+ * measurements are in README, "What replication costs"). Every step of a message is
+ * answered when its PubAck comes.
  *
  * Why the consumers' high-water rule stays exact with sums. A consumer's mark for an
  * origin is the highest Tscale-Seq of that origin's messages it has consumed (or of the

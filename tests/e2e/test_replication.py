@@ -11,8 +11,9 @@ replicas of build/tscaled and a real `nats-server -js` on loopback, started and 
   (e) kill -9 of a replica whose steps are journaled and on their way to a paused
       nats-server (SIGSTOP), which stores them after the kill: the restart publishes them
       again from the journal, and every replica applies each exactly once.
-ReplicationSummed runs all of them again with --replicate-batch-ms (several steps summed
-into one message, server/repl/repl.h), plus concurrent writers whose steps are summed: one
+Replication runs them with --replicate-batch-ms 0 (a message per step); ReplicationSummed
+runs them again with the default window (several steps summed into one message,
+server/repl/repl.h), plus concurrent writers whose steps are summed: one
 writer's replicas equal a single node fed the same steps in the same order, and many
 writers converge at step = acknowledged steps.
 
@@ -101,6 +102,24 @@ def wait_for(what, fn, timeout):
     raise AssertionError("timed out after %.0f s waiting for %s (last: %r)" % (timeout, what, last))
 
 
+def nats_publish(port, msgs):
+    """Publish msgs, [(subject, {header: value}, payload)], with the plain NATS protocol
+    (HPUB: no PubAck wanted); a PING/PONG then says the server has read them all."""
+    s = socket.create_connection(("127.0.0.1", port), 5)
+    s.settimeout(5)
+    f = s.makefile("rb")
+    f.readline()  # INFO
+    s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
+    for subject, headers, payload in msgs:
+        h = b"NATS/1.0\r\n" + b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items()) + b"\r\n"
+        s.sendall(b"HPUB %s %d %d\r\n" % (subject.encode(), len(h), len(h) + len(payload)) + h + payload + b"\r\n")
+    s.sendall(b"PING\r\n")
+    line = f.readline()
+    s.close()
+    if not line.startswith(b"PONG"):
+        raise AssertionError("nats-server answered %r" % line)
+
+
 def concurrently(d, steps, ids=None, spacing=0.0):
     """Feedback for each of `steps` on d, each from its own thread (started `spacing` s
     apart), all in flight at once; returns [(status, body)] in the order of `steps`."""
@@ -125,7 +144,7 @@ def concurrently(d, steps, ids=None, spacing=0.0):
 
 @unittest.skipIf(NATS is None, "nats-server is not installed (make deps installs it)")
 class Replication(unittest.TestCase):
-    BATCH = []   # --replicate-batch-ms for every replica (ReplicationSummed sets it)
+    BATCH = ["--replicate-batch-ms", "0"]  # one message per step (ReplicationSummed: the default)
     WIDE = []    # a window wide enough that concurrent steps surely share a message
 
     def setUp(self):
@@ -307,24 +326,39 @@ class Replication(unittest.TestCase):
         for step in range(2):
             self.assertEqual(feedback(r[2], step, id="e-%d" % step)[0], 200)
         self.converged(2)
-        # NATS paused: r2 journals the next steps and writes them to the connection, where
-        # they wait unread (no PubAck, so no answer).
-        self.nats.proc.send_signal(signal.SIGSTOP)
+        # r2 journals steps 3..8 and writes them to its NATS connection, where they wait
+        # unread (nats-server paused): no PubAck, so no answer.
+        results = []
+        threads = [threading.Thread(target=lambda ks=ks: results.extend(
+            concurrently(r[2], ks, ids=["e-%d" % k for k in ks]))) for ks in ([2], list(range(3, 8)))]
+        pending = lambda: r[2].metric("tscale_repl_publish_pending")  # noqa: E731
         try:
-            results = []
-            t = threading.Thread(target=lambda: results.extend(
-                concurrently(r[2], list(range(2, 8)), ids=["e-%d" % k for k in range(2, 8)])))
-            t.start()
-            wait_for("6 steps journaled on r2, waiting for JetStream",
-                     lambda: r[2].metric("tscale_repl_publish_pending") == 6, 10)
-            time.sleep(0.5)  # past the summing window: the message is written to the socket
+            self.nats.proc.send_signal(signal.SIGSTOP)
+            threads[0].start()  # step 3: its message goes at once and waits for its PubAck
+            wait_for("step 3 journaled, on its way", lambda: pending() == 1, 10)
+            if self.WIDE:
+                # Steps 4..8 queue while step 3 is in flight, so they wait out the summing
+                # window: NATS runs long enough to acknowledge step 3, and is paused again
+                # inside the window, so the sum of 4..8 is written but goes unread.
+                threads[1].start()
+                wait_for("steps 4..8 journaled behind it", lambda: pending() == 6, 10)
+                self.nats.proc.send_signal(signal.SIGCONT)
+                wait_for("step 3 acknowledged", lambda: r[2].metric("tscale_repl_deltas_published_total") == 3, 10)
+                self.nats.proc.send_signal(signal.SIGSTOP)
+                self.assertEqual(pending(), 5)
+                time.sleep(1.5)  # past the window: the summed message is written
+            else:
+                threads[1].start()
+                wait_for("steps 4..8 journaled behind it", lambda: pending() == 6, 10)
+                time.sleep(0.5)
             r[2].kill()
-            t.join(30)
-            self.assertFalse(any(status == 200 for status, _ in results), results)
+            for t in threads:
+                t.join(30)
+            self.assertEqual(sum(1 for status, _ in results if status == 200), 1 if self.WIDE else 0, results)
         finally:
             self.nats.proc.send_signal(signal.SIGCONT)
         # NATS reads what the dead connection sent (stored, never acknowledged); the restart
-        # replays r2's journal (all 8 steps) and publishes steps 3..8 again, one a message.
+        # replays r2's journal (all 8 steps) and publishes them again, one a message.
         r[2].close()
         self.replicas[2] = self.start_replica("r2", db_dir=os.path.join(self.tmp, "r2"), extra=self.WIDE)
         self.converged(8)
@@ -332,23 +366,26 @@ class Replication(unittest.TestCase):
                  lambda: self.replicas[2].metric("tscale_repl_publish_pending") == 0, CONVERGE_S)
         time.sleep(0.5)  # the copies reach r0 and r1 too: they must not move them
         self.converged(8)
-        if self.WIDE:  # the stored message summed steps 3..8 (id "r2:3-8"): JetStream can't drop
-            for d in self.replicas[:2]:  # the one-step copies by id; the high-water marks skip them
-                self.assertGreaterEqual(self.skipped(d, "duplicate"), 6)
+        # With summing, the message NATS read after the kill (when the kernel delivered it
+        # rather than resetting the connection) summed 4..8 under id "r2:4-8": JetStream
+        # can't drop the one-step copies by id, the high-water marks skip them (5
+        # duplicates); either way no replica applied a step twice or lost one.
+        for d in self.replicas:
+            self.assertEqual(self.skipped(d, "straddles"), 0)
         # The journaled steps answer their ids now, without a new step.
-        status, _, body = feedback(self.replicas[2], 2, id="e-2")
+        status, _, body = feedback(self.replicas[2], 4, id="e-4")
         self.assertEqual(status, 200, body[:300])
         self.converged(8)
 
 
 class ReplicationSummed(Replication):
-    BATCH = ["--replicate-batch-ms", "5"]
-    WIDE = ["--replicate-batch-ms", "300"]
+    BATCH = []   # the default window (2 ms)
+    WIDE = ["--replicate-batch-ms", "1000"]
 
     def test_f_summed_one_writer_equals_the_single_node(self):
         r = self.start_three(extra=self.WIDE)
         n = 8
-        out = concurrently(r[0], list(range(n)), spacing=0.02)
+        out = concurrently(r[0], list(range(n)))
         self.assertEqual([s for s, _ in out], [200] * n, out)
         # The order r0 took them in is the order of their steps: the single node takes the
         # same requests in that order.
@@ -368,6 +405,52 @@ class ReplicationSummed(Replication):
         self.assertLess(messages, n, "no steps were summed")
         _, _, text = r[1].request("GET", "/metrics")
         self.assertIn(b'tscale_repl_deltas_applied_total{model="m",origin="r0"} %d' % n, text)
+
+    def test_h_consumes_single_and_summed_messages_by_their_marks(self):
+        """Messages of a replica "x" written straight to the stream: old single-step ones (no
+        Tscale-First-Seq: a replica before summing), sums in each width, copies (skipped by
+        the high-water mark), one that straddles the mark (skipped and counted) and one with
+        a malformed span."""
+        d = self.start_replica("r0")
+        before = ms.state(ms.export(d, MODEL))
+        n = sum(len(corr) for _, kind, _, corr in before if kind == "ternary_linear")
+
+        def msg(seq, payload, first=None, steps=None, msgid=None):
+            h = {"Tscale-Origin": "x", "Tscale-Seq": str(seq), "Tscale-Version": "1", "Tscale-Model": MODEL,
+                 "Nats-Msg-Id": msgid or "x:%d" % seq}
+            if first is not None:
+                h["Tscale-First-Seq"] = str(first)
+            if steps is not None:
+                h["Tscale-Steps"] = str(steps)
+            return ("tscale.delta." + MODEL, h, payload)
+
+        def enc(width, v):  # journal.c's encoding: the width byte, then n little-endian values
+            return bytes([width]) + v.to_bytes(width, "little", signed=True) * n
+
+        nats_publish(self.nats.port, [
+            msg(1, enc(1, 1)),                                   # old single step: applied
+            msg(4, enc(4, 2), first=2, steps=3),                 # steps 2..4 summed (int32): applied
+            msg(4, enc(4, 2), first=2, steps=3, msgid="x:2-4b"), # a copy past the duplicate window
+            msg(3, enc(1, 5)),                                   # a single step at or below the mark
+            msg(6, enc(1, 7), first=4, steps=3),                 # straddles the mark: skipped
+            msg(7, enc(2, -1)),                                  # single (int16): applied
+            msg(9, enc(1, 0), steps=2),                          # a span without its first seq: malformed
+            msg(10, enc(1, 0), first=9, steps=2),                # steps 9..10 summed (int8): applied
+        ])
+        want_step = ms.step_of(before) + 1 + 3 + 1 + 2
+        wait_for("the deltas of x to be applied", lambda: ms.step_of(ms.state(ms.export(d, MODEL))) == want_step,
+                 CONVERGE_S)
+        after = ms.state(ms.export(d, MODEL))
+        for (_, kind, _, c0), (_, _, _, c1) in zip(before, after):
+            if kind == "ternary_linear":  # corr_accum -= 1 + 2 - 1 + 0 in every group
+                self.assertEqual([a - b for a, b in zip(c0, c1)], [2] * len(c0))
+        self.assertEqual(self.skipped(d, "duplicate"), 2)
+        self.assertEqual(self.skipped(d, "straddles"), 1)
+        self.assertEqual(self.skipped(d, "malformed"), 1)
+        _, _, text = d.request("GET", "/metrics")
+        self.assertIn(b'tscale_repl_deltas_applied_total{model="m",origin="x"} 7', text)
+        self.assertTrue(any("sums steps 4..6 but its steps up to 4" in line for line in d.log_lines), d.log())
+        self.replicas = [d]
 
     def test_g_summed_many_writers_converge(self):
         r = self.start_three(extra=self.WIDE)

@@ -10,10 +10,12 @@
 #include "server/hash.h"
 #include "server/log.h"
 
-/* Payload encodings: the first byte says which, and is the width in bytes of every value
- * that follows (little-endian two's complement). The journal writes INT8 or INT16 (a step's
- * scores); INT32 only carries sums of several steps (replication, ts_journal_encode_sum). */
-enum { ENC_INT8 = 1, ENC_INT16 = 2, ENC_INT32 = 4 };
+/* Payload encodings: the first byte's low bits are the width in bytes of every value that
+ * follows (little-endian two's complement). The journal writes INT8 or INT16 (a step's
+ * scores); a sum of several steps (replication, ts_journal_encode_sum) sets ENC_SUM too, so
+ * a replica from before sums, whose decoder knows only 1 and 2, refuses it as malformed
+ * (logged, counted) instead of applying a sum of steps as one step. */
+enum { ENC_INT8 = 1, ENC_INT16 = 2, ENC_INT32 = 4, ENC_SUM = 0x10 };
 
 struct ts_journal {
     int enabled;
@@ -44,8 +46,8 @@ typedef struct {
 
 /* ---- encoding ---- */
 
-/* The narrowest encoding of n values, read from s16 when it is not NULL, else from s32
- * (one body for both widths of input, so a step and a sum of steps encode alike). */
+/* The narrowest encoding of n values, read from s16 when it is not NULL (a step), else
+ * from s32 (a sum: tagged ENC_SUM); one body for both. */
 static size_t encode_values(const int16_t *s16, const int32_t *s32, size_t n, uint8_t *out) {
     int32_t lo = 0, hi = 0;
     for (size_t i = 0; i < n; i++) {
@@ -54,7 +56,7 @@ static size_t encode_values(const int16_t *s16, const int32_t *s32, size_t n, ui
         hi = v > hi ? v : hi;
     }
     int w = lo >= INT8_MIN && hi <= INT8_MAX ? ENC_INT8 : lo >= INT16_MIN && hi <= INT16_MAX ? ENC_INT16 : ENC_INT32;
-    out[0] = (uint8_t)w;
+    out[0] = (uint8_t)(s16 ? w : w | ENC_SUM);
     for (size_t i = 0; i < n; i++) {
         uint32_t v = (uint32_t)(s16 ? s16[i] : s32[i]);
         for (int b = 0; b < w; b++)
@@ -63,11 +65,13 @@ static size_t encode_values(const int16_t *s16, const int32_t *s32, size_t n, ui
     return 1 + (size_t)w * n;
 }
 
-/* Decode into s16 (when not NULL: INT8 and INT16 only) or s32. 0, or -1 when the tag is
- * unknown, too wide for s16, or the length is not 1 + width·n. */
+/* Decode into s16 (when not NULL: a step, INT8 or INT16) or s32 (a step or a sum, any
+ * width). 0, or -1 when the tag is unknown or not for this output, or the length is not
+ * 1 + width·n. */
 static int decode_values(const uint8_t *p, size_t len, int16_t *s16, int32_t *s32, size_t n) {
-    int w = len ? p[0] : 0;
-    if ((w != ENC_INT8 && w != ENC_INT16 && (w != ENC_INT32 || s16)) || len != 1 + (size_t)w * n)
+    int tag = len ? p[0] : 0, w = tag & ~ENC_SUM;
+    if ((s16 && tag != ENC_INT8 && tag != ENC_INT16) || (w != ENC_INT8 && w != ENC_INT16 && w != ENC_INT32) ||
+        (w == ENC_INT32 && tag != (ENC_INT32 | ENC_SUM)) || len != 1 + (size_t)w * n)
         return -1;
     for (size_t i = 0; i < n; i++) {
         uint32_t v = 0;

@@ -424,18 +424,19 @@ class ReplicationSummed(Replication):
                 h["Tscale-Steps"] = str(steps)
             return ("tscale.delta." + MODEL, h, payload)
 
-        def enc(width, v):  # journal.c's encoding: the width byte, then n little-endian values
-            return bytes([width]) + v.to_bytes(width, "little", signed=True) * n
+        def enc(width, v, tag=None):  # journal.c's encoding: the tag (the width, | 0x10 for a
+            # sum), then n little-endian values of that width
+            return bytes([tag or width]) + v.to_bytes(width, "little", signed=True) * n
 
         nats_publish(self.nats.port, [
             msg(1, enc(1, 1)),                                   # old single step: applied
-            msg(4, enc(4, 2), first=2, steps=3),                 # steps 2..4 summed (int32): applied
-            msg(4, enc(4, 2), first=2, steps=3, msgid="x:2-4b"), # a copy past the duplicate window
+            msg(4, enc(4, 2, 0x14), first=2, steps=3),           # steps 2..4 summed (int32): applied
+            msg(4, enc(4, 2, 0x14), first=2, steps=3, msgid="x:2-4b"),  # a copy past the duplicate window
             msg(3, enc(1, 5)),                                   # a single step at or below the mark
-            msg(6, enc(1, 7), first=4, steps=3),                 # straddles the mark: skipped
+            msg(6, enc(1, 7, 0x11), first=4, steps=3),           # straddles the mark: skipped
             msg(7, enc(2, -1)),                                  # single (int16): applied
-            msg(9, enc(1, 0), steps=2),                          # a span without its first seq: malformed
-            msg(10, enc(1, 0), first=9, steps=2),                # steps 9..10 summed (int8): applied
+            msg(9, enc(1, 0, 0x11), steps=2),                    # a span without its first seq: malformed
+            msg(10, enc(1, 0, 0x11), first=9, steps=2),          # steps 9..10 summed (int8): applied
         ])
         want_step = ms.step_of(before) + 1 + 3 + 1 + 2
         wait_for("the deltas of x to be applied", lambda: ms.step_of(ms.state(ms.export(d, MODEL))) == want_step,

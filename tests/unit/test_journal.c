@@ -56,24 +56,32 @@ START_TEST(test_encode_int8_and_int16) {
 END_TEST
 
 /* Replication's sums of several steps (repl.h, Summing): the narrowest width that holds
- * every sum, the journal's own bytes while that is int8 or int16 (a message of one step,
- * or from a replica before summing, decodes alike), 4 bytes past int16, down to the most
- * negative sum TS_REPL_BATCH_MAX steps can reach. */
+ * every sum, 4 bytes past int16, down to the most negative sum TS_REPL_BATCH_MAX steps can
+ * reach; a tag of their own, so the journal's decoder (a replica from before sums) refuses
+ * them instead of applying a sum as one step, while the sums' decoder takes a single step's
+ * payload too (a message of one step, or from a replica before sums). */
 START_TEST(test_encode_sum_widths) {
     int16_t s16[4] = {0, -128, 127, 5}, back16[4];
     int32_t s32[4] = {0, -128, 127, 5}, back[4];
     uint8_t a[1 + 4 * 4], b[1 + 4 * 4];
     size_t la = ts_journal_encode(s16, 4, a), lb = ts_journal_encode_sum(s32, 4, b);
-    ck_assert_uint_eq(lb, 1 + 4);
+    ck_assert_uint_eq(lb, 1 + 4);                            /* int8 */
     ck_assert_uint_eq(la, lb);
-    ck_assert_int_eq(memcmp(a, b, la), 0);
-    s16[3] = s32[3] = -32768; /* int16 */
+    ck_assert_int_eq(memcmp(a + 1, b + 1, la - 1), 0);       /* the same values ... */
+    ck_assert_int_ne(a[0], b[0]);                            /* ... under another tag */
+    ck_assert_int_eq(ts_journal_decode(b, lb, back16, 4), -1);
+    ck_assert_int_eq(ts_journal_decode_sum(b, lb, back, 4), 0);
+    ck_assert_int_eq(memcmp(back, s32, sizeof back), 0);
+    s16[3] = s32[3] = -32768;                                /* int16 */
     la = ts_journal_encode(s16, 4, a);
     lb = ts_journal_encode_sum(s32, 4, b);
     ck_assert_uint_eq(lb, 1 + 2 * 4);
-    ck_assert_int_eq(memcmp(a, b, la), 0);
     ck_assert_uint_eq(la, lb);
-    ck_assert_int_eq(ts_journal_decode_sum(a, la, back, 4), 0); /* a journal payload decodes as a sum */
+    ck_assert_int_eq(ts_journal_decode(b, lb, back16, 4), -1);
+    ck_assert_int_eq(ts_journal_decode_sum(b, lb, back, 4), 0);
+    ck_assert_int_eq(memcmp(back, s32, sizeof back), 0);
+    memset(back, 0, sizeof back);
+    ck_assert_int_eq(ts_journal_decode_sum(a, la, back, 4), 0); /* a single step decodes as a sum */
     ck_assert_int_eq(memcmp(back, s32, sizeof back), 0);
     s32[0] = 32768;                                   /* one past int16: every value 4 bytes */
     s32[1] = -32769;
@@ -84,11 +92,13 @@ START_TEST(test_encode_sum_widths) {
     ck_assert_uint_eq(lb, 1 + 4 * 4);
     ck_assert_int_eq(ts_journal_decode_sum(b, lb, back, 4), 0);
     ck_assert_int_eq(memcmp(back, s32, sizeof back), 0);
-    /* The journal's decoder refuses a sum too wide for a step; lengths must fit n. */
     ck_assert_int_eq(ts_journal_decode(b, lb, back16, 4), -1);
+    /* Lengths must fit n; a 4-byte width without the sum tag is no encoding. */
     ck_assert_int_eq(ts_journal_decode_sum(b, lb, back, 3), -1);
     ck_assert_int_eq(ts_journal_decode_sum(b, lb - 1, back, 4), -1);
-    ck_assert_int_eq(ts_journal_decode_sum(b, 1 + 2 * 4, back, 4), -1); /* the INT32 tag with int16's length */
+    ck_assert_int_eq(ts_journal_decode_sum(b, 1 + 2 * 4, back, 4), -1);
+    b[0] = 4;
+    ck_assert_int_eq(ts_journal_decode_sum(b, lb, back, 4), -1);
     b[0] = 3;
     ck_assert_int_eq(ts_journal_decode_sum(b, 1 + 3 * 4, back, 4), -1);
     ck_assert_int_eq(ts_journal_decode_sum(b, 0, back, 0), -1);

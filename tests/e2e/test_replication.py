@@ -382,10 +382,26 @@ class ReplicationSummed(Replication):
     BATCH = []   # the default window (2 ms)
     WIDE = ["--replicate-batch-ms", "1000"]
 
+    def queued_behind_a_paused_nats(self, writers, want_pending):
+        """Run the writer threads while nats-server is paused, until the replicas hold
+        want_pending steps journaled and queued (the first of each in flight, the rest
+        behind it: they are summed when NATS goes on); then let NATS go on and join them."""
+        self.nats.proc.send_signal(signal.SIGSTOP)
+        try:
+            for t in writers:
+                t.start()
+            wait_for("%d steps queued for JetStream" % want_pending,
+                     lambda: sum(d.metric("tscale_repl_publish_pending") for d in self.replicas) == want_pending, 10)
+        finally:
+            self.nats.proc.send_signal(signal.SIGCONT)
+        for t in writers:
+            t.join(60)
+
     def test_f_summed_one_writer_equals_the_single_node(self):
-        r = self.start_three(extra=self.WIDE)
+        r = self.start_three()
         n = 8
-        out = concurrently(r[0], list(range(n)))
+        out = []
+        self.queued_behind_a_paused_nats([threading.Thread(target=lambda: out.extend(concurrently(r[0], list(range(n)))))], n)
         self.assertEqual([s for s, _ in out], [200] * n, out)
         # The order r0 took them in is the order of their steps: the single node takes the
         # same requests in that order.
@@ -454,17 +470,13 @@ class ReplicationSummed(Replication):
         self.replicas = [d]
 
     def test_g_summed_many_writers_converge(self):
-        r = self.start_three(extra=self.WIDE)
+        r = self.start_three()
         results = []
 
         def drive(i):
             results.extend(concurrently(r[i], [3 * k + i for k in range(4)], ids=["g%d-%d" % (i, k) for k in range(4)]))
 
-        threads = [threading.Thread(target=drive, args=(i,)) for i in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(90)
+        self.queued_behind_a_paused_nats([threading.Thread(target=drive, args=(i,)) for i in range(3)], 12)
         acked = sum(1 for status, _ in results if status == 200)
         self.assertEqual(acked, 12, results)
         self.converged(acked)

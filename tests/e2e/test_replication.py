@@ -8,9 +8,10 @@ replicas of build/tscaled and a real `nats-server -js` on loopback, started and 
       acknowledged is lost;
   (d) nats-server stopped: feedback 503 + Retry-After, inference 200; started again on the
       same store: feedback works again and the replicas converge;
-  (e) kill -9 of a replica whose steps are journaled and on their way to a paused
-      nats-server (SIGSTOP), which stores them after the kill: the restart publishes them
-      again from the journal, and every replica applies each exactly once.
+  (e) kill -9 of a replica whose steps are journaled and written to a paused nats-server
+      (SIGSTOP), which stores them once the replica is stopped too, so it never sees their
+      PubAck: the restart publishes them again from the journal, and every replica applies
+      each exactly once.
 Replication runs them with --replicate-batch-ms 0 (a message per step); ReplicationSummed
 runs them again with the default window (several steps summed into one message,
 server/repl/repl.h), plus concurrent writers whose steps are summed: one
@@ -118,6 +119,15 @@ def nats_publish(port, msgs):
     s.close()
     if not line.startswith(b"PONG"):
         raise AssertionError("nats-server answered %r" % line)
+
+
+def all_threads_stopped(pid):
+    """Whether every thread of pid is stopped (SIGSTOP takes effect asynchronously)."""
+    states = []
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+            states.append(f.read().rsplit(")", 1)[1].split()[0])
+    return all(st == "T" for st in states)
 
 
 def concurrently(d, steps, ids=None, spacing=0.0):
@@ -351,14 +361,22 @@ class Replication(unittest.TestCase):
                 threads[1].start()
                 wait_for("steps 4..8 journaled behind it", lambda: pending() == 6, 10)
                 time.sleep(0.5)
+            # r2 stops before NATS goes on, so NATS stores what it wrote and r2 never reads
+            # the PubAck: a step stored in the stream that its origin never saw acknowledged.
+            r[2].signal(signal.SIGSTOP)
+            wait_for("r2 to stop", lambda: all_threads_stopped(r[2].proc.pid), 10)
+            self.nats.proc.send_signal(signal.SIGCONT)
+            stored = 8 if self.WIDE else 3
+            wait_for("r0 to apply the steps r2 wrote", lambda: ms.step_of(ms.state(ms.export(r[0], MODEL))) - self.base
+                     == stored, CONVERGE_S)
             r[2].kill()
             for t in threads:
                 t.join(30)
             self.assertEqual(sum(1 for status, _ in results if status == 200), 1 if self.WIDE else 0, results)
         finally:
             self.nats.proc.send_signal(signal.SIGCONT)
-        # NATS reads what the dead connection sent (stored, never acknowledged); the restart
-        # replays r2's journal (all 8 steps) and publishes them again, one a message.
+        # The restart replays r2's journal (all 8 steps) and publishes them again, one a
+        # message.
         r[2].close()
         self.replicas[2] = self.start_replica("r2", db_dir=os.path.join(self.tmp, "r2"), extra=self.WIDE)
         self.converged(8)
@@ -366,10 +384,11 @@ class Replication(unittest.TestCase):
                  lambda: self.replicas[2].metric("tscale_repl_publish_pending") == 0, CONVERGE_S)
         time.sleep(0.5)  # the copies reach r0 and r1 too: they must not move them
         self.converged(8)
-        # With summing, the message NATS read after the kill (when the kernel delivered it
-        # rather than resetting the connection) summed 4..8 under id "r2:4-8": JetStream
-        # can't drop the one-step copies by id, the high-water marks skip them (5
-        # duplicates); either way no replica applied a step twice or lost one.
+        # With summing, the stored message summed 4..8 under id "r2:4-8": JetStream can't
+        # drop the one-step copies by id; the high-water marks skip them. Without, JetStream
+        # drops the copy of step 3 by its id and 4..8 were never sent before.
+        for d in self.replicas[:2]:
+            self.assertEqual(self.skipped(d, "duplicate"), 5 if self.WIDE else 0)
         for d in self.replicas:
             self.assertEqual(self.skipped(d, "straddles"), 0)
         # The journaled steps answer their ids now, without a new step.

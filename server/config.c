@@ -137,6 +137,11 @@ static const ts_option options[] = {
      "stream retention when the stream is created: deltas older than this are deleted", NULL},
     {"replicate-replicas", OPT_INT, F(replicate_replicas), "1", 1, 5, "N",
      "JetStream replicas of the stream when it is created (3 in a NATS cluster)", NULL},
+    {"replicate-batch-ms", OPT_INT, F(replicate_batch_ms), "2", 0, 1000, "MS",
+     "sum consecutive steps of a model into one message: steps queued while the previous "
+     "message awaits its PubAck wait up to this long for more (0: one message per step)", NULL},
+    {"replicate-batch-max", OPT_INT, F(replicate_batch_max), "256", 1, 65536, "N",
+     "at most this many steps in one summed message", NULL},
     {"log-level", OPT_STRING, F(log_level), "info", 0, 0, "LEVEL",
      "debug, info, warn or error", check_log_level},
     {"access-log", OPT_STRING, F(access_log), "off", 0, 0, "LEVEL",

@@ -141,6 +141,11 @@ static const ts_option options[] = {
      "publish each model's state (what a joining replica loads, and what digests are compared "
      "with) at most this often; 0 = --snapshot-interval (30 without one), capped at a quarter "
      "of --replicate-max-age", NULL},
+    {"replicate-batch-ms", OPT_INT, F(replicate_batch_ms), "2", 0, 1000, "MS",
+     "sum consecutive steps of a model into one message: steps queued while the previous "
+     "message awaits its PubAck wait up to this long for more (0: one message per step)", NULL},
+    {"replicate-batch-max", OPT_INT, F(replicate_batch_max), "256", 1, 65536, "N",
+     "at most this many steps in one summed message", NULL},
     {"log-level", OPT_STRING, F(log_level), "info", 0, 0, "LEVEL",
      "debug, info, warn or error", check_log_level},
     {"access-log", OPT_STRING, F(access_log), "off", 0, 0, "LEVEL",

@@ -58,6 +58,8 @@ typedef struct {
     int64_t replicate_max_age;     /* seconds, when the stream is created */
     int64_t replicate_replicas;    /* when the stream is created */
     int64_t replicate_state_interval; /* seconds between published states; 0 = derived */
+    int64_t replicate_batch_ms;    /* summing window (repl.h); 0 = a message per step */
+    int64_t replicate_batch_max;   /* steps per summed message */
     char *access_log;              /* "off" or a log level */
 } ts_config;
 

@@ -102,6 +102,10 @@ static void not_arriving(ts_req *req) {
 
 void ts_req_reply(ts_req *req, int status, const char *content_type, void *body, size_t len,
                   int64_t json_len) {
+    if (req->reply_fn) { /* not an HTTP request (see http.h) */
+        req->reply_fn(req, status, body, len);
+        return;
+    }
     not_arriving(req);
     req->log_status = status;
     req->log_bytes = len;

@@ -835,6 +835,12 @@ int ts_repl_recover(ts_repl *r, ts_store *st, struct ts_engine *e, char *err, si
     return 0;
 }
 
+/* ---- sharing the connection (forward.h) ---- */
+
+natsConnection *ts_repl_connection(ts_repl *r) { return ts_repl_enabled(r) ? r->nc : NULL; }
+const char *ts_repl_id(const ts_repl *r) { return r->id; }
+const char *ts_repl_stream(const ts_repl *r) { return r->stream; }
+
 /* ---- metrics ---- */
 
 static void metric(ts_buf *out, const char *name, const char *type, const char *help, double v) {

@@ -1,0 +1,161 @@
+"""test_forward.py — feedback by inference id on whichever replica receives it (issue 15,
+server/repl/forward.h): three replicas of build/tscaled and a real `nats-server -js` on
+loopback (test_replication's NatsServer).
+
+The reference for "the same step" is a single node (no --replicate) that gets the same
+inferences and the same by-id feedback: the answers (step, loss) and the exported state must
+be equal, byte for byte. Every wait polls with a deadline."""
+import json
+import os
+import shutil
+import tempfile
+import time
+import unittest
+
+import modelstate as ms
+import oipc
+import test_replication as tr
+import tsd
+
+MODEL = tr.MODEL
+CASE = tr.CASE
+
+
+def infer(d, rows, id=None):
+    """The inference's id (the client's, or the one the daemon made)."""
+    return d.json("POST", "/v2/models/%s/infer" % MODEL, oipc.infer_body(rows, id=id))["id"]
+
+
+def by_id(d, id, kind, signal, datatype=None):
+    """POST feedback by id; (status, body bytes, seconds it took)."""
+    dt = datatype or ("INT64" if kind == "label" else "FP32")
+    body = {"id": id, "inputs": [oipc.tensor(kind, signal, dt)]}
+    t0 = time.time()
+    status, _, data = d.request("POST", "/v2/models/%s/feedback" % MODEL, body)
+    return status, data, time.time() - t0
+
+
+@unittest.skipIf(tr.NATS is None, "nats-server is not installed (make deps installs it)")
+class Forward(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="tscale-e2e-fwd-")
+        self.nats = tr.NatsServer(os.path.join(self.tmp, "nats"))
+        self.replicas = []
+        self.single = None
+        with open(ms.golden_file(CASE), "rb") as f:
+            self.base = ms.step_of(ms.state(f.read()))
+
+    def tearDown(self):
+        codes = []
+        for d in self.replicas:
+            codes.append(d.stop() if d.proc.poll() is None else 0)
+            d.close()
+        if self.single:
+            self.single.close()
+        self.nats.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.assertEqual(codes, [0] * len(codes), "a replica did not shut down cleanly")
+
+    def start(self, n, extra=()):
+        for i in range(n):
+            rid = "r%d" % i
+            db_dir = os.path.join(self.tmp, rid)
+            os.makedirs(db_dir)
+            d = tsd.Daemon(args=["--model", "%s=%s" % (MODEL, ms.golden_file(CASE)), "--replicate", self.nats.url(),
+                                 "--replica-id", rid, "--replicate-ack-timeout-ms", "1500", "--threads", "1"]
+                           + list(extra), db_dir=db_dir)
+            self.replicas.append(d)
+            tr.wait_for("replica %s to connect" % rid, lambda: d.metric("tscale_repl_connected") == 1, 15)
+        self.single = tsd.Daemon(args=["--model", "%s=%s" % (MODEL, ms.golden_file(CASE)), "--threads", "1"]
+                                 + list(extra))
+        return self.replicas
+
+    def converged(self, steps):
+        """Every replica's export equal, at steps past the golden model's; the export."""
+        def same():
+            blobs = [ms.export(d, MODEL) for d in self.replicas]
+            at = [ms.step_of(ms.state(b)) - self.base for b in blobs]
+            return blobs[0] if all(b == blobs[0] for b in blobs) and at[0] == steps else None
+        return tr.wait_for("the replicas to converge at step %d" % steps, same, tr.CONVERGE_S)
+
+    def test_by_id_on_any_replica_exactly_once(self):
+        a, b, c = self.start(3)
+        rows, kind, signal = tr.request_at(0)
+        # A server-made id, feedback on another replica: asked of the replica that made it.
+        id_a, id_s = infer(a, rows), infer(self.single, rows)
+        self.assertNotEqual(id_a.split("-")[0], infer(b, rows).split("-")[0], "replicas share an id prefix")
+        status, first, _ = by_id(b, id_a, kind, signal)
+        self.assertEqual(status, 200, first[:300])
+        status, want, _ = by_id(self.single, id_s, kind, signal)
+        self.assertEqual(status, 200, want[:300])
+        got, ref = json.loads(first), json.loads(want)
+        self.assertEqual(got["id"], id_a)
+        self.assertEqual((got["step"], got["loss"]), (ref["step"], ref["loss"]), "not the single node's step")
+        self.assertEqual(self.converged(1), ms.export(self.single, MODEL))
+        self.assertEqual(a.metric("tscale_forward_received_total"), 1)
+        self.assertEqual(b.metric("tscale_forward_answered_total"), 1)
+        # The repeat on a third replica reaches the holder again: the first answer, nothing applied.
+        status, again, _ = by_id(c, id_a, kind, signal)
+        self.assertEqual((status, again), (200, first))
+        self.assertEqual(a.metric("tscale_forward_received_total"), 2)
+        time.sleep(0.5)
+        self.converged(1)
+        # A changed body under the used id: 409, wherever it is sent.
+        other = [(x + 1) % 2 for x in signal] if kind == "label" else signal
+        if other != signal:
+            self.assertEqual(by_id(c, id_a, kind, other)[0], 409)
+
+        # A client-chosen id: asked of every replica, the one that holds it answers.
+        rows, kind, signal = tr.request_at(1)
+        self.assertEqual(infer(a, rows, id="client-7"), "client-7")
+        infer(self.single, rows, id="client-7")
+        status, got, _ = by_id(c, "client-7", kind, signal)
+        self.assertEqual(status, 200, got[:300])
+        status, want, _ = by_id(self.single, "client-7", kind, signal)
+        self.assertEqual(json.loads(got)["loss"], json.loads(want)["loss"])
+        self.assertEqual(self.converged(2), ms.export(self.single, MODEL))
+
+        # Nobody holds it: 404 that says so, after --forward-timeout-ms for a client id, at
+        # once for the id of a run that is gone (nobody listens on its subject).
+        status, body, took = by_id(b, "nobody-has-this", kind, signal)
+        self.assertEqual(status, 404, body)
+        self.assertIn(b"no replica holds", body)
+        self.assertIn(b"--forward-timeout-ms", body)
+        self.assertLess(took, 10)
+        status, body, _ = by_id(b, "0123456789abcdef-1", kind, signal)
+        self.assertEqual(status, 404, body)
+        self.assertIn(b"gone", body)
+        self.assertEqual(b.metric("tscale_forward_misses_total"), 2)
+        # The receiving replica's own ids are not asked of anyone.
+        sent = b.metric("tscale_forward_sent_total")
+        own = infer(b, rows).split("-")[0] + "-999999"
+        status, body, _ = by_id(b, own, kind, signal)
+        self.assertEqual(status, 404, body)
+        self.assertIn(b"feedback window", body)
+        self.assertEqual(b.metric("tscale_forward_sent_total"), sent)
+        self.converged(2)
+
+    def test_forwarded_tensors_are_exact_and_gone_is_410(self):
+        # No exactly-once records: a second feedback on a used inference is the holder's 410.
+        a, b = self.start(2, ["--feedback-id-window", "0"])
+        rows, _, _ = tr.request_at(2)
+        out_dim = len(a.json("POST", "/v2/models/%s/infer" % MODEL, oipc.infer_body(rows))["outputs"][0]["data"]) \
+            // len(rows)
+        grad = [[((i * 7 + j * 3) % 11 - 5) / 7.0 for j in range(out_dim)] for i in range(len(rows))]
+        id_a, id_s = infer(a, rows), infer(self.single, rows)
+        # FP64 on the wire from the client; forwarded as the same numbers.
+        status, got, _ = by_id(b, id_a, "grad_output", grad, "FP64")
+        self.assertEqual(status, 200, got[:300])
+        status, want, _ = by_id(self.single, id_s, "grad_output", grad, "FP64")
+        self.assertEqual(status, 200, want[:300])
+        self.assertEqual(json.loads(got)["step"], json.loads(want)["step"])
+        blob = self.converged(1)
+        self.assertEqual(blob, ms.export(self.single, MODEL))
+        status, body, _ = by_id(b, id_a, "grad_output", grad, "FP64")
+        self.assertEqual(status, 410, body)
+        self.assertIn(b"already received its feedback", body)
+        self.converged(1)
+
+
+if __name__ == "__main__":
+    unittest.main()

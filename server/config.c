@@ -137,7 +137,7 @@ static const ts_option options[] = {
      "stream retention when the stream is created: deltas older than this are deleted", NULL},
     {"replicate-replicas", OPT_INT, F(replicate_replicas), "1", 1, 5, "N",
      "JetStream replicas of the stream when it is created (3 in a NATS cluster)", NULL},
-    {"forward-timeout-ms", OPT_INT, F(forward_timeout_ms), "250", 10, 60000, "MS",
+    {"forward-timeout-ms", OPT_INT, F(forward_timeout_ms), "1000", 10, 60000, "MS",
      "feedback by id for an inference another replica made: how long to wait for the replica "
      "that holds it to say so before answering 404", NULL},
     {"forward-answer-timeout-ms", OPT_INT, F(forward_answer_timeout_ms), "15000", 100, 600000, "MS",

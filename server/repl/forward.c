@@ -61,6 +61,7 @@ struct ts_forward {
     uv_async_t async;
     uv_timer_t tick;
     int started, ticking;
+    int closed;                  /* loop: ts_forward_stop ran; nothing is sent any more */
     ask *asks;                   /* loop */
     int64_t n_asks;              /* loop */
     uint64_t next_token;         /* loop */
@@ -91,7 +92,7 @@ void ts_forward_free(ts_forward *f) {
     free(f);
 }
 
-static int enabled(const ts_forward *f) { return f && f->nc != NULL; }
+static int enabled(const ts_forward *f) { return f && f->nc && !f->closed; }
 
 int64_t ts_forward_pending(const ts_forward *f) { return f ? f->n_asks : 0; }
 
@@ -488,8 +489,11 @@ static void serving_free(serving *s) {
 static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure, int broadcast) {
     ts_forward *f = closure;
     const char *origin = header(msg, "Tscale-Origin");
-    if (origin && strcmp(origin, ts_repl_id(f->cfg.repl)) == 0) {
-        natsMsg_Destroy(msg); /* our own broadcast */
+    pthread_mutex_lock(&f->mu);
+    int stopping = f->stopping;
+    pthread_mutex_unlock(&f->mu);
+    if (stopping || (origin && strcmp(origin, ts_repl_id(f->cfg.repl)) == 0)) {
+        natsMsg_Destroy(msg); /* shutting down, or our own broadcast */
         return;
     }
     if (atomic_fetch_add(&f->n_serving, 1) >= TS_FORWARD_MAX_SERVING) {
@@ -504,6 +508,8 @@ static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
         return;
     }
     serving *s = serving_new(f, msg, broadcast);
+    if (s && !broadcast) /* the subject names this run: it holds the id or nobody does */
+        reply_status(f, s->reply_to, 0, "", 0);
     natsMsg_Destroy(msg);
     if (s && hand_over(f, NULL, s))
         return;
@@ -547,7 +553,7 @@ static void reply_status(ts_forward *f, const char *to, int status, const char *
 static void serving_reply(ts_req *req, int status, void *body, size_t len) {
     serving *s = (serving *)req;
     ts_forward *f = s->f;
-    if (f->nc && !(s->broadcast && status == 404)) {
+    if (!f->closed && !(s->broadcast && status == 404)) {
         reply_status(f, s->reply_to, status, body ? body : "", body ? len : 0);
     }
     free(body);
@@ -569,7 +575,8 @@ static void serve(ts_forward *f, serving *s) {
         return;
     }
     atomic_fetch_add(&f->received, 1);
-    reply_status(f, s->reply_to, 0, "", 0); /* held: the asker now waits for the answer */
+    if (s->broadcast) /* held: the asker now waits for the answer (a direct one was told) */
+        reply_status(f, s->reply_to, 0, "", 0);
     f->cfg.dispatch(f->cfg.dispatch_ctx, &s->req);
 }
 
@@ -679,7 +686,7 @@ void ts_forward_stop(ts_forward *f) {
         ask_fail(a, 503, "shutting down while the replica holding this inference was asked; retry "
                  "with the same id on another replica");
     }
-    f->nc = NULL; /* requests still served here are answered to nobody (their askers time out) */
+    f->closed = 1; /* requests still served here are answered to nobody (their askers time out) */
     uv_timer_stop(&f->tick);
     uv_close((uv_handle_t *)&f->tick, NULL);
     uv_close((uv_handle_t *)&f->async, NULL);

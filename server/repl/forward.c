@@ -1,7 +1,6 @@
 /* forward.c — feedback by inference id forwarded between replicas (see forward.h). */
 #include "server/repl/forward.h"
 
-#include <errno.h>
 #include <jansson.h>
 #include <nats/nats.h>
 #include <pthread.h>
@@ -14,6 +13,7 @@
 #include "server/http/auth.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "server/repl/natsmsg.h"
 
 /* How often waiting forwards are checked against their deadlines (only while some wait). */
 #define TICK_MS 10
@@ -380,23 +380,6 @@ static void on_tick(uv_timer_t *t) {
 
 /* ---- libnats' threads: copy, hand to the loop ---- */
 
-static const char *header(natsMsg *m, const char *key) {
-    const char *v = NULL;
-    return natsMsgHeader_Get(m, key, &v) == NATS_OK ? v : NULL;
-}
-
-static int parse_i64(const char *s, int64_t *out) {
-    char *end;
-    if (!s || !*s)
-        return -1;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || v < 0)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 /* Queue item for the loop unless stopping. 1 when queued (the loop owns it now). */
 static int hand_over(ts_forward *f, reply *r, serving *s) {
     pthread_mutex_lock(&f->mu);
@@ -418,7 +401,7 @@ static int hand_over(ts_forward *f, reply *r, serving *s) {
 static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
     ts_forward *f = closure;
     const char *subj = natsMsg_GetSubject(msg), *dot = strrchr(subj, '.');
-    const char *held = header(msg, "Tscale-Held"), *replica = header(msg, "Tscale-Replica");
+    const char *held = ts_natsmsg_header(msg, "Tscale-Held"), *replica = ts_natsmsg_header(msg, "Tscale-Replica");
     int64_t status = 0;
     int len = natsMsg_GetDataLength(msg);
     reply *r = calloc(1, sizeof *r);
@@ -431,7 +414,7 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
         r->body[len] = '\0';
         r->len = (size_t)len;
         int ok = r->no_responders || r->held ||
-                 (parse_i64(header(msg, "Tscale-Status"), &status) == 0 && status >= 100 && status < 600);
+                 (ts_natsmsg_int(msg, "Tscale-Status", &status) == 0 && status >= 100 && status < 600);
         r->status = (int)status;
         if (ok && hand_over(f, r, NULL))
             r = NULL;
@@ -449,13 +432,13 @@ static void serving_reply(ts_req *req, int status, void *body, size_t len);
 
 /* The forwarded request in msg as a ts_req to serve, or NULL (malformed; counted). */
 static serving *serving_new(ts_forward *f, natsMsg *msg, int broadcast) {
-    const char *model = header(msg, "Tscale-Model"), *version = header(msg, "Tscale-Version");
+    const char *model = ts_natsmsg_header(msg, "Tscale-Model"), *version = ts_natsmsg_header(msg, "Tscale-Version");
     const char *reply_to = natsMsg_GetReply(msg);
     int64_t json_len = -1;
     serving *s = calloc(1, sizeof *s);
     if (!s || !model || !reply_to || strlen(model) >= sizeof s->req.route.model ||
         (version && strlen(version) >= sizeof s->req.route.version) ||
-        parse_i64(header(msg, "Tscale-Json-Length"), &json_len) < 0 || !(s->reply_to = strdup(reply_to))) {
+        ts_natsmsg_int(msg, "Tscale-Json-Length", &json_len) < 0 || !(s->reply_to = strdup(reply_to))) {
         atomic_fetch_add(&f->malformed, 1);
         free(s);
         return NULL;
@@ -488,7 +471,7 @@ static void serving_free(serving *s) {
  * Who owns what: libnats hands msg over (destroyed here); the request goes to the loop. */
 static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure, int broadcast) {
     ts_forward *f = closure;
-    const char *origin = header(msg, "Tscale-Origin");
+    const char *origin = ts_natsmsg_header(msg, "Tscale-Origin");
     pthread_mutex_lock(&f->mu);
     int stopping = f->stopping;
     pthread_mutex_unlock(&f->mu);
@@ -580,24 +563,27 @@ static void serve(ts_forward *f, serving *s) {
     f->cfg.dispatch(f->cfg.dispatch_ctx, &s->req);
 }
 
-static void drain_replies(ts_forward *f, reply *replies) {
-    for (reply *r; (r = replies) != NULL;) {
-        replies = r->next;
-        on_reply_loop(f, r);
-        free(r->body);
-        free(r);
-    }
-}
-
-static void on_async(uv_async_t *h) {
-    ts_forward *f = h->data;
+/* Take what libnats' threads handed over: the replies are matched to their forwards here;
+ * the requests of others are returned (newest first) for the caller to serve or drop. */
+static serving *take_all(ts_forward *f) {
     pthread_mutex_lock(&f->mu);
     reply *replies = f->replies;
     serving *requests = f->requests;
     f->replies = NULL;
     f->requests = NULL;
     pthread_mutex_unlock(&f->mu);
-    drain_replies(f, replies);
+    for (reply *r; (r = replies) != NULL;) {
+        replies = r->next;
+        on_reply_loop(f, r);
+        free(r->body);
+        free(r);
+    }
+    return requests;
+}
+
+static void on_async(uv_async_t *h) {
+    ts_forward *f = h->data;
+    serving *requests = take_all(f);
     for (serving *s; (s = requests) != NULL;) {
         requests = s->next;
         serve(f, s);
@@ -668,14 +654,7 @@ void ts_forward_stop(ts_forward *f) {
     unsubscribe(&f->any_sub);
     /* What arrived before: replies are matched; requests are dropped (shutting down; their
      * askers time out and the client retries elsewhere). */
-    pthread_mutex_lock(&f->mu);
-    reply *replies = f->replies;
-    serving *requests = f->requests;
-    f->replies = NULL;
-    f->requests = NULL;
-    pthread_mutex_unlock(&f->mu);
-    drain_replies(f, replies);
-    for (serving *s; (s = requests) != NULL;) {
+    for (serving *s, *requests = take_all(f); (s = requests) != NULL;) {
         requests = s->next;
         atomic_fetch_sub(&f->n_serving, 1);
         serving_free(s);

@@ -14,6 +14,7 @@
 #include "proto/safetensors.h"
 #include "server/http/auth.h"
 #include "server/engine/engine.h"
+#include "server/repl/natsmsg.h"
 #include "server/store/journal.h"
 #include "server/log.h"
 
@@ -350,33 +351,16 @@ static natsStatus publish_one(ts_repl *r, const pub *p, char *err, size_t errlen
 
 /* ---- consuming (libnats' subscription thread) ---- */
 
-static const char *header(natsMsg *m, const char *key) {
-    const char *v = NULL;
-    return natsMsgHeader_Get(m, key, &v) == NATS_OK ? v : NULL;
-}
-
-static int parse_i64(const char *s, int64_t *out) {
-    char *end;
-    if (!s || !*s)
-        return -1;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || v < 0)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 /* Who owns what: libnats hands msg over (destroyed here); the delta goes to the loop. */
 static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
     ts_repl *r = closure;
     jsMsgMetaData *meta = NULL;
     delta *d = calloc(1, sizeof *d);
-    const char *o = header(msg, "Tscale-Origin"), *model = header(msg, "Tscale-Model");
+    const char *o = ts_natsmsg_header(msg, "Tscale-Origin"), *model = ts_natsmsg_header(msg, "Tscale-Model");
     int len = natsMsg_GetDataLength(msg);
     int ok = d && natsMsg_GetMetaData(&meta, msg) == NATS_OK && o && model && strlen(o) < sizeof d->origin &&
-             strlen(model) < sizeof d->model && parse_i64(header(msg, "Tscale-Seq"), &d->seq) == 0 &&
-             parse_i64(header(msg, "Tscale-Version"), &d->version) == 0 &&
+             strlen(model) < sizeof d->model && ts_natsmsg_int(msg, "Tscale-Seq", &d->seq) == 0 &&
+             ts_natsmsg_int(msg, "Tscale-Version", &d->version) == 0 &&
              (d->payload = malloc(len > 0 ? (size_t)len : 1)) != NULL;
     if (ok) {
         d->r = r;

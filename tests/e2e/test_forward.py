@@ -6,9 +6,6 @@ The reference for "the same step" is a single node (no --replicate) that gets th
 inferences and the same by-id feedback: the answers (step, loss) and the exported state must
 be equal, byte for byte. Every wait polls with a deadline."""
 import json
-import os
-import shutil
-import tempfile
 import time
 import unittest
 
@@ -40,47 +37,28 @@ def by_id(d, id, kind, signal, datatype=None):
 
 @unittest.skipIf(tr.NATS is None, "nats-server is not installed (make deps installs it)")
 class Forward(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="tscale-e2e-fwd-")
-        self.nats = tr.NatsServer(os.path.join(self.tmp, "nats"))
-        self.replicas = []
-        self.single = None
-        with open(ms.golden_file(CASE), "rb") as f:
-            self.base = ms.step_of(ms.state(f.read()))
+    # The replica set of test_replication (temporary directory, nats-server, replicas, clean
+    # shutdown checked, convergence), plus a single node as the reference.
+    setUp = tr.Replication.setUp
+    start_replica = tr.Replication.start_replica
+    converged = tr.Replication.converged
+    extra = ()
+    single = None
 
     def tearDown(self):
-        codes = []
-        for d in self.replicas:
-            codes.append(d.stop() if d.proc.poll() is None else 0)
-            d.close()
         if self.single:
             self.single.close()
-        self.nats.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.assertEqual(codes, [0] * len(codes), "a replica did not shut down cleanly")
+        tr.Replication.tearDown(self)
+
+    def args(self, rid):
+        return tr.Replication.args(self, rid, ["--forward-timeout-ms", str(FORWARD_TIMEOUT_MS)] + list(self.extra))
 
     def start(self, n, extra=()):
-        for i in range(n):
-            rid = "r%d" % i
-            db_dir = os.path.join(self.tmp, rid)
-            os.makedirs(db_dir)
-            d = tsd.Daemon(args=["--model", "%s=%s" % (MODEL, ms.golden_file(CASE)), "--replicate", self.nats.url(),
-                                 "--replica-id", rid, "--replicate-ack-timeout-ms", "1500", "--threads", "1",
-                                 "--forward-timeout-ms", str(FORWARD_TIMEOUT_MS)]
-                           + list(extra), db_dir=db_dir)
-            self.replicas.append(d)
-            tr.wait_for("replica %s to connect" % rid, lambda: d.metric("tscale_repl_connected") == 1, 15)
+        self.extra = extra
+        self.replicas = [self.start_replica("r%d" % i) for i in range(n)]
         self.single = tsd.Daemon(args=["--model", "%s=%s" % (MODEL, ms.golden_file(CASE)), "--threads", "1"]
                                  + list(extra))
         return self.replicas
-
-    def converged(self, steps):
-        """Every replica's export equal, at steps past the golden model's; the export."""
-        def same():
-            blobs = [ms.export(d, MODEL) for d in self.replicas]
-            at = [ms.step_of(ms.state(b)) - self.base for b in blobs]
-            return blobs[0] if all(b == blobs[0] for b in blobs) and at[0] == steps else None
-        return tr.wait_for("the replicas to converge at step %d" % steps, same, tr.CONVERGE_S)
 
     def test_by_id_on_any_replica_exactly_once(self):
         a, b, c = self.start(3)

@@ -229,7 +229,7 @@ int ts_forward_ask(ts_forward *f, const char *model, const char *version, const 
         return -1; /* made here: nobody else has it */
     snprintf(subject, sizeof subject, "%s.byid.%s", ts_repl_stream(f->cfg.repl), direct ? prefix : "any");
     if (f->n_asks >= TS_FORWARD_MAX_ASKS) {
-        snprintf(err, errlen, "inference '%s' is not held by this replica and %d feedback requests are "
+        snprintf(err, errlen, "inference '%.100s' is not held by this replica and %d feedback requests are "
                  "already being forwarded to the replicas that hold theirs; retry shortly", oip->id,
                  TS_FORWARD_MAX_ASKS);
         return 503;
@@ -241,7 +241,7 @@ int ts_forward_ask(ts_forward *f, const char *model, const char *version, const 
         if (a)
             free(a->id);
         free(a);
-        snprintf(err, errlen, "out of memory forwarding the feedback to the replica that holds inference '%s'",
+        snprintf(err, errlen, "out of memory forwarding the feedback to the replica that holds inference '%.100s'",
                  oip->id);
         return 503;
     }
@@ -249,12 +249,12 @@ int ts_forward_ask(ts_forward *f, const char *model, const char *version, const 
     int status = 0;
     natsStatus st = NATS_OK;
     if (max > 0 && (int64_t)len > max) {
-        snprintf(err, errlen, "inference '%s' is held by another replica, and this feedback (%zu bytes "
-                 "forwarded) is over NATS' max_payload (%lld bytes): send it to the replica that "
-                 "answered the inference, or split its rows (parameters.rows)", oip->id, len, (long long)max);
+        snprintf(err, errlen, "inference '%.100s' is not held by this replica, and this feedback forwarded to the "
+                 "others would take %zu bytes, over NATS' max_payload (%lld bytes): send it to the replica "
+                 "that answered the inference, or split its rows (parameters.rows)", oip->id, len, (long long)max);
         status = 413;
     } else if ((st = send_request(f, subject, f->next_token + 1, model, version, body, len, json_len)) != NATS_OK) {
-        snprintf(err, errlen, "inference '%s' is not held by this replica and asking the other replicas "
+        snprintf(err, errlen, "inference '%.100s' is not held by this replica and asking the other replicas "
                  "failed (%s); retry shortly", oip->id, natsStatus_GetText(st));
         status = 503;
     }
@@ -295,14 +295,20 @@ static void ask_fail(ask *a, int status, const char *msg) {
 /* No replica said it holds a's id (in time, or nobody listens on the subject at all). */
 static void ask_missed(ts_forward *f, ask *a) {
     char msg[1024];
+    if (natsConnection_Status(f->nc) != NATS_CONN_STATUS_CONNECTED) { /* not a miss: nobody heard */
+        snprintf(msg, sizeof msg, "the connection to NATS was lost while the replica holding inference '%.100s' "
+                 "of model '%s' was asked; retry shortly", a->id, a->model);
+        ask_fail(a, 503, msg);
+        return;
+    }
     f->misses++;
     if (a->direct)
-        snprintf(msg, sizeof msg, "no replica holds inference '%s' of model '%s': it was made by a replica run "
+        snprintf(msg, sizeof msg, "no replica holds inference '%.100s' of model '%s': it was made by a replica run "
                  "that is gone (a restart empties the feedback window) or that did not answer within %lld ms "
                  "(--forward-timeout-ms); send the feedback with its 'input'", a->id, a->model,
                  (long long)f->cfg.timeout_ms);
     else
-        snprintf(msg, sizeof msg, "no replica holds inference '%s' of model '%s': it is not in this replica's "
+        snprintf(msg, sizeof msg, "no replica holds inference '%.100s' of model '%s': it is not in this replica's "
                  "feedback window and no other replica answered within %lld ms (--forward-timeout-ms); send "
                  "the feedback with its 'input'", a->id, a->model, (long long)f->cfg.timeout_ms);
     ask_fail(a, 404, msg);
@@ -367,7 +373,7 @@ static void on_tick(uv_timer_t *t) {
         }
         char msg[1024];
         f->timeouts++;
-        snprintf(msg, sizeof msg, "replica '%.200s' holds inference '%s' of model '%s' but did not answer within "
+        snprintf(msg, sizeof msg, "replica '%.200s' holds inference '%.100s' of model '%s' but did not answer within "
                  "%lld ms (--forward-answer-timeout-ms); retry with the same id: the step is applied at most "
                  "once", a->holder, a->id, a->model, (long long)f->cfg.answer_timeout_ms);
         ask_fail(a, 504, msg);
@@ -496,6 +502,10 @@ static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     natsMsg_Destroy(msg);
     if (s && hand_over(f, NULL, s))
         return;
+    static const char down[] = "{\"error\":\"the replica that holds this inference is shutting down (its "
+                               "feedback window goes with it): send the feedback with its 'input'\"}";
+    if (s && !broadcast) /* told "held" above: say why no answer follows */
+        reply_status(f, s->reply_to, 503, down, sizeof down - 1);
     if (s)
         serving_free(s);
     atomic_fetch_sub(&f->n_serving, 1);

@@ -6,6 +6,7 @@ The reference for "the same step" is a single node (no --replicate) that gets th
 inferences and the same by-id feedback: the answers (step, loss) and the exported state must
 be equal, byte for byte. Every wait polls with a deadline."""
 import json
+import os
 import time
 import unittest
 
@@ -119,6 +120,12 @@ class Forward(unittest.TestCase):
         self.converged(2)
 
     def test_forwarded_tensors_are_exact_and_gone_is_410(self):
+        # A NATS with a small max_payload, for the 413 below.
+        self.nats.stop()
+        conf = os.path.join(self.tmp, "nats.conf")
+        with open(conf, "w") as f:
+            f.write("max_payload: 4096\n")
+        self.nats = tr.NatsServer(os.path.join(self.tmp, "nats-small"), extra=["-c", conf])
         # No exactly-once records: a second feedback on a used inference is the holder's 410.
         a, b = self.start(2, ["--feedback-id-window", "0"])
         rows, _, _ = tr.request_at(2)
@@ -137,6 +144,11 @@ class Forward(unittest.TestCase):
         status, body, _ = by_id(b, id_a, "grad_output", grad, "FP64")
         self.assertEqual(status, 410, body)
         self.assertIn(b"already received its feedback", body)
+        # Over NATS' max_payload: refused before it is sent, and says so.
+        status, body, _ = by_id(b, "x" * 5000, "grad_output", grad, "FP64")
+        self.assertEqual(status, 413, body)
+        self.assertIn(b"max_payload (4096 bytes)", body)
+        self.assertEqual(b.metric("tscale_forward_sent_total"), 2)
         self.converged(1)
 
 

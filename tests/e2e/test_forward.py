@@ -7,6 +7,7 @@ inferences and the same by-id feedback: the answers (step, loss) and the exporte
 be equal, byte for byte. Every wait polls with a deadline."""
 import json
 import os
+import threading
 import time
 import unittest
 
@@ -98,6 +99,23 @@ class Forward(unittest.TestCase):
         self.assertEqual(json.loads(got)["loss"], json.loads(want)["loss"])
         self.assertEqual(self.converged(2), ms.export(self.single, MODEL))
 
+        # The same label at once on every replica: one step, one answer for all.
+        rows, kind, signal = tr.request_at(2)
+        infer(a, rows, id="client-8")
+        answers = []
+        threads = [threading.Thread(target=lambda d=d: answers.append(by_id(d, "client-8", kind, signal)[:2]))
+                   for d in (b, c, a, b, c)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(len(answers), 5)
+        self.assertEqual({st for st, _ in answers}, {200}, answers)
+        self.assertEqual(len({body for _, body in answers}), 1, answers)
+        infer(self.single, rows, id="client-8")
+        self.assertEqual(by_id(self.single, "client-8", kind, signal)[0], 200)
+        self.assertEqual(self.converged(3), ms.export(self.single, MODEL))
+
         # Nobody holds it: 404 that says so, after --forward-timeout-ms for a client id, at
         # once for the id of a run that is gone (nobody listens on its subject).
         status, body, took = by_id(b, "nobody-has-this", kind, signal)
@@ -117,7 +135,7 @@ class Forward(unittest.TestCase):
         self.assertEqual(status, 404, body)
         self.assertIn(b"feedback window", body)
         self.assertEqual(b.metric("tscale_forward_sent_total"), sent)
-        self.converged(2)
+        self.converged(3)
 
     def test_forwarded_tensors_are_exact_and_gone_is_410(self):
         # A NATS with a small max_payload, for the 413 below.

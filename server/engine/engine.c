@@ -562,9 +562,12 @@ typedef struct {
 /* The holder's answer (or the forward's failure) is this request's: the exactly-once record
  * claimed here takes it too (a repeat to this replica answers it without asking again; a
  * failure frees the id for a retry), and so do requests parked behind it. */
-static void forwarded(void *arg, int status, const char *body, size_t len, const char *msg) {
+static void forwarded(void *arg, int status, const char *body, size_t len, const char *msg,
+                      const char *replica) {
     forwarding *fw = arg;
     ts_item *it = fw->it;
+    if (replica)
+        snprintf(it->req->forwarded_to, sizeof it->req->forwarded_to, "%s", replica);
     if (it->idem && status == 200)
         ts_idem_finish(fw->e->cfg.idem, it->idem, body);
     else if (it->idem)

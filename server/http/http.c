@@ -77,6 +77,8 @@ static struct MHD_Response *make_response(ts_req *req, int status, const char *c
     }
     if (status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (req->forwarded_to[0])
+        MHD_add_response_header(r, "Tscale-Forwarded-To", req->forwarded_to);
     if (req->close_after)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     if (status == 405 && req->route.allow[0])

@@ -53,6 +53,9 @@ struct ts_req {
      * being forwarded again. NULL / 0 for HTTP requests. */
     void (*reply_fn)(ts_req *req, int status, void *body, size_t len);
     int from_replica;
+    /* Set by the engine when another replica answered this request (forward.h): the answer
+     * carries it as the header Tscale-Forwarded-To (owned by the request). */
+    char forwarded_to[128];
     char bad_body[1024];         /* why the body did not parse ("" = it did); answered as a
                                     400 by ts_req_reply_bad_body after the model lookup */
     /* Private to http.c: */

@@ -279,8 +279,8 @@ int ts_forward_ask(ts_forward *f, const char *model, const char *version, const 
 }
 
 /* Answer a (taken off the list) and free it. */
-static void ask_finish(ask *a, int status, const char *body, size_t len, const char *msg) {
-    a->cb(a->arg, status, body, len, msg);
+static void ask_finish(ask *a, int status, const char *body, size_t len, const char *msg, const char *replica) {
+    a->cb(a->arg, status, body, len, msg, replica);
     free(a->id);
     free(a);
 }
@@ -288,7 +288,7 @@ static void ask_finish(ask *a, int status, const char *body, size_t len, const c
 /* Answer a with an error of ours: status and msg as {"error": msg}. */
 static void ask_fail(ask *a, int status, const char *msg) {
     char *body = ts_oip_error_json(msg);
-    ask_finish(a, status, body ? body : "", body ? strlen(body) : 0, msg);
+    ask_finish(a, status, body ? body : "", body ? strlen(body) : 0, msg, NULL);
     free(body);
 }
 
@@ -351,7 +351,7 @@ static void on_reply_loop(ts_forward *f, reply *r) {
     } else {
         f->answered++;
         char *msg = r->status == 200 ? NULL : error_text(r->body, r->len);
-        ask_finish(a, r->status, r->body, r->len, msg ? msg : "");
+        ask_finish(a, r->status, r->body, r->len, msg ? msg : "", r->replica);
         free(msg);
     }
 }

@@ -85,10 +85,12 @@ void ts_forward_stop(ts_forward *f);
 void ts_forward_free(ts_forward *f);
 
 /* The answer to a forwarded feedback, on the loop, exactly once: the HTTP status, the
- * JSON body (NUL-terminated; owned by the caller of cb, valid during the call) and, when
- * status is not 200, the error text of the body (for requests parked behind this one).
- * Who owns what: arg stays the caller's. */
-typedef void (*ts_forward_cb)(void *arg, int status, const char *body, size_t len, const char *msg);
+ * JSON body (NUL-terminated) and, when status is not 200, the error text of the body (for
+ * requests parked behind this one); replica: the id of the replica that answered, or NULL
+ * when none did (404 nobody holds it, 504, 503). Who owns what: body, msg and replica are
+ * valid during the call only; arg stays the caller's. */
+typedef void (*ts_forward_cb)(void *arg, int status, const char *body, size_t len, const char *msg,
+                              const char *replica);
 
 /* Ask the other replicas to apply feedback oip (by id; the path named model and version,
  * "" for none). Returns 0 when sent (cb follows); -1 when it is not forwarded: forwarding

@@ -29,12 +29,13 @@ def infer(d, rows, id=None):
 
 
 def by_id(d, id, kind, signal, datatype=None):
-    """POST feedback by id; (status, body bytes, seconds it took)."""
+    """POST feedback by id; (status, body bytes, seconds it took, the replica that answered
+    when it was forwarded)."""
     dt = datatype or ("INT64" if kind == "label" else "FP32")
     body = {"id": id, "inputs": [oipc.tensor(kind, signal, dt)]}
     t0 = time.time()
-    status, _, data = d.request("POST", "/v2/models/%s/feedback" % MODEL, body)
-    return status, data, time.time() - t0
+    status, headers, data = d.request("POST", "/v2/models/%s/feedback" % MODEL, body)
+    return status, data, time.time() - t0, headers.get("tscale-forwarded-to")
 
 
 @unittest.skipIf(tr.NATS is None, "nats-server is not installed (make deps installs it)")
@@ -68,9 +69,10 @@ class Forward(unittest.TestCase):
         # A server-made id, feedback on another replica: asked of the replica that made it.
         id_a, id_s = infer(a, rows), infer(self.single, rows)
         self.assertNotEqual(id_a.split("-")[0], infer(b, rows).split("-")[0], "replicas share an id prefix")
-        status, first, _ = by_id(b, id_a, kind, signal)
+        status, first, _, via = by_id(b, id_a, kind, signal)
         self.assertEqual(status, 200, first[:300])
-        status, want, _ = by_id(self.single, id_s, kind, signal)
+        self.assertEqual(via, "r0")
+        status, want, *_ = by_id(self.single, id_s, kind, signal)
         self.assertEqual(status, 200, want[:300])
         got, ref = json.loads(first), json.loads(want)
         self.assertEqual(got["id"], id_a)
@@ -79,8 +81,8 @@ class Forward(unittest.TestCase):
         self.assertEqual(a.metric("tscale_forward_received_total"), 1)
         self.assertEqual(b.metric("tscale_forward_answered_total"), 1)
         # The repeat on a third replica reaches the holder again: the first answer, nothing applied.
-        status, again, _ = by_id(c, id_a, kind, signal)
-        self.assertEqual((status, again), (200, first))
+        status, again, _, via = by_id(c, id_a, kind, signal)
+        self.assertEqual((status, again, via), (200, first, "r0"))
         self.assertEqual(a.metric("tscale_forward_received_total"), 2)
         time.sleep(0.5)
         self.converged(1)
@@ -93,9 +95,9 @@ class Forward(unittest.TestCase):
         rows, kind, signal = tr.request_at(1)
         self.assertEqual(infer(a, rows, id="client-7"), "client-7")
         infer(self.single, rows, id="client-7")
-        status, got, _ = by_id(c, "client-7", kind, signal)
+        status, got, *_ = by_id(c, "client-7", kind, signal)
         self.assertEqual(status, 200, got[:300])
-        status, want, _ = by_id(self.single, "client-7", kind, signal)
+        status, want, *_ = by_id(self.single, "client-7", kind, signal)
         self.assertEqual(json.loads(got)["loss"], json.loads(want)["loss"])
         self.assertEqual(self.converged(2), ms.export(self.single, MODEL))
 
@@ -118,20 +120,21 @@ class Forward(unittest.TestCase):
 
         # Nobody holds it: 404 that says so, after --forward-timeout-ms for a client id, at
         # once for the id of a run that is gone (nobody listens on its subject).
-        status, body, took = by_id(b, "nobody-has-this", kind, signal)
+        status, body, took, via = by_id(b, "nobody-has-this", kind, signal)
         self.assertEqual(status, 404, body)
+        self.assertIsNone(via)
         self.assertIn(b"no replica holds", body)
         self.assertIn(b"--forward-timeout-ms", body)
         self.assertGreaterEqual(took, FORWARD_TIMEOUT_MS / 1000 - 0.05)
         self.assertLess(took, FORWARD_TIMEOUT_MS / 1000 + 10)
-        status, body, _ = by_id(b, "0123456789abcdef-1", kind, signal)
+        status, body, *_ = by_id(b, "0123456789abcdef-1", kind, signal)
         self.assertEqual(status, 404, body)
         self.assertIn(b"gone", body)
         self.assertEqual(b.metric("tscale_forward_misses_total"), 2)
         # The receiving replica's own ids are not asked of anyone.
         sent = b.metric("tscale_forward_sent_total")
         own = infer(b, rows).split("-")[0] + "-999999"
-        status, body, _ = by_id(b, own, kind, signal)
+        status, body, *_ = by_id(b, own, kind, signal)
         self.assertEqual(status, 404, body)
         self.assertIn(b"feedback window", body)
         self.assertEqual(b.metric("tscale_forward_sent_total"), sent)
@@ -152,18 +155,18 @@ class Forward(unittest.TestCase):
         grad = [[((i * 7 + j * 3) % 11 - 5) / 7.0 for j in range(out_dim)] for i in range(len(rows))]
         id_a, id_s = infer(a, rows), infer(self.single, rows)
         # FP64 on the wire from the client; forwarded as the same numbers.
-        status, got, _ = by_id(b, id_a, "grad_output", grad, "FP64")
+        status, got, *_ = by_id(b, id_a, "grad_output", grad, "FP64")
         self.assertEqual(status, 200, got[:300])
-        status, want, _ = by_id(self.single, id_s, "grad_output", grad, "FP64")
+        status, want, *_ = by_id(self.single, id_s, "grad_output", grad, "FP64")
         self.assertEqual(status, 200, want[:300])
         self.assertEqual(json.loads(got)["step"], json.loads(want)["step"])
         blob = self.converged(1)
         self.assertEqual(blob, ms.export(self.single, MODEL))
-        status, body, _ = by_id(b, id_a, "grad_output", grad, "FP64")
-        self.assertEqual(status, 410, body)
+        status, body, _, via = by_id(b, id_a, "grad_output", grad, "FP64")
+        self.assertEqual((status, via), (410, "r0"), body)
         self.assertIn(b"already received its feedback", body)
         # Over NATS' max_payload: refused before it is sent, and says so.
-        status, body, _ = by_id(b, "x" * 5000, "grad_output", grad, "FP64")
+        status, body, *_ = by_id(b, "x" * 5000, "grad_output", grad, "FP64")
         self.assertEqual(status, 413, body)
         self.assertIn(b"max_payload (4096 bytes)", body)
         self.assertEqual(b.metric("tscale_forward_sent_total"), 2)

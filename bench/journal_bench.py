@@ -47,6 +47,13 @@ def write_bytes(pid):
         return int(re.search(r"^write_bytes: (\d+)", f.read(), re.M).group(1))
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of process pid so far (/proc/PID/stat), in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_run(model, journal, seconds, tmp, clients=16):
     args = ["--journal", journal]
     name, n_in = "demo", 16
@@ -62,12 +69,12 @@ def one_run(model, journal, seconds, tmp, clients=16):
     with open(lua, "w") as f:
         f.write(LUA % (n_in, x, 3))
     with tsd.Daemon(args=args) as d:
-        wb0 = write_bytes(d.proc.pid)
+        wb0, cpu0 = write_bytes(d.proc.pid), cpu_seconds(d.proc.pid)
         out = subprocess.run(["wrk", "-t2", "-c%d" % clients, "-d%ds" % seconds, "--latency", "-s", lua,
                               "http://127.0.0.1:%d/v2/models/%s/feedback" % (d.port, name)],
                              capture_output=True, text=True, check=True).stdout
         time.sleep(0.2)
-        wb1 = write_bytes(d.proc.pid)
+        wb1, cpu1 = write_bytes(d.proc.pid), cpu_seconds(d.proc.pid)
         m = d.request("GET", "/metrics")[2].decode()
     steps = metric(m, "tscale_feedback_steps_total")
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -77,6 +84,7 @@ def one_run(model, journal, seconds, tmp, clients=16):
          "p99_ms": p99_ms, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
          "journal_bytes_per_step": round(metric(m, "tscale_journal_bytes_total") / max(steps, 1), 1),
          "disk_bytes_per_step": round((wb1 - wb0) / max(steps, 1), 1),
+         "daemon_cpu_us_per_step": round((cpu1 - cpu0) * 1e6 / max(steps, 1), 1),
          "commits": metric(m, "tscale_journal_commits_total"),
          "steps_per_commit": round(steps / max(metric(m, "tscale_journal_commits_total"), 1), 2)}
     print(json.dumps(r), flush=True)
@@ -96,19 +104,19 @@ def main():
         for model in a.models.split(","):
             for journal in ("yes", "no"):
                 results.append(one_run(model, journal, a.seconds, tmp, a.clients))
-    print("\n| model | journal | steps/s (median) | p99 ms | steps per commit | journal B/step | disk B/step |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| model | journal | steps/s (median) | p99 ms | daemon CPU µs/step | steps per commit | journal B/step | disk B/step |")
+    print("|---|---|---|---|---|---|---|---|")
     for model in a.models.split(","):
         med = {}
         for journal in ("yes", "no"):
             rs = [r for r in results if r["model"] == model and r["journal"] == journal]
             med[journal] = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("model", "journal", "clients")}
             m = med[journal]
-            print("| %s | %s | %.0f | %.2f | %s | %s | %.0f |" % (
-                model, journal, m["steps_per_s"], m["p99_ms"],
+            print("| %s | %s | %.0f | %.2f | %.0f | %s | %s | %.0f |" % (
+                model, journal, m["steps_per_s"], m["p99_ms"], m["daemon_cpu_us_per_step"],
                 "%.1f" % m["steps_per_commit"] if journal == "yes" else "—",
                 "%.0f" % m["journal_bytes_per_step"] if journal == "yes" else "—", m["disk_bytes_per_step"]))
-        print("| %s | yes/no | %.2f× | | | | |" % (model, med["yes"]["steps_per_s"] / med["no"]["steps_per_s"]))
+        print("| %s | yes/no | %.2f× | | | | | |" % (model, med["yes"]["steps_per_s"] / med["no"]["steps_per_s"]))
 
 
 if __name__ == "__main__":

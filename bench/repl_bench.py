@@ -19,13 +19,20 @@
      against each replica (summed); each while the steady feedback runs on r0 (on the single
      node: on itself); also the daemons' CPU time per inference request.
 
+With --batch-ms 0,1,2,5 it measures instead, for each --replicate-batch-ms (several steps
+summed into one message, server/repl/repl.h), fresh replicas each time: the steady rate of
+part 1 (one client), then --clients clients (16) sending feedback to r0 as fast as they are
+answered for --seconds: acknowledged steps/s, NATS message bytes and PubAcks (r0's
+tscale_repl_messages_published_total) per step, and the ack → applied delay (observers as in
+part 1). No inference phase.
+
 On a 2-core machine the three replicas, NATS, wrk and the client share the same cores: this
 shows the overhead, not the scale. The estimate for N machines scales the single node's
 measured inference rate by the CPU time left after the measured per-step and per-delta costs
 (printed with the table).
 
     python3 bench/repl_bench.py [--model demo|mid] [--rate 50] [--seconds 10] [--wrk-seconds 5]
-                                [--runs 3]
+                                [--runs 3] [--batch-ms 0,1,2,5 [--clients 16]]
 Prints one JSON line per run, then a table of the medians and the N-machine estimate.
 """
 import argparse
@@ -116,7 +123,7 @@ class Feeder(threading.Thread):
     def __init__(self, d, name, n_in, rate, count=None, prefix="f"):
         super().__init__(daemon=True)
         self.d, self.name, self.n_in, self.rate, self.count, self.prefix = d, name, n_in, rate, count, prefix
-        self.acked, self.failed = {}, 0
+        self.acked, self.failed, self.latency_ms = {}, 0, []
         self.stop_ev = threading.Event()
 
     def run(self):
@@ -125,10 +132,12 @@ class Feeder(threading.Thread):
             body = {"id": "%s-%d" % (self.prefix, k), "inputs": [
                 {"name": "input", "shape": [1, self.n_in], "datatype": "FP32", "data": row(self.n_in, k)},
                 {"name": "label", "shape": [1], "datatype": "INT64", "data": [k % 4]}]}
+            t_sent = time.perf_counter()
             status, _, out = self.d.request("POST", "/v2/models/%s/feedback" % self.name, body)
             t = time.perf_counter()
             if status == 200:
                 self.acked[json.loads(out)["step"]] = t
+                self.latency_ms.append((t - t_sent) * 1e3)
             else:
                 self.failed += 1
             k += 1
@@ -192,6 +201,110 @@ def infer_phase(targets, feed_d, name, n_in, a, tmp):
     return rps, (c1 - c0) / max(rps * a.wrk_seconds, 1)
 
 
+def start_replicas(nats, margs, extra=()):
+    reps = [tsd.Daemon(args=margs + ["--snapshot-interval", "0", "--replicate", nats.url(), "--replica-id", "r%d" % i]
+                       + list(extra)) for i in range(3)]
+    deadline = time.time() + 20
+    while not all(b"\ntscale_repl_connected 1" in d.request("GET", "/metrics")[2] for d in reps):
+        if time.time() > deadline:
+            raise RuntimeError("replicas did not connect to NATS")
+        time.sleep(0.1)
+    return reps
+
+
+def feedback_phase(nats, reps, name, n_in, feeders):
+    """Run the feeders (on reps[0]) to the end while two observers poll r1 and r2; returns the
+    delays (ms), the steps acknowledged, the seconds the feeders ran, and per step: NATS bytes
+    and messages in/out, and r0's published messages (PubAcks)."""
+    obs = [Observer(d, name) for d in reps[1:]]
+    for o in obs:
+        o.start()
+    v0 = nats.varz()
+    m0 = [reps[0].metric(k) for k in ("tscale_repl_messages_published_total", "tscale_repl_deltas_published_total")]
+    t0 = time.perf_counter()
+    for f in feeders:
+        f.start()
+    for f in feeders:
+        f.join()
+    secs = time.perf_counter() - t0
+    acked = {k: t for f in feeders for k, t in f.acked.items()}
+    last = max(acked)
+    deadline = time.time() + 30
+    while any(o.last < last for o in obs) and time.time() < deadline:
+        time.sleep(0.01)
+    v1 = nats.varz()
+    m1 = [reps[0].metric(k) for k in ("tscale_repl_messages_published_total", "tscale_repl_deltas_published_total")]
+    for o in obs:
+        o.stop_ev.set()
+        o.join(10)
+    steps = len(acked)
+    delays = [(o.seen[k] - t) * 1e3 for o in obs for k, t in acked.items() if k in o.seen]
+    latency = [x for f in feeders for x in f.latency_ms]
+    return {
+        "latency_p50_ms": round(pct(latency, 50), 2), "latency_p99_ms": round(pct(latency, 99), 2),
+        "steps": steps, "failed": sum(f.failed for f in feeders), "seconds": round(secs, 2),
+        "steps_per_s": round(steps / secs, 1),
+        "delay_p50_ms": round(pct(delays, 50), 2), "delay_p99_ms": round(pct(delays, 99), 2),
+        "nats_in_bytes_per_step": round((v1["in_bytes"] - v0["in_bytes"]) / steps, 1),
+        "nats_out_bytes_per_step": round((v1["out_bytes"] - v0["out_bytes"]) / steps, 1),
+        "nats_in_msgs_per_step": round((v1["in_msgs"] - v0["in_msgs"]) / steps, 3),
+        "pubacks_per_step": round((m1[0] - m0[0]) / max(m1[1] - m0[1], 1), 3),
+        "poll_interval_ms": round(statistics.mean(o.poll_ms for o in obs), 2),
+    }
+
+
+class Timed(Feeder):
+    """A Feeder as fast as it is answered, for `seconds`."""
+
+    def __init__(self, d, name, n_in, seconds, prefix):
+        super().__init__(d, name, n_in, rate=1e9, prefix=prefix)
+        self.seconds = seconds
+
+    def run(self):
+        threading.Timer(self.seconds, self.stop_ev.set).start()
+        super().run()
+
+
+def batch_run(a, batch_ms):
+    """Fresh replicas with --replicate-batch-ms batch_ms: steady rate, then a.clients clients."""
+    tmp = tempfile.mkdtemp(prefix="tscale-rbench-")
+    margs, name, n_in = model_args(a.model, tmp)
+    nats = Nats(tmp)
+    reps = []
+    res = {"model": name, "batch_ms": batch_ms}
+    try:
+        reps = start_replicas(nats, margs, ["--replicate-batch-ms", str(batch_ms)])
+        Feeder(reps[0], name, n_in, a.rate, count=1, prefix="warm").run()
+        while any(step_of(d, name) < 1 for d in reps):
+            time.sleep(0.05)
+        steady = feedback_phase(nats, reps, name, n_in,
+                                [Feeder(reps[0], name, n_in, a.rate, count=int(a.rate * a.seconds), prefix="s")])
+        busy = feedback_phase(nats, reps, name, n_in,
+                              [Timed(reps[0], name, n_in, a.seconds, prefix="c%d-" % i) for i in range(a.clients)])
+        res.update({"steady_" + k: v for k, v in steady.items()})
+        res.update({"busy_" + k: v for k, v in busy.items()})
+    finally:
+        for d in reps:
+            d.close()
+        nats.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(res), flush=True)
+    return res
+
+
+def batch_report(rows, a):
+    print("\n| --replicate-batch-ms | load | steps/s acked | feedback latency p50 / p99 ms | PubAcks per step "
+          "| NATS bytes in / out per step | ack → applied p50 / p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        for load, label in (("steady", "%.0f/s, 1 client" % a.rate), ("busy", "%d clients" % a.clients)):
+            g = lambda k: r["%s_%s" % (load, k)]  # noqa: E731
+            print("| %d | %s | %.0f | %.2f / %.2f | %.3f | %.0f / %.0f | %.2f / %.2f |" % (
+                r["batch_ms"], label, g("steps_per_s"), g("latency_p50_ms"), g("latency_p99_ms"),
+                g("pubacks_per_step"), g("nats_in_bytes_per_step"),
+                g("nats_out_bytes_per_step"), g("delay_p50_ms"), g("delay_p99_ms")))
+
+
 def one_run(a):
     """Everything once, in fresh processes; returns the measurements."""
     tmp = tempfile.mkdtemp(prefix="tscale-rbench-")
@@ -205,14 +318,7 @@ def one_run(a):
             res["single_rps"], res["single_cpu_per_req_ms"] = (lambda r: (r[0], r[1] * 1e3))(
                 infer_phase([single] * 3, single, name, n_in, a, tmp))
         # --- 1-3. three replicas, steady feedback on r0 ---
-        for i in range(3):
-            reps.append(tsd.Daemon(args=margs + ["--snapshot-interval", "0", "--replicate", nats.url(),
-                                                 "--replica-id", "r%d" % i]))
-        deadline = time.time() + 20
-        while not all(b"\ntscale_repl_connected 1" in d.request("GET", "/metrics")[2] for d in reps):
-            if time.time() > deadline:
-                raise RuntimeError("replicas did not connect to NATS")
-            time.sleep(0.1)
+        reps = start_replicas(nats, margs)
         # A warm-up step (the stream and the consumers exist from then on), then measure.
         Feeder(reps[0], name, n_in, a.rate, count=1, prefix="warm").run()
         while any(step_of(d, name) < 1 for d in reps):
@@ -286,7 +392,15 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the delay measurement")
     ap.add_argument("--wrk-seconds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=3, help="the table shows the medians of the runs")
+    ap.add_argument("--batch-ms", help="comma-separated --replicate-batch-ms values to compare (feedback only)")
+    ap.add_argument("--clients", type=int, default=16, help="concurrent feedback clients (with --batch-ms)")
     a = ap.parse_args()
+    if a.batch_ms:
+        values = [int(v) for v in a.batch_ms.split(",")]
+        runs = [[batch_run(a, b) for b in values] for _ in range(a.runs)]  # interleaved: load drifts alike
+        batch_report([{k: (statistics.median(run[i][k] for run in runs) if isinstance(v, (int, float)) else v)
+                       for k, v in runs[0][i].items()} for i in range(len(values))], a)
+        return
     runs = [one_run(a) for _ in range(a.runs)]
     report({k: (statistics.median(r[k] for r in runs) if isinstance(v, (int, float)) else v)
             for k, v in runs[0].items()}, a.runs)

@@ -224,6 +224,20 @@ void ts_model_apply_scores(ts_model *m, const int16_t *scores, int sign, ts_pool
     }
 }
 
+void ts_model_apply_sum(ts_model *m, const int32_t *sums, int64_t steps, ts_pool *pool)
+{
+    for (int i = 0; i < m->n_layers; i++) {
+        ts_layer *l = &m->layers[i];
+        if (l->spec.kind != TS_LAYER_LINEAR)
+            continue;
+        for (int64_t g = 0; g < l->n_groups; g++)
+            l->corr_accum[g] -= sums[g];
+        l->step += steps;
+        ts_layer_update_scales(l, pool);
+        sums += l->n_groups;
+    }
+}
+
 float ts_layer_scale(const ts_layer *l, int64_t r, int64_t g)
 {
     return l->S[ts_scale_index(l->gpr, r, g)];

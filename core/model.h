@@ -106,6 +106,11 @@ size_t ts_model_score_len(const ts_model *m);
  * makes undo exact). scores[ts_model_score_len(m)] as ts_model_feedback_scores gives
  * them; S recomputed (on the pool when not NULL). */
 void ts_model_apply_scores(ts_model *m, const int16_t *scores, int sign, ts_pool *pool);
+/* Apply the sum of `steps` recorded steps at once (replication sums several steps into
+ * one message): corr_accum -= sums, step += steps on every ternary_linear layer, S
+ * recomputed once. The same integers as applying the steps one by one (addition
+ * commutes), so the same bytes; sums[ts_model_score_len(m)] in the same order. */
+void ts_model_apply_sum(ts_model *m, const int32_t *sums, int64_t steps, ts_pool *pool);
 /* The scale of group g of row r (S is stored in the kernels' order). */
 float ts_layer_scale(const ts_layer *l, int64_t r, int64_t g);
 

@@ -137,6 +137,11 @@ static const ts_option options[] = {
      "stream retention when the stream is created: deltas older than this are deleted", NULL},
     {"replicate-replicas", OPT_INT, F(replicate_replicas), "1", 1, 5, "N",
      "JetStream replicas of the stream when it is created (3 in a NATS cluster)", NULL},
+    {"replicate-batch-ms", OPT_INT, F(replicate_batch_ms), "2", 0, 1000, "MS",
+     "sum consecutive steps of a model into one message: steps queued while the previous "
+     "message awaits its PubAck wait up to this long for more (0: one message per step)", NULL},
+    {"replicate-batch-max", OPT_INT, F(replicate_batch_max), "256", 1, 65536, "N",
+     "at most this many steps in one summed message", NULL},
     {"forward-timeout-ms", OPT_INT, F(forward_timeout_ms), "1000", 10, 60000, "MS",
      "feedback by id for an inference another replica made: how long to wait for the replica "
      "that holds it to say so before answering 404", NULL},

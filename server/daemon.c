@@ -165,7 +165,8 @@ static int new_repl(ts_server *srv, char *err, size_t errlen) {
     }
     ts_repl_config rc = {.urls = c->replicate, .replica_id = id, .token_file = c->replicate_token_file,
                          .stream = c->replicate_stream, .ack_timeout_ms = c->replicate_ack_timeout_ms,
-                         .max_age_s = c->replicate_max_age, .replicas = c->replicate_replicas};
+                         .max_age_s = c->replicate_max_age, .replicas = c->replicate_replicas,
+                         .batch_ms = c->replicate_batch_ms, .batch_max = c->replicate_batch_max};
     srv->repl = ts_repl_new(&rc, err, errlen);
     return srv->repl ? 0 : -1;
 }

@@ -65,6 +65,7 @@ struct ts_engine {
     int n_models;
     ts_served *rr;             /* round-robin cursor: the model considered first */
     int lane_busy;
+    int tiny_feedback;          /* the running job is a feedback step below POOL_MIN_WORK */
     int draining;
     int pumping, pump_again;   /* pump() re-entrancy guard */
     int holding;               /* ts_engine_hold: queue without scheduling */
@@ -903,8 +904,9 @@ static void step_acked(void *arg, const char *err) {
 }
 
 /* Hand a computed step to the journal; it is answered in step_acked. Called in after_cb,
- * while s is between jobs. */
-static void step_commit(ts_engine *e, ts_served *s, ts_item *it) {
+ * while s is between jobs. hold: a tiny step, whose entry may wait for the next ones
+ * (pump() flushes unless another tiny feedback step runs now). */
+static void step_commit(ts_engine *e, ts_served *s, ts_item *it, int hold) {
     step_ack *a = malloc(sizeof *a);
     if (!a) { /* cannot journal it: take it back now and refuse it */
         ts_model_apply_scores(s->model, it->scores, -1, NULL);
@@ -920,7 +922,7 @@ static void step_commit(ts_engine *e, ts_served *s, ts_item *it) {
     ts_journal_step st = {.model = s->name, .version = s->version, .step = ts_model_step(s->model),
                           .scores = it->scores, .n = a->n,
                           .request_id = it->idem ? it->req->oip.id : NULL,
-                          .body_hash = it->body_hash, .answer = it->body};
+                          .body_hash = it->body_hash, .answer = it->body, .hold = hold};
     if (!e->cfg.journal) {
         step_acked(a, NULL);
         return;
@@ -976,7 +978,7 @@ static void after_cb(uv_work_t *w, int status) {
         if (j->kind != ITEM_EXPORT && j->t_start >= it->t_enq)
             ts_hist_observe(&mt->queue_us[kind], j->t_start - it->t_enq);
         if (j->kind == ITEM_FEEDBACK && it->status == 200) {
-            step_commit(e, s, it); /* answered once durable */
+            step_commit(e, s, it, !pool_for(j)); /* answered once durable */
             continue;
         }
         if (j->kind == ITEM_INFER && it->status == 200)
@@ -1020,6 +1022,7 @@ static void launch(ts_engine *e, ts_served *s, item_kind kind, int n) {
     j->n = n;
     s->busy = 1;
     e->lane_busy = 1;
+    e->tiny_feedback = kind == ITEM_FEEDBACK && !pool_for(j);
     if (kind == ITEM_INFER && j->rows * ts_model_params(s->model) <= INLINE_MAX_WORK) {
         /* A tiny forward runs here: the loop waits a few µs, where the thread pool's two
          * hand-offs (wake a worker, wake the loop back) cost more than the compute. pump()
@@ -1140,9 +1143,20 @@ static void start_next_job(ts_engine *e) {
         arm_timer(e, earliest, now);
 }
 
+/* Journal entries of tiny steps are held while the next tiny step runs (step_commit): a
+ * group commit then takes every step of a burst, where it took 2-3 and left the queue
+ * waiting behind the compute lane (measured: 16 clients on the demo model, 89 % of
+ * steps had more feedback queued behind them). Anything else running, or nothing: send. */
+static void flush_journal(ts_engine *e) {
+    if (!e->lane_busy || !e->tiny_feedback)
+        ts_journal_flush(e->cfg.journal);
+}
+
 static void pump(ts_engine *e) {
-    if (e->holding)
+    if (e->holding) {
+        flush_journal(e);
         return;
+    }
     if (e->pumping) {
         e->pump_again = 1;
         return;
@@ -1155,6 +1169,7 @@ static void pump(ts_engine *e) {
             start_next_job(e);
     } while (e->pump_again);
     e->pumping = 0;
+    flush_journal(e);
 }
 
 static void on_timer(uv_poll_t *p, int status, int events) {

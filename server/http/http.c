@@ -20,6 +20,7 @@
 #include "server/http/framing.h"
 #include "server/hash.h"
 #include "server/log.h"
+#include "server/wake.h"
 
 enum {
     REQ_HTTP,      /* being received / parsed on an HTTP thread */
@@ -32,7 +33,7 @@ struct ts_http {
     ts_http_config cfg;
     struct MHD_Daemon *mhd;
     MHD_socket listen_fd;        /* after quiesce: closed after MHD_stop_daemon */
-    uv_async_t async;
+    ts_wake wake;                /* HTTP threads -> loop: requests in the list below */
     pthread_mutex_t mu;
     ts_req *in_head, *in_tail;   /* parsed requests waiting for the loop */
     _Atomic int active;          /* requests between first header and completion */
@@ -466,7 +467,7 @@ static void hand_to_loop(ts_req *req, struct MHD_Connection *conn) {
         h->in_head = req;
     h->in_tail = req;
     pthread_mutex_unlock(&h->mu);
-    uv_async_send(&h->async);
+    ts_wake_send(&h->wake);
 }
 
 /* The access log keeps the method and the path (never the query, a body or a header: no
@@ -600,7 +601,7 @@ void ts_http_drain_inbound(ts_http *h) {
         h->cfg.dispatch_end(h->cfg.dispatch_ctx);
 }
 
-static void on_async(uv_async_t *a) { ts_http_drain_inbound(a->data); }
+static void on_inbound(void *data) { ts_http_drain_inbound(data); }
 
 /* libmicrohttpd's threads: register each connection with the budget (conns.h). The entry
  * is the connection's socket_context, freed here when it closes. */
@@ -710,8 +711,15 @@ ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, char *err, si
     h->listen_fd = MHD_INVALID_SOCKET;
     pthread_mutex_init(&h->mu, NULL);
     pthread_rwlock_init(&h->tokens_mu, NULL);
-    uv_async_init(loop, &h->async, on_async);
-    h->async.data = h;
+    int wrc = ts_wake_init(loop, &h->wake, on_inbound, h);
+    if (wrc != 0) {
+        snprintf(err, errlen, "cannot create the HTTP wake-up handle: %s", uv_strerror(wrc));
+        pthread_mutex_destroy(&h->mu);
+        pthread_rwlock_destroy(&h->tokens_mu);
+        ts_conns_free(h->conns);
+        free(h);
+        return NULL;
+    }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ITC | MHD_USE_ERROR_LOG;
     /* The pool-size option only when a pool is wanted: MHD warns on stderr about 0. */
@@ -734,7 +742,7 @@ ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, char *err, si
     if (!h->mhd) {
         snprintf(err, errlen, "cannot serve HTTP on %s:%d: %s", cfg->host, cfg->port,
                  errno ? strerror(errno) : "libmicrohttpd refused");
-        uv_close((uv_handle_t *)&h->async, NULL);
+        ts_wake_close(&h->wake, NULL);
         uv_run(loop, UV_RUN_NOWAIT);
         pthread_mutex_destroy(&h->mu);
         pthread_rwlock_destroy(&h->tokens_mu);
@@ -742,7 +750,7 @@ ts_http *ts_http_start(uv_loop_t *loop, const ts_http_config *cfg, char *err, si
         free(h);
         return NULL;
     }
-    h->handles_open = 2; /* async, deadline_timer */
+    h->handles_open = 2; /* wake, deadline_timer */
     uv_timer_init(loop, &h->deadline_timer);
     h->deadline_timer.data = h;
     uv_timer_start(&h->deadline_timer, on_deadline_tick, 200, 200);
@@ -781,5 +789,5 @@ void ts_http_stop(ts_http *h) {
         close(h->listen_fd);
     uv_timer_stop(&h->deadline_timer);
     uv_close((uv_handle_t *)&h->deadline_timer, on_handle_closed);
-    uv_close((uv_handle_t *)&h->async, on_handle_closed);
+    ts_wake_close(&h->wake, on_handle_closed);
 }

@@ -48,7 +48,10 @@ typedef struct pub {
     int64_t version, seq;
     uint8_t *payload;
     size_t len;
+    size_t n;                    /* scores in payload (0: unknown, never summed) */
+    int single;                  /* published alone (republished from the journal; repl.h) */
     uint64_t t_queued_ms;        /* uv_now when queued */
+    int64_t t_queued_ns;         /* monotonic, when queued: the publisher's summing window */
     int late;                    /* loop: TS_REPL_LATE reported */
     ts_repl_cb cb;
     void *arg;
@@ -61,7 +64,8 @@ typedef struct delta {
     ts_repl *r;
     char model[TS_MODEL_NAME_MAX];
     char origin[TS_TOKEN_MAX];
-    int64_t version, seq;
+    int64_t version, seq;        /* seq: the last step it covers */
+    int64_t first_seq, steps;    /* the first step it covers, and how many (repl.h, Summing) */
     uint64_t stream_seq;
     uint8_t *payload;
     size_t len;
@@ -99,6 +103,8 @@ struct ts_repl {
     char why[256];               /* loop: ts_repl_ready's reason */
     /* metrics */
     _Atomic uint64_t published, publish_failures, duplicates, other_version, malformed, unknown_model;
+    _Atomic uint64_t messages, straddles; /* messages published; straddling deltas skipped */
+    ts_hist steps_per_message;   /* publisher thread observes, scrapes read */
     _Atomic uint64_t num_pending; /* the consumer's NumPending at the newest message */
 };
 
@@ -194,6 +200,7 @@ ts_repl *ts_repl_new(const ts_repl_config *cfg, char *err, size_t errlen) {
         return r;
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
+    ts_hist_init_counts(&r->steps_per_message);
     r->urls = strdup(cfg->urls);
     r->id = strdup(cfg->replica_id);
     r->stream = strdup(cfg->stream);
@@ -271,8 +278,16 @@ static void pub_push(pub **head, pub **tail, pub *p) {
     *tail = p;
 }
 
+/* Monotonic nanoseconds (the publisher's summing window). */
+static int64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 static void enqueue_pub(ts_repl *r, pub *p) {
     p->t_queued_ms = r->loop ? uv_now(r->loop) : 0;
+    p->t_queued_ns = mono_ns();
     p->lnext = NULL;
     if (r->ltail)
         r->ltail->lnext = p;
@@ -310,34 +325,86 @@ int ts_repl_publish(ts_repl *r, const char *model, int64_t version, int64_t seq,
     free(enc);
     if (!p)
         return -1;
+    p->n = n;
     p->cb = cb;
     p->arg = arg;
     enqueue_pub(r, p);
     return 0;
 }
 
-/* Publisher thread: publish p and wait for its PubAck. NATS_OK or why not in err. */
-static natsStatus publish_one(ts_repl *r, const pub *p, char *err, size_t errlen) {
-    char subj[256], v[32], s[32], msgid[TS_TOKEN_MAX + 32];
-    snprintf(subj, sizeof subj, "%s.delta.%s", r->stream, p->model);
-    snprintf(v, sizeof v, "%lld", (long long)p->version);
-    snprintf(s, sizeof s, "%lld", (long long)p->seq);
-    snprintf(msgid, sizeof msgid, "%s:%lld", r->id, (long long)p->seq);
+/* Publisher thread: the payload of the n steps from first (queued, so not freed under
+ * us; only their own fields are read, never the last one's next): the step's own payload
+ * when n is 1, else the sum of their scores (repl.h, Summing). *out is malloc'd when
+ * summed, else the first step's. 0, or -1 when out of memory or a payload does not decode. */
+static int group_payload(const pub *first, size_t n, uint8_t **out, size_t *len) {
+    if (n == 1) {
+        *out = first->payload;
+        *len = first->len;
+        return 0;
+    }
+    size_t g = first->n;
+    int32_t *sums = calloc(g ? g : 1, sizeof *sums);
+    int16_t *one = malloc((g ? g : 1) * sizeof *one);
+    uint8_t *enc = malloc(1 + 4 * g);
+    int rc = sums && one && enc ? 0 : -1;
+    const pub *p = first;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        rc = ts_journal_decode(p->payload, p->len, one, g);
+        for (size_t k = 0; rc == 0 && k < g; k++)
+            sums[k] += one[k]; /* |sum| <= TS_REPL_BATCH_MAX · 32768 = 2^31: repl.h */
+        if (i + 1 < n)
+            p = p->next;
+    }
+    if (rc == 0) {
+        *len = ts_journal_encode_sum(sums, g, enc);
+        *out = enc;
+    } else {
+        free(enc);
+    }
+    free(sums);
+    free(one);
+    return rc;
+}
+
+/* Publisher thread: publish the n steps from first (the last is last) as one message and
+ * wait for its PubAck. NATS_OK or why not in err. */
+static natsStatus publish_group(ts_repl *r, const pub *first, const pub *last, size_t n, char *err,
+                                size_t errlen) {
+    char subj[256], v[32], s[32], f[32], c[32], msgid[TS_TOKEN_MAX + 64];
+    snprintf(subj, sizeof subj, "%s.delta.%s", r->stream, first->model);
+    snprintf(v, sizeof v, "%lld", (long long)first->version);
+    snprintf(s, sizeof s, "%lld", (long long)last->seq);
+    snprintf(f, sizeof f, "%lld", (long long)first->seq);
+    snprintf(c, sizeof c, "%zu", n);
+    if (n == 1)
+        snprintf(msgid, sizeof msgid, "%s:%lld", r->id, (long long)last->seq);
+    else
+        snprintf(msgid, sizeof msgid, "%s:%lld-%lld", r->id, (long long)first->seq, (long long)last->seq);
+    uint8_t *payload = NULL;
+    size_t len = 0;
+    if (group_payload(first, n, &payload, &len) < 0) {
+        snprintf(err, errlen, "out of memory summing %zu steps (or a queued payload does not decode)", n);
+        return NATS_NO_MEMORY;
+    }
     natsMsg *m = NULL;
     jsPubAck *ack = NULL;
     jsErrCode jerr = 0;
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = r->cfg.ack_timeout_ms;
-    natsStatus st = natsMsg_Create(&m, subj, NULL, (const char *)p->payload, (int)p->len);
+    natsStatus st = natsMsg_Create(&m, subj, NULL, (const char *)payload, (int)len);
     if (st == NATS_OK)
         st = natsMsgHeader_Set(m, "Tscale-Origin", r->id);
     if (st == NATS_OK)
         st = natsMsgHeader_Set(m, "Tscale-Seq", s);
+    if (st == NATS_OK && n > 1)
+        st = natsMsgHeader_Set(m, "Tscale-First-Seq", f);
+    if (st == NATS_OK && n > 1)
+        st = natsMsgHeader_Set(m, "Tscale-Steps", c);
     if (st == NATS_OK)
         st = natsMsgHeader_Set(m, "Tscale-Version", v);
     if (st == NATS_OK)
-        st = natsMsgHeader_Set(m, "Tscale-Model", p->model);
+        st = natsMsgHeader_Set(m, "Tscale-Model", first->model);
     if (st == NATS_OK)
         st = natsMsgHeader_Set(m, "Nats-Msg-Id", msgid);
     if (st == NATS_OK)
@@ -346,10 +413,55 @@ static natsStatus publish_one(ts_repl *r, const pub *p, char *err, size_t errlen
         snprintf(err, errlen, "%s%s", natsStatus_GetText(st), jerr ? " (JetStream error)" : "");
     jsPubAck_Destroy(ack);
     natsMsg_Destroy(m);
+    if (payload != first->payload)
+        free(payload);
     return st;
 }
 
+/* Headroom for a message's headers under the server's payload limit. */
+#define HEADERS_MAX 1024
+
+/* Publisher thread, mu held, todo not empty: how many steps from the head the next message
+ * takes — `frozen` when a failed message is being retried (never regrouped: repl.h), else
+ * the head's run of steps of the same model and version, up to --replicate-batch-max. 0
+ * while that group can still grow and its window is open (the head was queued while the
+ * previous message waited for its PubAck, at or before done_ns, and less than
+ * --replicate-batch-ms ago): wait until *wake_ns. A step queued while nothing was in
+ * flight goes at once, so a steady trickle pays no window. A model whose sums could
+ * outgrow the server's max_payload (4 bytes a group) is never summed. */
+static size_t group_next(ts_repl *r, size_t frozen, int64_t done_ns, int64_t *wake_ns) {
+    pub *h = r->todo_head, *p = h;
+    if (frozen || r->cfg.batch_ms <= 0 || h->single || !h->n ||
+        (int64_t)(1 + 4 * h->n) + HEADERS_MAX > natsConnection_GetMaxPayload(r->nc))
+        return frozen ? frozen : 1;
+    size_t n = 1;
+    for (; n < (size_t)r->cfg.batch_max && p->next; p = p->next, n++) {
+        const pub *q = p->next;
+        if (q->single || q->version != h->version || q->n != h->n || strcmp(q->model, h->model) != 0)
+            return n; /* closed: a step that can't join is queued behind it */
+    }
+    *wake_ns = h->t_queued_ns + r->cfg.batch_ms * 1000000LL;
+    return n == (size_t)r->cfg.batch_max || h->t_queued_ns > done_ns || mono_ns() >= *wake_ns ? n : 0;
+}
+
 /* ---- consuming (libnats' subscription thread) ---- */
+
+/* The steps a delta covers (repl.h, Summing): Tscale-First-Seq and Tscale-Steps, both or
+ * neither (a single step: first = seq, steps = 1). 0, or -1 when they don't fit seq. */
+static int parse_span(natsMsg *msg, delta *d) {
+    const char *f = ts_natsmsg_header(msg, "Tscale-First-Seq"), *c = ts_natsmsg_header(msg, "Tscale-Steps");
+    if (!f && !c) {
+        d->first_seq = d->seq;
+        d->steps = 1;
+        return 0;
+    }
+    return ts_natsmsg_int(msg, "Tscale-First-Seq", &d->first_seq) == 0 &&
+                   ts_natsmsg_int(msg, "Tscale-Steps", &d->steps) == 0 && d->first_seq >= 1 &&
+                   d->first_seq < d->seq && d->steps >= 2 && d->steps <= d->seq - d->first_seq + 1 &&
+                   d->steps <= TS_REPL_BATCH_MAX
+               ? 0
+               : -1;
+}
 
 /* Who owns what: libnats hands msg over (destroyed here); the delta goes to the loop. */
 static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
@@ -360,7 +472,7 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
     int len = natsMsg_GetDataLength(msg);
     int ok = d && natsMsg_GetMetaData(&meta, msg) == NATS_OK && o && model && strlen(o) < sizeof d->origin &&
              strlen(model) < sizeof d->model && ts_natsmsg_int(msg, "Tscale-Seq", &d->seq) == 0 &&
-             ts_natsmsg_int(msg, "Tscale-Version", &d->version) == 0 &&
+             ts_natsmsg_int(msg, "Tscale-Version", &d->version) == 0 && parse_span(msg, d) == 0 &&
              (d->payload = malloc(len > 0 ? (size_t)len : 1)) != NULL;
     if (ok) {
         d->r = r;
@@ -436,19 +548,22 @@ static int set_up(ts_repl *r, char *err, size_t errlen) {
     return st == NATS_OK ? 0 : -1;
 }
 
-/* Wait up to ms on the condition variable (mu held); returns at once when stopping. */
-static void pause_locked(ts_repl *r, int64_t ms) {
+/* Wait up to ns on the condition variable (mu held); returns at once when stopping, and
+ * when a step is queued (enqueue_pub signals). */
+static void pause_ns_locked(ts_repl *r, int64_t ns) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += (time_t)(ms / 1000);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    ts.tv_sec += (time_t)(ns / 1000000000LL);
+    ts.tv_nsec += (long)(ns % 1000000000LL);
     if (ts.tv_nsec >= 1000000000L) {
         ts.tv_sec++;
         ts.tv_nsec -= 1000000000L;
     }
-    if (!r->stopping)
+    if (!r->stopping && ns > 0)
         pthread_cond_timedwait(&r->cv, &r->mu, &ts);
 }
+
+static void pause_locked(ts_repl *r, int64_t ms) { pause_ns_locked(r, ms * 1000000LL); }
 
 /* One failure log line per streak, so a long outage does not flood the log. */
 static void note_failure(ts_repl *r, int *streak, const char *what, const char *err) {
@@ -457,9 +572,26 @@ static void note_failure(ts_repl *r, int *streak, const char *what, const char *
         ts_log_warn("replication: %s failed: %s; retrying every %d ms", what, err, RETRY_MS);
 }
 
+/* Publisher thread, mu held: the n steps at the head of todo were acknowledged. */
+static void ack_group(ts_repl *r, size_t n) {
+    atomic_fetch_add(&r->published, n);
+    atomic_fetch_add(&r->messages, 1);
+    ts_hist_observe(&r->steps_per_message, n);
+    for (size_t i = 0; i < n; i++) {
+        pub *p = r->todo_head;
+        r->todo_head = p->next;
+        if (!r->todo_head)
+            r->todo_tail = NULL;
+        pub_push(&r->acked_head, &r->acked_tail, p);
+    }
+    uv_async_send(&r->async);
+}
+
 static void *thread_main(void *arg) {
     ts_repl *r = arg;
     int streak = 0;
+    size_t frozen = 0;   /* steps of the message being retried (0: none) */
+    int64_t done_ns = 0; /* when the last message's publish returned */
     char err[512];
     pthread_mutex_lock(&r->mu);
     while (!r->stopping) {
@@ -479,9 +611,19 @@ static void *thread_main(void *arg) {
             pause_locked(r, RETRY_MS);
             continue;
         }
-        pub *p = r->todo_head; /* stays queued (and owned by the queue) until acknowledged */
+        int64_t wake_ns = 0;
+        size_t n = group_next(r, frozen, done_ns, &wake_ns);
+        if (!n) { /* the summing window is open and the group can grow */
+            pause_ns_locked(r, wake_ns - mono_ns());
+            continue;
+        }
+        pub *first = r->todo_head, *last = first; /* stay queued (and owned by the queue) until acknowledged */
+        for (size_t i = 1; i < n; i++)
+            last = last->next;
+        frozen = n;
         pthread_mutex_unlock(&r->mu);
-        natsStatus st = publish_one(r, p, err, sizeof err);
+        natsStatus st = publish_group(r, first, last, n, err, sizeof err);
+        done_ns = mono_ns();
         pthread_mutex_lock(&r->mu);
         if (st != NATS_OK) {
             note_failure(r, &streak, "publishing a step", err);
@@ -491,12 +633,8 @@ static void *thread_main(void *arg) {
         if (streak)
             ts_log_info("replication: JetStream acknowledges steps again");
         streak = 0;
-        atomic_fetch_add(&r->published, 1);
-        r->todo_head = p->next;
-        if (!r->todo_head)
-            r->todo_tail = NULL;
-        pub_push(&r->acked_head, &r->acked_tail, p);
-        uv_async_send(&r->async);
+        frozen = 0;
+        ack_group(r, n);
     }
     pthread_mutex_unlock(&r->mu);
     return NULL;
@@ -581,7 +719,27 @@ void ts_repl_drain(ts_repl *r) {
         r->draining = 1;
 }
 
-/* Whether d is already in s's state; advances the marks that say so when it is not. */
+/* Whether the steps of d are in the state by origin o's high-water mark (repl.h, Summing):
+ * all of them (1: last <= mark) or none (0: first > mark). Straddling the mark can't happen
+ * (the proof is in repl.h); if it does it is skipped (2), logged and counted, and the mark
+ * moves past it so the origin's later deltas still apply. */
+static int span_seen(ts_repl *r, const position *pos, const delta *d, origin *o) {
+    if (d->seq <= o->seq)
+        return 1;
+    if (d->first_seq > o->seq)
+        return 0;
+    atomic_fetch_add(&r->straddles, 1);
+    ts_log_error("replication: model '%s': a delta of replica '%s' sums steps %lld..%lld but its steps up to "
+                 "%lld are applied already, so it was skipped (a bug: please report it with this line); this "
+                 "replica may now lack some of those steps — compare GET /admin/models/%s/export with another "
+                 "replica's", pos->model, d->origin, (long long)d->first_seq, (long long)d->seq,
+                 (long long)o->seq, pos->model);
+    o->seq = d->seq;
+    return 2;
+}
+
+/* Whether d is already in s's state (1; 2: it straddles the mark, span_seen); advances the
+ * marks that say so when it is not. */
 static int delta_seen(ts_repl *r, position *pos, const delta *d, origin **o) {
     if (d->stream_seq <= pos->stream_seq)
         return 1;
@@ -590,7 +748,7 @@ static int delta_seen(ts_repl *r, position *pos, const delta *d, origin **o) {
     if (strcmp(d->origin, r->id) == 0)
         return 1; /* applied locally before it was published (and in the journal) */
     *o = origin_get(pos, d->origin);
-    return *o && d->seq <= (*o)->seq;
+    return *o ? span_seen(r, pos, d, *o) : 0;
 }
 
 /* A control item of s's FIFO (s idle): apply one consumed delta. Owns d. */
@@ -600,29 +758,30 @@ static void apply_delta(struct ts_engine *e, ts_served *s, void *arg) {
     r->queued_deltas--;
     position *pos = position_get(r, s->name);
     origin *o = NULL;
-    if (!pos || delta_seen(r, pos, d, &o)) {
-        if (pos && strcmp(d->origin, r->id) != 0)
+    int seen = pos ? delta_seen(r, pos, d, &o) : 1;
+    if (seen) {
+        if (pos && seen == 1 && strcmp(d->origin, r->id) != 0)
             atomic_fetch_add(&r->duplicates, 1);
         delta_free(d);
         return;
     }
     o->seq = d->seq; /* applied or skipped for good: either way not again */
     size_t n = ts_model_score_len(s->model);
-    int16_t *scores = malloc((n ? n : 1) * sizeof *scores);
+    int32_t *scores = malloc((n ? n : 1) * sizeof *scores);
     if (d->version != s->version) {
         if (atomic_fetch_add(&r->other_version, 1) == 0 || d->version > s->version)
             ts_log_warn("replication: model '%s': skipped a delta of replica '%s' for version %lld "
                         "(this replica serves version %lld; versions are not replicated yet)",
                         s->name, d->origin, (long long)d->version, (long long)s->version);
-    } else if (!scores || ts_journal_decode(d->payload, d->len, scores, n) != 0) {
+    } else if (!scores || ts_journal_decode_sum(d->payload, d->len, scores, n) != 0) {
         atomic_fetch_add(&r->malformed, 1);
         ts_log_error("replication: model '%s': a delta of replica '%s' (seq %lld, %zu bytes) does not fit "
                      "the model's %zu groups%s; skipped", s->name, d->origin, (long long)d->seq, d->len, n,
                      scores ? "" : " (out of memory)");
     } else {
-        ts_model_apply_scores(s->model, scores, +1, NULL);
+        ts_model_apply_sum(s->model, scores, d->steps, NULL);
         s->step = ts_model_step(s->model);
-        o->applied++;
+        o->applied += (uint64_t)d->steps;
     }
     free(scores);
     delta_free(d);
@@ -782,6 +941,7 @@ static int republish_one(void *arg, const ts_journal_row *row) {
         c->oom = 1;
         return 1;
     }
+    p->single = 1; /* the dead process may have stored a group of these: repl.h, Summing (3) */
     enqueue_pub(c->r, p);
     c->queued++;
     return 0;
@@ -838,6 +998,11 @@ void ts_repl_render_metrics(ts_repl *r, ts_buf *out) {
            atomic_load(&r->connected) && atomic_load(&r->set_up));
     metric(out, "tscale_repl_deltas_published_total", "counter", "Own steps acknowledged by JetStream.",
            (double)atomic_load(&r->published));
+    metric(out, "tscale_repl_messages_published_total", "counter",
+           "Messages acknowledged by JetStream (each sums one or more own steps: --replicate-batch-ms).",
+           (double)atomic_load(&r->messages));
+    ts_hist_render_family(&r->steps_per_message, "tscale_repl_steps_per_message",
+                          "Own steps summed into each acknowledged message.", out);
     metric(out, "tscale_repl_publish_failures_total", "counter",
            "Failed publish or stream set-up attempts (each is retried).", (double)atomic_load(&r->publish_failures));
     metric(out, "tscale_repl_publish_pending", "gauge", "Own steps not yet acknowledged by JetStream.",
@@ -847,9 +1012,10 @@ void ts_repl_render_metrics(ts_repl *r, ts_buf *out) {
            (double)atomic_load(&r->num_pending) + (double)r->queued_deltas);
     ts_buf_printf(out, "# HELP tscale_repl_deltas_skipped_total Deltas consumed and not applied, by reason.\n"
                        "# TYPE tscale_repl_deltas_skipped_total counter\n");
-    static const char *const reasons[] = {"duplicate", "other_version", "malformed", "unknown_model"};
-    _Atomic uint64_t *counts[] = {&r->duplicates, &r->other_version, &r->malformed, &r->unknown_model};
-    for (int i = 0; i < 4; i++)
+    static const char *const reasons[] = {"duplicate", "other_version", "malformed", "unknown_model", "straddles"};
+    _Atomic uint64_t *counts[] = {&r->duplicates, &r->other_version, &r->malformed, &r->unknown_model,
+                                  &r->straddles};
+    for (int i = 0; i < 5; i++)
         ts_buf_printf(out, "tscale_repl_deltas_skipped_total{reason=\"%s\"} %llu\n", reasons[i],
                       (unsigned long long)atomic_load(counts[i]));
     ts_buf_printf(out, "# HELP tscale_repl_deltas_applied_total Other replicas' deltas applied, by model and "

@@ -16,6 +16,42 @@
  * A step not acknowledged within --replicate-ack-timeout-ms is reported late (the engine
  * answers 503) and stays queued: it is acknowledged when NATS is back.
  *
+ * Summing (--replicate-batch-ms W > 0): the publisher sums the scores of consecutive queued
+ * steps of the same model and version into one message (int32 sums, journal.h's widened
+ * encoding), at most --replicate-batch-max of them, with headers Tscale-Seq = the last
+ * step's seq, Tscale-First-Seq = the first's, Tscale-Steps = how many (seqs are global
+ * across models, so the count is not last - first + 1) and Nats-Msg-Id
+ * "<origin>:<first>-<last>"; a message of one step keeps the single-step form above.
+ * Steps that queue up while the previous message waits for its PubAck join the next one;
+ * that group then waits for more only while it can still grow (not full, no other model's
+ * or version's step queued behind it) and at most W ms after its first step was queued. A
+ * step that reaches an idle publisher goes at once: a steady trickle pays no window (the
+ * measurements are in README, "What replication costs"). Every step of a message is
+ * answered when its PubAck comes.
+ *
+ * Why the consumers' high-water rule stays exact with sums. A consumer's mark for an
+ * origin is the highest Tscale-Seq of that origin's messages it has consumed (or of the
+ * stream prefix a snapshot covers); it skips a message whose last seq is <= the mark and
+ * applies one whose first seq is above it. It could do neither — the message straddles
+ * the mark, first <= mark < last — only if the origin published a message that overlaps
+ * an earlier one without being a copy of it. The publisher never does:
+ *   (1) one thread publishes in seq order and starts a message only at the head of its
+ *       queue, i.e. after the last acknowledged step, once every earlier message is
+ *       acknowledged;
+ *   (2) a message whose publish failed (it may still have been stored: a PubAck lost in
+ *       a reconnect) is retried with exactly the same steps, never regrouped, until it is
+ *       acknowledged — a copy, which JetStream's duplicate window drops by Nats-Msg-Id or,
+ *       past the window, the consumer skips (last <= mark);
+ *   (3) after a restart the journal's steps above the acknowledged mark are published one
+ *       per message: the dead process may have stored a group of them unacknowledged, and
+ *       a single step can't straddle; new groups start after all of them are acknowledged.
+ * So by induction over the origin's messages in stream order, every message is either a
+ * copy of an earlier one (last <= mark) or starts after every earlier one ended (first >
+ * mark). A straddling message would be a bug; it is skipped, logged and counted
+ * (tscale_repl_deltas_skipped_total{reason="straddles"}). Messages without
+ * Tscale-First-Seq (one step, and everything a replica before summing published) are
+ * first = last, steps = 1.
+ *
  * Consume: an ordered push consumer on <stream>.delta.> from the oldest stream position
  * any served model's state covers. Each message becomes a control item of its model's
  * FIFO (engine.h), so it is applied between jobs, never inside a batch or a step. A
@@ -60,7 +96,13 @@ typedef struct {
     int64_t ack_timeout_ms;      /* a step is late after this */
     int64_t max_age_s;           /* stream retention, when this replica creates it */
     int64_t replicas;            /* stream replicas, when this replica creates it */
+    int64_t batch_ms;            /* summing window (see "Summing"); 0 = one message per step */
+    int64_t batch_max;           /* steps per summed message, 1 .. TS_REPL_BATCH_MAX */
 } ts_repl_config;
+
+/* The most steps one message sums: with scores in int16, 65536 of them sum within int32
+ * (65536 · 32767 < 2^31 and 65536 · -32768 = -2^31), the widest payload encoding. */
+#define TS_REPL_BATCH_MAX 65536
 
 /* The strings are copied. NULL + err when out of memory or the token file is unreadable. */
 ts_repl *ts_repl_new(const ts_repl_config *cfg, char *err, size_t errlen);

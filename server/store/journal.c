@@ -10,8 +10,12 @@
 #include "server/hash.h"
 #include "server/log.h"
 
-/* Payload encodings: the first byte says which. */
-enum { ENC_INT8 = 1, ENC_INT16 = 2 };
+/* Payload encodings: the first byte's low bits are the width in bytes of every value that
+ * follows (little-endian two's complement). The journal writes INT8 or INT16 (a step's
+ * scores); a sum of several steps (replication, ts_journal_encode_sum) sets ENC_SUM too, so
+ * a replica from before sums, whose decoder knows only 1 and 2, refuses it as malformed
+ * (logged, counted) instead of applying a sum of steps as one step. */
+enum { ENC_INT8 = 1, ENC_INT16 = 2, ENC_INT32 = 4, ENC_SUM = 0x10 };
 
 struct ts_journal {
     int enabled;
@@ -42,36 +46,61 @@ typedef struct {
 
 /* ---- encoding ---- */
 
-size_t ts_journal_encode(const int16_t *scores, size_t n, uint8_t *out) {
-    int small = 1;
-    for (size_t i = 0; i < n && small; i++)
-        small = scores[i] >= INT8_MIN && scores[i] <= INT8_MAX;
-    out[0] = small ? ENC_INT8 : ENC_INT16;
-    if (small) {
-        for (size_t i = 0; i < n; i++)
-            out[1 + i] = (uint8_t)(int8_t)scores[i];
-        return 1 + n;
-    }
+/* The narrowest encoding of n values, read from s16 when it is not NULL (a step), else
+ * from s32 (a sum: tagged ENC_SUM); one body for both. */
+static size_t encode_values(const int16_t *s16, const int32_t *s32, size_t n, uint8_t *out) {
+    int32_t lo = 0, hi = 0;
     for (size_t i = 0; i < n; i++) {
-        uint16_t v = (uint16_t)scores[i];
-        out[1 + 2 * i] = (uint8_t)(v & 0xff);
-        out[2 + 2 * i] = (uint8_t)(v >> 8);
+        int32_t v = s16 ? s16[i] : s32[i];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
     }
-    return 1 + 2 * n;
+    int w = lo >= INT8_MIN && hi <= INT8_MAX ? ENC_INT8 : lo >= INT16_MIN && hi <= INT16_MAX ? ENC_INT16 : ENC_INT32;
+    out[0] = (uint8_t)(s16 ? w : w | ENC_SUM);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t v = (uint32_t)(s16 ? s16[i] : s32[i]);
+        for (int b = 0; b < w; b++)
+            out[1 + (size_t)w * i + (size_t)b] = (uint8_t)(v >> (8 * b));
+    }
+    return 1 + (size_t)w * n;
+}
+
+/* Decode into s16 (when not NULL: a step, INT8 or INT16) or s32 (a step or a sum, any
+ * width). 0, or -1 when the tag is unknown or not for this output, or the length is not
+ * 1 + width·n. */
+static int decode_values(const uint8_t *p, size_t len, int16_t *s16, int32_t *s32, size_t n) {
+    int tag = len ? p[0] : 0, w = tag & ~ENC_SUM;
+    if ((s16 && tag != ENC_INT8 && tag != ENC_INT16) || (w != ENC_INT8 && w != ENC_INT16 && w != ENC_INT32) ||
+        (w == ENC_INT32 && tag != (ENC_INT32 | ENC_SUM)) || len != 1 + (size_t)w * n)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t v = 0;
+        for (int b = 0; b < w; b++)
+            v |= (uint32_t)p[1 + (size_t)w * i + (size_t)b] << (8 * b);
+        if (w < 4 && v >> (8 * w - 1)) /* sign-extend */
+            v |= ~(uint32_t)0 << (8 * w);
+        if (s16)
+            s16[i] = (int16_t)(int32_t)v;
+        else
+            s32[i] = (int32_t)v;
+    }
+    return 0;
+}
+
+size_t ts_journal_encode(const int16_t *scores, size_t n, uint8_t *out) {
+    return encode_values(scores, NULL, n, out);
 }
 
 int ts_journal_decode(const uint8_t *p, size_t len, int16_t *scores, size_t n) {
-    if (len == 1 + n && p[0] == ENC_INT8) {
-        for (size_t i = 0; i < n; i++)
-            scores[i] = (int8_t)p[1 + i];
-        return 0;
-    }
-    if (len == 1 + 2 * n && p[0] == ENC_INT16) {
-        for (size_t i = 0; i < n; i++)
-            scores[i] = (int16_t)(uint16_t)(p[1 + 2 * i] | (uint16_t)p[2 + 2 * i] << 8);
-        return 0;
-    }
-    return -1;
+    return decode_values(p, len, scores, NULL, n);
+}
+
+size_t ts_journal_encode_sum(const int32_t *sums, size_t n, uint8_t *out) {
+    return encode_values(NULL, sums, n, out);
+}
+
+int ts_journal_decode_sum(const uint8_t *p, size_t len, int32_t *sums, size_t n) {
+    return decode_values(p, len, NULL, sums, n);
 }
 
 uint64_t ts_journal_checksum(int64_t seq, int64_t version, int64_t step, const void *payload, size_t len) {
@@ -220,8 +249,16 @@ int ts_journal_append(ts_journal *j, const ts_journal_step *s, ts_journal_cb cb,
     e->job.group = commit_group;
     e->job.done = entry_done;
     j->outstanding++;
-    ts_persist_submit(j->persist, &e->job);
+    if (s->hold)
+        ts_persist_hold(j->persist, &e->job);
+    else
+        ts_persist_submit(j->persist, &e->job);
     return 0;
+}
+
+void ts_journal_flush(ts_journal *j) {
+    if (j && j->enabled && j->persist)
+        ts_persist_flush(j->persist);
 }
 
 /* ---- replay ---- */

@@ -67,6 +67,9 @@ typedef struct {
     const char *request_id;      /* NULL, or the OIP id (an exactly-once record is written) */
     uint64_t body_hash;
     const char *answer;          /* the JSON to answer (kept for repeats of request_id) */
+    int hold;                    /* 1: more tiny steps follow at once; the entry may wait on the
+                                    loop for them (ts_persist_hold) until ts_journal_flush or
+                                    the next append without hold */
 } ts_journal_step;
 
 /* Runs on the loop when the entry is durable (err NULL) or failed (err says why). */
@@ -78,6 +81,9 @@ typedef void (*ts_journal_cb)(void *arg, const char *err);
  * called; nothing was queued). */
 int ts_journal_append(ts_journal *j, const ts_journal_step *step, ts_journal_cb cb, void *arg,
                       int64_t *seq);
+
+/* Send held entries (step.hold) to be committed. Cheap when none are held. */
+void ts_journal_flush(ts_journal *j);
 
 /* Start-up, on the thread that owns st: apply to m (recovered from a snapshot of version
  * `version` covering after_seq) every entry of model name after after_seq. A damaged or
@@ -98,6 +104,14 @@ void ts_journal_note_replayed(ts_journal *j, int64_t n);
  * 1 + 2n); returns its length. Decoding checks the length against n: 0, or -1. */
 size_t ts_journal_encode(const int16_t *scores, size_t n, uint8_t *out);
 int ts_journal_decode(const uint8_t *payload, size_t len, int16_t *scores, size_t n);
+/* The same encoding widened for the sum of several steps' scores (replication sums the
+ * steps of one message, repl.h): 1, 2 or 4 bytes per value, the narrowest that holds every
+ * sum, and a tag of its own, which ts_journal_decode (and so a replica from before sums)
+ * refuses rather than taking a sum for one step. out: at least 1 + 4n. Decoding accepts
+ * sums and single steps' payloads: 0, or -1 when the tag is unknown or the length does not
+ * fit n. */
+size_t ts_journal_encode_sum(const int32_t *sums, size_t n, uint8_t *out);
+int ts_journal_decode_sum(const uint8_t *payload, size_t len, int32_t *sums, size_t n);
 uint64_t ts_journal_checksum(int64_t seq, int64_t version, int64_t step, const void *payload, size_t len);
 
 #endif

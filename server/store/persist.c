@@ -1,7 +1,7 @@
 /* persist.c — the persistence thread (see persist.h).
  *
  * Two singly linked FIFOs under one mutex: `todo` (loop -> thread, signalled with a
- * condition variable) and `finished` (thread -> loop, signalled with a uv_async_t, which
+ * condition variable) and `finished` (thread -> loop, signalled with a ts_wake, which
  * coalesces wake-ups; the loop drains the whole list each time).
  */
 #include "server/store/persist.h"
@@ -11,9 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/wake.h"
+
 struct ts_persist {
     ts_store *store;
-    uv_async_t async;
+    ts_wake wake;                /* thread -> loop: jobs finished */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -21,6 +23,8 @@ struct ts_persist {
     ts_persist_job *done_head, *done_tail;
     int stopping;
     int pending;   /* loop thread only */
+    ts_persist_job *held_head, *held_tail; /* loop thread only: ts_persist_hold */
+    int held;
     ts_persist_job *group[TS_PERSIST_GROUP_MAX];  /* persistence thread: the jobs of one call */
 };
 
@@ -60,14 +64,14 @@ static void *thread_main(void *arg) {
         pthread_mutex_lock(&p->mu);
         for (int i = 0; i < n; i++)
             push(&p->done_head, &p->done_tail, p->group[i]);
-        uv_async_send(&p->async);
+        ts_wake_send(&p->wake);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
-static void on_async(uv_async_t *h) {
-    ts_persist *p = h->data;
+static void on_finished(void *data) {
+    ts_persist *p = data;
     pthread_mutex_lock(&p->mu);
     ts_persist_job *job = p->done_head;
     p->done_head = p->done_tail = NULL;
@@ -89,16 +93,16 @@ ts_persist *ts_persist_start(uv_loop_t *loop, ts_store *store, char *err, size_t
     p->store = store;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
-    if (uv_async_init(loop, &p->async, on_async) != 0) {
-        snprintf(err, errlen, "cannot create the persistence wake-up handle");
+    int rc = ts_wake_init(loop, &p->wake, on_finished, p);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot create the persistence wake-up handle: %s", uv_strerror(rc));
         free(p);
         return NULL;
     }
-    p->async.data = p;
-    int rc = pthread_create(&p->thread, NULL, thread_main, p);
+    rc = pthread_create(&p->thread, NULL, thread_main, p);
     if (rc != 0) {
         snprintf(err, errlen, "cannot start the persistence thread: %s", strerror(rc));
-        uv_close((uv_handle_t *)&p->async, NULL);
+        ts_wake_close(&p->wake, NULL);
         uv_run(loop, UV_RUN_NOWAIT);
         free(p);
         return NULL;
@@ -106,12 +110,39 @@ ts_persist *ts_persist_start(uv_loop_t *loop, ts_store *store, char *err, size_t
     return p;
 }
 
-void ts_persist_submit(ts_persist *p, ts_persist_job *job) {
-    p->pending++;
+/* Loop thread: hand the held jobs, then job (NULL: none), to the thread. */
+static void send_jobs(ts_persist *p, ts_persist_job *job) {
     pthread_mutex_lock(&p->mu);
-    push(&p->todo_head, &p->todo_tail, job);
+    if (p->held_head) {
+        if (p->todo_tail)
+            p->todo_tail->next = p->held_head;
+        else
+            p->todo_head = p->held_head;
+        p->todo_tail = p->held_tail;
+        p->held_head = p->held_tail = NULL;
+        p->held = 0;
+    }
+    if (job)
+        push(&p->todo_head, &p->todo_tail, job);
     pthread_cond_signal(&p->cv);
     pthread_mutex_unlock(&p->mu);
+}
+
+void ts_persist_submit(ts_persist *p, ts_persist_job *job) {
+    p->pending++;
+    send_jobs(p, job);
+}
+
+void ts_persist_hold(ts_persist *p, ts_persist_job *job) {
+    p->pending++;
+    push(&p->held_head, &p->held_tail, job);
+    if (++p->held >= TS_PERSIST_HOLD_MAX)
+        send_jobs(p, NULL);
+}
+
+void ts_persist_flush(ts_persist *p) {
+    if (p->held_head)
+        send_jobs(p, NULL);
 }
 
 int ts_persist_pending(const ts_persist *p) { return p->pending; }
@@ -131,5 +162,5 @@ void ts_persist_stop(ts_persist *p) {
     pthread_join(p->thread, NULL);
     ts_store_close(p->store);
     p->store = NULL;
-    uv_close((uv_handle_t *)&p->async, on_closed);
+    ts_wake_close(&p->wake, on_closed);
 }

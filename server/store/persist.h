@@ -38,8 +38,17 @@ ts_persist *ts_persist_start(uv_loop_t *loop, ts_store *store, char *err, size_t
 
 /* Loop thread only. */
 void ts_persist_submit(ts_persist *p, ts_persist_job *job);
-/* Jobs submitted whose done() has not run yet. */
+/* Jobs submitted or held whose done() has not run yet. */
 int ts_persist_pending(const ts_persist *p);
+
+/* Like ts_persist_submit, but the job waits on the loop, behind any job held before it,
+ * until the next ts_persist_submit or ts_persist_flush (or until TS_PERSIST_HOLD_MAX jobs
+ * wait): the engine holds the journal entries of tiny feedback steps that run back to back
+ * so that they go to the thread, and into one group commit, together. Order is kept: a
+ * submit sends the held jobs first. The caller must flush when nothing more follows. */
+void ts_persist_hold(ts_persist *p, ts_persist_job *job);
+void ts_persist_flush(ts_persist *p);
+#define TS_PERSIST_HOLD_MAX 64
 
 /* Loop thread, once ts_persist_pending() is 0: join the thread, close the store, and close
  * the loop handle (run the loop once more to finish closing), then free. */

@@ -39,14 +39,21 @@
 #define TS_BUSY_TIMEOUT_MS 5000
 #define TS_WHAT_MAX (TS_MODEL_NAME_MAX + 64) /* "snapshot of model '<name>'" and the like */
 
-/* The journal's statements, prepared once: a group commit runs them for every entry. */
-enum { J_INSERT, J_ID_INSERT, J_ID_EXPIRE, J_COUNT };
+/* The journal's statements, prepared once: a group commit runs them all, thousands of
+ * times a second, and parsing SQL was a visible part of its time. */
+enum { J_BEGIN, J_COMMIT, J_MODEL, J_INSERT, J_ID_INSERT, J_ID_EXPIRE, J_COUNT };
 static const char *const journal_sql[J_COUNT] = {
+    "BEGIN IMMEDIATE",
+    "COMMIT",
+    "SELECT id FROM models WHERE name = ?1",
     "INSERT INTO journal (seq, model_id, version, step, created_at, payload, checksum) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    "INSERT OR REPLACE INTO feedback_ids (model_id, request_id, body_hash, seq, answer, created_at) "
+    "INSERT INTO feedback_ids (seq, model_id, request_id, body_hash, answer, created_at) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    "DELETE FROM feedback_ids WHERE created_at < ?1",
+    /* created_at grows with seq (0005_feedback_ids_by_seq.sql): delete from the start up
+     * to the first row still in the window, reading only the rows it deletes. */
+    "DELETE FROM feedback_ids WHERE seq < coalesce((SELECT seq FROM feedback_ids WHERE "
+    "created_at >= ?1 ORDER BY seq LIMIT 1), 9223372036854775807)",
 };
 
 struct ts_store {
@@ -1085,25 +1092,40 @@ static int journal_insert(ts_store *s, const ts_journal_row *r, int64_t mid) {
         return 0;
     if (!(st = journal_stmt(s, J_ID_INSERT)))
         return -1;
-    sqlite3_bind_int64(st, 1, mid);
-    sqlite3_bind_text(st, 2, r->request_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (int64_t)r->body_hash);
-    sqlite3_bind_int64(st, 4, r->seq);
+    sqlite3_bind_int64(st, 1, r->seq);
+    sqlite3_bind_int64(st, 2, mid);
+    sqlite3_bind_text(st, 3, r->request_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (int64_t)r->body_hash);
     sqlite3_bind_text(st, 5, r->answer ? r->answer : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, r->created_at_ms);
     return journal_run(st);
 }
 
+/* As model_known, with the cached statement. */
+static int journal_model(ts_store *s, const char *name, int64_t *id, char *err, size_t errlen) {
+    sqlite3_stmt *st = journal_stmt(s, J_MODEL);
+    if (!st)
+        return fail_sql(s, err, errlen, "model '%s': lookup failed", name);
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    *id = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return fail_sql(s, err, errlen, "model '%s': lookup failed", name);
+    return *id ? 0 : fail(s, err, errlen, "model '%s' not found", name);
+}
+
 int ts_store_journal_append(ts_store *s, const ts_journal_row *rows, int n, int64_t ids_before_ms,
                             char *err, size_t errlen) {
-    if (tx_begin(s, err, errlen, "journal commit") != 0)
-        return -1;
+    sqlite3_stmt *begin = journal_stmt(s, J_BEGIN);
+    if (!begin || journal_run(begin) != 0)
+        return fail_sql(s, err, errlen, "journal commit: cannot start a transaction");
     int rc = 0;
     const char *last = NULL;
     int64_t mid = 0;
     for (int i = 0; i < n && rc == 0; i++) {
         if (!last || strcmp(last, rows[i].model) != 0) { /* groups are mostly one model */
-            rc = model_known(s, rows[i].model, &mid, err, errlen);
+            rc = journal_model(s, rows[i].model, &mid, err, errlen);
             last = rows[i].model;
         }
         if (rc == 0 && journal_insert(s, &rows[i], mid) != 0)
@@ -1117,7 +1139,13 @@ int ts_store_journal_append(ts_store *s, const ts_journal_row *rows, int n, int6
         if (!st || journal_run(st) != 0)
             rc = fail_sql(s, err, errlen, "expiring feedback ids");
     }
-    return tx_end(s, rc, err, errlen, "journal commit");
+    if (rc == 0) {
+        sqlite3_stmt *commit = journal_stmt(s, J_COMMIT);
+        if (commit && journal_run(commit) == 0)
+            return 0;
+        rc = fail_sql(s, err, errlen, "journal commit: commit failed");
+    }
+    return tx_end(s, rc, err, errlen, "journal commit"); /* rolls back */
 }
 
 static void journal_row_read(sqlite3_stmt *st, ts_journal_row *r) {
@@ -1206,7 +1234,7 @@ int ts_store_feedback_ids(ts_store *s, int64_t since_ms, int (*fn)(void *arg, co
     sqlite3_stmt *st;
     if (prepare(s, "SELECT m.name, f.request_id, f.body_hash, f.seq, f.answer, f.created_at FROM "
                    "feedback_ids f JOIN models m ON m.id = f.model_id WHERE f.created_at >= ?1 "
-                   "ORDER BY f.created_at, f.seq", &st) != 0)
+                   "ORDER BY f.seq", &st) != 0)
         return fail_sql(s, err, errlen, "reading feedback ids failed");
     sqlite3_bind_int64(st, 1, since_ms);
     if (rows_each(st, id_row_read, fn, arg) != 0)

@@ -43,9 +43,10 @@ class Forward(unittest.TestCase):
     # The replica set of test_replication (temporary directory, nats-server, replicas, clean
     # shutdown checked, convergence), plus a single node as the reference.
     setUp = tr.Replication.setUp
+    args = tr.Replication.args
     start_replica = tr.Replication.start_replica
     converged = tr.Replication.converged
-    extra = ()
+    BATCH = []  # the daemon's default summing
     single = None
 
     def tearDown(self):
@@ -53,12 +54,9 @@ class Forward(unittest.TestCase):
             self.single.close()
         tr.Replication.tearDown(self)
 
-    def args(self, rid):
-        return tr.Replication.args(self, rid, ["--forward-timeout-ms", str(FORWARD_TIMEOUT_MS)] + list(self.extra))
-
     def start(self, n, extra=()):
-        self.extra = extra
-        self.replicas = [self.start_replica("r%d" % i) for i in range(n)]
+        fwd = ["--forward-timeout-ms", str(FORWARD_TIMEOUT_MS)] + list(extra)
+        self.replicas = [self.start_replica("r%d" % i, extra=fwd) for i in range(n)]
         self.single = tsd.Daemon(args=["--model", "%s=%s" % (MODEL, ms.golden_file(CASE)), "--threads", "1"]
                                  + list(extra))
         return self.replicas

@@ -711,6 +711,51 @@ START_TEST(test_feedback_scores_replay_and_undo)
 }
 END_TEST
 
+/* Several steps' scores summed in int32 and applied at once (a replica applying a summed
+ * message, server/repl/repl.h) give the same state, bit for bit, as applying them one by
+ * one, and so the same scales. */
+START_TEST(test_apply_sum_equals_steps)
+{
+    ts_layer_spec s = {.kind = TS_LAYER_LINEAR, .in_dim = 10, .out_dim = 3, .group_size = 5};
+    char err[256];
+    ts_model *m = ts_model_alloc(&s, 1, err, sizeof err);
+    ck_assert_ptr_nonnull(m);
+    memset(m->layers[0].T_packed, 242, ts_trits_packed_size(10 * 3)); /* every trit +1 */
+    ck_assert_int_eq(ts_model_prepare(m, err, sizeof err), 0);
+    ts_model *summed = ts_model_clone(m);
+    size_t n = ts_model_score_len(m), len = ts_state_len(m);
+    int16_t *scores = malloc(n * sizeof *scores);
+    int32_t *sums = calloc(n, sizeof *sums);
+    int64_t *want = malloc(len * sizeof *want), *got = malloc(len * sizeof *got);
+    float x[10], g[3];
+    ts_feedback_input in = {.kind = TS_LOSS_GRAD, .target = g};
+    for (int k = 0; k < 5; k++) {
+        fill_floats(x, 10, 10 + (uint64_t)k);
+        fill_floats(g, 3, 20 + (uint64_t)k);
+        ck_assert_int_eq(ts_model_feedback_scores(m, x, 1, &in, NULL, scores, NULL, err, sizeof err), 0);
+        for (size_t i = 0; i < n; i++)
+            sums[i] += scores[i];
+    }
+    int any = 0;
+    for (size_t i = 0; i < n; i++)
+        any |= sums[i] != 0;
+    ck_assert(any); /* the steps changed corr_accum */
+    ts_model_apply_sum(summed, sums, 5, NULL);
+    ts_state_save(m, want);
+    ts_state_save(summed, got);
+    ck_assert_int_eq(memcmp(want, got, len * sizeof *want), 0);
+    ck_assert_int_eq(ts_model_step(summed), 5);
+    ck_assert_int_eq(memcmp(m->layers[0].S, summed->layers[0].S,
+                            ts_scale_count(m->layers[0].rows, m->layers[0].gpr) * sizeof(float)), 0);
+    free(scores);
+    free(sums);
+    free(want);
+    free(got);
+    ts_model_free(m);
+    ts_model_free(summed);
+}
+END_TEST
+
 /* A model whose only ternary layer is rmsnorm: feedback runs and changes nothing. */
 START_TEST(test_feedback_rmsnorm_only)
 {
@@ -843,6 +888,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, test_feedback_score_int16);
     tcase_add_test(tc, test_feedback_rmsnorm_only);
     tcase_add_test(tc, test_feedback_scores_replay_and_undo);
+    tcase_add_test(tc, test_apply_sum_equals_steps);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("pool");

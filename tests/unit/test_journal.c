@@ -9,6 +9,7 @@
 #include "core/feedback.h"
 #include "core/model.h"
 #include "server/engine/idem.h"
+#include "server/repl/repl.h"
 #include "server/store/journal.h"
 #include "server/store/store.h"
 #include "testutil.h"
@@ -51,6 +52,56 @@ START_TEST(test_encode_int8_and_int16) {
     buf[0] = 9;
     ck_assert_int_eq(ts_journal_decode(buf, len, out, 5), -1);
     ck_assert_int_eq(ts_journal_decode(buf, 0, out, 0), -1);
+}
+END_TEST
+
+/* Replication's sums of several steps (repl.h, Summing): the narrowest width that holds
+ * every sum, 4 bytes past int16, down to the most negative sum TS_REPL_BATCH_MAX steps can
+ * reach; a tag of their own, so the journal's decoder (a replica from before sums) refuses
+ * them instead of applying a sum as one step, while the sums' decoder takes a single step's
+ * payload too (a message of one step, or from a replica before sums). */
+START_TEST(test_encode_sum_widths) {
+    int16_t s16[4] = {0, -128, 127, 5}, back16[4];
+    int32_t s32[4] = {0, -128, 127, 5}, back[4];
+    uint8_t a[1 + 4 * 4], b[1 + 4 * 4];
+    size_t la = ts_journal_encode(s16, 4, a), lb = ts_journal_encode_sum(s32, 4, b);
+    ck_assert_uint_eq(lb, 1 + 4);                            /* int8 */
+    ck_assert_uint_eq(la, lb);
+    ck_assert_int_eq(memcmp(a + 1, b + 1, la - 1), 0);       /* the same values ... */
+    ck_assert_int_ne(a[0], b[0]);                            /* ... under another tag */
+    ck_assert_int_eq(ts_journal_decode(b, lb, back16, 4), -1);
+    ck_assert_int_eq(ts_journal_decode_sum(b, lb, back, 4), 0);
+    ck_assert_int_eq(memcmp(back, s32, sizeof back), 0);
+    s16[3] = s32[3] = -32768;                                /* int16 */
+    la = ts_journal_encode(s16, 4, a);
+    lb = ts_journal_encode_sum(s32, 4, b);
+    ck_assert_uint_eq(lb, 1 + 2 * 4);
+    ck_assert_uint_eq(la, lb);
+    ck_assert_int_eq(ts_journal_decode(b, lb, back16, 4), -1);
+    ck_assert_int_eq(ts_journal_decode_sum(b, lb, back, 4), 0);
+    ck_assert_int_eq(memcmp(back, s32, sizeof back), 0);
+    memset(back, 0, sizeof back);
+    ck_assert_int_eq(ts_journal_decode_sum(a, la, back, 4), 0); /* a single step decodes as a sum */
+    ck_assert_int_eq(memcmp(back, s32, sizeof back), 0);
+    s32[0] = 32768;                                   /* one past int16: every value 4 bytes */
+    s32[1] = -32769;
+    s32[2] = INT32_MAX;
+    s32[3] = (int32_t)TS_REPL_BATCH_MAX * INT16_MIN;  /* = INT32_MIN: the cap keeps sums in int32 */
+    ck_assert_int_eq(s32[3], INT32_MIN);
+    lb = ts_journal_encode_sum(s32, 4, b);
+    ck_assert_uint_eq(lb, 1 + 4 * 4);
+    ck_assert_int_eq(ts_journal_decode_sum(b, lb, back, 4), 0);
+    ck_assert_int_eq(memcmp(back, s32, sizeof back), 0);
+    ck_assert_int_eq(ts_journal_decode(b, lb, back16, 4), -1);
+    /* Lengths must fit n; a 4-byte width without the sum tag is no encoding. */
+    ck_assert_int_eq(ts_journal_decode_sum(b, lb, back, 3), -1);
+    ck_assert_int_eq(ts_journal_decode_sum(b, lb - 1, back, 4), -1);
+    ck_assert_int_eq(ts_journal_decode_sum(b, 1 + 2 * 4, back, 4), -1);
+    b[0] = 4;
+    ck_assert_int_eq(ts_journal_decode_sum(b, lb, back, 4), -1);
+    b[0] = 3;
+    ck_assert_int_eq(ts_journal_decode_sum(b, 1 + 3 * 4, back, 4), -1);
+    ck_assert_int_eq(ts_journal_decode_sum(b, 0, back, 0), -1);
 }
 END_TEST
 
@@ -391,6 +442,7 @@ int main(void) {
     TCase *tc = tcase_create("journal");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_encode_int8_and_int16);
+    tcase_add_test(tc, test_encode_sum_widths);
     tcase_add_test(tc, test_checksum_covers_every_field);
     tcase_add_test(tc, test_replay_gives_the_live_state);
     tcase_add_test(tc, test_damaged_entry_cuts_the_tail);

@@ -219,6 +219,33 @@ START_TEST(test_upgrade_from_schema_1) {
 }
 END_TEST
 
+static int collect_ids(void *arg, const ts_journal_row *r) {
+    char *out = arg;
+    snprintf(out + strlen(out), 256 - strlen(out), "%s:%lld;", r->request_id, (long long)r->seq);
+    return 0;
+}
+
+/* 0005 rebuilds feedback_ids keyed by seq: the records of a schema-4 database survive. */
+START_TEST(test_upgrade_keeps_feedback_ids) {
+    ts_model *m = model_from(ARCH, 2);
+    ts_store *s = ts_store_open_version(db, 4, err, sizeof err);
+    ck_assert_msg(s != NULL, "%s", err);
+    int64_t v;
+    int created;
+    ck_assert_int_eq(ts_store_put_model(s, "m", m, 7, "import", 0, &v, &created, NULL, err, sizeof err), 0);
+    ts_store_close(s);
+    sql_exec("INSERT INTO feedback_ids (model_id, request_id, body_hash, seq, answer, created_at) VALUES "
+             "(1, 'b', 2, 9, '{}', 1000), (1, 'a', 1, 4, '{}', 900)");
+    s = open_ok(db);
+    char got[256] = "";
+    ck_assert_int_eq(ts_store_feedback_ids(s, 0, collect_ids, got, err, sizeof err), 0);
+    ck_assert_str_eq(got, "a:4;b:9;");
+    ck_assert_int_eq(sql_int("SELECT count(*) FROM sqlite_master WHERE name = 'feedback_ids_by_time'"), 0);
+    ts_store_close(s);
+    ts_model_free(m);
+}
+END_TEST
+
 START_TEST(test_refuse_newer_schema) {
     ts_store_close(open_ok(db));
     char sql[64];
@@ -815,6 +842,7 @@ int main(void) {
     tcase_add_test(tc, test_backup);
     tcase_add_test(tc, test_write_fault_fails_cleanly_then_recovers);
     tcase_add_test(tc, test_model_hash);
+    tcase_add_test(tc, test_upgrade_keeps_feedback_ids);
     tcase_add_test(tc, test_two_connections);
     suite_add_tcase(s, tc);
     return run_suite(s);

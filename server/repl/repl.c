@@ -1,7 +1,6 @@
 /* repl.c — replication through NATS JetStream (see repl.h). */
 #include "server/repl/repl.h"
 
-#include <errno.h>
 #include <jansson.h>
 #include <nats/nats.h>
 #include <pthread.h>

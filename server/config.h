@@ -59,6 +59,8 @@ typedef struct {
     int64_t replicate_replicas;    /* when the stream is created */
     int64_t replicate_batch_ms;    /* summing window (repl.h); 0 = a message per step */
     int64_t replicate_batch_max;   /* steps per summed message */
+    int64_t forward_timeout_ms;    /* feedback by id forwarded to the holder (forward.h) */
+    int64_t forward_answer_timeout_ms;
     char *access_log;              /* "off" or a log level */
 } ts_config;
 

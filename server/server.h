@@ -15,6 +15,7 @@
 #include "server/http/http.h"
 #include "server/metrics.h"
 #include "server/store/persist.h"
+#include "server/repl/forward.h"
 #include "server/repl/repl.h"
 
 typedef struct ts_server {
@@ -28,6 +29,8 @@ typedef struct ts_server {
     ts_idem *idem;                      /* exactly-once feedback ids (idem.h); NULL: off */
     ts_window *window;                  /* inputs kept for feedback by id (window.h) */
     ts_repl *repl;                      /* replication (repl.h); always there, maybe off */
+    ts_forward *forward;                /* feedback by id across replicas (forward.h); off with
+                                           replication */
     ts_http *http;
     ts_dblock dblock;                   /* the database's exclusive lock (dblock.h) */
     int listen_fd;                      /* bound before the database is opened; -1 once

@@ -151,6 +151,13 @@ int64_t ts_repl_pending(const ts_repl *r);
  * NULL when it has none (never replicated) or when out of memory. */
 char *ts_repl_position(ts_repl *r, const char *model);
 
+/* For feedback forwarding (forward.h), which shares this replica's NATS connection: the
+ * connection (NULL when off or not started; libnats' type, nats.h's natsConnection), the
+ * replica id and the stream name (the prefix of the forwarding subjects). Owned by r. */
+struct __natsConnection *ts_repl_connection(ts_repl *r);
+const char *ts_repl_id(const ts_repl *r);
+const char *ts_repl_stream(const ts_repl *r);
+
 /* Prometheus lines (nothing when off): connected, published, applied by origin,
  * duplicates skipped, other-version deltas skipped, lag, publish failures. */
 void ts_repl_render_metrics(ts_repl *r, ts_buf *out);

@@ -492,7 +492,7 @@ static int take_stored(ts_engine *e, ts_served *s, const char *id, ts_window_vie
                  "inference takes one feedback", id, s->name);
         return 409;
     default:
-        snprintf(err, errlen, "no inference with id '%s' in model '%s''s feedback window%s", id, s->name,
+        snprintf(err, errlen, "no inference with id '%s' in the feedback window of model '%s'%s", id, s->name,
                  ts_window_enabled(e->cfg.window) ? "" : " (the window is off: a --feedback-window-* "
                  "flag is 0)");
         return 404;

@@ -8,7 +8,8 @@
 #      replicas (each must have published some); convergence: GET /admin/models/demo/export,
 #      asked of each replica directly, byte-identical on all three, step = steps acknowledged;
 #      ids sent again (each three times) are answered and change nothing (the balancer sticks
-#      ids to a replica);
+#      ids to a replica); a label for an inference of each replica sent by id to another
+#      replica, then again to the third: forwarded to the holder, applied once;
 #   3. kill -s KILL one tscale replica and the NATS node that leads the stream (the stream must
 #      have 3 replicas, one per node); more feedback through the load balancer (the two live
 #      replicas take it; the stream elects another leader and keeps its quorum);
@@ -148,6 +149,35 @@ for k in range(count):
 print(acked, retries)
 PY
 }
+# byid: an inference on each replica (asked directly), its label sent by inference id to the
+# next replica and then again to the one after: the first is forwarded to the replica that
+# holds the input and applied there; the repeat, forwarded again, answers the first answer.
+# Prints the number of steps applied.
+byid() {
+    python3 - "$FEEDBACK_TOKEN" "$IN" "$OUT" "$P1" "$P2" "$P3" <<'PY'
+import json, sys, urllib.error, urllib.request
+token, n, o, ports = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+def post(port, path, doc):
+    req = urllib.request.Request("http://127.0.0.1:%s/v2/models/demo/%s" % (port, path), json.dumps(doc).encode(),
+                                 method="POST", headers={"Content-Type": "application/json",
+                                                         "Authorization": "Bearer " + token})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+for i, port in enumerate(ports):
+    x = [((j * 5 + i) % 7 - 3) / 3 for j in range(n)]
+    status, body = post(port, "infer", {"inputs": [{"name": "input", "shape": [1, n], "datatype": "FP32", "data": x}]})
+    if status != 200:
+        sys.exit("inference on port %s: HTTP %d %s" % (port, status, body[:300]))
+    fb = {"id": json.loads(body)["id"], "inputs": [{"name": "label", "shape": [1], "datatype": "INT64", "data": [i % o]}]}
+    first, again = post(ports[(i + 1) % 3], "feedback", fb), post(ports[(i + 2) % 3], "feedback", fb)
+    if first[0] != 200 or again != first:
+        sys.exit("feedback by id %s: %s, then %s" % (fb["id"], first, again))
+print(len(ports))
+PY
+}
 # converged WANT [PORT...]: wait until the exports (asked of each replica directly: the three,
 # or the ports given) are byte-identical and the step is WANT; prints the export's SHA-256.
 converged() {
@@ -244,6 +274,11 @@ for _ in 1 2 3; do
 done
 SHA=$(converged "$ACKED") || die "the replicas did not converge (above)"
 log "2 ids sent 3 times each again through the load balancer: answered, nothing applied twice (step $ACKED)"
+# Feedback by inference id on replicas other than the one that answered the inference.
+N=$(byid) || die "feedback by inference id across replicas failed (above)"
+ACKED=$((ACKED + N))
+SHA=$(converged "$ACKED") || die "the replicas did not converge (above)"
+log "$N labels sent by inference id to other replicas than the inference's (and again to a third): applied once each (step $ACKED)"
 
 # --- 3. kill one replica and the stream's leader NATS node, more feedback ----------------------
 set -- $(stream_leader "$M1") ''

@@ -146,6 +146,12 @@ static const ts_option options[] = {
      "message awaits its PubAck wait up to this long for more (0: one message per step)", NULL},
     {"replicate-batch-max", OPT_INT, F(replicate_batch_max), "256", 1, 65536, "N",
      "at most this many steps in one summed message", NULL},
+    {"forward-timeout-ms", OPT_INT, F(forward_timeout_ms), "1000", 10, 60000, "MS",
+     "feedback by id for an inference another replica made: how long to wait for the replica "
+     "that holds it to say so before answering 404", NULL},
+    {"forward-answer-timeout-ms", OPT_INT, F(forward_answer_timeout_ms), "15000", 100, 600000, "MS",
+     "then how long to wait for its answer (the step, journal and JetStream acknowledgement) "
+     "before answering 504 (a retry with the same id applies it at most once)", NULL},
     {"log-level", OPT_STRING, F(log_level), "info", 0, 0, "LEVEL",
      "debug, info, warn or error", check_log_level},
     {"access-log", OPT_STRING, F(access_log), "off", 0, 0, "LEVEL",

@@ -60,6 +60,8 @@ typedef struct {
     int64_t replicate_state_interval; /* seconds between published states; 0 = derived */
     int64_t replicate_batch_ms;    /* summing window (repl.h); 0 = a message per step */
     int64_t replicate_batch_max;   /* steps per summed message */
+    int64_t forward_timeout_ms;    /* feedback by id forwarded to the holder (forward.h) */
+    int64_t forward_answer_timeout_ms;
     char *access_log;              /* "off" or a log level */
 } ts_config;
 

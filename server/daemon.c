@@ -44,6 +44,7 @@ static void close_handles(ts_server *srv) {
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->sighup, NULL);
+    ts_forward_stop(srv->forward); /* answers the forwards still waiting: before HTTP stops */
     ts_http_stop(srv->http);
     ts_repl_stop(srv->repl); /* before the engine and the ids its callbacks use */
     ts_state_stop(srv->state);
@@ -61,6 +62,7 @@ static void on_shutdown_tick(uv_timer_t *t) {
     uint64_t now = uv_now(srv->loop);
     if (!srv->shutdown_quiesced_ms) {
         if (!ts_engine_idle(srv->engine) || ts_persist_pending(srv->persist) > 0 ||
+            ts_forward_pending(srv->forward) > 0 ||
             srv->shutdown_snapshots_pending > 0 || now - srv->shutdown_started_ms < GRACE_MS)
             return;
         /* Steps waiting for their PubAck: wait while JetStream is there to give it. */
@@ -186,7 +188,18 @@ static int start_journal(ts_server *srv, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    return new_repl(srv, err, errlen);
+    if (new_repl(srv, err, errlen) < 0)
+        return -1;
+    ts_forward_config fc = {.repl = srv->repl, .window = srv->window, .idem = srv->idem,
+                            .timeout_ms = srv->cfg.forward_timeout_ms,
+                            .answer_timeout_ms = srv->cfg.forward_answer_timeout_ms,
+                            .max_elements = srv->cfg.max_body_bytes / 2 + 1, /* as HTTP's parser */
+                            .dispatch = ts_api_dispatch, .dispatch_ctx = srv};
+    if (!(srv->forward = ts_forward_new(&fc))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
 }
 
 typedef struct {
@@ -243,6 +256,7 @@ static int start_models(ts_server *srv, char *err, size_t errlen) {
         .idem = srv->idem,
         .window = srv->window,
         .repl = srv->repl,
+        .forward = srv->forward,
     };
     srv->engine = ts_engine_new(srv->loop, &ec, err, errlen);
     if (!srv->engine)
@@ -432,13 +446,15 @@ static int run(ts_server *srv, uv_loop_t *loop) {
         goto fail;
     ts_repl_set_admin(srv->repl, ts_admin_apply, srv);
     if (ts_repl_start(srv->repl, loop, srv->engine, err, sizeof err) < 0 ||
-        start_http(srv, err, sizeof err) < 0) {
+        ts_forward_start(srv->forward, loop, err, sizeof err) < 0 || start_http(srv, err, sizeof err) < 0) {
+        ts_forward_stop(srv->forward);
         ts_repl_stop(srv->repl);
         ts_persist_stop(srv->persist);
         goto fail;
     }
     start_timers(srv);
     uv_run(loop, UV_RUN_DEFAULT);
+    ts_forward_free(srv->forward);
     ts_repl_free(srv->repl);
     ts_state_free(srv->state);
     ts_pool_free(srv->pool);
@@ -458,6 +474,7 @@ fail:
     ts_window_free(srv->window);
     ts_journal_free(srv->journal);
     uv_run(loop, UV_RUN_DEFAULT); /* finish closing handles */
+    ts_forward_free(srv->forward);
     ts_repl_free(srv->repl);
     if (srv->pool)
         ts_pool_free(srv->pool);

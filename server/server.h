@@ -15,6 +15,7 @@
 #include "server/http/http.h"
 #include "server/metrics.h"
 #include "server/store/persist.h"
+#include "server/repl/forward.h"
 #include "server/repl/repl.h"
 
 typedef struct ts_server {
@@ -32,6 +33,8 @@ typedef struct ts_server {
                                            message to come back from the stream (admin.c) */
     struct ts_state *state;             /* published states (server/repl/state.h); NULL when
                                            replication is off */
+    ts_forward *forward;                /* feedback by id across replicas (forward.h); off with
+                                           replication */
     ts_http *http;
     ts_dblock dblock;                   /* the database's exclusive lock (dblock.h) */
     int listen_fd;                      /* bound before the database is opened; -1 once

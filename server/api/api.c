@@ -26,6 +26,7 @@ static void metrics(ts_server *srv, ts_req *req) {
     ts_window_expire(srv->window, (int64_t)(ts_now_us() / 1000));
     ts_window_render_metrics(srv->window, &b);
     ts_repl_render_metrics(srv->repl, &b);
+    ts_forward_render_metrics(srv->forward, &b);
     ts_buf_printf(&b, "# HELP tscale_feedback_ids Feedback ids remembered for exactly-once.\n"
                       "# TYPE tscale_feedback_ids gauge\ntscale_feedback_ids %lld\n",
                   (long long)(srv->idem ? ts_idem_count(srv->idem) : 0));

@@ -492,7 +492,7 @@ static int take_stored(ts_engine *e, ts_served *s, const char *id, ts_window_vie
                  "inference takes one feedback", id, s->name);
         return 409;
     default:
-        snprintf(err, errlen, "no inference with id '%s' in model '%s''s feedback window%s", id, s->name,
+        snprintf(err, errlen, "no inference with id '%s' in the feedback window of model '%s'%s", id, s->name,
                  ts_window_enabled(e->cfg.window) ? "" : " (the window is off: a --feedback-window-* "
                  "flag is 0)");
         return 404;
@@ -554,6 +554,53 @@ static int check_by_id(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, con
     return 0;
 }
 
+/* A forwarded by-id feedback (forward_by_id) while the holder is asked. */
+typedef struct {
+    ts_engine *e;
+    ts_item *it;
+} forwarding;
+
+/* The holder's answer (or the forward's failure) is this request's: the exactly-once record
+ * claimed here takes it too (a repeat to this replica answers it without asking again; a
+ * failure frees the id for a retry), and so do requests parked behind it. */
+static void forwarded(void *arg, int status, const char *body, size_t len, const char *msg,
+                      const char *replica) {
+    forwarding *fw = arg;
+    ts_item *it = fw->it;
+    if (replica)
+        snprintf(it->req->forwarded_to, sizeof it->req->forwarded_to, "%s", replica);
+    if (it->idem && status == 200)
+        ts_idem_finish(fw->e->cfg.idem, it->idem, body);
+    else if (it->idem)
+        ts_idem_drop(fw->e->cfg.idem, it->idem, status, msg);
+    it->idem = NULL;
+    char *copy = malloc(len + 1);
+    if (copy) {
+        memcpy(copy, body, len);
+        ts_req_reply(it->req, status, "application/json", copy, len, -1);
+    } else {
+        ts_req_reply_error(it->req, 500, "out of memory relaying the answer of the replica holding the inference");
+    }
+    item_free(it);
+    free(fw);
+}
+
+/* A by-id feedback whose inference this replica never held: with replication, ask the
+ * replica that holds it (forward.h). 0 when asked (answered later, it kept), else the
+ * status to answer now: 404 (not forwarded; err as it was) or the forward's refusal. */
+static int forward_by_id(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, char *err, size_t errlen) {
+    if (!e->cfg.forward || req->from_replica)
+        return 404;
+    forwarding *fw = malloc(sizeof *fw);
+    if (!fw)
+        return 404;
+    *fw = (forwarding){e, it};
+    int rc = ts_forward_ask(e->cfg.forward, s->name, req->route.version, &req->oip, forwarded, fw, err, errlen);
+    if (rc != 0)
+        free(fw);
+    return rc < 0 ? 404 : rc;
+}
+
 /* Feedback without 'input': one step on the stored input of inference req->oip.id. The id
  * is claimed before the window is looked at, so a repeat answers the first answer even when
  * the input is gone. Returns with the request answered or queued. */
@@ -573,6 +620,8 @@ static void feedback_by_id(ts_engine *e, ts_served *s, ts_req *req, ts_item *it)
         return;
     }
     int status = check_by_id(e, s, req, it, signal, err, sizeof err);
+    if (status == 404 && (status = forward_by_id(e, s, req, it, err, sizeof err)) == 0)
+        return; /* asked of the replica that holds it */
     if (status) {
         item_drop_id(e, it, status, err);
         ts_req_reply_error(req, status, "%s", err);

@@ -52,6 +52,7 @@
 #include "server/engine/idem.h"
 #include "server/store/journal.h"
 #include "server/metrics.h"
+#include "server/repl/forward.h"
 #include "server/repl/repl.h"
 #include "server/engine/stats.h"
 #include "server/store/store.h"
@@ -107,6 +108,8 @@ typedef struct {
                                      bounds 0: the window keeps nothing) */
     ts_repl *repl;                /* replication (NULL or off: none); when on, a step is
                                      answered once journaled and acknowledged by JetStream */
+    ts_forward *forward;          /* feedback by id for an inference this replica does not hold
+                                     is asked of the replica that does (NULL: 404 here) */
 } ts_engine_config;
 
 ts_engine *ts_engine_new(uv_loop_t *loop, const ts_engine_config *cfg, char *err, size_t errlen);
@@ -132,7 +135,9 @@ int ts_engine_count(ts_engine *e);
  * (ts_window_make_id) and its answer carries it; its input goes into the feedback window
  * when it is answered. A feedback without an 'input' tensor is feedback by id: the
  * stored input of inference `id` (all its rows, or parameters.rows), answered 404 when the
- * id was never in the window, 410 when it left it (README "Feedback by inference id"). */
+ * id was never in the window, 410 when it left it (README "Feedback by inference id"); with
+ * replication, an id never in this replica's window is asked of the others (forward.h) and
+ * their answer is this request's. */
 void ts_engine_infer(ts_engine *e, ts_served *s, ts_req *req);
 void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req);
 /* Queue an export (the model file of the state at that point in the FIFO). */

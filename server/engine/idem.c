@@ -191,4 +191,9 @@ void ts_idem_load(ts_idem *t, const char *model, const char *id, uint64_t body_h
         rec_remove(t, r);
 }
 
+int ts_idem_knows(ts_idem *t, const char *model, const char *id, int64_t now_ms) {
+    expire(t, now_ms);
+    return find(t, model, id, ts_hash_pair(model, id)) != NULL;
+}
+
 int64_t ts_idem_count(const ts_idem *t) { return (int64_t)t->table.count; }

@@ -49,6 +49,9 @@ void ts_idem_drop(ts_idem *t, ts_idem_rec *rec, int status, const char *msg);
 /* A finished record from the database (start-up). Ignored when expired or out of memory. */
 void ts_idem_load(ts_idem *t, const char *model, const char *id, uint64_t body_hash,
                   const char *answer, int64_t created_ms, int64_t now_ms);
+/* Whether (model, id) has a record (pending or answered) at now_ms; nothing changes but
+ * the dropping of expired records. Forwarding asks it before claiming a broadcast request. */
+int ts_idem_knows(ts_idem *t, const char *model, const char *id, int64_t now_ms);
 /* Records held (metrics). */
 int64_t ts_idem_count(const ts_idem *t);
 

@@ -88,6 +88,20 @@ void ts_window_make_id(ts_window *w, char out[TS_WINDOW_ID_MAX]) {
              (unsigned long long)++w->counter);
 }
 
+int ts_window_id_prefix(const char *id, char out[17]) {
+    size_t n = strlen(id);
+    if (n < 18 || n >= TS_WINDOW_ID_MAX || id[16] != '-' || strspn(id, "0123456789abcdef") != 16 ||
+        strspn(id + 17, "0123456789") != n - 17)
+        return 0;
+    memcpy(out, id, 16);
+    out[16] = '\0';
+    return 1;
+}
+
+void ts_window_prefix(const ts_window *w, char out[17]) {
+    snprintf(out, 17, "%016llx", (unsigned long long)w->prefix);
+}
+
 /* malloc's own header of each of an entry's two allocations (the entry, its id): glibc's is
  * 8 bytes, rounded to 16; counted so that the bound is on memory, not only on payload. */
 #define MALLOC_OVERHEAD 16
@@ -263,6 +277,13 @@ ts_window_found ts_window_take(ts_window *w, const char *model, const char *id, 
     }
     w->misses++;
     return TS_WINDOW_MISS;
+}
+
+int ts_window_knows(ts_window *w, const char *model, const char *id, int64_t now_ms) {
+    ts_window_expire(w, now_ms);
+    uint64_t key = ts_hash_pair(model, id);
+    ts_window_gone why;
+    return find(w, model, id, key) != NULL || find_gone(w, key, &why);
 }
 
 void ts_window_settle(ts_window *w, ts_window_ticket t, int used) {

@@ -55,6 +55,13 @@ int ts_window_enabled(const ts_window *w);
 /* A fresh id for an inference that came without one (see above). */
 void ts_window_make_id(ts_window *w, char out[TS_WINDOW_ID_MAX]);
 
+/* Whether id has the form ts_window_make_id gives ("<16 hex>-<counter>"); when it has,
+ * out receives its 16 hex digits, the run (replica) that made it (feedback forwarding,
+ * server/repl/forward.h, asks that replica only). 1 or 0. */
+int ts_window_id_prefix(const char *id, char out[17]);
+/* This run's 16 hex digits (the prefix of every id it makes). */
+void ts_window_prefix(const ts_window *w, char out[17]);
+
 /* What one entry of rows × in_dim floats with this id costs against max_bytes. */
 size_t ts_window_entry_bytes(const char *id, int64_t rows, int64_t in_dim);
 
@@ -91,6 +98,9 @@ typedef struct {
  * the rows it needs before its next call into the window. */
 ts_window_found ts_window_take(ts_window *w, const char *model, const char *id, int64_t now_ms,
                                ts_window_view *v);
+/* Whether (model, id) is here or was (a lookup would not be TS_WINDOW_MISS); nothing is
+ * taken or counted. Forwarding asks it before claiming a broadcast request. */
+int ts_window_knows(ts_window *w, const char *model, const char *id, int64_t now_ms);
 /* The feedback on the entry of ticket t is over: used = 1 — it was applied; the entry leaves
  * the window and its id reads as gone ("used") —, used = 0 — it was not; the entry can be
  * taken again. Nothing happens when the entry left meanwhile. */

@@ -78,6 +78,8 @@ static struct MHD_Response *make_response(ts_req *req, int status, const char *c
     }
     if (status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (req->forwarded_to[0])
+        MHD_add_response_header(r, "Tscale-Forwarded-To", req->forwarded_to);
     if (req->close_after)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     if (status == 405 && req->route.allow[0])
@@ -103,6 +105,10 @@ static void not_arriving(ts_req *req) {
 
 void ts_req_reply(ts_req *req, int status, const char *content_type, void *body, size_t len,
                   int64_t json_len) {
+    if (req->reply_fn) { /* not an HTTP request (see http.h) */
+        req->reply_fn(req, status, body, len);
+        return;
+    }
     not_arriving(req);
     req->log_status = status;
     req->log_bytes = len;

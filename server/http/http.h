@@ -47,6 +47,15 @@ struct ts_req {
     ts_model *upload;            /* TS_EP_ADMIN_PUT: the model file, owned until taken */
     uint64_t upload_hash;        /* TS_EP_ADMIN_PUT: hash of the file bytes */
     int64_t snapshot_id;         /* TS_EP_ADMIN_RESTORE */
+    /* A request that did not come over HTTP: a feedback by id forwarded by another replica
+     * (server/repl/forward.h). reply_fn gets its answer instead of MHD (it takes body over;
+     * a 503's Retry-After is the receiving replica's to add); from_replica keeps it from
+     * being forwarded again. NULL / 0 for HTTP requests. */
+    void (*reply_fn)(ts_req *req, int status, void *body, size_t len);
+    int from_replica;
+    /* Set by the engine when another replica answered this request (forward.h): the answer
+     * carries it as the header Tscale-Forwarded-To (owned by the request). */
+    char forwarded_to[128];
     char bad_body[1024];         /* why the body did not parse ("" = it did); answered as a
                                     400 by ts_req_reply_bad_body after the model lookup */
     /* Private to http.c: */

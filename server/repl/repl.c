@@ -1,7 +1,6 @@
 /* repl.c — replication through NATS JetStream (see repl.h). */
 #include "server/repl/repl.h"
 
-#include <errno.h>
 #include <jansson.h>
 #include <nats/nats.h>
 #include <pthread.h>
@@ -15,6 +14,7 @@
 #include "server/http/auth.h"
 #include "server/engine/engine.h"
 #include "server/repl/chunks.h"
+#include "server/repl/natsmsg.h"
 #include "server/repl/state.h"
 #include "server/store/journal.h"
 #include "server/log.h"
@@ -295,8 +295,6 @@ int ts_repl_model_ready(const ts_repl *r, const char *model, const char **why) {
     return 1;
 }
 
-const char *ts_repl_id(const ts_repl *r) { return r->id; }
-const char *ts_repl_stream(const ts_repl *r) { return r->stream; }
 int64_t ts_repl_max_age(const ts_repl *r) { return r->cfg.max_age_s; }
 
 void ts_repl_set_state(ts_repl *r, ts_state *st) { r->state = st; }
@@ -672,23 +670,6 @@ static size_t group_next(ts_repl *r, size_t frozen, int64_t done_ns, int64_t *wa
 
 /* ---- consuming (libnats' subscription thread) ---- */
 
-static const char *header(natsMsg *m, const char *key) {
-    const char *v = NULL;
-    return natsMsgHeader_Get(m, key, &v) == NATS_OK ? v : NULL;
-}
-
-static int parse_i64(const char *s, int64_t *out) {
-    char *end;
-    if (!s || !*s)
-        return -1;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || v < 0)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 static void push_in(ts_repl *r, delta *d) {
     pthread_mutex_lock(&r->mu);
     if (r->in_tail)
@@ -704,14 +685,14 @@ static void push_in(ts_repl *r, delta *d) {
  * publisher thread per replica sends them in order); the whole message goes to the loop
  * with the stream sequence of its last chunk, where it takes effect. 0, or -1 (malformed). */
 static int admin_chunk(ts_repl *r, natsMsg *msg, const jsMsgMetaData *meta) {
-    const char *o = header(msg, "Tscale-Origin"), *model = header(msg, "Tscale-Model");
-    const char *id = header(msg, "Tscale-Admin-Id"), *what = header(msg, "Tscale-Admin");
-    const char *chunk = header(msg, "Tscale-Chunk");
+    const char *o = ts_natsmsg_header(msg, "Tscale-Origin"), *model = ts_natsmsg_header(msg, "Tscale-Model");
+    const char *id = ts_natsmsg_header(msg, "Tscale-Admin-Id"), *what = ts_natsmsg_header(msg, "Tscale-Admin");
+    const char *chunk = ts_natsmsg_header(msg, "Tscale-Chunk");
     int i = -1, n = 0;
     int64_t version = 0;
     if (!o || !model || !id || ts_chunk_parse(chunk, &i, &n) < 0 ||
         strlen(o) >= TS_TOKEN_MAX || strlen(model) >= TS_MODEL_NAME_MAX || strlen(id) >= 96 || strlen(what) >= 16 ||
-        parse_i64(header(msg, "Tscale-Version"), &version) != 0)
+        ts_natsmsg_int(msg, "Tscale-Version", &version) != 0)
         return -1;
     delta **pp = &r->asm_head;
     while (*pp && strcmp((*pp)->origin, o) != 0)
@@ -750,13 +731,14 @@ static int admin_chunk(ts_repl *r, natsMsg *msg, const jsMsgMetaData *meta) {
 /* The steps a delta covers (repl.h, Summing): Tscale-First-Seq and Tscale-Steps, both or
  * neither (a single step: first = seq, steps = 1). 0, or -1 when they don't fit seq. */
 static int parse_span(natsMsg *msg, delta *d) {
-    const char *f = header(msg, "Tscale-First-Seq"), *c = header(msg, "Tscale-Steps");
+    const char *f = ts_natsmsg_header(msg, "Tscale-First-Seq"), *c = ts_natsmsg_header(msg, "Tscale-Steps");
     if (!f && !c) {
         d->first_seq = d->seq;
         d->steps = 1;
         return 0;
     }
-    return parse_i64(f, &d->first_seq) == 0 && parse_i64(c, &d->steps) == 0 && d->first_seq >= 1 &&
+    return ts_natsmsg_int(msg, "Tscale-First-Seq", &d->first_seq) == 0 &&
+                   ts_natsmsg_int(msg, "Tscale-Steps", &d->steps) == 0 && d->first_seq >= 1 &&
                    d->first_seq < d->seq && d->steps >= 2 && d->steps <= d->seq - d->first_seq + 1 &&
                    d->steps <= TS_REPL_BATCH_MAX
                ? 0
@@ -766,7 +748,7 @@ static int parse_span(natsMsg *msg, delta *d) {
 /* Who owns what: libnats hands msg over (destroyed here); the delta goes to the loop. */
 static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
     ts_repl *r = closure;
-    if (header(msg, "Tscale-Admin")) {
+    if (ts_natsmsg_header(msg, "Tscale-Admin")) {
         jsMsgMetaData *am = NULL;
         if (natsMsg_GetMetaData(&am, msg) != NATS_OK || admin_chunk(r, msg, am) < 0)
             atomic_fetch_add(&r->malformed, 1);
@@ -778,11 +760,11 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
     }
     jsMsgMetaData *meta = NULL;
     delta *d = calloc(1, sizeof *d);
-    const char *o = header(msg, "Tscale-Origin"), *model = header(msg, "Tscale-Model");
+    const char *o = ts_natsmsg_header(msg, "Tscale-Origin"), *model = ts_natsmsg_header(msg, "Tscale-Model");
     int len = natsMsg_GetDataLength(msg);
     int ok = d && natsMsg_GetMetaData(&meta, msg) == NATS_OK && o && model && strlen(o) < sizeof d->origin &&
-             strlen(model) < sizeof d->model && parse_i64(header(msg, "Tscale-Seq"), &d->seq) == 0 &&
-             parse_i64(header(msg, "Tscale-Version"), &d->version) == 0 && parse_span(msg, d) == 0 &&
+             strlen(model) < sizeof d->model && ts_natsmsg_int(msg, "Tscale-Seq", &d->seq) == 0 &&
+             ts_natsmsg_int(msg, "Tscale-Version", &d->version) == 0 && parse_span(msg, d) == 0 &&
              (d->payload = malloc(len > 0 ? (size_t)len : 1)) != NULL;
     if (ok) {
         d->r = r;
@@ -1341,6 +1323,12 @@ int ts_repl_recover(ts_repl *r, ts_store *st, struct ts_engine *e, char *err, si
     }
     return 0;
 }
+
+/* ---- sharing the connection (forward.h) ---- */
+
+natsConnection *ts_repl_connection(ts_repl *r) { return ts_repl_enabled(r) ? r->nc : NULL; }
+const char *ts_repl_id(const ts_repl *r) { return r->id; }
+const char *ts_repl_stream(const ts_repl *r) { return r->stream; }
 
 /* ---- metrics ---- */
 

@@ -214,8 +214,6 @@ int ts_repl_model_ready(const ts_repl *r, const char *model, const char **why);
 void ts_repl_join_done(ts_repl *r);
 /* Wake the publisher thread (a state was queued). Any thread. */
 void ts_repl_wake(ts_repl *r);
-const char *ts_repl_id(const ts_repl *r);
-const char *ts_repl_stream(const ts_repl *r);
 int64_t ts_repl_max_age(const ts_repl *r);
 
 /* ---- admin everywhere (see the top comment) ---- */
@@ -236,6 +234,13 @@ void ts_repl_set_admin(ts_repl *r, ts_repl_admin_fn fn, void *arg);
 /* Own step seq of model was computed on a state an admin message has replaced since: it
  * is applied again when consumed (the engine, when the step's journal commit lands). */
 void ts_repl_reapply(ts_repl *r, const char *model, int64_t seq);
+
+/* For feedback forwarding (forward.h), which shares this replica's NATS connection: the
+ * connection (NULL when off or not started; libnats' type, nats.h's natsConnection), the
+ * replica id and the stream name (the prefix of the forwarding subjects). Owned by r. */
+struct __natsConnection *ts_repl_connection(ts_repl *r);
+const char *ts_repl_id(const ts_repl *r);
+const char *ts_repl_stream(const ts_repl *r);
 
 /* Prometheus lines (nothing when off): connected, published, applied by origin,
  * duplicates skipped, other-version deltas skipped, lag, publish failures. */

@@ -13,6 +13,7 @@
 #include "proto/safetensors.h"
 #include "server/hash.h"
 #include "server/repl/chunks.h"
+#include "server/repl/natsmsg.h"
 #include "server/log.h"
 #include "server/server.h"
 #include "server/snapshot.h"
@@ -161,11 +162,6 @@ static uint64_t digest_of(const ts_model *m, int64_t version) {
 
 /* ---- the subscription (libnats' thread) ---- */
 
-static const char *hdr(natsMsg *m, const char *key) {
-    const char *v = NULL;
-    return natsMsgHeader_Get(m, key, &v) == NATS_OK ? v : NULL;
-}
-
 static void push_in(ts_state *st, rstate *rs) {
     pthread_mutex_lock(&st->mu);
     if (st->in_tail)
@@ -193,8 +189,8 @@ static assembly *assembly_get(ts_state *st, const char *subject) {
 static void assembly_begin(assembly *a, natsMsg *m, const char *id, int n) {
     rstate_free(a->rs);
     a->rs = calloc(1, sizeof *a->rs);
-    const char *o = hdr(m, "Tscale-Origin"), *model = hdr(m, "Tscale-Model"), *pos = hdr(m, "Tscale-Position");
-    const char *v = hdr(m, "Tscale-Version"), *step = hdr(m, "Tscale-Step"), *dg = hdr(m, "Tscale-Digest");
+    const char *o = ts_natsmsg_header(m, "Tscale-Origin"), *model = ts_natsmsg_header(m, "Tscale-Model"), *pos = ts_natsmsg_header(m, "Tscale-Position");
+    const char *v = ts_natsmsg_header(m, "Tscale-Version"), *step = ts_natsmsg_header(m, "Tscale-Step"), *dg = ts_natsmsg_header(m, "Tscale-Digest");
     json_error_t je;
     json_t *pj = pos ? json_loads(pos, 0, &je) : NULL;
     json_t *ss = pj ? json_object_get(pj, "stream_seq") : NULL;
@@ -232,7 +228,7 @@ static void assembly_add(ts_state *st, assembly *a, natsMsg *m, int i) {
 static void on_state_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure) {
     ts_state *st = closure;
     jsMsgMetaData *meta = NULL;
-    const char *id = hdr(msg, "Tscale-State"), *chunk = hdr(msg, "Tscale-Chunk");
+    const char *id = ts_natsmsg_header(msg, "Tscale-State"), *chunk = ts_natsmsg_header(msg, "Tscale-Chunk");
     int i = -1, n = 0;
     if (natsMsg_GetMetaData(&meta, msg) == NATS_OK && id && ts_chunk_parse(chunk, &i, &n) == 0) {
         assembly *a = assembly_get(st, natsMsg_GetSubject(msg));

@@ -136,7 +136,9 @@ void ts_persist_submit(ts_persist *p, ts_persist_job *job) {
 void ts_persist_hold(ts_persist *p, ts_persist_job *job) {
     p->pending++;
     push(&p->held_head, &p->held_tail, job);
-    if (++p->held >= TS_PERSIST_HOLD_MAX)
+    p->held++;
+    int idle = p->pending == p->held; /* no job with the thread */
+    if (p->held >= TS_PERSIST_HOLD_MAX || (idle && p->held >= TS_PERSIST_HOLD_MIN))
         send_jobs(p, NULL);
 }
 

@@ -41,13 +41,18 @@ void ts_persist_submit(ts_persist *p, ts_persist_job *job);
 /* Jobs submitted or held whose done() has not run yet. */
 int ts_persist_pending(const ts_persist *p);
 
-/* Like ts_persist_submit, but the job waits on the loop, behind any job held before it,
- * until the next ts_persist_submit or ts_persist_flush (or until TS_PERSIST_HOLD_MAX jobs
- * wait): the engine holds the journal entries of tiny feedback steps that run back to back
- * so that they go to the thread, and into one group commit, together. Order is kept: a
- * submit sends the held jobs first. The caller must flush when nothing more follows. */
+/* Like ts_persist_submit, but the job may wait on the loop, behind any job held before
+ * it: the engine holds the journal entries of tiny feedback steps that run back to back,
+ * so that a group commit takes several of them, not the first one that reaches an idle
+ * thread. Held jobs go to the thread, in order, as soon as
+ *   - a hold finds the thread idle and TS_PERSIST_HOLD_MIN jobs held (so with many
+ *     clients one group commits while the steps of the next one compute), or
+ *     TS_PERSIST_HOLD_MAX held in any case,
+ *   - a job is submitted (it goes behind them), or ts_persist_flush is called.
+ * The caller must flush when nothing more follows. */
 void ts_persist_hold(ts_persist *p, ts_persist_job *job);
 void ts_persist_flush(ts_persist *p);
+#define TS_PERSIST_HOLD_MIN 8
 #define TS_PERSIST_HOLD_MAX 64
 
 /* Loop thread, once ts_persist_pending() is 0: join the thread, close the store, and close

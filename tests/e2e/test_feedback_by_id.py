@@ -131,7 +131,7 @@ class Errors(unittest.TestCase):
     def test_unknown_id_is_404(self):
         status, body = by_id(self.d, "never-seen", self.kind, self.signal)
         self.assertEqual(status, 404)
-        self.assertIn("no inference with id 'never-seen' in model 'm''s feedback window", body["error"])
+        self.assertIn("no inference with id 'never-seen' in the feedback window of model 'm'", body["error"])
 
     def test_bad_rows_are_400_and_leave_the_input(self):
         ident = infer(self.d, self.x)["id"]

@@ -378,9 +378,13 @@ START_TEST(test_idem_claim_repeat_conflict_drop_expire) {
     ts_idem_rec *rec = NULL;
     const char *answer = NULL;
     ts_idem_status st;
+    ck_assert_int_eq(ts_idem_knows(t, "m", "a", 0), 0);
     ck_assert_int_eq(ts_idem_claim(t, "m", "a", 11, 0, NULL, &rec, &answer, &st), 0);
     ck_assert_int_eq(st, TS_IDEM_NEW);
+    ck_assert_int_eq(ts_idem_knows(t, "m", "a", 0), 1); /* pending counts (forward.h) */
     ts_idem_finish(t, rec, "{\"step\":1}");
+    ck_assert_int_eq(ts_idem_knows(t, "m", "a", 500), 1);
+    ck_assert_int_eq(ts_idem_knows(t, "other", "a", 500), 0);
     ck_assert_int_eq(ts_idem_claim(t, "m", "a", 11, 500, NULL, &rec, &answer, &st), 0);
     ck_assert_int_eq(st, TS_IDEM_REPEAT);
     ck_assert_str_eq(answer, "{\"step\":1}");
@@ -394,6 +398,7 @@ START_TEST(test_idem_claim_repeat_conflict_drop_expire) {
     ts_idem_finish(t, rec, "{\"step\":7}");
     ck_assert_int_eq(ts_idem_count(t), 2);
     /* Past the window the first id is forgotten: it is a new request. */
+    ck_assert_int_eq(ts_idem_knows(t, "m", "a", 1500), 0);
     ck_assert_int_eq(ts_idem_claim(t, "m", "a", 99, 1500, NULL, &rec, &answer, &st), 0);
     ck_assert_int_eq(st, TS_IDEM_NEW);
     ts_idem_finish(t, rec, "{}");

@@ -45,7 +45,7 @@ typedef struct {
     ts_persist *p;
     char log[64];
     int done;
-    tjob jobs[8];
+    tjob jobs[16];
 } fixture;
 
 static void start(fixture *f) {
@@ -112,12 +112,29 @@ START_TEST(test_held_job_waits_for_flush) {
 }
 END_TEST
 
+START_TEST(test_enough_held_go_to_an_idle_thread) {
+    fixture f = {0};
+    start(&f);
+    ck_assert_int_le(TS_PERSIST_HOLD_MIN, 16);
+    char want[32] = "(";
+    for (int i = 0; i < TS_PERSIST_HOLD_MIN; i++) {
+        ts_persist_hold(f.p, &job(&f, i, (char)('A' + i), 1)->job);
+        want[i + 1] = (char)('A' + i);
+    }
+    strcat(want, ")");
+    settle(&f, TS_PERSIST_HOLD_MIN); /* no flush: TS_PERSIST_HOLD_MIN held and the thread idle */
+    ck_assert_str_eq(f.log, want);
+    stop(&f);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("persist");
     TCase *tc = tcase_create("persist");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_held_jobs_go_first_and_together);
     tcase_add_test(tc, test_held_job_waits_for_flush);
+    tcase_add_test(tc, test_enough_held_go_to_an_idle_thread);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

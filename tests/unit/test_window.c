@@ -186,6 +186,32 @@ START_TEST(test_made_ids_are_unique_per_window) {
 }
 END_TEST
 
+/* What forwarding (server/repl/forward.h) asks of the window: which run made an id, and
+ * whether an id is known here without taking it. */
+START_TEST(test_id_prefix_and_knows) {
+    ts_window *w = window(4, 1 << 20, 1000);
+    char id[TS_WINDOW_ID_MAX], p[17], own[17];
+    ts_window_make_id(w, id);
+    ts_window_prefix(w, own);
+    ck_assert_int_eq(ts_window_id_prefix(id, p), 1);
+    ck_assert_str_eq(p, own);
+    ck_assert_int_eq(ts_window_id_prefix("0123456789abcdef-42", p), 1);
+    ck_assert_str_eq(p, "0123456789abcdef");
+    static const char *const not_made[] = {"rec-42", "0123456789abcdef-", "0123456789ABCDEF-1",
+                                           "0123456789abcdef-1x", "0123456789abcde-12", "0123456789abcdef1"};
+    for (size_t i = 0; i < sizeof not_made / sizeof *not_made; i++)
+        ck_assert_msg(ts_window_id_prefix(not_made[i], p) == 0, "%s read as made by a run", not_made[i]);
+    ck_assert_int_eq(put(w, "m", "a", 1, 0), 0);
+    ck_assert_int_eq(ts_window_knows(w, "m", "a", 10), 1);
+    ck_assert_int_eq(ts_window_knows(w, "other", "a", 10), 0);
+    ck_assert_int_eq(ts_window_knows(w, "m", "b", 10), 0);
+    ck_assert_int_eq(present(w, "m", "a", 10), 1); /* knowing took nothing */
+    ck_assert_int_eq(ts_window_knows(w, "m", "a", 2000), 1); /* expired: gone, still known (410) */
+    ck_assert_int_eq(take(w, "m", "a", 2000, NULL), TS_WINDOW_GONE);
+    ts_window_free(w);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("window");
     TCase *tc = tcase_create("window");
@@ -196,6 +222,7 @@ int main(void) {
     tcase_add_test(tc, test_replaced_id_and_stale_ticket);
     tcase_add_test(tc, test_forget_model_and_off);
     tcase_add_test(tc, test_made_ids_are_unique_per_window);
+    tcase_add_test(tc, test_id_prefix_and_knows);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

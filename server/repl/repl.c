@@ -1115,6 +1115,14 @@ static void apply_delta(struct ts_engine *e, ts_served *s, void *arg) {
         delta_free(d);
         return;
     }
+    if (!o) { /* out of memory for the origin's mark: applying it could apply it twice later */
+        ts_log_error("replication: model '%s': out of memory recording replica '%s''s mark; its delta "
+                     "(seq %lld) is skipped and this replica's state may differ until a digest check "
+                     "resyncs it", s->name, d->origin, (long long)d->seq);
+        atomic_fetch_add(&r->malformed, 1);
+        delta_free(d);
+        return;
+    }
     if (d->seq > o->seq)
         o->seq = d->seq; /* applied or skipped for good: either way not again */
     size_t n = ts_model_score_len(s->model);

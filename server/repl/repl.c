@@ -87,6 +87,7 @@ typedef struct delta {
     int64_t version, seq;        /* seq: the last step it covers */
     int64_t first_seq, steps;    /* the first step it covers, and how many (repl.h, Summing) */
     uint64_t stream_seq;
+    int64_t stored_ns;           /* when JetStream stored it (Unix ns; 0: unknown) */
     uint8_t *payload;
     size_t len;
     struct delta *next;
@@ -133,6 +134,8 @@ struct ts_repl {
     _Atomic uint64_t messages, straddles; /* messages published; straddling deltas skipped */
     ts_hist steps_per_message;   /* publisher thread observes, scrapes read */
     _Atomic uint64_t num_pending; /* the consumer's NumPending at the newest message */
+    _Atomic int64_t applied_ns;   /* loop writes: stored_ns of the newest delta taken (applied or
+                                     skipped) — the lag in seconds is measured from it */
 };
 
 static void position_free(position *p) {
@@ -771,6 +774,7 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         snprintf(d->origin, sizeof d->origin, "%s", o);
         snprintf(d->model, sizeof d->model, "%s", model);
         d->stream_seq = meta->Sequence.Stream;
+        d->stored_ns = meta->Timestamp;
         d->len = (size_t)len;
         memcpy(d->payload, natsMsg_GetData(msg), d->len);
         atomic_store(&r->num_pending, meta->NumPending);
@@ -1106,6 +1110,8 @@ static void apply_delta(struct ts_engine *e, ts_served *s, void *arg) {
     delta *d = arg;
     ts_repl *r = d->r;
     r->queued_deltas--;
+    if (d->stored_ns)
+        atomic_store(&r->applied_ns, d->stored_ns);
     position *pos = position_get(r, s->name);
     origin *o = NULL;
     int seen = pos ? delta_seen(r, pos, d, &o) : 1;
@@ -1361,9 +1367,18 @@ void ts_repl_render_metrics(ts_repl *r, ts_buf *out) {
            "Failed publish or stream set-up attempts (each is retried).", (double)atomic_load(&r->publish_failures));
     metric(out, "tscale_repl_publish_pending", "gauge", "Own steps not yet acknowledged by JetStream.",
            (double)r->pending);
+    double lag = (double)atomic_load(&r->num_pending) + (double)r->queued_deltas;
     metric(out, "tscale_repl_lag_messages", "gauge",
-           "Stream messages not yet applied: the consumer's pending count plus deltas queued here.",
-           (double)atomic_load(&r->num_pending) + (double)r->queued_deltas);
+           "Stream messages not yet applied: the consumer's pending count plus deltas queued here.", lag);
+    /* Seconds behind: 0 when nothing waits; else how long ago JetStream stored the newest
+     * delta this replica has taken — what it serves is at most that stale (plus clock skew
+     * between the NATS server and this machine). */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t taken = atomic_load(&r->applied_ns), now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+    metric(out, "tscale_repl_lag_seconds", "gauge",
+           "0 when no stream message waits; else the age of the newest delta applied here (JetStream's "
+           "store time).", lag > 0 && taken > 0 && now_ns > taken ? (double)(now_ns - taken) / 1e9 : 0.0);
     ts_buf_printf(out, "# HELP tscale_repl_deltas_skipped_total Deltas consumed and not applied, by reason.\n"
                        "# TYPE tscale_repl_deltas_skipped_total counter\n");
     static const char *const reasons[] = {"duplicate", "other_version", "malformed", "unknown_model", "straddles"};

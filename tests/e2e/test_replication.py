@@ -221,6 +221,9 @@ class Replication(unittest.TestCase):
             self.assertEqual(r[0].metric("tscale_repl_deltas_published_total"), n)
             _, _, text = r[1].request("GET", "/metrics")
             self.assertIn(b'tscale_repl_deltas_applied_total{model="m",origin="r0"} %d' % n, text)
+            # Caught up: nothing waits, so no lag in messages or in seconds.
+            wait_for("r1's lag to be 0", lambda: r[1].metric("tscale_repl_lag_messages") == 0, 10)
+            self.assertEqual(r[1].metric("tscale_repl_lag_seconds"), 0)
             # Off by default: a single node has no replication at all.
             _, _, text = single.request("GET", "/metrics")
             self.assertNotIn(b"tscale_repl_", text)

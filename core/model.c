@@ -315,6 +315,36 @@ ts_model *ts_model_clone(const ts_model *m)
     return c;
 }
 
+/* One allocation: the model, its layer table, then the copied state (ts_state_save's
+ * layout, so corr_accum of each layer points just after its step). */
+ts_model *ts_model_view(const ts_model *m)
+{
+    size_t n = (size_t)m->n_layers, len = ts_state_len(m);
+    ts_model *v = malloc(sizeof *v + n * sizeof(ts_layer) + len * sizeof(int64_t));
+    if (!v)
+        return NULL;
+    *v = *m;
+    v->layers = (ts_layer *)(v + 1);
+    int64_t *state = (int64_t *)(v->layers + n);
+    ts_state_save(m, state);
+    for (size_t i = 0; i < n; i++) {
+        ts_layer *l = &v->layers[i];
+        *l = m->layers[i];
+        l->S = NULL; /* derived, and being rewritten by every step of m */
+        if (!is_ternary(l->spec.kind))
+            continue;
+        l->step = *state++;
+        l->corr_accum = state;
+        state += l->n_groups;
+    }
+    return v;
+}
+
+void ts_model_view_free(ts_model *v)
+{
+    free(v);
+}
+
 int64_t ts_model_params(const ts_model *m)
 {
     int64_t n = 0;

@@ -146,6 +146,17 @@ void ts_state_load(ts_model *m, const int64_t *in);
 /* Deep copy (persistent state + derived), or NULL on allocation failure. */
 ts_model *ts_model_clone(const ts_model *m);
 
+/* A frozen view of m's persistent state, for serialising it on another thread while m
+ * serves (a published replication state, server/repl/state.c): it shares m's immutable
+ * parts (W / T_packed, E, bias, the specs) and holds its own copy of the mutable integer
+ * state (step, corr_accum) as of now. Costs what ts_state_save costs (a copy of the layer
+ * table and the state), not a clone of the weights. Its S is NULL: only read it with
+ * ts_safetensors_write, ts_state_save, ts_model_step (never infer, prepare or load state).
+ * Valid only while m is allocated (the caller keeps m alive); free it with
+ * ts_model_view_free, never ts_model_free. NULL on allocation failure. */
+ts_model *ts_model_view(const ts_model *m);
+void ts_model_view_free(ts_model *v);
+
 /* Total trits, total groups, bytes in memory (state + compute layout + scales). */
 int64_t ts_model_params(const ts_model *m);
 int64_t ts_model_groups(const ts_model *m);

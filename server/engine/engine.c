@@ -74,7 +74,16 @@ struct ts_engine {
     int timer_fd;              /* batching deadline (µs resolution) */
     uv_poll_t timer_poll;
     uint64_t timer_deadline;   /* armed deadline in ts_now_us, 0 = none */
+    struct model_hold *holds;  /* models read off the loop (ts_engine_model_hold) */
 };
+
+/* A held model: freed by the last release once a swap or removal retired it. */
+typedef struct model_hold {
+    ts_model *m;
+    int refs;
+    int retired;               /* no longer served: the last release frees it */
+    struct model_hold *next;
+} model_hold;
 
 static void pump(ts_engine *e);
 
@@ -1219,6 +1228,12 @@ static void on_timer_closed(uv_handle_t *h) {
 void ts_engine_free(ts_engine *e) {
     while (e->models)
         ts_engine_remove(e, e->models);
+    while (e->holds) { /* every reader is done: the persistence thread has stopped */
+        model_hold *h = e->holds;
+        e->holds = h->next;
+        ts_model_free(h->m);
+        free(h);
+    }
     uv_poll_stop(&e->timer_poll);
     uv_close((uv_handle_t *)&e->timer_poll, on_timer_closed);
 }
@@ -1245,8 +1260,43 @@ ts_served *ts_engine_add(ts_engine *e, const char *name, ts_model *m, int64_t ve
     return s;
 }
 
+static model_hold **hold_find(ts_engine *e, const ts_model *m) {
+    model_hold **pp = &e->holds;
+    while (*pp && (*pp)->m != m)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+int ts_engine_model_hold(ts_engine *e, ts_model *m) {
+    model_hold **pp = hold_find(e, m);
+    if (!*pp && !(*pp = calloc(1, sizeof **pp)))
+        return -1;
+    (*pp)->m = m;
+    (*pp)->refs++;
+    return 0;
+}
+
+void ts_engine_model_release(ts_engine *e, ts_model *m) {
+    model_hold **pp = hold_find(e, m), *h = *pp;
+    if (!h || --h->refs > 0)
+        return;
+    *pp = h->next;
+    if (h->retired)
+        ts_model_free(h->m);
+    free(h);
+}
+
+/* A model no longer served: freed now, or by its last release when held. */
+static void model_retire(ts_engine *e, ts_model *m) {
+    model_hold *h = *hold_find(e, m);
+    if (h)
+        h->retired = 1;
+    else
+        ts_model_free(m);
+}
+
 void ts_engine_swap(ts_engine *e, ts_served *s, ts_model *m, int64_t version) {
-    ts_model_free(s->model);
+    model_retire(e, s->model);
     s->model = m;
     s->version = version;
     snprintf(s->version_str, sizeof s->version_str, "%lld", (long long)version);
@@ -1274,7 +1324,7 @@ void ts_engine_remove(ts_engine *e, ts_served *s) {
     }
     undo_pending(s);
     ts_window_forget(e->cfg.window, s->name);
-    ts_model_free(s->model);
+    model_retire(e, s->model);
     free(s);
 }
 

@@ -124,6 +124,13 @@ ts_served *ts_engine_add(ts_engine *e, const char *name, ts_model *m, int64_t ve
 void ts_engine_swap(ts_engine *e, ts_served *s, ts_model *m, int64_t version);
 /* Stop serving s now and free it (its queue must be empty and it must not be busy). */
 void ts_engine_remove(ts_engine *e, ts_served *s);
+/* Keep model m (a served one: s->model) allocated until the matching release, even when a
+ * swap or a removal replaces or drops it meanwhile (it is then freed by the last release):
+ * for work off the loop that reads its immutable parts (state.c writes a published state
+ * from a ts_model_view of it on the persistence thread). Loop only; holds nest. 0, or -1
+ * when out of memory (then not held). */
+int ts_engine_model_hold(ts_engine *e, ts_model *m);
+void ts_engine_model_release(ts_engine *e, ts_model *m);
 /* The served model of that name; unloading ones are absent unless include_unloading. */
 ts_served *ts_engine_find(ts_engine *e, const char *name, int include_unloading);
 ts_served *ts_engine_first(ts_engine *e);

@@ -417,7 +417,47 @@ static uint64_t position_seq(const char *pos) {
     return v;
 }
 
-/* A control item: copy s's state for publishing when it is consistent and changed. */
+/* A state being written off the loop: the view (taken on the loop) holds the integer state
+ * and shares the immutable parts of `held`, which the engine keeps allocated until done. */
+typedef struct {
+    ts_persist_job job;
+    ts_state *st;
+    ts_model *held;              /* ts_engine_model_hold'd: released in capture_done */
+    ts_model *view;              /* ts_model_view of held (owned) */
+    rstate *rs;                  /* owned until queued */
+    int rc;
+    char err[256];
+} capture_job;
+
+/* Persistence thread: the model file and the digest, from the view only. */
+static void capture_work(ts_store *store, ts_persist_job *pj) {
+    capture_job *j = (capture_job *)pj;
+    j->rc = ts_safetensors_write(j->view, j->rs->model, &j->rs->bytes, &j->rs->len, j->err, sizeof j->err);
+    j->rs->digest = digest_of(j->view, j->rs->version);
+}
+
+/* Loop: queue the written state, let the model go. */
+static void capture_done(ts_persist_job *pj) {
+    capture_job *j = (capture_job *)pj;
+    ts_state *st = j->st;
+    ts_engine_model_release(st->srv->engine, j->held);
+    ts_model_view_free(j->view);
+    if (j->rc < 0) {
+        ts_log_error("replication: model '%s': writing the state to publish failed: %s (the next interval "
+                     "tries again)", j->rs->model, j->err);
+        mrec *mr = mrec_get(st, j->rs->model);
+        if (mr)
+            mr->dirty = 1;
+        rstate_free(j->rs);
+    } else {
+        queue_out(st, j->rs);
+    }
+    free(j);
+}
+
+/* A control item: when s's state is consistent and changed, copy what must be consistent
+ * (the integer state, step, version, position: a memcpy, the loop's only cost) and write
+ * the model file and its digest on the persistence thread. */
 static void capture(ts_engine *e, ts_served *s, void *arg) {
     ts_state *st = arg;
     mrec *mr = mrec_get(st, s->name);
@@ -431,25 +471,33 @@ static void capture(ts_engine *e, ts_served *s, void *arg) {
         free(pos);
         return; /* not consistent now (next tick), or nothing new to publish */
     }
-    rstate *rs = calloc(1, sizeof *rs);
-    char err[256];
-    if (!rs || ts_safetensors_write(s->model, s->name, &rs->bytes, &rs->len, err, sizeof err) < 0) {
-        ts_log_error("replication: model '%s': copying the state to publish failed (out of memory)", s->name);
+    uint64_t t0 = ts_now_us();
+    capture_job *j = calloc(1, sizeof *j);
+    rstate *rs = j ? calloc(1, sizeof *rs) : NULL;
+    ts_model *view = rs ? ts_model_view(s->model) : NULL;
+    if (!view || ts_engine_model_hold(e, s->model) < 0) {
+        ts_log_error("replication: model '%s': out of memory copying the state to publish (the next interval "
+                     "tries again)", s->name);
+        ts_model_view_free(view);
         free(pos);
-        rstate_free(rs);
+        free(rs);
+        free(j);
         return;
     }
     snprintf(rs->model, sizeof rs->model, "%s", s->name);
     snprintf(rs->origin, sizeof rs->origin, "%s", ts_repl_id(st->srv->repl));
     rs->version = s->version;
     rs->step = s->step;
-    rs->digest = digest_of(s->model, s->version);
     rs->position = pos;
     rs->stream_seq = seq;
     *mr = (mrec){.step = s->step, .version = s->version, .stream_seq = seq, .published = 1,
                  .check_queued = mr->check_queued, .next = mr->next};
     snprintf(mr->model, sizeof mr->model, "%s", s->name);
-    queue_out(st, rs);
+    *j = (capture_job){.job = {.work = capture_work, .done = capture_done}, .st = st, .held = s->model,
+                       .view = view, .rs = rs};
+    ts_persist_submit(st->srv->persist, &j->job);
+    ts_log_debug("replication: model '%s': state copied on the loop in %.3f ms for publishing", s->name,
+                 (double)(ts_now_us() - t0) / 1000.0);
 }
 
 /* ---- comparing digests (loop) ---- */

@@ -232,6 +232,42 @@ START_TEST(test_init_feedback_roundtrip)
 }
 END_TEST
 
+/* A view (ts_model_view, what a published replication state is written from off the loop)
+ * writes exactly the bytes its model wrote when it was taken, and keeps them while the
+ * model takes further feedback steps. */
+START_TEST(test_view_writes_the_state_it_was_taken_at)
+{
+    char err[512];
+    ts_model *m = model_from("linear:10x16/gs4+bias,relu,rmsnorm:16/gs3,linear:16x6/gs5,gelu", 7);
+    float x[2 * 10], t[2 * 6];
+    for (int k = 0; k < 20; k++)
+        x[k] = sinf((float)k * 0.7f);
+    for (int k = 0; k < 12; k++)
+        t[k] = cosf((float)k);
+    ts_feedback_input in = {.kind = TS_LOSS_MSE, .target = t};
+    ck_assert_int_eq(ts_model_feedback(m, x, 2, &in, NULL, NULL, err, sizeof err), 0);
+    uint8_t *want, *got, *later;
+    size_t wlen, glen, llen;
+    ck_assert_int_eq(ts_safetensors_write(m, "v", &want, &wlen, err, sizeof err), 0);
+    ts_model *v = ts_model_view(m);
+    ck_assert_ptr_nonnull(v);
+    for (int s = 0; s < 2; s++) /* m moves on; the view must not */
+        ck_assert_int_eq(ts_model_feedback(m, x, 2, &in, NULL, NULL, err, sizeof err), 0);
+    ck_assert_int_eq(ts_safetensors_write(v, "v", &got, &glen, err, sizeof err), 0);
+    ck_assert_uint_eq(glen, wlen);
+    ck_assert_mem_eq(got, want, wlen);
+    ck_assert_int_eq(ts_model_step(v), 1);
+    ck_assert_int_eq(ts_safetensors_write(m, "v", &later, &llen, err, sizeof err), 0);
+    ck_assert_int_eq(ts_model_step(m), 3);
+    ck_assert_msg(llen != wlen || memcmp(later, want, wlen) != 0, "the model's state did not change");
+    free(want);
+    free(got);
+    free(later);
+    ts_model_view_free(v);
+    ts_model_free(m);
+}
+END_TEST
+
 /* The header is exactly safetensors' layout: 8-aligned, compact, I64 tensors first. */
 START_TEST(test_header_layout)
 {
@@ -721,6 +757,7 @@ int main(void)
     tcase_add_test(tc, test_mini_roundtrip_byte_identical);
     tcase_add_test(tc, test_mini_forward_matches_torch);
     tcase_add_test(tc, test_init_feedback_roundtrip);
+    tcase_add_test(tc, test_view_writes_the_state_it_was_taken_at);
     tcase_add_test(tc, test_header_layout);
     tcase_add_test(tc, test_any_tensor_order_loads);
     tcase_add_test(tc, test_refuse_truncated);

@@ -427,13 +427,16 @@ typedef struct {
     rstate *rs;                  /* owned until queued */
     int rc;
     char err[256];
+    uint64_t work_us;            /* the write and digest, off the loop (logged at debug) */
 } capture_job;
 
 /* Persistence thread: the model file and the digest, from the view only. */
 static void capture_work(ts_store *store, ts_persist_job *pj) {
     capture_job *j = (capture_job *)pj;
+    uint64_t t0 = ts_now_us();
     j->rc = ts_safetensors_write(j->view, j->rs->model, &j->rs->bytes, &j->rs->len, j->err, sizeof j->err);
     j->rs->digest = digest_of(j->view, j->rs->version);
+    j->work_us = ts_now_us() - t0;
 }
 
 /* Loop: queue the written state, let the model go. */
@@ -450,6 +453,8 @@ static void capture_done(ts_persist_job *pj) {
             mr->dirty = 1;
         rstate_free(j->rs);
     } else {
+        ts_log_debug("replication: model '%s': state to publish written off the loop in %.1f ms (%zu bytes)",
+                     j->rs->model, (double)j->work_us / 1000.0, j->rs->len);
         queue_out(st, j->rs);
     }
     free(j);

@@ -15,7 +15,13 @@
  * applied and not yet journaled (ts_served.uncommitted 0: such a step may still be taken
  * back) — and changed since the last one published (step, version or stream position).
  * The interval is bounded by a quarter of --replicate-max-age, so a newest state always
- * covers the deltas retention cuts.
+ * covers the deltas retention cuts. The control item copies only what must be consistent:
+ * the integer state (a ts_model_view: what a snapshot's copy costs), step, version and
+ * position. The model file and the digest are written from that view on the persistence
+ * thread (tens of ms for a model of millions of weights must not stall serving); the view
+ * shares the served model's immutable parts, which the engine keeps allocated until the
+ * write is done even if a swap or DELETE replaces the model meanwhile
+ * (ts_engine_model_hold).
  *
  * Join: at set-up (before the delta subscription) every state in the stream is read. For
  * each model whose position is unknown here — a new database: the --model/built-in demo
@@ -40,8 +46,8 @@
  * when its id sorts after the other's; with three or more, the majority decides.
  *
  * Threads: the publisher thread of repl.c calls ts_state_set_up and ts_state_publish; the
- * subscription's callback (libnats' thread) assembles chunks; everything else is on the
- * loop. Lists cross threads under a mutex, with one uv_async_t.
+ * subscription's callback (libnats' thread) assembles chunks; the persistence thread
+ * writes captured states; everything else is on the loop. Lists cross threads under a mutex, with one uv_async_t.
  */
 #ifndef TS_STATE_H
 #define TS_STATE_H

@@ -18,6 +18,7 @@
 #include "server/http/framing.h"
 #include "server/hash.h"
 #include "server/http/route.h"
+#include "server/engine/engine.h"
 #include "testutil.h"
 
 /* ---- route ---- */
@@ -473,11 +474,49 @@ START_TEST(hash_stable_and_sensitive)
 }
 END_TEST
 
+/* A held model (what a published state is written from off the loop) outlives its swap and
+ * its removal, and the last release frees it (ASan: a use after free or a leak fails). */
+START_TEST(engine_model_hold_outlives_swap_and_remove)
+{
+    char err[256];
+    uv_loop_t loop;
+    ck_assert_int_eq(uv_loop_init(&loop), 0);
+    ts_window_limits lim = {0};
+    ts_window *w = ts_window_new(&lim);
+    ts_engine_config cfg = {.max_batch = 8, .window = w};
+    ts_engine *e = ts_engine_new(&loop, &cfg, err, sizeof err);
+    ck_assert_msg(e != NULL, "%s", err);
+    ts_model *a = ts_model_demo(err, sizeof err), *b = ts_model_demo(err, sizeof err);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    ts_served *s = ts_engine_add(e, "m", a, 1);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_int_eq(ts_engine_model_hold(e, a), 0);
+    ck_assert_int_eq(ts_engine_model_hold(e, a), 0); /* holds nest */
+    ts_engine_swap(e, s, b, 2);
+    ck_assert_ptr_eq(s->model, b);
+    ck_assert_int_eq(ts_model_step(a), 0); /* still allocated */
+    ts_engine_model_release(e, a);
+    ck_assert_int_eq((int)a->in_dim, 16); /* one hold left */
+    ts_engine_model_release(e, a); /* freed here */
+    ck_assert_int_eq(ts_engine_model_hold(e, b), 0);
+    ts_engine_remove(e, s);
+    ck_assert_int_eq((int)b->out_dim, 4); /* removed, still held */
+    ts_engine_model_release(e, b);
+    ck_assert_int_eq(ts_engine_count(e), 0);
+    ts_engine_free(e);
+    ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+    ts_window_free(w);
+}
+END_TEST
+
 static Suite *server_suite(void)
 {
     Suite *s = suite_create("server");
     TCase *tc = tcase_create("all");
     tcase_add_test(tc, route_endpoints);
+    tcase_add_test(tc, engine_model_hold_outlives_swap_and_remove);
     tcase_add_test(tc, route_refusals);
     tcase_add_test(tc, route_names);
     tcase_add_test(tc, auth_equal_and_check);

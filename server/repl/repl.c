@@ -89,6 +89,7 @@ typedef struct delta {
     int64_t first_seq, steps;    /* the first step it covers, and how many (repl.h, Summing) */
     uint64_t stream_seq;
     int64_t stored_ns;           /* when JetStream stored it (Unix ns; 0: unknown) */
+    int counted;                 /* a DELETE counted in its position's deletes_queued */
     uint8_t *payload;
     size_t len;
     struct delta *next;
@@ -1074,8 +1075,10 @@ static void drain_in(ts_repl *r) {
         if (s && ts_engine_control(r->engine, s, d->admin[0] ? apply_admin : apply_delta, d) == 0) {
             r->queued_deltas++;
             position *pos = deletes ? position_get(r, d->model) : NULL;
-            if (pos)
+            if (pos && !(pos->known && d->stream_seq <= pos->stream_seq)) { /* it takes effect */
                 pos->deletes_queued++; /* an add behind it waits until the model is gone */
+                d->counted = 1;
+            }
             continue;
         }
         if (!s && !r->draining && d->admin[0])
@@ -1185,7 +1188,7 @@ static void apply_admin(struct ts_engine *e, ts_served *s, void *arg) {
     ts_repl *r = d->r;
     r->queued_deltas--;
     position *pos = position_get(r, s->name);
-    if (pos && !adds_model(d) && pos->deletes_queued > 0)
+    if (pos && d->counted && pos->deletes_queued > 0)
         pos->deletes_queued--;
     if (pos && d->stream_seq > pos->stream_seq) {
         admin_position(pos, d);

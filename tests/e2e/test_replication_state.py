@@ -18,6 +18,7 @@
 
 Every wait polls with a deadline (ASan runs these too)."""
 import os
+import signal
 import sqlite3
 import struct
 import threading
@@ -285,6 +286,21 @@ class PublishedStates(unittest.TestCase):
             r0.json("POST", "/admin/models/%s/restore" % name, {"snapshot_id": snap})
         served_everywhere(True)
         self.assertEqual(self.same_exports(name), after)
+        # r2 paused (SIGSTOP) while r0 deletes the model, brings it back and takes a step on
+        # it: resumed, r2 consumes all three at once — the restore waits until its unload is
+        # done, and the step after it waits behind it.
+        r2.proc.send_signal(signal.SIGSTOP)
+        try:
+            self.assertEqual(r0.request("DELETE", "/admin/models/%s" % name)[0], 200)
+            snap = max(s["snapshot_id"] for s in r0.json("GET", "/admin/models/%s/snapshots" % name)["snapshots"])
+            r0.json("POST", "/admin/models/%s/restore" % name, {"snapshot_id": snap})
+            self.assertEqual(feedback_n(r0, 4, "e-4")[0], 200)
+        finally:
+            r2.proc.send_signal(signal.SIGCONT)
+        wait_for("the step after the paused restore everywhere", lambda: all(
+            d.request("GET", "/admin/models/%s" % name)[0] == 200 and
+            ms.step_of(ms.state(ms.export(d, name))) - first == 5 for d in self.replicas), CONVERGE_S)
+        after = self.same_exports(name)
         # A replica stopped while a new model is added gets it from the stream when it starts.
         self.assertEqual(r2.stop(), 0)
         r2.close()

@@ -1071,16 +1071,19 @@ static void drain_in(ts_repl *r) {
             tail = &d->next;
             continue;
         }
-        int deletes = d->admin[0] && !adds_model(d);
+        /* A DELETE that takes effect: an add behind it waits until the model is gone. Counted
+         * before it is queued: an idle model runs (and frees) it at once. */
+        position *pos = s && d->admin[0] && !adds_model(d) ? position_get(r, d->model) : NULL;
+        if (pos && !(pos->known && d->stream_seq <= pos->stream_seq)) {
+            pos->deletes_queued++;
+            d->counted = 1;
+        }
         if (s && ts_engine_control(r->engine, s, d->admin[0] ? apply_admin : apply_delta, d) == 0) {
             r->queued_deltas++;
-            position *pos = deletes ? position_get(r, d->model) : NULL;
-            if (pos && !(pos->known && d->stream_seq <= pos->stream_seq)) { /* it takes effect */
-                pos->deletes_queued++; /* an add behind it waits until the model is gone */
-                d->counted = 1;
-            }
             continue;
         }
+        if (d->counted)
+            pos->deletes_queued--;
         if (!s && !r->draining && d->admin[0])
             admin_unserved(r, d);
         else if (!s && !r->draining && atomic_fetch_add(&r->unknown_model, 1) == 0)

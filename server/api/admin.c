@@ -293,10 +293,55 @@ static void applied_done(ts_persist_job *pj) {
         ts_repl_set_diverged(j->srv->repl, j->name, "the model replaced by an admin message could not be stored");
     }
     if (j->req && s)
-        reply_swapped(j->req, s, j->rc == 0 ? &j->info : NULL, j->err, j->snapshot_id, 200);
+        reply_swapped(j->req, s, j->rc == 0 ? &j->info : NULL, j->err, j->snapshot_id, j->status);
     else if (j->req)
         ts_req_reply_error(j->req, 404, "model '%s' was unloaded", j->name);
     free_job(j);
+}
+
+/* Store the model an admin message made current (j->model, a copy) with its position. */
+static void store_applied(ts_server *srv, admin_job *j, const char *what, int64_t version,
+                          int64_t restored_from, int status) {
+    j->version = version;
+    j->reason = strcmp(what, "restore") == 0 ? "restore" : "import";
+    j->snapshot_id = restored_from;
+    j->status = status;
+    j->repl = ts_repl_position(srv->repl, j->name);
+    ts_persist_submit(srv->persist, &j->job);
+}
+
+/* An admin message adds a model not served here (a PUT of a new name, a restore of a
+ * deleted one): served from now on (the deltas after it in the stream reach its FIFO), then
+ * stored as a PUT of a new model would be — made current and active under the message's
+ * version number, with its snapshot and the position the message starts (repl.c). */
+static void admin_add(ts_server *srv, ts_req *req, const char *what, int64_t version, const uint8_t *bytes,
+                      size_t len, const char *origin, int64_t restored_from) {
+    char err[256], name[TS_MODEL_NAME_MAX];
+    ts_model *m = ts_safetensors_read(bytes, len, name, err, sizeof err);
+    admin_job *j = m ? new_job_for(srv, req, name, applied_work, applied_done) : NULL;
+    if (j)
+        j->model = ts_model_clone(m); /* the store's copy: the served one changes with feedback */
+    if (m && !name[0])
+        snprintf(err, sizeof err, "its model file names no model");
+    int ok = j && j->model && name[0];
+    ts_served *s = ok ? ts_engine_add(srv->engine, name, m, version) : NULL; /* owns m */
+    if (!ok)
+        ts_model_free(m);
+    if (!s) {
+        ts_log_error("replication: the %s published by replica '%s' cannot be applied: %s; the model is not "
+                     "served here (restart this replica to consume it again)", what, origin,
+                     m && name[0] ? "out of memory" : err);
+        if (req)
+            ts_req_reply_error(req, 500, "the %s could not be applied here: %s", what,
+                               m && name[0] ? "out of memory" : err);
+        if (j)
+            free_job(j);
+        return;
+    }
+    ts_log_info("model '%s' %s by replica '%s': version %lld, step %lld", s->name,
+                strcmp(what, "restore") == 0 ? "brought back" : "added", origin, (long long)version,
+                (long long)s->step);
+    store_applied(srv, j, what, version, restored_from, strcmp(what, "restore") == 0 ? 200 : 201);
 }
 
 static void unload_control(ts_engine *e, ts_served *s, void *arg);
@@ -310,6 +355,10 @@ void ts_admin_apply(void *arg, ts_served *s, const char *what, int64_t version, 
     ts_req *req = w ? w->req : NULL;
     int64_t restored_from = w ? w->restored_from : 0;
     free(w);
+    if (!s && bytes) {
+        admin_add(srv, req, what, version, bytes, len, origin, restored_from);
+        return;
+    }
     if (!s) {
         if (req)
             ts_req_reply_error(req, 404, "the model was unloaded (by an earlier DELETE in the stream) before "
@@ -347,11 +396,7 @@ void ts_admin_apply(void *arg, ts_served *s, const char *what, int64_t version, 
     ts_log_info("model '%s' %s by replica '%s': version %lld, step %lld", s->name,
                 strcmp(what, "restore") == 0 ? "restored" : "replaced", origin, (long long)version,
                 (long long)s->step);
-    j->version = version;
-    j->reason = strcmp(what, "restore") == 0 ? "restore" : "import";
-    j->snapshot_id = restored_from;
-    j->repl = ts_repl_position(srv->repl, s->name);
-    ts_persist_submit(srv->persist, &j->job);
+    store_applied(srv, j, what, version, restored_from, 200);
 }
 
 /* PUT of a served model while replicating: its version number is this database's next, for
@@ -395,7 +440,9 @@ static void restore_work(ts_store *st, ts_persist_job *pj) {
     int skipped = 0;
     j->model = ts_store_load(st, j->name, j->snapshot_id, &j->info, &skipped, j->err, sizeof j->err);
     j->status = j->model ? 200 : 500;
-    if (j->model && j->is_new && ts_store_activate(st, j->name, j->err, sizeof j->err) < 0) {
+    /* Replicating, it is activated where the admin message is applied (ts_store_put_joined). */
+    if (j->model && j->is_new && !ts_repl_enabled(j->srv->repl) &&
+        ts_store_activate(st, j->name, j->err, sizeof j->err) < 0) {
         ts_model_free(j->model); /* a deleted model comes back: loaded at the next start again */
         j->model = NULL;
         j->status = 500;
@@ -428,9 +475,9 @@ static void restore_done(ts_persist_job *pj) {
     ts_served *s = ts_engine_find(j->srv->engine, j->name, 0);
     if (j->status != 200)
         ts_req_reply_error(j->req, j->status, "restore failed: %s", j->err);
-    else if (!s && j->is_new && !ts_engine_find(j->srv->engine, j->name, 1))
+    else if (!s && j->is_new && !ts_engine_find(j->srv->engine, j->name, 1) && !ts_repl_enabled(j->srv->repl))
         serve_restored(j);
-    else if (!s)
+    else if (!s && !(j->is_new && !ts_engine_find(j->srv->engine, j->name, 1)))
         ts_req_reply_error(j->req, 404, "model '%s' was unloaded", j->name);
     else if (ts_repl_enabled(j->srv->repl))
         publish_admin(j->srv, j->req, j->name, "restore", j->info.version, j->model, j->snapshot_id);
@@ -582,15 +629,6 @@ static void admin_put(ts_server *srv, ts_req *req) {
 
 void ts_admin_handle(ts_server *srv, ts_req *req) {
     ts_endpoint ep = req->route.ep;
-    if (ts_repl_enabled(srv->repl) && (ep == TS_EP_ADMIN_PUT || ep == TS_EP_ADMIN_RESTORE) &&
-        !ts_engine_find(srv->engine, req->route.model, 1)) {
-        /* Not replicated yet (repl.h): done on one replica, it would part its models from the
-         * others' for good. */
-        ts_req_reply_error(req, 409, "%s is not replicated yet, so it is refused while --replicate is on; "
-                           "replacing, restoring and deleting a served model are", ep == TS_EP_ADMIN_PUT
-                           ? "adding a new model (PUT)" : "bringing back a deleted model (restore)");
-        return;
-    }
     if (ep == TS_EP_ADMIN_LIST) {
         admin_list(srv, req);
         return;

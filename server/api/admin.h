@@ -10,8 +10,9 @@
 void ts_admin_handle(ts_server *srv, ts_req *req);
 
 /* Replicating (repl.h "Admin everywhere"): apply an admin message — the ts_repl_admin_fn
- * hook, arg the ts_server; s NULL: the model is gone here. A request of this replica
- * waiting for it is answered. */
+ * hook, arg the ts_server; s NULL: the model is not served here — added when bytes is
+ * not NULL (PUT of a new name, restore of a deleted one), else nothing to do. A request of
+ * this replica waiting for it is answered. */
 void ts_admin_apply(void *arg, ts_served *s, const char *what, int64_t version, const uint8_t *bytes, size_t len,
                     const char *origin, const char *id);
 /* Shutdown: answer the requests still waiting for their admin message (503). */

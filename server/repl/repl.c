@@ -49,6 +49,7 @@ typedef struct position {
      * message in the stream: applied again when consumed (repl.h "Admin everywhere"). */
     int64_t reapply_lo, reapply_hi; /* seq in (lo, hi] */
     int split_next;              /* the next own step queued is published alone */
+    int deletes_queued;          /* DELETE admin messages in the model's FIFO, not yet applied */
     int64_t *reapply;            /* and these (journaled after the replacement) */
     size_t n_reapply;
     origin *origins;
@@ -88,6 +89,7 @@ typedef struct delta {
     int64_t first_seq, steps;    /* the first step it covers, and how many (repl.h, Summing) */
     uint64_t stream_seq;
     int64_t stored_ns;           /* when JetStream stored it (Unix ns; 0: unknown) */
+    int counted;                 /* a DELETE counted in its position's deletes_queued */
     uint8_t *payload;
     size_t len;
     struct delta *next;
@@ -119,6 +121,8 @@ struct ts_repl {
     pub *todo_head, *todo_tail;  /* mu: the head is being published */
     pub *acked_head, *acked_tail;/* mu: acknowledged, for the loop */
     delta *in_head, *in_tail;    /* mu: consumed, for the loop */
+    delta *held;                 /* loop: messages that bring back a model still being unloaded
+                                    (and those after them for it), in stream order (drain_in) */
     uv_async_t async;
     uv_timer_t tick;
     _Atomic int connected, set_up;
@@ -377,6 +381,11 @@ void ts_repl_free(ts_repl *r) {
     while (r->asm_head) {
         delta *d = r->asm_head;
         r->asm_head = d->next_asm;
+        delta_free(d);
+    }
+    while (r->held) {
+        delta *d = r->held;
+        r->held = d->next;
         delta_free(d);
     }
     while (r->positions) {
@@ -999,24 +1008,85 @@ static void drain_acked(ts_repl *r) {
     }
 }
 
+/* Whether admin message d adds its model (a PUT of a new name, a restore of a deleted one). */
+static int adds_model(const delta *d) { return d->admin[0] && strcmp(d->admin, "delete") != 0; }
+
+/* Whether d must wait (drain_in): it adds a model that an earlier DELETE is still unloading
+ * here (queued in its FIFO, or unloading), or an earlier message of its model waits already
+ * (stream order). */
+static int must_wait(ts_repl *r, const delta *d) {
+    for (const delta *h = r->held; h; h = h->next)
+        if (strcmp(h->model, d->model) == 0)
+            return 1;
+    if (!adds_model(d))
+        return 0;
+    ts_served *s = ts_engine_find(r->engine, d->model, 1);
+    const position *pos = position_find(r, d->model);
+    return s && (s->unloading || (pos && pos->deletes_queued > 0));
+}
+
+static void add_position(ts_repl *r, const delta *d);
+
+/* An admin message for a model not served here: an add takes effect now (its position
+ * starts at the message, then the hook adds the model, so the deltas after it find the
+ * model's FIFO); anything else has nothing to apply, but a request waiting for it is
+ * answered. */
+static void admin_unserved(ts_repl *r, const delta *d) {
+    position *pos = position_find(r, d->model);
+    if (adds_model(d) && pos && pos->known && d->stream_seq <= pos->stream_seq)
+        return; /* consumed before (the model was deleted after it) */
+    if (adds_model(d))
+        add_position(r, d);
+    if (r->admin_fn)
+        r->admin_fn(r->admin_arg, NULL, d->admin, d->version, adds_model(d) ? d->payload : NULL,
+                    adds_model(d) ? d->len : 0, d->origin, d->admin_id);
+}
+
 /* The consumed deltas, each to its model's FIFO (or dropped while shutting down: the
- * position does not move, so the next start consumes them again). */
+ * position does not move, so the next start consumes them again). The held ones (must_wait)
+ * go first, retried on every drain and tick until the unload is done. */
 static void drain_in(ts_repl *r) {
     pthread_mutex_lock(&r->mu);
     delta *in = r->in_head;
     r->in_head = r->in_tail = NULL;
     pthread_mutex_unlock(&r->mu);
+    delta **tail = &r->held, *first_new = in;
+    int is_new = 0;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = in;
+    in = r->held;
+    r->held = NULL;
+    tail = &r->held;
     for (delta *d; (d = in) != NULL;) {
         in = d->next;
         d->next = NULL;
+        is_new |= d == first_new; /* the held ones come first */
         ts_served *s = r->draining ? NULL : ts_engine_find(r->engine, d->model, 0);
+        if (!r->draining && must_wait(r, d)) {
+            if (is_new && adds_model(d))
+                ts_log_info("replication: model '%s': the %s by replica '%s' waits until the unload of the "
+                            "model (an earlier DELETE) is done here", d->model, d->admin, d->origin);
+            *tail = d;
+            tail = &d->next;
+            continue;
+        }
+        /* A DELETE that takes effect: an add behind it waits until the model is gone. Counted
+         * before it is queued: an idle model runs (and frees) it at once. */
+        position *pos = s && d->admin[0] && !adds_model(d) ? position_get(r, d->model) : NULL;
+        if (pos && !(pos->known && d->stream_seq <= pos->stream_seq)) {
+            pos->deletes_queued++;
+            d->counted = 1;
+        }
         if (s && ts_engine_control(r->engine, s, d->admin[0] ? apply_admin : apply_delta, d) == 0) {
             r->queued_deltas++;
             continue;
         }
-        if (!s && !r->draining && d->admin[0] && r->admin_fn) /* e.g. deleted by an earlier one */
-            r->admin_fn(r->admin_arg, NULL, d->admin, d->version, NULL, 0, d->origin, d->admin_id);
-        if (!s && !r->draining && atomic_fetch_add(&r->unknown_model, 1) == 0)
+        if (d->counted)
+            pos->deletes_queued--;
+        if (!s && !r->draining && d->admin[0])
+            admin_unserved(r, d);
+        else if (!s && !r->draining && atomic_fetch_add(&r->unknown_model, 1) == 0)
             ts_log_warn("replication: a delta for model '%s', which this replica does not serve, was "
                         "skipped (counted in tscale_repl_deltas_skipped_total)", d->model);
         else if (s)
@@ -1073,6 +1143,47 @@ static int delta_seen(ts_repl *r, position *pos, const delta *d, origin **o) {
     return *o ? span_seen(r, pos, d, *o) : 0;
 }
 
+/* pos takes admin message d (stream order): own steps journaled and not yet consumed are
+ * after it in the stream, so the others apply them to the new state and this replica
+ * applies them again when they come; steps still waiting for their journal commit are
+ * added by the engine (ts_repl_reapply) once journaled. */
+static void admin_position(position *pos, const delta *d) {
+    pos->stream_seq = d->stream_seq;
+    pos->admin_seq = d->stream_seq;
+    pos->known = 1;
+    pos->reapply_lo = pos->own_seen;
+    pos->reapply_hi = pos->journaled;
+    pos->n_reapply = 0;
+    pos->split_next = 1;
+    ts_log_info("replication: model '%s': %s by replica '%s' takes effect at stream sequence %llu (own steps "
+                "with journal seq in (%lld, %lld] are after it in the stream: applied again when they come)",
+                pos->model, d->admin, d->origin, (unsigned long long)d->stream_seq, (long long)pos->reapply_lo,
+                (long long)pos->reapply_hi);
+}
+
+/* An admin message adds model d->model (not served here): its position starts at the
+ * message. Other origins' marks are dropped (each replica has the same view then, whether
+ * it served the name before or not: every delta after the message is on the new state);
+ * this replica's own mark stays (its steps are acknowledged up to there). */
+static void add_position(ts_repl *r, const delta *d) {
+    position *pos = position_get(r, d->model);
+    if (!pos)
+        return; /* out of memory: the snapshot is stored without a position */
+    for (origin **pp = &pos->origins; *pp;) {
+        origin *o = *pp;
+        if (strcmp(o->id, r->id) != 0) {
+            *pp = o->next;
+            free(o);
+        } else {
+            pp = &o->next;
+        }
+    }
+    free(pos->diverged);
+    pos->diverged = NULL;
+    pos->deletes_queued = 0; /* any still counted went with the old model's FIFO */
+    admin_position(pos, d);
+}
+
 /* A control item of s's FIFO (s idle): an admin message takes effect here, in stream order
  * (repl.h "Admin everywhere"). Owns d. */
 static void apply_admin(struct ts_engine *e, ts_served *s, void *arg) {
@@ -1080,25 +1191,10 @@ static void apply_admin(struct ts_engine *e, ts_served *s, void *arg) {
     ts_repl *r = d->r;
     r->queued_deltas--;
     position *pos = position_get(r, s->name);
+    if (pos && d->counted && pos->deletes_queued > 0)
+        pos->deletes_queued--;
     if (pos && d->stream_seq > pos->stream_seq) {
-        pos->stream_seq = d->stream_seq;
-        pos->admin_seq = d->stream_seq;
-        pos->known = 1;
-        /* Own steps journaled and not yet consumed are after it in the stream: the others
-         * apply them to the replaced state, so this replica applies them again when they
-         * come; steps still waiting for their journal commit are added by the engine
-         * (ts_repl_reapply) once journaled. */
-        pos->reapply_lo = pos->own_seen;
-        pos->reapply_hi = pos->journaled;
-        pos->n_reapply = 0;
-        pos->split_next = 1;
-        ts_log_info("replication: model '%s': %s by replica '%s' takes effect at stream sequence %llu (own "
-                    "steps with journal seq in (%lld, %lld] are after it in the stream: applied again when they "
-                    "come)", s->name,
-                    strcmp(d->admin, "delete") == 0 ? "delete" : strcmp(d->admin, "restore") == 0 ? "restore"
-                                                                                                     : "replace",
-                    d->origin, (unsigned long long)d->stream_seq, (long long)pos->reapply_lo,
-                    (long long)pos->reapply_hi);
+        admin_position(pos, d);
         if (r->admin_fn)
             r->admin_fn(r->admin_arg, s, d->admin, d->version, d->payload, d->len, d->origin, d->admin_id);
     }
@@ -1165,6 +1261,8 @@ static void on_tick(uv_timer_t *t) {
         }
     }
     r->any_late = late;
+    if (r->held)
+        drain_in(r); /* a model being unloaded may be gone now */
 }
 
 /* --replicate's comma-separated URLs as the server list of opts. */

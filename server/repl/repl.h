@@ -74,14 +74,21 @@
  * is unknown (a join) and then calls ts_repl_join_done, which sets where consuming starts.
  * The publisher thread publishes queued states when no step waits.
  *
- * Admin everywhere: PUT (replace), restore and DELETE of a served model are published to
- * the model's delta subject as an admin message (headers Tscale-Admin "import", "restore"
+ * Admin everywhere: PUT (replace, or add a new name), restore (of a served or a deleted
+ * model) and DELETE are published to the model's delta subject as an admin message (headers Tscale-Admin "import", "restore"
  * or "delete", Tscale-Admin-Id, Tscale-Chunk "i/n": a model file larger than max_payload
  * goes in chunks, assembled per origin) and take effect on every replica, the originating
  * one included, when consumed: a control item of the model's FIFO at the stream position
  * of the last chunk, like a delta (ts_repl_set_admin's hook does the swap or unload; the
  * originating replica answers its request then). So every replica replaces the state at
- * the same point of the delta sequence.
+ * the same point of the delta sequence. An "import" or "restore" for a model a replica does
+ * not serve adds it there (no FIFO to queue it in): its position starts at the message
+ * (other origins' marks dropped, as on a replica that never served the name), then the hook
+ * serves and stores it, so the deltas after it reach the new model's FIFO. One that arrives
+ * while an earlier DELETE of the name is still queued in its FIFO or unloading waits, with
+ * every later message of that model, until the model is gone (retried on each drain and
+ * tick): a DELETE then an add ends the same everywhere. An add at or below a position still
+ * held in memory (consumed again) is skipped.
  *
  * The rule for a replica's own steps around an admin message X (position p, stream seq
  * S): every replica applies the deltas before S to the old state and those after S to the
@@ -225,9 +232,10 @@ int64_t ts_repl_max_age(const ts_repl *r);
 int ts_repl_publish_admin(ts_repl *r, const char *model, const char *what, int64_t version,
                           const uint8_t *bytes, size_t len, char *id, size_t idlen);
 /* Apply an admin message: a control item of s (idle), its position advanced past it; s
- * NULL when the model is not served here (deleted by an earlier message): nothing to apply,
- * but a request waiting for it is answered. Who owns what: bytes, origin and id are r's,
- * valid during the call. */
+ * NULL when the model is not served here: an add (bytes not NULL; its position is set
+ * already) is served and stored by the hook, anything else (e.g. deleted by an earlier
+ * message) has nothing to apply, but a request waiting for it is answered. Who owns what:
+ * bytes, origin and id are r's, valid during the call. */
 typedef void (*ts_repl_admin_fn)(void *arg, struct ts_served *s, const char *what, int64_t version,
                                  const uint8_t *bytes, size_t len, const char *origin, const char *id);
 void ts_repl_set_admin(ts_repl *r, ts_repl_admin_fn fn, void *arg);

@@ -252,13 +252,14 @@ class Replication(unittest.TestCase):
             t.join(60)
         self.assertEqual(acked, [5, 5, 5])
         self.converged(sum(acked))
-        # Adding a model is not replicated yet: refused rather than parting one replica's
-        # models from the others' (replace, restore and delete are: test_replication_state).
+        # Adding a model on one replica adds it on all (test_replication_state e has more).
         with open(ms.golden_file(CASE), "rb") as f:
             model_file = f.read()
         status, _, text = r[1].request("PUT", "/admin/models/other", model_file)
-        self.assertEqual(status, 409, text[:300])
-        self.assertIn(b"not replicated yet", text)
+        self.assertEqual(status, 201, text[:300])
+        for d in r:
+            wait_for("model other on every replica", lambda: d.request("GET", "/admin/models/other")[0] == 200,
+                     CONVERGE_S)
         # A repeat of an id answers the first answer and applies nothing.
         status, _, _ = feedback(r[0], 0, id="w0-0")
         self.assertEqual(status, 200)

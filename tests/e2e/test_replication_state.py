@@ -10,12 +10,15 @@
   (d) restore, PUT (replace) and DELETE on one replica take effect on all, in stream order,
       while the others take feedback: identical exports afterwards, and a restore with no
       feedback around it gives every replica exactly the snapshot's state;
+  (e) PUT of a new name and restore of a deleted model on one replica add it on all, in
+      stream order: byte-identical exports, and feedback for it converges;
   (c) one replica's integer state corrupted on disk (its SQLite snapshot edited while it
       is stopped, checksum fixed so its own recovery loads it): the digest comparison at
       the same position detects it, counts it, and the replica resyncs.
 
 Every wait polls with a deadline (ASan runs these too)."""
 import os
+import signal
 import sqlite3
 import struct
 import threading
@@ -23,9 +26,10 @@ import time
 import unittest
 
 import modelstate as ms
+import oipc
 import tsd
 import test_replication as base  # not its classes by name: unittest would run their tests here again
-from test_replication import CASE, CONVERGE_S, MODEL, NATS, feedback, wait_for
+from test_replication import CASE, CONVERGE_S, MODEL, NATS, feedback, request_at, wait_for
 
 FNV_OFFSET, FNV_PRIME, MASK = 0xcbf29ce484222325, 0x100000001b3, (1 << 64) - 1
 
@@ -161,9 +165,9 @@ class PublishedStates(unittest.TestCase):
         self.replicas[1] = r1
         self.assertEqual(ms.export(r1, MODEL), want)
 
-    def same_exports(self):
+    def same_exports(self, name=MODEL):
         def same():
-            blobs = [ms.export(d, MODEL) for d in self.replicas]
+            blobs = [ms.export(d, name) for d in self.replicas]
             return blobs[0] if all(b == blobs[0] for b in blobs) else None
         return wait_for("identical exports", same, CONVERGE_S)
 
@@ -226,6 +230,89 @@ class PublishedStates(unittest.TestCase):
         self.assertEqual(sorted(codes.values()), [200, 404])
         for d in self.replicas:
             wait_for("the model gone", lambda: d.request("GET", "/admin/models/%s" % MODEL)[0] == 404, CONVERGE_S)
+
+    def test_e_new_and_undeleted_models_everywhere(self):
+        self.replicas = [self.start("r0"), self.start("r1"), self.start("r2")]
+        r0, r1, r2 = self.replicas
+        name = "added"
+
+        def feedback_n(d, step, id):
+            rows, kind, signal = request_at(step)
+            return d.request("POST", "/v2/models/%s/feedback" % name, oipc.feedback_body(rows, kind, signal, id=id))
+
+        def served_everywhere(yes):
+            for d in self.replicas:
+                wait_for("model %s %s on %s" % (name, "served" if yes else "gone", d), lambda: (d.request(
+                    "GET", "/admin/models/%s" % name)[0] == 200) == yes, CONVERGE_S)
+
+        # PUT of a name no replica serves, on r1: 201 once it took effect on r1, then served
+        # by all three with the file's own state.
+        with open(ms.golden_file(CASE), "rb") as f:
+            model_file = f.read()
+        status, _, body = r1.request("PUT", "/admin/models/%s" % name, model_file,
+                                     {"Content-Type": "application/octet-stream"})
+        self.assertEqual(status, 201, body[:300])
+        served_everywhere(True)
+        self.assertEqual(self.same_exports(name), ms.export(r1, name))
+        for d in self.replicas:
+            self.assertTrue(any("'%s' added by replica 'r1'" % name in l for l in d.log_lines), d.log())
+        # Feedback on r2 for it reaches the others.
+        first = ms.step_of(ms.state(ms.export(r2, name)))
+        for step in range(3):
+            self.assertEqual(feedback_n(r2, step, "e-%d" % step)[0], 200)
+        before = self.same_exports(name)
+        self.assertEqual(ms.step_of(ms.state(before)) - first, 3)
+        # DELETE on r0, then restore its last snapshot (the one DELETE took) on r0: back on
+        # every replica with the state it had.
+        self.assertEqual(r0.request("DELETE", "/admin/models/%s" % name)[0], 200)
+        served_everywhere(False)
+        snaps = r0.json("GET", "/admin/models/%s/snapshots" % name)["snapshots"]
+        snap = max(s["snapshot_id"] for s in snaps)
+        out = r0.json("POST", "/admin/models/%s/restore" % name, {"snapshot_id": snap})
+        self.assertEqual(out["restored_from"], snap)
+        served_everywhere(True)
+        self.assertEqual(self.same_exports(name), before)
+        # Feedback after the restore converges too, and the other model was never touched.
+        self.assertEqual(feedback_n(r1, 3, "e-3")[0], 200)
+        wait_for("the step after the restore everywhere", lambda: all(
+            ms.step_of(ms.state(ms.export(d, name))) - first == 4 for d in self.replicas), CONVERGE_S)
+        after = self.same_exports(name)
+        self.assertEqual(ms.step_of(ms.state(after)) - first, 4)
+        # DELETE and restore at once (the restore asked as soon as r0 answers the DELETE,
+        # while the others may still be unloading it): back everywhere, the same bytes.
+        for k in range(3):
+            self.assertEqual(r0.request("DELETE", "/admin/models/%s" % name)[0], 200)
+            snap = max(s["snapshot_id"] for s in r0.json("GET", "/admin/models/%s/snapshots" % name)["snapshots"])
+            r0.json("POST", "/admin/models/%s/restore" % name, {"snapshot_id": snap})
+        served_everywhere(True)
+        self.assertEqual(self.same_exports(name), after)
+        # r2 paused (SIGSTOP) while r0 deletes the model, brings it back and takes a step on
+        # it: resumed, r2 consumes all three at once — the restore waits until its unload is
+        # done, and the step after it waits behind it.
+        r2.proc.send_signal(signal.SIGSTOP)
+        try:
+            self.assertEqual(r0.request("DELETE", "/admin/models/%s" % name)[0], 200)
+            snap = max(s["snapshot_id"] for s in r0.json("GET", "/admin/models/%s/snapshots" % name)["snapshots"])
+            r0.json("POST", "/admin/models/%s/restore" % name, {"snapshot_id": snap})
+            self.assertEqual(feedback_n(r0, 4, "e-4")[0], 200)
+        finally:
+            r2.proc.send_signal(signal.SIGCONT)
+        wait_for("the step after the paused restore everywhere", lambda: all(
+            d.request("GET", "/admin/models/%s" % name)[0] == 200 and
+            ms.step_of(ms.state(ms.export(d, name))) - first == 5 for d in self.replicas), CONVERGE_S)
+        after = self.same_exports(name)
+        # A replica stopped while a new model is added gets it from the stream when it starts.
+        self.assertEqual(r2.stop(), 0)
+        r2.close()
+        status, _, body = r0.request("PUT", "/admin/models/added2", model_file,
+                                     {"Content-Type": "application/octet-stream"})
+        self.assertEqual(status, 201, body[:300])
+        r2 = self.replicas[2] = self.start("r2")
+        wait_for("added2 on the restarted replica", lambda: r2.request("GET", "/admin/models/added2")[0] == 200,
+                 CONVERGE_S)
+        self.assertEqual(self.same_exports("added2"), ms.export(r0, "added2"))
+        self.assertEqual(self.same_exports(name), after)
+        self.converged(0)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@
  *     step's whole integer effect (core/feedback.h) — and holds the answer.
  *   - The loop gives each entry the next global sequence number and encodes the scores
  *     (1 byte per group when every score fits in int8 — always for group sizes up to 127 —
- *     else 2), with an FNV-1a checksum over seq, version, step and payload.
+ *     else 2). The persistence thread adds an FNV-1a checksum over seq, version, step and
+ *     payload just before the insert (off the loop: a big model's payload is 262 KB).
  *   - The entry goes to the persistence thread as a group job (persist.h): every entry that
  *     queued up while the previous commit ran is written in one transaction
  *     (synchronous=FULL: one fsync). Jobs run in the order the loop made them, so a snapshot

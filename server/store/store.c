@@ -366,13 +366,17 @@ void ts_store_close(ts_store *s) {
 /* ---- models ------------------------------------------------------------------------- */
 
 /* id of model name; 0 when unknown (create: insert it). 0, or -1 + err. */
+static sqlite3_stmt *journal_stmt(ts_store *s, int i);
+
 static int model_id(ts_store *s, const char *name, int create, int64_t *id, char *err, size_t errlen) {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = journal_stmt(s, J_MODEL); /* cached: every group commit looks it up */
     *id = 0;
-    if (prepare(s, "SELECT id FROM models WHERE name = ?1", &st) != 0)
+    if (!st)
         return fail_sql(s, err, errlen, "model '%s': lookup failed", name);
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    int rc = step_int(st, id);
+    int rc = sqlite3_step(st);
+    *id = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return fail_sql(s, err, errlen, "model '%s': lookup failed", name);
     if (*id || !create)
@@ -1173,20 +1177,6 @@ static int journal_insert(ts_store *s, const ts_journal_row *r, int64_t mid) {
     return journal_run(st);
 }
 
-/* As model_known, with the cached statement. */
-static int journal_model(ts_store *s, const char *name, int64_t *id, char *err, size_t errlen) {
-    sqlite3_stmt *st = journal_stmt(s, J_MODEL);
-    if (!st)
-        return fail_sql(s, err, errlen, "model '%s': lookup failed", name);
-    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    *id = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-    sqlite3_reset(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        return fail_sql(s, err, errlen, "model '%s': lookup failed", name);
-    return *id ? 0 : fail(s, err, errlen, "model '%s' not found", name);
-}
-
 int ts_store_journal_append(ts_store *s, const ts_journal_row *rows, int n, int64_t ids_before_ms,
                             char *err, size_t errlen) {
     sqlite3_stmt *begin = journal_stmt(s, J_BEGIN);
@@ -1197,7 +1187,7 @@ int ts_store_journal_append(ts_store *s, const ts_journal_row *rows, int n, int6
     int64_t mid = 0;
     for (int i = 0; i < n && rc == 0; i++) {
         if (!last || strcmp(last, rows[i].model) != 0) { /* groups are mostly one model */
-            rc = journal_model(s, rows[i].model, &mid, err, errlen);
+            rc = model_known(s, rows[i].model, &mid, err, errlen);
             last = rows[i].model;
         }
         if (rc == 0 && journal_insert(s, &rows[i], mid) != 0)

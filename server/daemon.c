@@ -403,7 +403,8 @@ static int start_states(ts_server *srv, char *err, size_t errlen) {
         return -1;
     }
     ts_repl_set_state(srv->repl, srv->state);
-    ts_state_start(srv->state, srv->loop);
+    if (ts_state_start(srv->state, srv->loop, err, errlen) < 0)
+        return -1;
     ts_log_info("replication: publishing model states every %lld s to stream '%s_STATE'", (long long)every,
                 ts_repl_stream(srv->repl));
     return 0;

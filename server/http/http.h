@@ -7,7 +7,7 @@
  * body parsing (JSON of a large tensor, a model file for PUT) would then run on the loop
  * and stall every model's queue. On its own thread MHD does all socket I/O and the
  * parsing; the loop only routes parsed requests, batches and answers. The hand-over is a
- * mutex-protected list plus a uv_async_t (MHD thread -> loop) and MHD_resume_connection,
+ * mutex-protected list plus a ts_wake (MHD thread -> loop) and MHD_resume_connection,
  * which is thread-safe (loop -> MHD thread).
  *
  * Life of a request (ts_req), threads in brackets:

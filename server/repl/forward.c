@@ -12,6 +12,7 @@
 #include "proto/safetensors.h"
 #include "server/http/auth.h"
 #include "server/log.h"
+#include "server/wake.h"
 #include "server/metrics.h"
 #include "server/repl/natsmsg.h"
 
@@ -58,7 +59,7 @@ struct ts_forward {
     natsSubscription *inbox_sub, *own_sub, *any_sub;
     char *inbox;
     char prefix[17];
-    uv_async_t async;
+    ts_wake wake;
     uv_timer_t tick;
     int started, ticking;
     int closed;                  /* loop: ts_forward_stop ran; nothing is sent any more */
@@ -398,7 +399,7 @@ static int hand_over(ts_forward *f, reply *r, serving *s) {
         f->requests = s;
     }
     if (ok)
-        uv_async_send(&f->async);
+        ts_wake_send(&f->wake);
     pthread_mutex_unlock(&f->mu);
     return ok;
 }
@@ -591,8 +592,8 @@ static serving *take_all(ts_forward *f) {
     return requests;
 }
 
-static void on_async(uv_async_t *h) {
-    ts_forward *f = h->data;
+static void on_wake(void *data) {
+    ts_forward *f = data;
     serving *requests = take_all(f);
     for (serving *s; (s = requests) != NULL;) {
         requests = s->next;
@@ -632,8 +633,11 @@ int ts_forward_start(ts_forward *f, uv_loop_t *loop, char *err, size_t errlen) {
     if (!nc)
         return 0;
     f->loop = loop;
-    uv_async_init(loop, &f->async, on_async);
-    f->async.data = f;
+    int rc = ts_wake_init(loop, &f->wake, on_wake, f);
+    if (rc != 0) {
+        snprintf(err, errlen, "feedback forwarding: cannot create its wake-up handle: %s", uv_strerror(rc));
+        return -1;
+    }
     uv_timer_init(loop, &f->tick);
     f->tick.data = f;
     f->started = 1;
@@ -678,7 +682,7 @@ void ts_forward_stop(ts_forward *f) {
     f->closed = 1; /* requests still served here are answered to nobody (their askers time out) */
     uv_timer_stop(&f->tick);
     uv_close((uv_handle_t *)&f->tick, NULL);
-    uv_close((uv_handle_t *)&f->async, NULL);
+    ts_wake_close(&f->wake, NULL);
     free(f->inbox);
     f->inbox = NULL;
     f->started = 0;

@@ -37,7 +37,7 @@
  * over NATS' max_payload is refused with 413 (the request body limits apply before).
  *
  * Threads: libnats' subscription callbacks only copy messages into mutex-guarded lists and
- * wake the loop (uv_async), as repl.c does. Every function is loop thread only.
+ * wake the loop (ts_wake), as repl.c does. Every function is loop thread only.
  */
 #ifndef TS_REPL_FORWARD_H
 #define TS_REPL_FORWARD_H

@@ -18,6 +18,7 @@
 #include "server/repl/state.h"
 #include "server/store/journal.h"
 #include "server/log.h"
+#include "server/wake.h"
 
 /* How often the loop looks for late steps, and the publisher's pause after a failure. */
 #define TICK_MS 100
@@ -123,7 +124,7 @@ struct ts_repl {
     delta *in_head, *in_tail;    /* mu: consumed, for the loop */
     delta *held;                 /* loop: messages that bring back a model still being unloaded
                                     (and those after them for it), in stream order (drain_in) */
-    uv_async_t async;
+    ts_wake wake;                 /* libnats' threads -> loop: acks and deltas in the lists */
     uv_timer_t tick;
     _Atomic int connected, set_up;
     pub *lhead, *ltail;          /* loop: the same steps as todo, in the same order (walked
@@ -690,7 +691,7 @@ static void push_in(ts_repl *r, delta *d) {
         r->in_head = d;
     r->in_tail = d;
     pthread_mutex_unlock(&r->mu);
-    uv_async_send(&r->async);
+    ts_wake_send(&r->wake);
 }
 
 /* One chunk of an admin message (the subscription's callback): assembled per origin (one
@@ -896,7 +897,7 @@ static void ack_group(ts_repl *r, size_t n) {
             r->todo_tail = NULL;
         pub_push(&r->acked_head, &r->acked_tail, p);
     }
-    uv_async_send(&r->async);
+    ts_wake_send(&r->wake);
 }
 
 static void *thread_main(void *arg) {
@@ -925,7 +926,7 @@ static void *thread_main(void *arg) {
                 pthread_mutex_lock(&r->mu);
                 if (ok) {
                     atomic_store(&r->set_up, 1);
-                    uv_async_send(&r->async);
+                    ts_wake_send(&r->wake);
                     streak = 0;
                     continue;
                 }
@@ -1095,8 +1096,8 @@ static void drain_in(ts_repl *r) {
     }
 }
 
-static void on_async(uv_async_t *h) {
-    ts_repl *r = h->data;
+static void on_wake(void *data) {
+    ts_repl *r = data;
     drain_acked(r);
     drain_in(r);
 }
@@ -1327,15 +1328,18 @@ int ts_repl_start(ts_repl *r, uv_loop_t *loop, struct ts_engine *e, char *err, s
     r->start_seq = consume_from(r); /* ts_repl_join_done sets it again after a join */
     for (pub *p = r->lhead; p; p = p->lnext) /* queued at recovery */
         p->t_queued_ms = uv_now(loop);
-    uv_async_init(loop, &r->async, on_async);
-    r->async.data = r;
+    int rc = ts_wake_init(loop, &r->wake, on_wake, r);
+    if (rc != 0) {
+        snprintf(err, errlen, "replication: cannot create its wake-up handle: %s", uv_strerror(rc));
+        return -1;
+    }
     uv_timer_init(loop, &r->tick);
     r->tick.data = r;
     uv_timer_start(&r->tick, on_tick, TICK_MS, TICK_MS);
     r->started = 1;
     if (connect_nats(r, err, errlen) < 0)
         return -1;
-    int rc = pthread_create(&r->thread, NULL, thread_main, r);
+    rc = pthread_create(&r->thread, NULL, thread_main, r);
     if (rc != 0) {
         snprintf(err, errlen, "cannot start the replication thread: %s", strerror(rc));
         return -1;
@@ -1366,7 +1370,7 @@ void ts_repl_stop(ts_repl *r) {
     r->js = NULL;
     r->nc = NULL;
     r->draining = 1;
-    on_async(&r->async); /* what was acknowledged meanwhile; deltas are dropped */
+    on_wake(r); /* what was acknowledged meanwhile; deltas are dropped */
     for (pub *p; (p = r->lhead) != NULL;) {
         r->lhead = p->lnext;
         r->pending--;
@@ -1378,7 +1382,7 @@ void ts_repl_stop(ts_repl *r) {
     r->todo_head = r->todo_tail = NULL;
     uv_timer_stop(&r->tick);
     uv_close((uv_handle_t *)&r->tick, NULL);
-    uv_close((uv_handle_t *)&r->async, NULL);
+    ts_wake_close(&r->wake, NULL);
     r->started = 0;
 }
 

@@ -113,7 +113,7 @@
  *
  * Threads: libnats runs its own (connection, the subscription's callback); a publisher
  * thread of this module owns the JetStream calls. Everything they produce reaches the
- * loop through mutex-guarded lists and one uv_async_t (like persist.c). All functions are
+ * loop through mutex-guarded lists and one ts_wake (server/wake.h, like persist.c). All functions are
  * loop thread only unless said otherwise. With replication off the object only carries
  * each model's stored position forward into new snapshots.
  */

@@ -15,6 +15,7 @@
 #include "server/repl/chunks.h"
 #include "server/repl/natsmsg.h"
 #include "server/log.h"
+#include "server/wake.h"
 #include "server/server.h"
 #include "server/snapshot.h"
 
@@ -61,7 +62,7 @@ struct ts_state {
     ts_server *srv;
     int64_t interval_ms;
     uv_loop_t *loop;
-    uv_async_t async;
+    ts_wake wake;
     uv_timer_t tick;
     int started;
     pthread_mutex_t mu;
@@ -247,7 +248,7 @@ static void on_state_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     }
     jsMsgMetaData_Destroy(meta);
     natsMsg_Destroy(msg);
-    uv_async_send(&st->async);
+    ts_wake_send(&st->wake);
 }
 
 /* ---- the publisher thread ---- */
@@ -298,7 +299,7 @@ int ts_state_set_up(ts_state *st, jsCtx *js, uint64_t delta_first_seq, char *err
             mk->marker = 1;
             push_in(st, mk);
         }
-        uv_async_send(&st->async);
+        ts_wake_send(&st->wake);
     }
     return 0;
 }
@@ -793,8 +794,8 @@ static void received(ts_state *st, rstate *rs) {
     }
 }
 
-static void on_async(uv_async_t *h) {
-    ts_state *st = h->data;
+static void on_wake(void *data) {
+    ts_state *st = data;
     pthread_mutex_lock(&st->mu);
     rstate *in = st->in_head;
     st->in_head = st->in_tail = NULL;
@@ -867,15 +868,19 @@ static void on_tick(uv_timer_t *t) {
     }
 }
 
-void ts_state_start(ts_state *st, uv_loop_t *loop) {
+int ts_state_start(ts_state *st, uv_loop_t *loop, char *err, size_t errlen) {
     st->loop = loop;
     st->t_start_ms = st->t_capture_ms = uv_now(loop);
-    uv_async_init(loop, &st->async, on_async);
-    st->async.data = st;
+    int rc = ts_wake_init(loop, &st->wake, on_wake, st);
+    if (rc != 0) {
+        snprintf(err, errlen, "replication states: cannot create their wake-up handle: %s", uv_strerror(rc));
+        return -1;
+    }
     uv_timer_init(loop, &st->tick);
     st->tick.data = st;
     uv_timer_start(&st->tick, on_tick, TICK_MS, TICK_MS);
     st->started = 1;
+    return 0;
 }
 
 void ts_state_unsubscribe(ts_state *st) {
@@ -890,7 +895,7 @@ void ts_state_stop(ts_state *st) {
         return;
     uv_timer_stop(&st->tick);
     uv_close((uv_handle_t *)&st->tick, NULL);
-    uv_close((uv_handle_t *)&st->async, NULL);
+    ts_wake_close(&st->wake, NULL);
     st->started = 0;
 }
 

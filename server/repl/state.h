@@ -47,7 +47,7 @@
  *
  * Threads: the publisher thread of repl.c calls ts_state_set_up and ts_state_publish; the
  * subscription's callback (libnats' thread) assembles chunks; the persistence thread
- * writes captured states; everything else is on the loop. Lists cross threads under a mutex, with one uv_async_t.
+ * writes captured states; everything else is on the loop. Lists cross threads under a mutex, with one ts_wake.
  */
 #ifndef TS_STATE_H
 #define TS_STATE_H
@@ -64,8 +64,8 @@ struct ts_server;
 ts_state *ts_state_new(struct ts_server *srv, int64_t interval_s);
 /* Only after ts_state_stop and the loop run that closes its handles (or never started). */
 void ts_state_free(ts_state *st);
-/* Loop: the timer and the async handle. Before ts_repl_start. */
-void ts_state_start(ts_state *st, uv_loop_t *loop);
+/* Loop: the timer and the wake-up handle. Before ts_repl_start. 0, or -1 + err. */
+int ts_state_start(ts_state *st, uv_loop_t *loop, char *err, size_t errlen);
 /* ts_repl_stop, once the connection is closed: drop the subscription (before libnats
  * shuts down). */
 void ts_state_unsubscribe(ts_state *st);

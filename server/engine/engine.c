@@ -1158,10 +1158,10 @@ static void start_next_job(ts_engine *e) {
         arm_timer(e, earliest, now);
 }
 
-/* Journal entries of tiny steps are held while the next tiny step runs (step_commit): a
- * group commit then takes every step of a burst, where it took 2-3 and left the queue
- * waiting behind the compute lane (measured: 16 clients on the demo model, 89 % of
- * steps had more feedback queued behind them). Anything else running, or nothing: send. */
+/* Journal entries of tiny steps are held while the next tiny step runs (step_commit), so a
+ * group commit takes several steps of a burst (persist.h says when held entries go on
+ * their own), where it took 2-3 (measured: 16 clients on the demo model, 89 % of steps
+ * had more feedback queued behind them). Anything else running, or nothing: send. */
 static void flush_journal(ts_engine *e) {
     if (!e->lane_busy || !e->tiny_feedback)
         ts_journal_flush(e->cfg.journal);

@@ -704,6 +704,13 @@ int ts_engine_control(ts_engine *e, ts_served *s, ts_control_fn fn, void *arg) {
  * loop itself instead of the thread pool (launch). */
 #define INLINE_MAX_WORK ((int64_t)1 << 16)
 
+/* A job's compute in weight·rows: a feedback step is a forward, a backward and the scores,
+ * about three forwards. Exports are never tiny. */
+static int64_t job_work(const ts_job *j) {
+    int64_t fwd = j->rows * ts_model_params(j->s->model);
+    return j->kind == ITEM_INFER ? fwd : j->kind == ITEM_FEEDBACK ? 3 * fwd : INT64_MAX;
+}
+
 static ts_pool *pool_for(const ts_job *j) {
     int64_t params = ts_model_params(j->s->model);
     return j->rows * params >= POOL_MIN_WORK ? j->e->cfg.pool : NULL;
@@ -1038,9 +1045,9 @@ static void launch(ts_engine *e, ts_served *s, item_kind kind, int n) {
     s->busy = 1;
     e->lane_busy = 1;
     e->tiny_feedback = kind == ITEM_FEEDBACK && !pool_for(j);
-    if (kind == ITEM_INFER && j->rows * ts_model_params(s->model) <= INLINE_MAX_WORK) {
-        /* A tiny forward runs here: the loop waits a few µs, where the thread pool's two
-         * hand-offs (wake a worker, wake the loop back) cost more than the compute. pump()
+    if (job_work(j) <= INLINE_MAX_WORK) {
+        /* A tiny forward or step runs here: the loop waits a few µs, where the thread pool's
+         * two hand-offs (wake a worker, wake the loop back) cost more than the compute. pump()
          * is guarded against re-entry, so after_cb's pump() only marks it to run again. */
         work_cb(&j->work);
         after_cb(&j->work, 0);

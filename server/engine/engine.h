@@ -32,11 +32,13 @@
  *
  * Small jobs run on the compute thread alone: waking the pool's helpers costs more than
  * splitting a few microseconds of work saves, and on a busy machine idle helpers spinning
- * for the next job steal the CPU the HTTP threads need. Tiny forwards (≤ 2^16 weight·rows,
- * a few µs: the demo model's batches) run on the loop itself: the two hand-offs to a
- * compute thread and back cost more than the forward (perf: 1.65 -> 0.78 context switches
- * per batch-1 request under wrk, bench/README.md). They are still jobs of the one lane,
- * between the same FIFO boundaries, so nothing above changes.
+ * for the next job steal the CPU the HTTP threads need. Tiny jobs (≤ 2^16 weight·rows, a
+ * feedback step counted as three forwards: a few µs, the demo model's batches and steps) run
+ * on the loop itself: the two hand-offs to a compute thread and back cost more than the
+ * compute (perf: 1.65 -> 0.78 context switches per batch-1 request under wrk,
+ * bench/README.md; demo feedback under wrk -c16: daemon CPU per step 83 -> 48-57 µs).
+ * They are still jobs of the one lane, between the same FIFO boundaries, so nothing above
+ * changes.
  */
 #ifndef TS_ENGINE_H
 #define TS_ENGINE_H

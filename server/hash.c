@@ -13,6 +13,17 @@ uint64_t ts_fnv1a(uint64_t h, const void *p, size_t n) {
     return h;
 }
 
+uint64_t ts_fnv1a_words(uint64_t h, const void *p, size_t n) {
+    const uint8_t *b = p;
+    size_t i = 0;
+    for (; i + sizeof(uint64_t) <= n; i += sizeof(uint64_t)) {
+        uint64_t v;
+        memcpy(&v, b + i, sizeof v); /* little-endian host (store.c checks) */
+        h = (h ^ v) * FNV_PRIME;
+    }
+    return ts_fnv1a(h, b + i, n - i);
+}
+
 uint64_t ts_hash_bytes(const uint8_t *buf, size_t len) {
     /* Lane k hashes bytes k, k+8, k+16, ... of the whole 8-byte blocks; the tail and the
      * lane results are then folded through plain FNV-1a together with the length. */

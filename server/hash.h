@@ -22,4 +22,11 @@ uint64_t ts_hash_pair(const char *a, const char *b);
 #define TS_FNV_PRIME 0x100000001b3ULL
 uint64_t ts_fnv1a(uint64_t h, const void *p, size_t n);
 
+/* FNV-1a 64 with one step per 8-byte little-endian word of p[n] (the bytes after the last
+ * whole word one at a time), continuing from h: 8x fewer dependent multiplies than
+ * ts_fnv1a, for checksums of large blobs (snapshot states, journal payloads). Each step
+ * is a bijection of h, so a change to any one word always changes the result. Stable
+ * across builds: stored in the database. p need not be aligned. */
+uint64_t ts_fnv1a_words(uint64_t h, const void *p, size_t n);
+
 #endif

@@ -9,6 +9,7 @@
 #include "core/feedback.h"
 #include "core/model.h"
 #include "server/engine/idem.h"
+#include "server/hash.h"
 #include "server/repl/repl.h"
 #include "server/store/journal.h"
 #include "server/store/store.h"
@@ -106,14 +107,19 @@ START_TEST(test_encode_sum_widths) {
 END_TEST
 
 START_TEST(test_checksum_covers_every_field) {
-    uint8_t p[4] = {1, 2, 3, 4};
-    uint64_t c = ts_journal_checksum(5, 1, 7, p, 4);
-    ck_assert(ts_journal_checksum(6, 1, 7, p, 4) != c);
-    ck_assert(ts_journal_checksum(5, 2, 7, p, 4) != c);
-    ck_assert(ts_journal_checksum(5, 1, 8, p, 4) != c);
-    ck_assert(ts_journal_checksum(5, 1, 7, p, 3) != c);
-    p[3] = 5;
-    ck_assert(ts_journal_checksum(5, 1, 7, p, 4) != c);
+    uint8_t p[21];
+    for (int i = 0; i < 21; i++)
+        p[i] = (uint8_t)(i + 1);
+    uint64_t c = ts_journal_checksum(5, 1, 7, p, 21);
+    ck_assert(ts_journal_checksum(6, 1, 7, p, 21) != c);
+    ck_assert(ts_journal_checksum(5, 2, 7, p, 21) != c);
+    ck_assert(ts_journal_checksum(5, 1, 8, p, 21) != c);
+    ck_assert(ts_journal_checksum(5, 1, 7, p, 20) != c);
+    for (int i = 0; i < 21; i++) { /* the whole words and the tail */
+        p[i] ^= 0x40;
+        ck_assert(ts_journal_checksum(5, 1, 7, p, 21) != c);
+        p[i] ^= 0x40;
+    }
 }
 END_TEST
 
@@ -232,6 +238,30 @@ START_TEST(test_damaged_entry_cuts_the_tail) {
     ck_assert_int_eq(n, 2);
     ts_model_free(m);
     ts_model_free(at2);
+    ts_model_free(live);
+    ts_store_close(s);
+}
+END_TEST
+
+/* Entries written by a build from before the word-wise checksum carry byte-wise FNV-1a
+ * over the same fields: they replay, so an upgrade does not cut the journal as damaged. */
+START_TEST(test_replay_accepts_bytewise_checksum) {
+    ts_model *live;
+    ts_store *s = store_with_model(&live);
+    rows_buf b = {0};
+    steps_to_rows(live, 3, 1, &b);
+    for (int k = 0; k < 2; k++) { /* entries 1 and 2 as the older build sealed them */
+        ts_journal_row *r = &b.rows[k];
+        int64_t head[3] = {r->seq, r->version, r->step};
+        r->checksum = ts_fnv1a(ts_fnv1a(TS_FNV_OFFSET, head, sizeof head), r->payload, r->len);
+        ck_assert(r->checksum != ts_journal_checksum(r->seq, r->version, r->step, r->payload, r->len));
+    }
+    ck_assert_int_eq(ts_store_journal_append(s, b.rows, 3, 0, err, sizeof err), 0);
+    int64_t replayed;
+    ts_model *m = recover(s, 0, &replayed);
+    ck_assert_int_eq(replayed, 3);
+    assert_same_state(m, live);
+    ts_model_free(m);
     ts_model_free(live);
     ts_store_close(s);
 }
@@ -446,6 +476,7 @@ int main(void) {
     tcase_add_test(tc, test_checksum_covers_every_field);
     tcase_add_test(tc, test_replay_gives_the_live_state);
     tcase_add_test(tc, test_damaged_entry_cuts_the_tail);
+    tcase_add_test(tc, test_replay_accepts_bytewise_checksum);
     tcase_add_test(tc, test_out_of_order_entry_is_not_applied);
     tcase_add_test(tc, test_step_gaps_replayed_when_replicating);
     tcase_add_test(tc, test_snapshots_cover_and_prune);

@@ -474,6 +474,31 @@ START_TEST(hash_stable_and_sensitive)
 }
 END_TEST
 
+/* Word-wise FNV-1a: stored in databases (snapshot and journal checksums), so its definition
+ * is pinned here: one step per little-endian 8-byte word, then the tail byte by byte. */
+START_TEST(fnv1a_words_definition)
+{
+    uint8_t buf[19];
+    for (int i = 0; i < 19; i++)
+        buf[i] = (uint8_t)(i * 29 + 3);
+    uint64_t w0 = 0, w1 = 0;
+    for (int i = 7; i >= 0; i--) {
+        w0 = w0 << 8 | buf[i];
+        w1 = w1 << 8 | buf[8 + i];
+    }
+    uint64_t h = ((TS_FNV_OFFSET ^ w0) * TS_FNV_PRIME ^ w1) * TS_FNV_PRIME;
+    ck_assert_uint_eq(ts_fnv1a_words(TS_FNV_OFFSET, buf, 16), h);
+    uint64_t all = ts_fnv1a(h, buf + 16, 3);
+    ck_assert_uint_eq(ts_fnv1a_words(TS_FNV_OFFSET, buf, 19), all);
+    ck_assert_uint_eq(ts_fnv1a_words(42, buf, 0), 42);
+    for (int i = 0; i < 19; i++) { /* a flipped bit anywhere, the tail too, shows */
+        buf[i] ^= 4;
+        ck_assert_uint_ne(ts_fnv1a_words(TS_FNV_OFFSET, buf, 19), all);
+        buf[i] ^= 4;
+    }
+}
+END_TEST
+
 /* A held model (what a published state is written from off the loop) outlives its swap and
  * its removal, and the last release frees it (ASan: a use after free or a leak fails). */
 START_TEST(engine_model_hold_outlives_swap_and_remove)
@@ -528,6 +553,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, framing_verdicts);
     tcase_add_test(tc, conns_deadlines_and_soft_limit);
     tcase_add_test(tc, hash_stable_and_sensitive);
+    tcase_add_test(tc, fnv1a_words_definition);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -36,7 +36,7 @@
  * feedback step counted as three forwards: a few µs, the demo model's batches and steps) run
  * on the loop itself: the two hand-offs to a compute thread and back cost more than the
  * compute (perf: 1.65 -> 0.78 context switches per batch-1 request under wrk,
- * bench/README.md; demo feedback under wrk -c16: daemon CPU per step 83 -> 48-57 µs).
+ * bench/README.md; demo feedback under wrk -c16: daemon CPU per step 83-97 -> 48-57 µs).
  * They are still jobs of the one lane, between the same FIFO boundaries, so nothing above
  * changes.
  */

@@ -237,6 +237,28 @@ static void on_sighup(uv_signal_t *h, int signum) {
     memset(feedback, 0, sizeof feedback);
 }
 
+/* What the engine asks of replication (ts_engine_repl, engine.h), wired to repl.h and
+ * forward.h: ctx is the ts_server, whose repl and forward outlive the engine. Loop only. */
+static int repl_enabled(void *ctx) { return ts_repl_enabled(((ts_server *)ctx)->repl); }
+
+static int repl_model_ready(void *ctx, const char *model, const char **why) {
+    return ts_repl_model_ready(((ts_server *)ctx)->repl, model, why);
+}
+
+static int repl_publish(void *ctx, const char *model, int64_t version, int64_t seq, const int16_t *scores,
+                        size_t n, ts_step_cb cb, void *arg) {
+    return ts_repl_publish(((ts_server *)ctx)->repl, model, version, seq, scores, n, cb, arg);
+}
+
+static void repl_reapply(void *ctx, const char *model, int64_t seq) {
+    ts_repl_reapply(((ts_server *)ctx)->repl, model, seq);
+}
+
+static int repl_ask(void *ctx, const char *model, const char *version, const ts_oip_request *oip,
+                    ts_byid_cb cb, void *arg, char *err, size_t errlen) {
+    return ts_forward_ask(((ts_server *)ctx)->forward, model, version, oip, cb, arg, err, errlen);
+}
+
 /* Open the store, recover the models (snapshots + journal), start the persistence thread. */
 static int start_models(ts_server *srv, char *err, size_t errlen) {
     if (start_journal(srv, err, errlen) < 0)
@@ -255,8 +277,8 @@ static int start_models(ts_server *srv, char *err, size_t errlen) {
         .journal = srv->journal,
         .idem = srv->idem,
         .window = srv->window,
-        .repl = srv->repl,
-        .forward = srv->forward,
+        .repl = {.ctx = srv, .enabled = repl_enabled, .model_ready = repl_model_ready,
+                 .publish = repl_publish, .reapply = repl_reapply, .ask = repl_ask},
     };
     srv->engine = ts_engine_new(srv->loop, &ec, err, errlen);
     if (!srv->engine)

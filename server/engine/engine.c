@@ -598,13 +598,13 @@ static void forwarded(void *arg, int status, const char *body, size_t len, const
  * replica that holds it (forward.h). 0 when asked (answered later, it kept), else the
  * status to answer now: 404 (not forwarded; err as it was) or the forward's refusal. */
 static int forward_by_id(ts_engine *e, ts_served *s, ts_req *req, ts_item *it, char *err, size_t errlen) {
-    if (!e->cfg.forward || req->from_replica)
+    if (!e->cfg.repl.ask || req->from_replica)
         return 404;
     forwarding *fw = malloc(sizeof *fw);
     if (!fw)
         return 404;
     *fw = (forwarding){e, it};
-    int rc = ts_forward_ask(e->cfg.forward, s->name, req->route.version, &req->oip, forwarded, fw, err, errlen);
+    int rc = e->cfg.repl.ask(e->cfg.repl.ctx, s->name, req->route.version, &req->oip, forwarded, fw, err, errlen);
     if (rc != 0)
         free(fw);
     return rc < 0 ? 404 : rc;
@@ -652,7 +652,7 @@ void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req) {
                            "until it can: nothing was applied", why);
         return;
     }
-    if (!ts_repl_model_ready(e->cfg.repl, s->name, &why)) {
+    if (e->cfg.repl.model_ready && !e->cfg.repl.model_ready(e->cfg.repl.ctx, s->name, &why)) {
         ts_req_reply_error(req, 503, "replication is not available (%s); feedback is refused until it is, "
                            "nothing was applied (inference goes on)", why);
         return;
@@ -855,24 +855,24 @@ static void step_answer(step_ack *a) {
     free(a);
 }
 
-/* What became of a journaled step's publication (repl.h). A late step stays applied and
+/* What became of a journaled step's publication (ts_engine_repl, engine.h). A late step stays applied and
  * journaled: it is answered 503 now, and a retry with the same id (parked meanwhile on
  * its pending exactly-once record) gets the 200 once JetStream acknowledges it. */
-static void step_published(void *arg, ts_repl_event ev) {
+static void step_published(void *arg, ts_step_event ev) {
     step_ack *a = arg;
     ts_item *it = a->it;
-    if (ev == TS_REPL_ACKED) {
+    if (ev == TS_STEP_ACKED) {
         step_answer(a);
         return;
     }
     if (it->req)
         ts_req_reply_error(it->req, 503, "the feedback step is kept and journaled locally but %s: it is "
                            "replicated when NATS is reachable again; a retry with the same id answers once "
-                           "it is", ev == TS_REPL_LATE ? "JetStream has not acknowledged it in time"
+                           "it is", ev == TS_STEP_LATE ? "JetStream has not acknowledged it in time"
                                                        : "the daemon is shutting down before JetStream "
                                                          "acknowledged it");
     it->req = NULL;
-    if (ev == TS_REPL_GAVE_UP) { /* published from the journal at the next start */
+    if (ev == TS_STEP_GAVE_UP) { /* published from the journal at the next start */
         ts_window_settle(a->e->cfg.window, it->win, 1); /* applied (and journaled) */
         item_free(it);
         free(a);
@@ -886,14 +886,15 @@ static void step_acked(void *arg, const char *err) {
     ts_served *cs = ts_engine_find(e, a->name, 1);
     if (cs && cs->generation == a->generation && cs->uncommitted > 0)
         cs->uncommitted--; /* journaled now, or taken back below */
-    if (!err && ts_repl_enabled(e->cfg.repl)) {
+    const ts_engine_repl *r = &e->cfg.repl;
+    if (!err && r->enabled && r->enabled(r->ctx)) {
         if (cs && cs->generation != a->generation)
-            ts_repl_reapply(e->cfg.repl, a->name, a->seq); /* its model was replaced meanwhile (repl.h) */
-        if (ts_repl_publish(e->cfg.repl, a->name, a->version, a->seq, it->scores, a->n, step_published, a) == 0)
+            r->reapply(r->ctx, a->name, a->seq); /* its model was replaced meanwhile (repl.h) */
+        if (r->publish(r->ctx, a->name, a->version, a->seq, it->scores, a->n, step_published, a) == 0)
             return;
         ts_log_error("model '%s': out of memory queueing journal entry %lld for replication; it is "
                      "published at the next start", a->name, (long long)a->seq);
-        step_published(a, TS_REPL_GAVE_UP);
+        step_published(a, TS_STEP_GAVE_UP);
         return;
     }
     if (!err) {

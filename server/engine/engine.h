@@ -49,13 +49,12 @@
 #include "core/model.h"
 #include "core/pool.h"
 #include "proto/buf.h"
+#include "proto/oip.h"
 #include "proto/safetensors.h"
 #include "server/http/http.h"
 #include "server/engine/idem.h"
 #include "server/store/journal.h"
 #include "server/metrics.h"
-#include "server/repl/forward.h"
-#include "server/repl/repl.h"
 #include "server/engine/stats.h"
 #include "server/store/store.h"
 #include "server/engine/window.h"
@@ -96,6 +95,57 @@ typedef struct ts_served {
     struct ts_served *next;
 } ts_served;
 
+/* ---- what the engine asks of replication ----
+ *
+ * Replication (server/repl/) sits above the engine: it queues control items, finds models
+ * and applies deltas through this header. So the engine never includes it; it declares here
+ * the little it asks of replication, and whoever sits above wires the real functions in
+ * (daemon.c: repl.h's and forward.h's, which take these types as they are). Every hook is
+ * called by the engine on the loop thread and calls back on the loop; ctx is the wirer's,
+ * passed to every hook, and must outlive the engine. A NULL hook means replication is off
+ * (a zeroed struct: no replication, as in the unit tests). */
+
+/* What became of a journaled step handed to publish. */
+typedef enum {
+    TS_STEP_ACKED,    /* the replicas' log (JetStream) acknowledged it: the last call */
+    TS_STEP_LATE,     /* not acknowledged within the timeout; still queued: ACKED or GAVE_UP follows */
+    TS_STEP_GAVE_UP,  /* shutting down before an acknowledgement: the last call (the step is in
+                         the journal and is published again at the next start) */
+} ts_step_event;
+/* Who owns what: arg stays the caller's (the engine's); the callback runs on the loop. */
+typedef void (*ts_step_cb)(void *arg, ts_step_event ev);
+
+/* The answer to a by-id feedback asked of another replica, on the loop, exactly once: the
+ * HTTP status, the JSON body (NUL-terminated) and, when status is not 200, the error text of
+ * the body (for requests parked behind this one); replica: the id of the replica that
+ * answered, or NULL when none did (404 nobody holds it, 504, 503). Who owns what: body, msg
+ * and replica are valid during the call only; arg stays the caller's (the engine's). */
+typedef void (*ts_byid_cb)(void *arg, int status, const char *body, size_t len, const char *msg,
+                           const char *replica);
+
+typedef struct {
+    void *ctx;
+    /* Replication is on: a journaled step is published (publish) before it is answered. */
+    int (*enabled)(void *ctx);
+    /* Feedback for model can be accepted now; when not, *why says why (owned by ctx's side,
+     * valid until the loop runs again). NULL hook: always. */
+    int (*model_ready)(void *ctx, const char *model, const char **why);
+    /* Queue the step of journal entry seq (model's version, its scores[n]: read during the
+     * call only) for publishing, once it is durable in the journal; cb is told what becomes
+     * of it. 0, or -1 when out of memory (nothing queued, cb not called). Only when on. */
+    int (*publish)(void *ctx, const char *model, int64_t version, int64_t seq, const int16_t *scores,
+                   size_t n, ts_step_cb cb, void *arg);
+    /* Own step seq of model was computed on a state since replaced by a swap: it is to be
+     * applied again when it comes back from the replicas. Only when on. */
+    void (*reapply)(void *ctx, const char *model, int64_t seq);
+    /* Ask the other replicas to apply by-id feedback oip whose inference this replica never
+     * held (the path named model and version, "" for none; oip is read during the call only).
+     * 0 when sent (cb follows); -1 when it is not forwarded (off, or the id was made by this
+     * run: the local 404 stands); or an HTTP status (413, 503) with err. NULL hook: -1. */
+    int (*ask)(void *ctx, const char *model, const char *version, const ts_oip_request *oip,
+               ts_byid_cb cb, void *arg, char *err, size_t errlen);
+} ts_engine_repl;
+
 typedef struct {
     int64_t max_batch, max_queue_delay_us, max_rows, max_queue_rows, max_queue_bytes;
     int64_t max_response_bytes;   /* an inference answer's bound (413 before computing) */
@@ -108,10 +158,10 @@ typedef struct {
     ts_idem *idem;                /* exactly-once feedback by OIP id (NULL: ids not tracked) */
     ts_window *window;            /* inputs of recent inferences, for feedback by id (required;
                                      bounds 0: the window keeps nothing) */
-    ts_repl *repl;                /* replication (NULL or off: none); when on, a step is
-                                     answered once journaled and acknowledged by JetStream */
-    ts_forward *forward;          /* feedback by id for an inference this replica does not hold
-                                     is asked of the replica that does (NULL: 404 here) */
+    ts_engine_repl repl;          /* replication (zeroed or off: none); when on, a step is
+                                     answered once journaled and acknowledged by JetStream, and
+                                     feedback by id for an inference this replica does not hold
+                                     is asked of the replica that does (else 404 here) */
 } ts_engine_config;
 
 ts_engine *ts_engine_new(uv_loop_t *loop, const ts_engine_config *cfg, char *err, size_t errlen);

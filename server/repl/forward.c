@@ -28,7 +28,7 @@ typedef struct ask {
     char holder[TS_TOKEN_MAX];   /* the replica that said so */
     char model[TS_MODEL_NAME_MAX];
     char *id;
-    ts_forward_cb cb;
+    ts_byid_cb cb;
     void *arg;
     struct ask *next;
 } ask;
@@ -221,7 +221,7 @@ static natsStatus send_request(ts_forward *f, const char *subject, uint64_t toke
 }
 
 int ts_forward_ask(ts_forward *f, const char *model, const char *version, const ts_oip_request *oip,
-                   ts_forward_cb cb, void *arg, char *err, size_t errlen) {
+                   ts_byid_cb cb, void *arg, char *err, size_t errlen) {
     char prefix[17], subject[256];
     if (!enabled(f) || !oip->id)
         return -1;

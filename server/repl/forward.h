@@ -48,6 +48,7 @@
 
 #include "proto/buf.h"
 #include "proto/oip.h"
+#include "server/engine/engine.h"
 #include "server/engine/idem.h"
 #include "server/engine/window.h"
 #include "server/http/http.h"
@@ -84,20 +85,14 @@ void ts_forward_stop(ts_forward *f);
 /* After ts_forward_stop and the loop run that closed its handles (or when never started). */
 void ts_forward_free(ts_forward *f);
 
-/* The answer to a forwarded feedback, on the loop, exactly once: the HTTP status, the
- * JSON body (NUL-terminated) and, when status is not 200, the error text of the body (for
- * requests parked behind this one); replica: the id of the replica that answered, or NULL
- * when none did (404 nobody holds it, 504, 503). Who owns what: body, msg and replica are
- * valid during the call only; arg stays the caller's. */
-typedef void (*ts_forward_cb)(void *arg, int status, const char *body, size_t len, const char *msg,
-                              const char *replica);
-
 /* Ask the other replicas to apply feedback oip (by id; the path named model and version,
- * "" for none). Returns 0 when sent (cb follows); -1 when it is not forwarded: forwarding
- * is off or the id was made by this run (answer the local 404); or an HTTP status (413,
- * 503) with err when it cannot be sent. */
+ * "" for none). Returns 0 when sent (cb follows: the answer on the loop, exactly once, as
+ * ts_byid_cb in engine.h says, which owns the type since the engine asks this through
+ * ts_engine_repl); -1 when it is not forwarded: forwarding is off or the id was made by
+ * this run (answer the local 404); or an HTTP status (413, 503) with err when it cannot be
+ * sent. */
 int ts_forward_ask(ts_forward *f, const char *model, const char *version, const ts_oip_request *oip,
-                   ts_forward_cb cb, void *arg, char *err, size_t errlen);
+                   ts_byid_cb cb, void *arg, char *err, size_t errlen);
 
 /* Prometheus lines (nothing when off): forwards sent, answered, missed, timed out, waiting;
  * requests of others served. */

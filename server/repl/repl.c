@@ -70,8 +70,8 @@ typedef struct pub {
     int single;                  /* published alone (republished from the journal; repl.h) */
     uint64_t t_queued_ms;        /* uv_now when queued */
     int64_t t_queued_ns;         /* monotonic, when queued: the publisher's summing window */
-    int late;                    /* loop: TS_REPL_LATE reported */
-    ts_repl_cb cb;
+    int late;                    /* loop: TS_STEP_LATE reported */
+    ts_step_cb cb;
     void *arg;
     struct pub *next;            /* todo / acked lists (mu) */
     struct pub *lnext;           /* loop: every step not yet acknowledged, oldest first */
@@ -479,7 +479,7 @@ static pub *pub_new(const char *model, int64_t version, int64_t seq, const uint8
 }
 
 int ts_repl_publish(ts_repl *r, const char *model, int64_t version, int64_t seq, const int16_t *scores,
-                    size_t n, ts_repl_cb cb, void *arg) {
+                    size_t n, ts_step_cb cb, void *arg) {
     uint8_t *enc = malloc(1 + 2 * n);
     pub *p = enc ? pub_new(model, version, seq, enc, ts_journal_encode(scores, n, enc)) : NULL;
     free(enc);
@@ -1004,7 +1004,7 @@ static void drain_acked(ts_repl *r) {
         if (self && p->seq > self->seq)
             self->seq = p->seq; /* acknowledged: not published again after a restart */
         if (p->cb)
-            p->cb(p->arg, TS_REPL_ACKED);
+            p->cb(p->arg, TS_STEP_ACKED);
         pub_free(p);
     }
 }
@@ -1258,7 +1258,7 @@ static void on_tick(uv_timer_t *t) {
         late = 1;
         if (!p->late && p->cb) {
             p->late = 1;
-            p->cb(p->arg, TS_REPL_LATE);
+            p->cb(p->arg, TS_STEP_LATE);
         }
     }
     r->any_late = late;
@@ -1375,7 +1375,7 @@ void ts_repl_stop(ts_repl *r) {
         r->lhead = p->lnext;
         r->pending--;
         if (p->cb)
-            p->cb(p->arg, TS_REPL_GAVE_UP);
+            p->cb(p->arg, TS_STEP_GAVE_UP);
         pub_free(p);
     }
     r->ltail = NULL;

@@ -125,6 +125,7 @@
 #include <uv.h>
 
 #include "proto/buf.h"
+#include "server/engine/engine.h"
 #include "server/store/store.h"
 
 struct ts_engine;
@@ -166,27 +167,20 @@ int ts_repl_start(ts_repl *r, uv_loop_t *loop, struct ts_engine *e, char *err, s
  * not move, so the next start consumes them again); the FIFOs can drain. */
 void ts_repl_drain(ts_repl *r);
 /* Close the connection, join the threads, and call every queued step's callback with
- * TS_REPL_GAVE_UP. Then run the loop once more to close the handles. No-op when off. */
+ * TS_STEP_GAVE_UP. Then run the loop once more to close the handles. No-op when off. */
 void ts_repl_stop(ts_repl *r);
 
 /* Whether new feedback can be accepted: connected, the stream is set up, and no queued
  * step is late. *why (when not NULL) says what is wrong; owned by r. Always 1 when off. */
 int ts_repl_ready(const ts_repl *r, const char **why);
 
-typedef enum {
-    TS_REPL_ACKED,    /* JetStream acknowledged it: the last call */
-    TS_REPL_LATE,     /* not acknowledged within the timeout; still queued: ACKED or GAVE_UP follows */
-    TS_REPL_GAVE_UP,  /* shutting down before an acknowledgement: the last call (the step is in
-                         the journal and is published again at the next start) */
-} ts_repl_event;
-/* Who owns what: arg stays the caller's; the callback runs on the loop. */
-typedef void (*ts_repl_cb)(void *arg, ts_repl_event ev);
-
 /* Queue the step of journal entry seq (the model's version, its scores[n]) for publishing;
- * cb (may be NULL) is told what becomes of it. 0, or -1 when out of memory (nothing
- * queued, cb not called). Replication must be on. */
+ * cb (may be NULL) is told what becomes of it (ts_step_event, engine.h: the engine owns the
+ * type, as it sits below and asks this of replication through ts_engine_repl; ACKED is
+ * JetStream's acknowledgement). 0, or -1 when out of memory (nothing queued, cb not
+ * called). Replication must be on. */
 int ts_repl_publish(ts_repl *r, const char *model, int64_t version, int64_t seq, const int16_t *scores,
-                    size_t n, ts_repl_cb cb, void *arg);
+                    size_t n, ts_step_cb cb, void *arg);
 /* Steps queued and not yet acknowledged. */
 int64_t ts_repl_pending(const ts_repl *r);
 

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #include "proto/buf.h"
-#include "server/http/route.h"
+#include "server/endpoint.h"
 
 #define TS_HIST_BUCKETS 20
 

@@ -855,9 +855,9 @@ static void step_answer(step_ack *a) {
     free(a);
 }
 
-/* What became of a journaled step's publication (ts_engine_repl, engine.h). A late step stays applied and
- * journaled: it is answered 503 now, and a retry with the same id (parked meanwhile on
- * its pending exactly-once record) gets the 200 once JetStream acknowledges it. */
+/* What became of a journaled step's publication (ts_step_event, engine.h). A late step stays
+ * applied and journaled: it is answered 503 now, and a retry with the same id (parked
+ * meanwhile on its pending exactly-once record) gets the 200 once JetStream acknowledges it. */
 static void step_published(void *arg, ts_step_event ev) {
     step_ack *a = arg;
     ts_item *it = a->it;

@@ -536,12 +536,103 @@ START_TEST(engine_model_hold_outlives_swap_and_remove)
 }
 END_TEST
 
+/* What the engine asks of replication goes through ts_engine_repl (engine.h), whatever sits
+ * above wires in: a model not ready refuses feedback 503 with the hook's reason, and a by-id
+ * feedback this replica never held is asked of the others (their refusal is the answer),
+ * unless it came from another replica. */
+typedef struct {
+    int asks;
+    char asked[64];
+} fake_repl;
+
+static int fake_model_ready(void *ctx, const char *model, const char **why) {
+    *why = "fake: NATS is down";
+    return strcmp(model, "down") != 0;
+}
+
+static int fake_ask(void *ctx, const char *model, const char *version, const ts_oip_request *oip,
+                    ts_byid_cb cb, void *arg, char *err, size_t errlen) {
+    fake_repl *f = ctx;
+    f->asks++;
+    snprintf(f->asked, sizeof f->asked, "%s/%s", model, oip->id);
+    snprintf(err, errlen, "fake: too many forwards");
+    return 503;
+}
+
+typedef struct {
+    ts_req req;  /* first: reply_fn gets it back */
+    int status;
+    char body[1024];
+} test_req;
+
+static void test_reply(ts_req *req, int status, void *body, size_t len) {
+    test_req *t = (test_req *)req;
+    t->status = status;
+    snprintf(t->body, sizeof t->body, "%.*s", (int)len, body ? (const char *)body : "");
+    free(body);
+}
+
+/* Feedback of one target row for inference `id` (no input: by id) on model s; the answer. */
+static void feedback_by_id(ts_engine *e, ts_served *s, int from_replica, test_req *t) {
+    static const char json[] = "{\"id\":\"client-7\",\"inputs\":[{\"name\":\"target\",\"shape\":[1,4],"
+                               "\"datatype\":\"FP32\",\"data\":[0,1,0,0]}]}";
+    char err[256];
+    memset(t, 0, sizeof *t);
+    t->req.reply_fn = test_reply;
+    t->req.from_replica = from_replica;
+    ck_assert_msg(ts_oip_parse_request((const uint8_t *)json, strlen(json), -1, NULL, &t->req.oip, err,
+                                       sizeof err) == 0, "%s", err);
+    ts_engine_feedback(e, s, &t->req);
+    ts_oip_request_free(&t->req.oip);
+}
+
+START_TEST(engine_asks_replication_through_its_hooks)
+{
+    char err[256];
+    uv_loop_t loop;
+    ck_assert_int_eq(uv_loop_init(&loop), 0);
+    ts_window_limits lim = {0};
+    ts_window *w = ts_window_new(&lim);
+    fake_repl f = {0};
+    ts_engine_config cfg = {.max_batch = 8, .window = w,
+                            .repl = {.ctx = &f, .model_ready = fake_model_ready, .ask = fake_ask}};
+    ts_engine *e = ts_engine_new(&loop, &cfg, err, sizeof err);
+    ck_assert_msg(e != NULL, "%s", err);
+    ts_served *down = ts_engine_add(e, "down", ts_model_demo(err, sizeof err), 1);
+    ts_served *up = ts_engine_add(e, "up", ts_model_demo(err, sizeof err), 1);
+    ck_assert_ptr_nonnull(down);
+    ck_assert_ptr_nonnull(up);
+    test_req t;
+    feedback_by_id(e, down, 0, &t);
+    ck_assert_int_eq(t.status, 503);
+    ck_assert_ptr_nonnull(strstr(t.body, "replication is not available (fake: NATS is down)"));
+    ck_assert_int_eq(f.asks, 0);
+    feedback_by_id(e, up, 0, &t);
+    ck_assert_int_eq(t.status, 503);
+    ck_assert_ptr_nonnull(strstr(t.body, "fake: too many forwards"));
+    ck_assert_int_eq(f.asks, 1);
+    ck_assert_str_eq(f.asked, "up/client-7");
+    feedback_by_id(e, up, 1, &t); /* forwarded to us: answered here, never asked on */
+    ck_assert_int_eq(t.status, 404);
+    ck_assert_ptr_nonnull(strstr(t.body, "no inference with id 'client-7'"));
+    ck_assert_int_eq(f.asks, 1);
+    ck_assert(ts_engine_idle(e));
+    ts_engine_remove(e, down);
+    ts_engine_remove(e, up);
+    ts_engine_free(e);
+    ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+    ts_window_free(w);
+}
+END_TEST
+
 static Suite *server_suite(void)
 {
     Suite *s = suite_create("server");
     TCase *tc = tcase_create("all");
     tcase_add_test(tc, route_endpoints);
     tcase_add_test(tc, engine_model_hold_outlives_swap_and_remove);
+    tcase_add_test(tc, engine_asks_replication_through_its_hooks);
     tcase_add_test(tc, route_refusals);
     tcase_add_test(tc, route_names);
     tcase_add_test(tc, auth_equal_and_check);

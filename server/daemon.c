@@ -404,6 +404,17 @@ static void start_signals(ts_server *srv) {
     uv_signal_start(&srv->sighup, on_sighup, SIGHUP);
 }
 
+/* What published states ask of the snapshots (ts_state_config, state.h), wired to
+ * snapshot.h: ctx is the ts_server, which outlives the ts_state. Loop only. */
+static void state_snapshot_now(void *ctx, ts_served *s, const char *reason) {
+    ts_snapshot_now(ctx, s, reason, 0, NULL, NULL);
+}
+
+static void state_snapshot_note(void *ctx, ts_served *s, const ts_snapshot_info *info) {
+    (void)ctx;
+    ts_snapshot_note(s, info);
+}
+
 /* Published states (state.h): every --replicate-state-interval seconds (0: the snapshot
  * interval, or 30 s without one), and at least four times per --replicate-max-age, so that
  * a newest state always covers what retention cuts. */
@@ -419,7 +430,12 @@ static int start_states(ts_server *srv, char *err, size_t errlen) {
     if (!every)
         every = srv->cfg.snapshot_interval > 0 ? srv->cfg.snapshot_interval : 30;
     every = every < quarter ? every : quarter;
-    srv->state = ts_state_new(srv, every);
+    ts_state_config sc = {.repl = srv->repl, .engine = srv->engine, .persist = srv->persist,
+                          .replicas = srv->cfg.replicate_replicas,
+                          .ack_timeout_ms = srv->cfg.replicate_ack_timeout_ms,
+                          .snapshot_keep = srv->cfg.snapshot_keep, .closing = &srv->closing, .ctx = srv,
+                          .snapshot_now = state_snapshot_now, .snapshot_note = state_snapshot_note};
+    srv->state = ts_state_new(&sc, every);
     if (!srv->state) {
         snprintf(err, errlen, "out of memory");
         return -1;

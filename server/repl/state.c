@@ -15,9 +15,8 @@
 #include "server/repl/chunks.h"
 #include "server/repl/natsmsg.h"
 #include "server/log.h"
+#include "server/metrics.h"
 #include "server/wake.h"
-#include "server/server.h"
-#include "server/snapshot.h"
 
 /* The loop's tick; the join gives up waiting for the states it expects after JOIN_WAIT_MS
  * (a state purged while being read) and loads what it has. */
@@ -59,7 +58,7 @@ typedef struct mrec {
 } mrec;
 
 struct ts_state {
-    ts_server *srv;
+    ts_state_config cfg;         /* the daemon's (state.h) */
     int64_t interval_ms;
     uv_loop_t *loop;
     ts_wake wake;
@@ -107,15 +106,15 @@ static mrec *mrec_get(ts_state *st, const char *model) {
     return m;
 }
 
-ts_state *ts_state_new(ts_server *srv, int64_t interval_s) {
+ts_state *ts_state_new(const ts_state_config *cfg, int64_t interval_s) {
     ts_state *st = calloc(1, sizeof *st);
     if (!st)
         return NULL;
-    st->srv = srv;
+    st->cfg = *cfg;
     st->interval_ms = interval_s * 1000;
     st->joining = 1;
     pthread_mutex_init(&st->mu, NULL);
-    snprintf(st->stream, sizeof st->stream, "%s_STATE", ts_repl_stream(srv->repl));
+    snprintf(st->stream, sizeof st->stream, "%s_STATE", ts_repl_stream(cfg->repl));
     return st;
 }
 
@@ -257,7 +256,7 @@ int ts_state_set_up(ts_state *st, jsCtx *js, uint64_t delta_first_seq, char *err
     if (st->sub)
         return 0;
     char subject[160];
-    snprintf(subject, sizeof subject, "%s.state.>", ts_repl_stream(st->srv->repl));
+    snprintf(subject, sizeof subject, "%s.state.>", ts_repl_stream(st->cfg.repl));
     jsErrCode jerr = 0;
     jsStreamInfo *si = NULL;
     natsStatus s = js_GetStreamInfo(&si, js, st->stream, NULL, &jerr);
@@ -269,7 +268,7 @@ int ts_state_set_up(ts_state *st, jsCtx *js, uint64_t delta_first_seq, char *err
         sc.Subjects = subjects;
         sc.SubjectsLen = 1;
         sc.Storage = js_FileStorage;
-        sc.Replicas = st->srv->cfg.replicate_replicas;
+        sc.Replicas = st->cfg.replicas;
         s = js_AddStream(&si, js, &sc, NULL, &jerr);
         if (s == NATS_OK)
             ts_log_info("replication: created stream '%s' for published states (subjects %s, no age limit)",
@@ -319,7 +318,7 @@ static natsStatus publish_chunk(ts_state *st, jsCtx *js, const rstate *rs, const
     jsErrCode jerr = 0;
     jsPubOptions po;
     jsPubOptions_Init(&po);
-    po.MaxWait = st->srv->cfg.replicate_ack_timeout_ms;
+    po.MaxWait = st->cfg.ack_timeout_ms;
     natsStatus s = natsMsg_Create(&m, subject, NULL, (const char *)rs->bytes + off, (int)len);
     const char *keys[] = {"Tscale-State", "Tscale-Chunk", "Tscale-Origin", "Tscale-Model", "Tscale-Version",
                           "Tscale-Step", "Tscale-Digest", "Tscale-Position"};
@@ -344,7 +343,7 @@ int ts_state_publish(ts_state *st, jsCtx *js, int64_t max_payload, char *err, si
     size_t room = ts_chunk_room(max_payload);
     int n = ts_chunk_count(rs->len, room);
     char subject[400], id[ID_MAX + 32];
-    snprintf(subject, sizeof subject, "%s.state.%s.%016" PRIx64, ts_repl_stream(st->srv->repl), rs->model,
+    snprintf(subject, sizeof subject, "%s.state.%s.%016" PRIx64, ts_repl_stream(st->cfg.repl), rs->model,
              ts_fnv1a(TS_FNV_OFFSET, rs->origin, strlen(rs->origin)));
     snprintf(id, sizeof id, "%s:%" PRIu64 ":%" PRIu64, rs->origin, rs->stream_seq, (uint64_t)rs->step);
     uint64_t first = 0, seq = 0;
@@ -407,7 +406,7 @@ static void queue_out(ts_state *st, rstate *rs) {
     rs->next = NULL;
     atomic_fetch_add(&st->n_out, 1);
     pthread_mutex_unlock(&st->mu);
-    ts_repl_wake(st->srv->repl);
+    ts_repl_wake(st->cfg.repl);
 }
 
 static uint64_t position_seq(const char *pos) {
@@ -444,7 +443,7 @@ static void capture_work(ts_store *store, ts_persist_job *pj) {
 static void capture_done(ts_persist_job *pj) {
     capture_job *j = (capture_job *)pj;
     ts_state *st = j->st;
-    ts_engine_model_release(st->srv->engine, j->held);
+    ts_engine_model_release(st->cfg.engine, j->held);
     ts_model_view_free(j->view);
     if (j->rc < 0) {
         ts_log_error("replication: model '%s': writing the state to publish failed: %s (the next interval "
@@ -470,7 +469,7 @@ static void capture(ts_engine *e, ts_served *s, void *arg) {
     if (!mr)
         return;
     mr->capture_queued = 0;
-    char *pos = s->uncommitted ? NULL : ts_repl_state_position(st->srv->repl, s->name);
+    char *pos = s->uncommitted ? NULL : ts_repl_state_position(st->cfg.repl, s->name);
     uint64_t seq = pos ? position_seq(pos) : 0;
     if (!pos || (mr->published && !mr->dirty && mr->step == s->step && mr->version == s->version &&
                  mr->stream_seq == seq)) {
@@ -491,7 +490,7 @@ static void capture(ts_engine *e, ts_served *s, void *arg) {
         return;
     }
     snprintf(rs->model, sizeof rs->model, "%s", s->name);
-    snprintf(rs->origin, sizeof rs->origin, "%s", ts_repl_id(st->srv->repl));
+    snprintf(rs->origin, sizeof rs->origin, "%s", ts_repl_id(st->cfg.repl));
     rs->version = s->version;
     rs->step = s->step;
     rs->position = pos;
@@ -501,7 +500,7 @@ static void capture(ts_engine *e, ts_served *s, void *arg) {
     snprintf(mr->model, sizeof mr->model, "%s", s->name);
     *j = (capture_job){.job = {.work = capture_work, .done = capture_done}, .st = st, .held = s->model,
                        .view = view, .rs = rs};
-    ts_persist_submit(st->srv->persist, &j->job);
+    ts_persist_submit(st->cfg.persist, &j->job);
     ts_log_debug("replication: model '%s': state copied on the loop in %.3f ms for publishing", s->name,
                  (double)(ts_now_us() - t0) / 1000.0);
 }
@@ -557,10 +556,10 @@ static int load_ints(ts_served *s, const rstate *rs, char *err, size_t errlen) {
 static int votes_for(ts_state *st, ts_served *s, const char *mine, uint64_t d, uint64_t my_digest,
                      const char **first) {
     int votes = d == my_digest;
-    *first = d == my_digest ? ts_repl_id(st->srv->repl) : NULL;
+    *first = d == my_digest ? ts_repl_id(st->cfg.repl) : NULL;
     for (rstate *o = st->have; o; o = o->next)
         if (strcmp(o->model, s->name) == 0 && o->version == s->version && o->digest == d &&
-            strcmp(o->origin, ts_repl_id(st->srv->repl)) != 0 && same_marks(o->position, mine)) {
+            strcmp(o->origin, ts_repl_id(st->cfg.repl)) != 0 && same_marks(o->position, mine)) {
             votes++;
             *first = !*first || strcmp(o->origin, *first) < 0 ? o->origin : *first;
         }
@@ -569,7 +568,7 @@ static int votes_for(ts_state *st, ts_served *s, const char *mine, uint64_t d, u
 
 /* The digests at s's position vote (state.h); a losing own digest resyncs. */
 static void vote(ts_state *st, ts_served *s, const char *mine, uint64_t my_digest) {
-    const char *me = ts_repl_id(st->srv->repl), *best_first = NULL, *my_first = NULL;
+    const char *me = ts_repl_id(st->cfg.repl), *best_first = NULL, *my_first = NULL;
     const rstate *best = NULL;
     int best_votes = 0, compared = 0;
     for (rstate *rs = st->have; rs; rs = rs->next) {
@@ -608,7 +607,7 @@ static void vote(ts_state *st, ts_served *s, const char *mine, uint64_t my_diges
     mrec *mr = mrec_get(st, s->name);
     if (mr)
         mr->dirty = 1; /* publish the healed state */
-    ts_snapshot_now(st->srv, s, "resync", 0, NULL, NULL);
+    st->cfg.snapshot_now(st->cfg.ctx, s, "resync");
 }
 
 /* A control item: compare s's digest with the states kept for its position now. */
@@ -619,7 +618,7 @@ static void check(ts_engine *e, ts_served *s, void *arg) {
         mr->check_queued = 0;
     if (s->uncommitted)
         return; /* the next tick tries again */
-    char *mine = ts_repl_state_position(st->srv->repl, s->name);
+    char *mine = ts_repl_state_position(st->cfg.repl, s->name);
     if (mine)
         vote(st, s, mine, digest_of(s->model, s->version));
     free(mine);
@@ -652,8 +651,8 @@ static void swap_in(ts_engine *e, ts_served *s, void *arg) {
     load_job *j = arg;
     ts_engine_swap(e, s, j->m, j->rs->version);
     j->m = NULL;
-    ts_snapshot_note(s, &j->info);
-    if (ts_repl_position_adopt(j->st->srv->repl, s->name, j->rs->position) < 0)
+    j->st->cfg.snapshot_note(j->st->cfg.ctx, s, &j->info);
+    if (ts_repl_position_adopt(j->st->cfg.repl, s->name, j->rs->position) < 0)
         ts_log_error("replication: model '%s': the published position %s does not parse", s->name,
                      j->rs->position);
     atomic_fetch_add(&j->st->loaded, 1);
@@ -666,26 +665,26 @@ static void swap_in(ts_engine *e, ts_served *s, void *arg) {
 static void load_work(ts_store *store, ts_persist_job *pj) {
     load_job *j = (load_job *)pj;
     j->rc = ts_store_put_joined(store, j->rs->model, j->m, j->rs->version, "join", j->rs->position,
-                                (int)j->st->srv->cfg.snapshot_keep, &j->info, j->err, sizeof j->err);
+                                (int)j->st->cfg.snapshot_keep, &j->info, j->err, sizeof j->err);
 }
 
 static void load_done(ts_persist_job *pj) {
     load_job *j = (load_job *)pj;
     ts_state *st = j->st;
-    ts_engine *e = st->srv->engine;
+    ts_engine *e = st->cfg.engine;
     ts_served *s = ts_engine_find(e, j->rs->model, 0);
     if (j->rc < 0) {
         ts_log_error("replication: model '%s': loading the state published by replica '%s' failed: %s", j->rs->model,
                      j->rs->origin, j->err);
-        ts_repl_set_diverged(st->srv->repl, j->rs->model, "the published state could not be loaded (see the log)");
+        ts_repl_set_diverged(st->cfg.repl, j->rs->model, "the published state could not be loaded (see the log)");
     } else if (s) {
         if (ts_engine_control(e, s, swap_in, j) == 0)
             return;
         ts_log_error("replication: model '%s': out of memory queueing the published state", j->rs->model);
     } else if ((s = ts_engine_add(e, j->rs->model, j->m, j->rs->version)) != NULL) {
         j->m = NULL;
-        ts_snapshot_note(s, &j->info);
-        ts_repl_position_adopt(st->srv->repl, s->name, j->rs->position);
+        st->cfg.snapshot_note(st->cfg.ctx, s, &j->info);
+        ts_repl_position_adopt(st->cfg.repl, s->name, j->rs->position);
         atomic_fetch_add(&st->loaded, 1);
         ts_log_info("replication: model '%s' (new here) loaded the state published by replica '%s': version %lld, "
                     "step %lld, stream position %llu", s->name, j->rs->origin, (long long)j->rs->version,
@@ -727,7 +726,7 @@ static void load(ts_state *st, const rstate *rs) {
     j->job.done = load_done;
     if (st->joining)
         st->join_pending++;
-    ts_persist_submit(st->srv->persist, &j->job);
+    ts_persist_submit(st->cfg.persist, &j->job);
 }
 
 /* Each model without a position here loads the newest state published for it; a model
@@ -740,9 +739,9 @@ static void join_start(ts_state *st) {
         for (rstate *o = st->have; o; o = o->next)
             if (strcmp(o->model, rs->model) == 0 && o->stream_seq > best->stream_seq)
                 best = o;
-        if (best != rs || ts_repl_position_known(st->srv->repl, rs->model))
+        if (best != rs || ts_repl_position_known(st->cfg.repl, rs->model))
             continue;
-        ts_served *s = ts_engine_find(st->srv->engine, rs->model, 1);
+        ts_served *s = ts_engine_find(st->cfg.engine, rs->model, 1);
         if (s && s->unloading)
             continue;
         load(st, rs);
@@ -753,8 +752,8 @@ static void join_start(ts_state *st) {
 
 static void join_finish(ts_state *st) {
     uint64_t first = atomic_load(&st->first_seq);
-    ts_repl *r = st->srv->repl;
-    for (ts_served *s = ts_engine_first(st->srv->engine); s; s = s->next) {
+    ts_repl *r = st->cfg.repl;
+    for (ts_served *s = ts_engine_first(st->cfg.engine); s; s = s->next) {
         char *pos = ts_repl_state_position(r, s->name);
         uint64_t from = pos && ts_repl_position_known(r, s->name) ? position_seq(pos) + 1 : 1;
         free(pos);
@@ -813,15 +812,15 @@ static void on_wake(void *data) {
         ts_log_debug("replication: received the state of model '%s' published by replica '%s' (step %lld, "
                      "position %s, digest %016" PRIx64 ", %zu bytes)", rs->model, rs->origin, (long long)rs->step,
                      rs->position, rs->digest, rs->len);
-        int mine = strcmp(rs->origin, ts_repl_id(st->srv->repl)) == 0;
+        int mine = strcmp(rs->origin, ts_repl_id(st->cfg.repl)) == 0;
         char model[TS_MODEL_NAME_MAX];
         snprintf(model, sizeof model, "%s", rs->model);
         received(st, rs);
         const char *why = NULL;
-        if (!st->joining && !mine && !st->srv->closing && !ts_repl_model_ready(st->srv->repl, model, &why) && why &&
+        if (!st->joining && !mine && !*st->cfg.closing && !ts_repl_model_ready(st->cfg.repl, model, &why) && why &&
             strstr(why, "retention"))
             for (rstate *h2 = st->have; h2; h2 = h2->next)
-                if (strcmp(h2->model, model) == 0 && strcmp(h2->origin, ts_repl_id(st->srv->repl)) != 0) {
+                if (strcmp(h2->model, model) == 0 && strcmp(h2->origin, ts_repl_id(st->cfg.repl)) != 0) {
                     load(st, h2); /* a diverged model heals from the first state it sees */
                     break;
                 }
@@ -832,7 +831,7 @@ static void on_wake(void *data) {
 static void on_tick(uv_timer_t *t) {
     ts_state *st = t->data;
     uint64_t now = uv_now(st->loop);
-    if (st->srv->closing)
+    if (*st->cfg.closing)
         return; /* shutting down: no new control items */
     if (st->joining) {
         if (!st->join_marked && now - st->t_start_ms > JOIN_WAIT_MS && atomic_load(&st->join_last)) {
@@ -845,24 +844,24 @@ static void on_tick(uv_timer_t *t) {
     int capture_due = now - st->t_capture_ms >= (uint64_t)st->interval_ms;
     if (capture_due)
         st->t_capture_ms = now;
-    for (ts_served *s = ts_engine_first(st->srv->engine); s; s = s->next) {
+    for (ts_served *s = ts_engine_first(st->cfg.engine); s; s = s->next) {
         mrec *mr = mrec_get(st, s->name);
         const char *why = NULL;
-        if (!mr || s->unloading || !ts_repl_model_ready(st->srv->repl, s->name, &why))
+        if (!mr || s->unloading || !ts_repl_model_ready(st->cfg.repl, s->name, &why))
             continue;
         /* The flags are set first: a control item of an idle model runs at once. */
         if ((capture_due || mr->dirty) && !mr->capture_queued) {
             mr->capture_queued = 1;
-            if (ts_engine_control(st->srv->engine, s, capture, st) < 0)
+            if (ts_engine_control(st->cfg.engine, s, capture, st) < 0)
                 mr->capture_queued = 0;
         }
         int unchecked = 0;
         for (rstate *rs = st->have; rs; rs = rs->next)
             unchecked |= !rs->checked && strcmp(rs->model, s->name) == 0 &&
-                         strcmp(rs->origin, ts_repl_id(st->srv->repl)) != 0;
+                         strcmp(rs->origin, ts_repl_id(st->cfg.repl)) != 0;
         if (unchecked && !mr->check_queued) {
             mr->check_queued = 1;
-            if (ts_engine_control(st->srv->engine, s, check, st) < 0)
+            if (ts_engine_control(st->cfg.engine, s, check, st) < 0)
                 mr->check_queued = 0;
         }
     }

@@ -57,11 +57,38 @@
 
 #include "proto/buf.h"
 #include "server/repl/repl.h"
+#include "server/store/persist.h"
 
-struct ts_server;
+/* What published states need of the daemon, which sits above replication: the objects
+ * they work with, three settings, the shutdown flag, and two snapshot hooks. The daemon
+ * (daemon.c) wires snapshot.h into the hooks, so this module never includes the server
+ * context or the snapshots. Who owns what: everything stays the wirer's; the pointers and
+ * ctx must outlive the ts_state. Both hooks are required (not NULL) and are called on the
+ * loop thread only, from a control item of model s (s idle) or from a persistence job's
+ * completion (a model just added); ctx is passed to each as given. */
+typedef struct {
+    ts_repl *repl;                 /* replica id, stream name, positions, diverged models */
+    ts_engine *engine;             /* models are found, swapped, added and held through it */
+    ts_persist *persist;           /* writes captured states and stores loaded ones */
+    int64_t replicas;              /* --replicate-replicas: when <stream>_STATE is created */
+    int64_t ack_timeout_ms;        /* --replicate-ack-timeout-ms: each chunk's PubAck wait */
+    int64_t snapshot_keep;         /* --snapshot-keep: applied when a loaded state is stored */
+    const int *closing;            /* loop: non-zero once shutdown began (the tick queues no
+                                      control item then, and a diverged model does not heal
+                                      from a received state); read only */
+    void *ctx;
+    /* Take a snapshot of s now, for reason (store.h's reasons: "resync" here), after its
+     * integer state was replaced in place; the result is the hook's business (logged and
+     * shown like any snapshot). Only from a control item of s. */
+    void (*snapshot_now)(void *ctx, ts_served *s, const char *reason);
+    /* Record info (the "join" snapshot a loaded state was stored as: read during the call
+     * only) as s's newest snapshot, right after the state became s's model. */
+    void (*snapshot_note)(void *ctx, ts_served *s, const ts_snapshot_info *info);
+} ts_state_config;
 
-/* interval_s: how often states are published (> 0). NULL when out of memory. */
-ts_state *ts_state_new(struct ts_server *srv, int64_t interval_s);
+/* cfg is copied (its pointers and ctx must outlive the ts_state); interval_s: how often
+ * states are published (> 0). NULL when out of memory. */
+ts_state *ts_state_new(const ts_state_config *cfg, int64_t interval_s);
 /* Only after ts_state_stop and the loop run that closes its handles (or never started). */
 void ts_state_free(ts_state *st);
 /* Loop: the timer and the wake-up handle. Before ts_repl_start. 0, or -1 + err. */

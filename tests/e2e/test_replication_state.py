@@ -118,6 +118,10 @@ class PublishedStates(unittest.TestCase):
         self.assertEqual(self.converged(5), want)
         self.assertTrue(any("replaces this replica's own unreplicated state" in l for l in r1.log_lines), r1.log())
         self.assertEqual(r1.metric("tscale_repl_states_loaded_total"), 1)
+        # The loaded state's "join" snapshot is noted as the model's newest (state.h's
+        # snapshot_note hook): what /admin/models shows and the snapshot timer compares with.
+        snap = r1.json("GET", "/admin/models/%s" % MODEL)["snapshot"]
+        self.assertEqual((snap["reason"], snap["step"]), ("join", 5), snap)
         status, _, body = feedback(r1, 5, id="b-5")
         self.assertEqual(status, 200, body[:300])
         self.converged(6)

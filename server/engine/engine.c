@@ -704,16 +704,18 @@ int ts_engine_control(ts_engine *e, ts_served *s, ts_control_fn fn, void *arg) {
  * loop itself instead of the thread pool (launch). */
 #define INLINE_MAX_WORK ((int64_t)1 << 16)
 
+/* A forward of the job's rows, in weight·rows. */
+static int64_t forward_work(const ts_job *j) { return j->rows * ts_model_params(j->s->model); }
+
 /* A job's compute in weight·rows: a feedback step is a forward, a backward and the scores,
  * about three forwards. Exports are never tiny. */
 static int64_t job_work(const ts_job *j) {
-    int64_t fwd = j->rows * ts_model_params(j->s->model);
+    int64_t fwd = forward_work(j);
     return j->kind == ITEM_INFER ? fwd : j->kind == ITEM_FEEDBACK ? 3 * fwd : INT64_MAX;
 }
 
 static ts_pool *pool_for(const ts_job *j) {
-    int64_t params = ts_model_params(j->s->model);
-    return j->rows * params >= POOL_MIN_WORK ? j->e->cfg.pool : NULL;
+    return forward_work(j) >= POOL_MIN_WORK ? j->e->cfg.pool : NULL;
 }
 
 static void run_infer(ts_job *j) {

@@ -163,17 +163,21 @@ int ts_journal_decode_sum(const uint8_t *p, size_t len, int32_t *sums, size_t n)
     return decode_values(p, len, NULL, sums, n);
 }
 
-uint64_t ts_journal_checksum(int64_t seq, int64_t version, int64_t step, const void *payload, size_t len) {
+/* The checksum's start: FNV-1a over an entry's seq, version and step. */
+static uint64_t checksum_head(int64_t seq, int64_t version, int64_t step) {
     int64_t head[3] = {seq, version, step}; /* little-endian host (store.c checks) */
-    return ts_fnv1a_words(ts_fnv1a(TS_FNV_OFFSET, head, sizeof head), payload, len);
+    return ts_fnv1a(TS_FNV_OFFSET, head, sizeof head);
+}
+
+uint64_t ts_journal_checksum(int64_t seq, int64_t version, int64_t step, const void *payload, size_t len) {
+    return ts_fnv1a_words(checksum_head(seq, version, step), payload, len);
 }
 
 /* The checksum of entries written before ts_journal_checksum went word-wise (2026-12):
  * byte-wise FNV-1a, 8x slower on a large payload. Replay still accepts it, so the journal
  * of a database last served by an older build is replayed, not cut as damaged. */
 static uint64_t checksum_bytewise(const ts_journal_row *r) {
-    int64_t head[3] = {r->seq, r->version, r->step};
-    return ts_fnv1a(ts_fnv1a(TS_FNV_OFFSET, head, sizeof head), r->payload, r->len);
+    return ts_fnv1a(checksum_head(r->seq, r->version, r->step), r->payload, r->len);
 }
 
 static int checksum_ok(const ts_journal_row *r) {

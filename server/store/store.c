@@ -357,9 +357,9 @@ void ts_store_close(ts_store *s) {
 
 /* ---- models ------------------------------------------------------------------------- */
 
-/* id of model name; 0 when unknown (create: insert it). 0, or -1 + err. */
 static sqlite3_stmt *journal_stmt(ts_store *s, int i);
 
+/* id of model name; 0 when unknown (create: insert it). 0, or -1 + err. */
 static int model_id(ts_store *s, const char *name, int create, int64_t *id, char *err, size_t errlen) {
     sqlite3_stmt *st = journal_stmt(s, J_MODEL); /* cached: every group commit looks it up */
     *id = 0;

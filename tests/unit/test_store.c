@@ -169,6 +169,21 @@ START_TEST(test_open_create_reopen) {
 }
 END_TEST
 
+/* A new database gets 16 KiB pages (store.c, configure: a big model's journal entry is a
+ * quarter as many WAL frames); one made with SQLite's default 4 KiB keeps them and opens. */
+START_TEST(test_page_size_new_and_existing) {
+    ts_store *s = open_ok(db);
+    ts_store_close(s);
+    ck_assert_int_eq(sql_int("PRAGMA page_size"), 16384);
+    unlink(db);
+    sql_exec("PRAGMA page_size=4096; PRAGMA journal_mode=WAL");
+    s = open_ok(db);
+    ck_assert_int_eq(ts_store_schema_version(s), ts_store_schema_latest());
+    ts_store_close(s);
+    ck_assert_int_eq(sql_int("PRAGMA page_size"), 4096);
+}
+END_TEST
+
 START_TEST(test_migrations_idempotent) {
     ts_model *m = model_from(ARCH, 1);
     ts_store *s = store_with("m", m);
@@ -864,6 +879,7 @@ int main(void) {
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_migrations_compiled_in_order);
     tcase_add_test(tc, test_open_create_reopen);
+    tcase_add_test(tc, test_page_size_new_and_existing);
     tcase_add_test(tc, test_migrations_idempotent);
     tcase_add_test(tc, test_upgrade_from_schema_1);
     tcase_add_test(tc, test_refuse_newer_schema);

@@ -156,6 +156,12 @@ typedef struct {
 
 static void snap_control(ts_engine *e, ts_served *s, void *arg) {
     snap_request *r = arg;
+    if (s->removed) { /* cancelled (engine.h) */
+        if (r->cb)
+            r->cb(r->srv, s, NULL, "the model was removed before its snapshot was taken", r->arg);
+        free(r);
+        return;
+    }
     take(r->srv, s, r->reason, r->only_if_changed, 1, r->cb, r->arg);
     free(r);
 }

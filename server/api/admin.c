@@ -190,6 +190,14 @@ static void swap_replied(ts_server *srv, ts_served *s, const ts_snapshot_info *i
 /* Control item: s is idle, so its model can be swapped whole, between two jobs. */
 static void swap_control(ts_engine *e, ts_served *s, void *arg) {
     swap_op *op = arg;
+    if (s->removed) { /* cancelled (engine.h): the model went first */
+        ts_model_free(op->model);
+        if (op->req)
+            ts_req_reply_error(op->req, 503, "model '%s' was removed (the daemon is shutting down?) before "
+                               "this %s ran; nothing changed: send it again", s->name, op->reason);
+        free(op);
+        return;
+    }
     ts_engine_swap(e, s, op->model, op->version);
     op->model = NULL;
     if (op->restored_from)
@@ -587,6 +595,13 @@ static void unload_snapshotted(ts_server *srv, ts_served *s, const ts_snapshot_i
 
 static void unload_control(ts_engine *e, ts_served *s, void *arg) {
     admin_job *j = arg;
+    if (s->removed) { /* cancelled (engine.h): only the engine's own end removes it first */
+        if (j->req)
+            ts_req_reply_error(j->req, 503, "model '%s' was removed (the daemon is shutting down?) before "
+                               "this DELETE ran; it is still in the database: send it again", s->name);
+        free_job(j);
+        return;
+    }
     ts_snapshot_now(j->srv, s, "delete", 1, unload_snapshotted, j);
 }
 

@@ -1325,8 +1325,15 @@ void ts_engine_remove(ts_engine *e, ts_served *s) {
     if (e->rr == s)
         e->rr = s->next;
     e->n_models--;
+    s->removed = 1;
     while (s->head) { /* nothing should be left; answer anything that is */
         ts_item *it = pop(e, s);
+        if (it->kind == ITEM_CONTROL) {
+            ts_log_warn("model '%s': a queued control item was cancelled (the model was removed)", s->name);
+            it->fn(e, s, it->arg); /* s->removed: it only lets go of arg (engine.h) */
+            item_free(it);
+            continue;
+        }
         item_drop_id(e, it, 404, "the model was unloaded");
         if (it->req)
             ts_req_reply_error(it->req, 404, "model '%s' was unloaded", s->name);

@@ -70,6 +70,8 @@ typedef struct ts_served {
     int64_t version;
     char version_str[24];
     int unloading;              /* DELETE accepted: looked-up as absent, takes no new work */
+    int removed;                /* ts_engine_remove is dropping s: a control item still queued
+                                   runs once more only to let go of its arg (ts_engine_control) */
     /* queue */
     ts_item *head, *tail;
     int64_t queued_rows, queued_items;
@@ -203,7 +205,10 @@ void ts_engine_feedback(ts_engine *e, ts_served *s, ts_req *req);
 void ts_engine_export(ts_engine *e, ts_served *s, ts_req *req);
 
 /* Queue fn to run on the loop when this item reaches the head of s's FIFO and s is idle
- * (no compute job): the place for state copies and swaps. 0, or -1 on allocation failure. */
+ * (no compute job): the place for state copies and swaps. 0, or -1 on allocation failure.
+ * fn runs exactly once. When s is removed first (ts_engine_remove: unloaded, or the engine
+ * freed), fn runs from there with s->removed set: s's fields are still readable, but fn must
+ * only release arg and answer whatever request it holds (its model is about to go). */
 typedef void (*ts_control_fn)(ts_engine *e, ts_served *s, void *arg);
 int ts_engine_control(ts_engine *e, ts_served *s, ts_control_fn fn, void *arg);
 

@@ -1194,7 +1194,10 @@ static void apply_admin(struct ts_engine *e, ts_served *s, void *arg) {
     position *pos = position_get(r, s->name);
     if (pos && d->counted && pos->deletes_queued > 0)
         pos->deletes_queued--;
-    if (pos && d->stream_seq > pos->stream_seq) {
+    if (s->removed) /* cancelled (engine.h) */
+        ts_log_warn("replication: model '%s' was removed before its queued '%s' from replica '%s' took "
+                    "effect here", s->name, d->admin, d->origin);
+    else if (pos && d->stream_seq > pos->stream_seq) {
         admin_position(pos, d);
         if (r->admin_fn)
             r->admin_fn(r->admin_arg, s, d->admin, d->version, d->payload, d->len, d->origin, d->admin_id);
@@ -1207,6 +1210,10 @@ static void apply_delta(struct ts_engine *e, ts_served *s, void *arg) {
     delta *d = arg;
     ts_repl *r = d->r;
     r->queued_deltas--;
+    if (s->removed) { /* cancelled (engine.h): not applied, not marked seen */
+        delta_free(d);
+        return;
+    }
     if (d->stored_ns)
         atomic_store(&r->applied_ns, d->stored_ns);
     position *pos = position_get(r, s->name);

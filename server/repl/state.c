@@ -469,6 +469,8 @@ static void capture(ts_engine *e, ts_served *s, void *arg) {
     if (!mr)
         return;
     mr->capture_queued = 0;
+    if (s->removed)
+        return; /* cancelled (engine.h) */
     char *pos = s->uncommitted ? NULL : ts_repl_state_position(st->cfg.repl, s->name);
     uint64_t seq = pos ? position_seq(pos) : 0;
     if (!pos || (mr->published && !mr->dirty && mr->step == s->step && mr->version == s->version &&
@@ -616,7 +618,7 @@ static void check(ts_engine *e, ts_served *s, void *arg) {
     mrec *mr = mrec_get(st, s->name);
     if (mr)
         mr->check_queued = 0;
-    if (s->uncommitted)
+    if (s->removed || s->uncommitted)
         return; /* the next tick tries again */
     char *mine = ts_repl_state_position(st->cfg.repl, s->name);
     if (mine)
@@ -649,6 +651,12 @@ static void load_end(ts_state *st, load_job *j) {
 /* The loaded state becomes s's (a control item: s is idle). */
 static void swap_in(ts_engine *e, ts_served *s, void *arg) {
     load_job *j = arg;
+    if (s->removed) { /* cancelled (engine.h) */
+        ts_log_warn("replication: model '%s' was removed before the state published by replica '%s' was "
+                    "loaded into it", s->name, j->rs->origin);
+        load_end(j->st, j);
+        return;
+    }
     ts_engine_swap(e, s, j->m, j->rs->version);
     j->m = NULL;
     j->st->cfg.snapshot_note(j->st->cfg.ctx, s, &j->info);

@@ -536,6 +536,55 @@ START_TEST(engine_model_hold_outlives_swap_and_remove)
 }
 END_TEST
 
+/* A control item runs exactly once: at once on an idle model, and when its model is removed
+ * while the item still waits, from ts_engine_remove with s->removed set, so that what it
+ * holds is let go (ASan: the arg below leaks if it is not). */
+typedef struct {
+    int runs, removed;
+    char *held;
+} control_probe;
+
+static void probe_control(ts_engine *e, ts_served *s, void *arg) {
+    (void)e;
+    control_probe *p = arg;
+    p->runs++;
+    p->removed = s->removed;
+    free(p->held);
+    p->held = NULL;
+}
+
+START_TEST(engine_control_runs_once_also_when_cancelled)
+{
+    char err[256];
+    uv_loop_t loop;
+    ck_assert_int_eq(uv_loop_init(&loop), 0);
+    ts_window_limits lim = {0};
+    ts_window *w = ts_window_new(&lim);
+    ts_engine_config cfg = {.max_batch = 8, .window = w};
+    ts_engine *e = ts_engine_new(&loop, &cfg, err, sizeof err);
+    ck_assert_msg(e != NULL, "%s", err);
+    ts_served *s = ts_engine_add(e, "m", ts_model_demo(err, sizeof err), 1);
+    ck_assert_ptr_nonnull(s);
+    control_probe idle = {.held = malloc(16)}, queued = {.held = malloc(16)};
+    ck_assert_int_eq(ts_engine_control(e, s, probe_control, &idle), 0);
+    ck_assert_int_eq(idle.runs, 1); /* idle model: at once */
+    ck_assert_int_eq(idle.removed, 0);
+    ts_engine_hold(e); /* nothing runs now: the item waits in the FIFO */
+    ck_assert_int_eq(ts_engine_control(e, s, probe_control, &queued), 0);
+    ck_assert_int_eq(queued.runs, 0);
+    ts_engine_remove(e, s);
+    ck_assert_int_eq(queued.runs, 1);
+    ck_assert_int_eq(queued.removed, 1);
+    ck_assert_ptr_null(queued.held);
+    ts_engine_release(e);
+    ck_assert_int_eq(queued.runs, 1); /* not again */
+    ts_engine_free(e);
+    ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+    ts_window_free(w);
+}
+END_TEST
+
 /* What the engine asks of replication goes through ts_engine_repl (engine.h), whatever sits
  * above wires in: a model not ready refuses feedback 503 with the hook's reason, and a by-id
  * feedback this replica never held is asked of the others (their refusal is the answer),
@@ -632,6 +681,7 @@ static Suite *server_suite(void)
     TCase *tc = tcase_create("all");
     tcase_add_test(tc, route_endpoints);
     tcase_add_test(tc, engine_model_hold_outlives_swap_and_remove);
+    tcase_add_test(tc, engine_control_runs_once_also_when_cancelled);
     tcase_add_test(tc, engine_asks_replication_through_its_hooks);
     tcase_add_test(tc, route_refusals);
     tcase_add_test(tc, route_names);

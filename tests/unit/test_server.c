@@ -499,23 +499,52 @@ START_TEST(fnv1a_words_definition)
 }
 END_TEST
 
+/* An engine on its own loop and feedback window, as the daemon makes one (the engine tests'
+ * common ground). */
+typedef struct {
+    uv_loop_t loop;
+    ts_window *w;
+    ts_engine *e;
+} engine_rig;
+
+static void rig_open(engine_rig *r, ts_engine_config cfg) {
+    char err[256];
+    ck_assert_int_eq(uv_loop_init(&r->loop), 0);
+    ts_window_limits lim = {0};
+    r->w = ts_window_new(&lim);
+    ck_assert_ptr_nonnull(r->w);
+    cfg.max_batch = 8;
+    cfg.window = r->w;
+    r->e = ts_engine_new(&r->loop, &cfg, err, sizeof err);
+    ck_assert_msg(r->e != NULL, "%s", err);
+}
+
+static ts_served *rig_add(engine_rig *r, const char *name, ts_model *m) {
+    ck_assert_ptr_nonnull(m);
+    ts_served *s = ts_engine_add(r->e, name, m, 1);
+    ck_assert_ptr_nonnull(s);
+    return s;
+}
+
+/* Frees the engine; its loop must then have nothing left to run. */
+static void rig_close(engine_rig *r) {
+    ts_engine_free(r->e);
+    ck_assert_int_eq(uv_run(&r->loop, UV_RUN_DEFAULT), 0);
+    ck_assert_int_eq(uv_loop_close(&r->loop), 0);
+    ts_window_free(r->w);
+}
+
 /* A held model (what a published state is written from off the loop) outlives its swap and
  * its removal, and the last release frees it (ASan: a use after free or a leak fails). */
 START_TEST(engine_model_hold_outlives_swap_and_remove)
 {
     char err[256];
-    uv_loop_t loop;
-    ck_assert_int_eq(uv_loop_init(&loop), 0);
-    ts_window_limits lim = {0};
-    ts_window *w = ts_window_new(&lim);
-    ts_engine_config cfg = {.max_batch = 8, .window = w};
-    ts_engine *e = ts_engine_new(&loop, &cfg, err, sizeof err);
-    ck_assert_msg(e != NULL, "%s", err);
+    engine_rig r;
+    rig_open(&r, (ts_engine_config){0});
+    ts_engine *e = r.e;
     ts_model *a = ts_model_demo(err, sizeof err), *b = ts_model_demo(err, sizeof err);
-    ck_assert_ptr_nonnull(a);
     ck_assert_ptr_nonnull(b);
-    ts_served *s = ts_engine_add(e, "m", a, 1);
-    ck_assert_ptr_nonnull(s);
+    ts_served *s = rig_add(&r, "m", a);
     ck_assert_int_eq(ts_engine_model_hold(e, a), 0);
     ck_assert_int_eq(ts_engine_model_hold(e, a), 0); /* holds nest */
     ts_engine_swap(e, s, b, 2);
@@ -529,10 +558,7 @@ START_TEST(engine_model_hold_outlives_swap_and_remove)
     ck_assert_int_eq((int)b->out_dim, 4); /* removed, still held */
     ts_engine_model_release(e, b);
     ck_assert_int_eq(ts_engine_count(e), 0);
-    ts_engine_free(e);
-    ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
-    ck_assert_int_eq(uv_loop_close(&loop), 0);
-    ts_window_free(w);
+    rig_close(&r);
 }
 END_TEST
 
@@ -556,15 +582,10 @@ static void probe_control(ts_engine *e, ts_served *s, void *arg) {
 START_TEST(engine_control_runs_once_also_when_cancelled)
 {
     char err[256];
-    uv_loop_t loop;
-    ck_assert_int_eq(uv_loop_init(&loop), 0);
-    ts_window_limits lim = {0};
-    ts_window *w = ts_window_new(&lim);
-    ts_engine_config cfg = {.max_batch = 8, .window = w};
-    ts_engine *e = ts_engine_new(&loop, &cfg, err, sizeof err);
-    ck_assert_msg(e != NULL, "%s", err);
-    ts_served *s = ts_engine_add(e, "m", ts_model_demo(err, sizeof err), 1);
-    ck_assert_ptr_nonnull(s);
+    engine_rig r;
+    rig_open(&r, (ts_engine_config){0});
+    ts_engine *e = r.e;
+    ts_served *s = rig_add(&r, "m", ts_model_demo(err, sizeof err));
     control_probe idle = {.held = malloc(16)}, queued = {.held = malloc(16)};
     ck_assert_int_eq(ts_engine_control(e, s, probe_control, &idle), 0);
     ck_assert_int_eq(idle.runs, 1); /* idle model: at once */
@@ -578,10 +599,7 @@ START_TEST(engine_control_runs_once_also_when_cancelled)
     ck_assert_ptr_null(queued.held);
     ts_engine_release(e);
     ck_assert_int_eq(queued.runs, 1); /* not again */
-    ts_engine_free(e);
-    ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
-    ck_assert_int_eq(uv_loop_close(&loop), 0);
-    ts_window_free(w);
+    rig_close(&r);
 }
 END_TEST
 
@@ -638,19 +656,12 @@ static void feedback_by_id(ts_engine *e, ts_served *s, int from_replica, test_re
 START_TEST(engine_asks_replication_through_its_hooks)
 {
     char err[256];
-    uv_loop_t loop;
-    ck_assert_int_eq(uv_loop_init(&loop), 0);
-    ts_window_limits lim = {0};
-    ts_window *w = ts_window_new(&lim);
     fake_repl f = {0};
-    ts_engine_config cfg = {.max_batch = 8, .window = w,
-                            .repl = {.ctx = &f, .model_ready = fake_model_ready, .ask = fake_ask}};
-    ts_engine *e = ts_engine_new(&loop, &cfg, err, sizeof err);
-    ck_assert_msg(e != NULL, "%s", err);
-    ts_served *down = ts_engine_add(e, "down", ts_model_demo(err, sizeof err), 1);
-    ts_served *up = ts_engine_add(e, "up", ts_model_demo(err, sizeof err), 1);
-    ck_assert_ptr_nonnull(down);
-    ck_assert_ptr_nonnull(up);
+    engine_rig r;
+    rig_open(&r, (ts_engine_config){.repl = {.ctx = &f, .model_ready = fake_model_ready, .ask = fake_ask}});
+    ts_engine *e = r.e;
+    ts_served *down = rig_add(&r, "down", ts_model_demo(err, sizeof err));
+    ts_served *up = rig_add(&r, "up", ts_model_demo(err, sizeof err));
     test_req t;
     feedback_by_id(e, down, 0, &t);
     ck_assert_int_eq(t.status, 503);
@@ -668,10 +679,7 @@ START_TEST(engine_asks_replication_through_its_hooks)
     ck_assert(ts_engine_idle(e));
     ts_engine_remove(e, down);
     ts_engine_remove(e, up);
-    ts_engine_free(e);
-    ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
-    ck_assert_int_eq(uv_loop_close(&loop), 0);
-    ts_window_free(w);
+    rig_close(&r);
 }
 END_TEST
 

@@ -166,6 +166,12 @@ typedef struct {
 /* Answer a PUT or restore once the model's snapshot is written (or failed). */
 static void reply_swapped(ts_req *req, ts_served *s, const ts_snapshot_info *info, const char *err,
                           int64_t restored_from, int status) {
+    if (!info && s->removed) { /* its snapshot was cancelled (engine.h): no timer retries it */
+        ts_req_reply_error(req, 503, "model '%s' was removed (the daemon is shutting down?) before its "
+                           "snapshot was written, so the change may not be in the database: send it again",
+                           s->name);
+        return;
+    }
     if (!info) {
         ts_req_reply_error(req, 500, "model '%s' is now version %s, step %lld, but its snapshot "
                            "failed: %s (it is retried on the snapshot timer)", s->name,

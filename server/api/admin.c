@@ -163,13 +163,19 @@ typedef struct {
     int status;                   /* 200, or 201 for a new model */
 } swap_op;
 
+/* Answer req when s was removed before the work queued for it could finish (a cancelled
+ * control item or snapshot, engine.h; the daemon's own end is what removes a model with work
+ * still queued): what did not run, and what that leaves. */
+static void reply_removed(ts_req *req, ts_served *s, const char *what, const char *left) {
+    ts_req_reply_error(req, 503, "model '%s' was removed (the daemon is shutting down?) before %s; %s: "
+                       "send it again", s->name, what, left);
+}
+
 /* Answer a PUT or restore once the model's snapshot is written (or failed). */
 static void reply_swapped(ts_req *req, ts_served *s, const ts_snapshot_info *info, const char *err,
                           int64_t restored_from, int status) {
     if (!info && s->removed) { /* its snapshot was cancelled (engine.h): no timer retries it */
-        ts_req_reply_error(req, 503, "model '%s' was removed (the daemon is shutting down?) before its "
-                           "snapshot was written, so the change may not be in the database: send it again",
-                           s->name);
+        reply_removed(req, s, "its snapshot was written", "the change may not be in the database");
         return;
     }
     if (!info) {
@@ -198,9 +204,11 @@ static void swap_control(ts_engine *e, ts_served *s, void *arg) {
     swap_op *op = arg;
     if (s->removed) { /* cancelled (engine.h): the model went first */
         ts_model_free(op->model);
-        if (op->req)
-            ts_req_reply_error(op->req, 503, "model '%s' was removed (the daemon is shutting down?) before "
-                               "this %s ran; nothing changed: send it again", s->name, op->reason);
+        if (op->req) {
+            char what[64];
+            snprintf(what, sizeof what, "this %s ran", op->reason);
+            reply_removed(op->req, s, what, "nothing changed");
+        }
         free(op);
         return;
     }
@@ -603,8 +611,7 @@ static void unload_control(ts_engine *e, ts_served *s, void *arg) {
     admin_job *j = arg;
     if (s->removed) { /* cancelled (engine.h): only the engine's own end removes it first */
         if (j->req)
-            ts_req_reply_error(j->req, 503, "model '%s' was removed (the daemon is shutting down?) before "
-                               "this DELETE ran; it is still in the database: send it again", s->name);
+            reply_removed(j->req, s, "this DELETE ran", "it is still in the database");
         free_job(j);
         return;
     }

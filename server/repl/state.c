@@ -618,7 +618,9 @@ static void check(ts_engine *e, ts_served *s, void *arg) {
     mrec *mr = mrec_get(st, s->name);
     if (mr)
         mr->check_queued = 0;
-    if (s->removed || s->uncommitted)
+    if (s->removed)
+        return; /* cancelled (engine.h) */
+    if (s->uncommitted)
         return; /* the next tick tries again */
     char *mine = ts_repl_state_position(st->cfg.repl, s->name);
     if (mine)

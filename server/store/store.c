@@ -276,8 +276,8 @@ static int configure(ts_store *s, char *err, size_t errlen) {
      * bench/journal_bench.py (262 KB) is 64 overflow pages at SQLite's default 4 KiB, each its
      * own WAL frame and write; at 16 KiB the persistence thread's time per step went from
      * 1.18-1.29 to 0.91-0.98 ms and mid's feedback with the journal from 134-143 to 152-156
-     * steps/s. demo's throughput did not move (2 pages a commit; its persistence thread +2-3
-     * us per step, 2.3x the bytes written); 64 KiB pages made demo 30 % slower (SQLite
+     * steps/s. demo's throughput did not move (2 pages a commit; its persistence thread 0-3
+     * us more per step, 2.3x the bytes written); 64 KiB pages made demo 30 % slower (SQLite
      * checksums and copies whole pages). README "What the journal costs". */
     if (exec(s, "PRAGMA page_size=16384") != 0)
         return fail_sql(s, err, errlen, "cannot configure");

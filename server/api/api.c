@@ -28,8 +28,11 @@ static void metrics(ts_server *srv, ts_req *req) {
     ts_repl_render_metrics(srv->repl, &b);
     ts_forward_render_metrics(srv->forward, &b);
     ts_buf_printf(&b, "# HELP tscale_feedback_ids Feedback ids remembered for exactly-once.\n"
-                      "# TYPE tscale_feedback_ids gauge\ntscale_feedback_ids %lld\n",
-                  (long long)(srv->idem ? ts_idem_count(srv->idem) : 0));
+                      "# TYPE tscale_feedback_ids gauge\ntscale_feedback_ids %lld\n"
+                      "# HELP tscale_feedback_ids_bytes Memory the exactly-once records take.\n"
+                      "# TYPE tscale_feedback_ids_bytes gauge\ntscale_feedback_ids_bytes %lld\n",
+                  (long long)(srv->idem ? ts_idem_count(srv->idem) : 0),
+                  (long long)(srv->idem ? ts_idem_bytes(srv->idem) : 0));
     ts_memory_render(&b);
     size_t len;
     char *text = ts_buf_take(&b, &len);

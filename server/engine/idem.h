@@ -13,7 +13,8 @@
  * Records live in memory, loop thread only; the journal writes each finished record in the
  * same transaction as its step, and ts_idem_load puts them back at start, so a repeat is
  * recognised across a restart too. Memory: one record per id within the window (about
- * 100 bytes plus the id and the answer); expired records are dropped as new ones arrive.
+ * 100 bytes plus the id and the answer, in an arena: arena.h); expired records are dropped
+ * as new ones arrive.
  */
 #ifndef TS_IDEM_H
 #define TS_IDEM_H
@@ -52,7 +53,8 @@ void ts_idem_load(ts_idem *t, const char *model, const char *id, uint64_t body_h
 /* Whether (model, id) has a record (pending or answered) at now_ms; nothing changes but
  * the dropping of expired records. Forwarding asks it before claiming a broadcast request. */
 int ts_idem_knows(ts_idem *t, const char *model, const char *id, int64_t now_ms);
-/* Records held (metrics). */
+/* Records held, and the bytes they take (metrics). */
 int64_t ts_idem_count(const ts_idem *t);
+int64_t ts_idem_bytes(const ts_idem *t);
 
 #endif

@@ -67,6 +67,9 @@ static const ts_option options[] = {
     {"feedback-id-window", OPT_INT, F(feedback_id_window), "600", 0, 30 * 86400, "SEC",
      "a feedback request's OIP id is applied at most once within this window (a repeat "
      "answers the first answer); 0 = ids are not tracked", NULL},
+    {"feedback-id-bytes", OPT_BYTES, F(feedback_id_bytes), "256M", 1 << 20, (int64_t)1 << 40, "BYTES",
+     "memory for the remembered feedback ids, all models together (about 290 bytes each); when "
+     "full, the oldest are forgotten before their window ends and a repeat of one applies again", NULL},
     {"feedback-window-rows", OPT_INT, F(feedback_window_rows), "65536", 0, (int64_t)1 << 32, "ROWS",
      "feedback by id: input rows of recent inferences kept per model (oldest dropped first); "
      "0 = keep none", NULL},

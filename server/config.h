@@ -26,6 +26,7 @@ typedef struct {
     int64_t feedback_requires_snapshot; /* bool: refuse feedback while snapshots fail */
     int64_t journal;                    /* bool: answer feedback once journaled (journal.h) */
     int64_t feedback_id_window;         /* seconds an OIP id of a feedback is remembered */
+    int64_t feedback_id_bytes;          /* memory for the remembered ids (oldest forgotten first) */
     int64_t feedback_window_rows;       /* feedback by id: input rows kept per model (window.h) */
     int64_t feedback_window_bytes;      /* feedback by id: bytes kept, all models */
     int64_t feedback_window_seconds;    /* feedback by id: how long an input is kept */

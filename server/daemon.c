@@ -179,7 +179,7 @@ static int new_repl(ts_server *srv, char *err, size_t errlen) {
 static int start_journal(ts_server *srv, char *err, size_t errlen) {
     int64_t window_ms = srv->cfg.feedback_id_window * 1000;
     srv->journal = ts_journal_new((int)srv->cfg.journal, window_ms);
-    srv->idem = window_ms > 0 ? ts_idem_new(window_ms) : NULL;
+    srv->idem = window_ms > 0 ? ts_idem_new(window_ms, srv->cfg.feedback_id_bytes) : NULL;
     ts_window_limits wl = {.max_rows = srv->cfg.feedback_window_rows,
                            .max_bytes = srv->cfg.feedback_window_bytes,
                            .max_age_ms = srv->cfg.feedback_window_seconds * 1000};

@@ -30,9 +30,15 @@ static void metrics(ts_server *srv, ts_req *req) {
     ts_buf_printf(&b, "# HELP tscale_feedback_ids Feedback ids remembered for exactly-once.\n"
                       "# TYPE tscale_feedback_ids gauge\ntscale_feedback_ids %lld\n"
                       "# HELP tscale_feedback_ids_bytes Memory the exactly-once records take.\n"
-                      "# TYPE tscale_feedback_ids_bytes gauge\ntscale_feedback_ids_bytes %lld\n",
+                      "# TYPE tscale_feedback_ids_bytes gauge\ntscale_feedback_ids_bytes %lld\n"
+                      "# HELP tscale_feedback_ids_limit_bytes --feedback-id-bytes.\n"
+                      "# TYPE tscale_feedback_ids_limit_bytes gauge\ntscale_feedback_ids_limit_bytes %lld\n"
+                      "# HELP tscale_feedback_ids_evicted_total Feedback ids forgotten before their window "
+                      "ended, to stay within --feedback-id-bytes.\n"
+                      "# TYPE tscale_feedback_ids_evicted_total counter\ntscale_feedback_ids_evicted_total %lld\n",
                   (long long)(srv->idem ? ts_idem_count(srv->idem) : 0),
-                  (long long)(srv->idem ? ts_idem_bytes(srv->idem) : 0));
+                  (long long)(srv->idem ? ts_idem_bytes(srv->idem) : 0), (long long)srv->cfg.feedback_id_bytes,
+                  (long long)(srv->idem ? ts_idem_evicted(srv->idem) : 0));
     ts_memory_render(&b);
     size_t len;
     char *text = ts_buf_take(&b, &len);

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "server/hash.h"
+#include "server/log.h"
 #include "server/engine/arena.h"
 #include "server/engine/table.h"
 
@@ -38,12 +39,15 @@ struct ts_idem_rec {
 
 struct ts_idem {
     int64_t window_ms;
+    int64_t max_bytes;        /* 0: no bound */
+    int64_t evicted;          /* forgotten early because of max_bytes */
+    int64_t evict_logged_ms;  /* when eviction was last logged (0: never) */
     ts_table table;
     ts_idem_rec *oldest, *newest;
     ts_arena arena;           /* the records, their ids and answers */
 };
 
-ts_idem *ts_idem_new(int64_t window_ms) {
+ts_idem *ts_idem_new(int64_t window_ms, int64_t max_bytes) {
     ts_idem *t = calloc(1, sizeof *t);
     if (t && ts_table_init(&t->table, BUCKETS_MIN) < 0) {
         free(t);
@@ -51,6 +55,7 @@ ts_idem *ts_idem_new(int64_t window_ms) {
     }
     if (t) {
         t->window_ms = window_ms;
+        t->max_bytes = max_bytes;
         ts_arena_init(&t->arena);
     }
     return t;
@@ -110,6 +115,25 @@ static void expire(ts_idem *t, int64_t now_ms) {
         rec_remove(t, t->oldest);
 }
 
+/* Over max_bytes: forget the oldest answered records (memory comes back a chunk at a time).
+ * A pending oldest record stops it: its parked requests wait for it. */
+static void bound(ts_idem *t, int64_t now_ms) {
+    int64_t n = 0;
+    while (t->max_bytes && ts_idem_bytes(t) > t->max_bytes && t->oldest && t->oldest->answer) {
+        rec_remove(t, t->oldest);
+        n++;
+    }
+    t->evicted += n;
+    if (n && (!t->evict_logged_ms || now_ms - t->evict_logged_ms >= 60000)) {
+        t->evict_logged_ms = now_ms;
+        ts_log_warn("exactly-once records reached --feedback-id-bytes (%lld bytes): feedback ids are "
+                    "forgotten before --feedback-id-window ends, oldest first (%lld so far), and a repeat "
+                    "of a forgotten id is applied again; raise --feedback-id-bytes or lower "
+                    "--feedback-id-window (logged at most once a minute)",
+                    (long long)t->max_bytes, (long long)t->evicted);
+    }
+}
+
 static ts_idem_rec *find(ts_idem *t, const char *model, const char *id, uint64_t key) {
     for (ts_table_node *n = ts_table_bucket(&t->table, key); n; n = n->chain) {
         ts_idem_rec *r = (ts_idem_rec *)n;
@@ -167,6 +191,7 @@ int ts_idem_claim(ts_idem *t, const char *model, const char *id, uint64_t body_h
     }
     if (!(r = insert(t, model, id, key, body_hash, now_ms)))
         return -1;
+    bound(t, now_ms);
     *rec = r;
     *status = TS_IDEM_NEW;
     return 0;
@@ -179,6 +204,8 @@ void ts_idem_finish(ts_idem *t, ts_idem_rec *rec, const char *answer) {
     answer_parked(rec, 200, answer);
     if (!rec->answer) /* out of memory: forget it rather than answer a repeat wrongly */
         rec_remove(t, rec);
+    else
+        bound(t, rec->created_ms);
 }
 
 void ts_idem_drop(ts_idem *t, ts_idem_rec *rec, int status, const char *msg) {
@@ -197,6 +224,8 @@ void ts_idem_load(ts_idem *t, const char *model, const char *id, uint64_t body_h
     r = insert(t, model, id, key, body_hash, created_ms);
     if (r && !(r->answer = ts_arena_strdup(&t->arena, answer)))
         rec_remove(t, r);
+    else if (r)
+        bound(t, now_ms);
 }
 
 int ts_idem_knows(ts_idem *t, const char *model, const char *id, int64_t now_ms) {
@@ -205,6 +234,8 @@ int ts_idem_knows(ts_idem *t, const char *model, const char *id, int64_t now_ms)
 }
 
 int64_t ts_idem_count(const ts_idem *t) { return (int64_t)t->table.count; }
+
+int64_t ts_idem_evicted(const ts_idem *t) { return t->evicted; }
 
 int64_t ts_idem_bytes(const ts_idem *t) {
     return (int64_t)(t->arena.bytes + t->table.n_buckets * sizeof *t->table.buckets);

@@ -14,7 +14,10 @@
  * same transaction as its step, and ts_idem_load puts them back at start, so a repeat is
  * recognised across a restart too. Memory: one record per id within the window (about
  * 100 bytes plus the id and the answer, in an arena: arena.h); expired records are dropped
- * as new ones arrive.
+ * as new ones arrive. The records are bounded by bytes too (--feedback-id-bytes): a client
+ * sending ids faster than the bound holds for the window (by mistake or to exhaust the
+ * daemon's memory) makes the table forget its oldest answered ids early, with a metric and
+ * a log line, rather than grow until the kernel kills the daemon.
  */
 #ifndef TS_IDEM_H
 #define TS_IDEM_H
@@ -28,8 +31,10 @@ typedef struct ts_idem_rec ts_idem_rec;
 
 typedef enum { TS_IDEM_NEW, TS_IDEM_REPEAT, TS_IDEM_WAITING, TS_IDEM_CONFLICT } ts_idem_status;
 
-/* window_ms: how long an answered id is remembered. NULL when out of memory. */
-ts_idem *ts_idem_new(int64_t window_ms);
+/* window_ms: how long an answered id is remembered; max_bytes: when the records take more
+ * (ts_idem_bytes), the oldest answered ones are forgotten before their window ends (0: no
+ * bound). NULL when out of memory. */
+ts_idem *ts_idem_new(int64_t window_ms, int64_t max_bytes);
 /* Free every record; parked requests are answered 503 (shutting down). */
 void ts_idem_free(ts_idem *t);
 
@@ -53,8 +58,10 @@ void ts_idem_load(ts_idem *t, const char *model, const char *id, uint64_t body_h
 /* Whether (model, id) has a record (pending or answered) at now_ms; nothing changes but
  * the dropping of expired records. Forwarding asks it before claiming a broadcast request. */
 int ts_idem_knows(ts_idem *t, const char *model, const char *id, int64_t now_ms);
-/* Records held, and the bytes they take (metrics). */
+/* Records held, the bytes they take, and the answered ids forgotten before their window
+ * ended because of max_bytes (metrics). */
 int64_t ts_idem_count(const ts_idem *t);
 int64_t ts_idem_bytes(const ts_idem *t);
+int64_t ts_idem_evicted(const ts_idem *t);
 
 #endif

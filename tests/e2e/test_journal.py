@@ -198,6 +198,55 @@ class ExactlyOnce(unittest.TestCase):
             self.assertEqual(len({a[2] for a in answers}), 1)
             self.assertEqual(model_step(d, "b"), 1)
 
+    def test_ids_bounded_by_bytes_newest_kept_also_after_restart(self):
+        """--feedback-id-bytes: ids sent faster than the bound holds are forgotten oldest first
+        (a repeat of one applies again, counted and logged); the newest still answer a repeat,
+        also after kill -9 (the records loaded at start stay within the bound too)."""
+        x = [((k * 37) % 101) / 50.0 - 1.0 for k in range(16)]
+        limit, n = 1 << 20, 6000   # about 290 bytes an id: 1 MiB holds about 3,500
+
+        def send(d, c, i):
+            c.request("POST", "/v2/models/demo/feedback",
+                      json.dumps(oipc.feedback_body([x], "label", [i % 4], id="fb-%d" % i)),
+                      {"Content-Type": "application/json"})
+            r = c.getresponse()
+            body = r.read()
+            self.assertEqual(r.status, 200, body)
+            return json.loads(body)["step"]
+
+        def ids_metrics(d):
+            m = d.request("GET", "/metrics")[2].decode()
+            return {k: int(float(v)) for k, v in re.findall(r"^(tscale_feedback_ids\w*) (\S+)$", m, re.M)}
+
+        d = tsd.Daemon(args=["--feedback-id-bytes", "1M"])
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+            steps = [send(d, c, i) for i in range(n)]
+            self.assertEqual(steps, list(range(1, n + 1)))
+            m = ids_metrics(d)
+            self.assertEqual(m["tscale_feedback_ids_limit_bytes"], limit)
+            self.assertLessEqual(m["tscale_feedback_ids_bytes"], limit)
+            self.assertGreater(m["tscale_feedback_ids_evicted_total"], 0)
+            self.assertEqual(m["tscale_feedback_ids"] + m["tscale_feedback_ids_evicted_total"], n)
+            self.assertEqual(send(d, c, n - 1), n, "the newest id must still answer its first answer")
+            self.assertEqual(send(d, c, 0), n + 1, "a forgotten id is a new request")
+            c.close()
+            d.kill()
+            self.assertIn("reached --feedback-id-bytes", d.log())
+            d2 = tsd.Daemon(args=["--feedback-id-bytes", "1M"], db_dir=d.dir)
+            try:
+                m = ids_metrics(d2)
+                self.assertLessEqual(m["tscale_feedback_ids_bytes"], limit)
+                self.assertGreater(m["tscale_feedback_ids"], 1000)
+                c = http.client.HTTPConnection("127.0.0.1", d2.port, timeout=30)
+                self.assertEqual(send(d2, c, n - 2), n - 1, "after kill -9 the newest ids still repeat")
+                c.close()
+            finally:
+                d2.close()
+        finally:
+            d.own_dir = True
+            d.close()
+
 
 class Tail(unittest.TestCase):
     def run_steps_then_kill(self, n, args=()):

@@ -409,7 +409,7 @@ END_TEST
 /* ---- exactly-once table ---- */
 
 START_TEST(test_idem_claim_repeat_conflict_drop_expire) {
-    ts_idem *t = ts_idem_new(1000);
+    ts_idem *t = ts_idem_new(1000, 0);
     ts_idem_rec *rec = NULL;
     const char *answer = NULL;
     ts_idem_status st;
@@ -450,7 +450,7 @@ START_TEST(test_idem_claim_repeat_conflict_drop_expire) {
 END_TEST
 
 START_TEST(test_idem_many_ids_grow) {
-    ts_idem *t = ts_idem_new(1000000);
+    ts_idem *t = ts_idem_new(1000000, 0);
     char id[32];
     ts_idem_rec *rec;
     const char *answer;
@@ -529,7 +529,7 @@ END_TEST
 START_TEST(test_idem_records_live_in_the_arena) {
     enum { STEPS = 20000, WORK = 12000 };
     struct mallinfo2 m0 = mallinfo2();
-    ts_idem *t = ts_idem_new(INT64_MAX / 4);
+    ts_idem *t = ts_idem_new(INT64_MAX / 4, 0);
     char id[32], answer[91]; /* the demo model's answer is 90 bytes */
     memset(answer, 'a', sizeof answer - 1);
     answer[sizeof answer - 1] = 0;
@@ -562,6 +562,47 @@ START_TEST(test_idem_records_live_in_the_arena) {
 }
 END_TEST
 
+/* --feedback-id-bytes: over the bound the oldest answered ids go first, the newest stay; a
+ * pending record is never forgotten (its parked requests wait for it). */
+START_TEST(test_idem_bounded_by_bytes) {
+    enum { IDS = 20000, MAX = 1 << 20 };
+    ts_idem *t = ts_idem_new(INT64_MAX / 4, MAX);
+    char id[32];
+    ts_idem_rec *rec, *pending = NULL;
+    const char *answer;
+    ts_idem_status st;
+    ck_assert_int_eq(ts_idem_claim(t, "m", "first-and-pending", 1, 0, NULL, &pending, &answer, &st), 0);
+    for (int i = 0; i < IDS; i++) {
+        snprintf(id, sizeof id, "id-%d", i);
+        ck_assert_int_eq(ts_idem_claim(t, "m", id, (uint64_t)i, i, NULL, &rec, &answer, &st), 0);
+        ck_assert_int_eq(st, TS_IDEM_NEW);
+        ts_idem_finish(t, rec, "{\"model_name\":\"m\",\"model_version\":\"1\",\"step\":12345,\"loss\":0.5}");
+    }
+    /* The pending record at the head holds eviction back: nothing could be forgotten. */
+    ck_assert_int_eq(ts_idem_evicted(t), 0);
+    ck_assert_int_gt(ts_idem_bytes(t), MAX);
+    ts_idem_finish(t, pending, "{}");  /* now it is the oldest answered one */
+    ck_assert_int_le(ts_idem_bytes(t), MAX);
+    int64_t kept = ts_idem_count(t), evicted = ts_idem_evicted(t);
+    ck_assert_int_gt(evicted, 0);
+    ck_assert_int_eq(kept + evicted, IDS + 1);
+    ck_assert_int_eq(ts_idem_knows(t, "m", "first-and-pending", IDS), 0);
+    ck_assert_int_eq(ts_idem_knows(t, "m", "id-0", IDS), 0);
+    snprintf(id, sizeof id, "id-%d", IDS - 1);
+    ck_assert_int_eq(ts_idem_claim(t, "m", id, (uint64_t)(IDS - 1), IDS, NULL, &rec, &answer, &st), 0);
+    ck_assert_int_eq(st, TS_IDEM_REPEAT);
+    /* Going on, the bound holds. */
+    for (int i = IDS; i < 2 * IDS; i++) {
+        snprintf(id, sizeof id, "id-%d", i);
+        ck_assert_int_eq(ts_idem_claim(t, "m", id, (uint64_t)i, i, NULL, &rec, &answer, &st), 0);
+        ts_idem_finish(t, rec, "{}");
+        ck_assert_int_le(ts_idem_bytes(t), MAX + 256);
+    }
+    ck_assert_int_eq(ts_idem_count(t) + ts_idem_evicted(t), 2 * IDS + 1);
+    ts_idem_free(t);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("journal");
     TCase *tc = tcase_create("journal");
@@ -580,6 +621,7 @@ int main(void) {
     tcase_add_test(tc, test_idem_many_ids_grow);
     tcase_add_test(tc, test_arena_gives_chunks_back_as_records_die);
     tcase_add_test(tc, test_idem_records_live_in_the_arena);
+    tcase_add_test(tc, test_idem_bounded_by_bytes);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

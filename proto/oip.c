@@ -294,6 +294,8 @@ static int parse_fields(pctx *c, ts_oip_request *req, input_src *src)
     if (r < 0) return -1;
     if (r == 1 && !(req->id = ts_jtape_strdup(c->t, v)))
         return fail(c, "request: \"id\" contains U+0000 (or out of memory)");
+    if (r == 1 && strlen(req->id) > TS_OIP_ID_MAX)
+        return fail(c, "request: \"id\" is %zu bytes long; at most %d", strlen(req->id), TS_OIP_ID_MAX);
     r = get_bool_param(c, 0, "binary_data_output", "request");
     if (r == -1) return -1;
     req->binary_data_output = r == 1;

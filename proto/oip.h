@@ -20,6 +20,9 @@
 
 #define TS_OIP_MAX_TENSORS 8
 #define TS_OIP_NAME_MAX 64
+/* Longest request "id" in bytes. Why a bound: the daemon keeps ids (exactly-once records, the
+ * feedback window), writes them to its journal and echoes them in every answer; a UUID is 36. */
+#define TS_OIP_ID_MAX 1024
 #define TS_OIP_MAX_DIMS 8
 
 /* Used when ts_oip_parse_request gets lim == NULL (or a field <= 0). */

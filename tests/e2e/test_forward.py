@@ -163,8 +163,9 @@ class Forward(unittest.TestCase):
         status, body, _, via = by_id(b, id_a, "grad_output", grad, "FP64")
         self.assertEqual((status, via), (410, "r0"), body)
         self.assertIn(b"already received its feedback", body)
-        # Over NATS' max_payload: refused before it is sent, and says so.
-        status, body, *_ = by_id(b, "x" * 5000, "grad_output", grad, "FP64")
+        # Over NATS' max_payload: refused before it is sent, and says so. (An id may be at most
+        # 1024 bytes, so the size comes from the gradient's rows.)
+        status, body, *_ = by_id(b, "x" * 1000, "grad_output", grad * 100, "FP64")
         self.assertEqual(status, 413, body)
         self.assertIn(b"max_payload (4096 bytes)", body)
         self.assertEqual(b.metric("tscale_forward_sent_total"), 2)

@@ -997,6 +997,24 @@ END_TEST
 
 /* A 64×1024 request through the JSON and binary paths gives the same floats; prints the
  * time for information only (no test depends on timing). */
+START_TEST(test_id_length_bounded)
+{
+    /* An id up to TS_OIP_ID_MAX bytes is kept whole; one byte more is refused with its length. */
+    static char body[TS_OIP_ID_MAX + 256], id[TS_OIP_ID_MAX + 2];
+    memset(id, 'x', TS_OIP_ID_MAX);
+    id[TS_OIP_ID_MAX] = 0;
+    snprintf(body, sizeof body, "{\"id\":\"%s\",\"inputs\":[{\"name\":\"input\",\"shape\":[1],"
+             "\"datatype\":\"FP32\",\"data\":[1]}]}", id);
+    ck_assert_int_eq(parse_json(body), 0);
+    ck_assert_uint_eq(strlen(req.id), TS_OIP_ID_MAX);
+    ts_oip_request_free(&req);
+    strcat(id, "y");
+    snprintf(body, sizeof body, "{\"id\":\"%s\",\"inputs\":[{\"name\":\"input\",\"shape\":[1],"
+             "\"datatype\":\"FP32\",\"data\":[1]}]}", id);
+    expect_fail(parse_json(body), "\"id\" is 1025 bytes long; at most 1024", NULL);
+}
+END_TEST
+
 START_TEST(test_large_request)
 {
     enum { R = 64, C = 1024 };
@@ -1126,6 +1144,7 @@ static Suite *oip_suite(void)
     tcase_add_test(tc, test_seeds);
     tcase_add_test(tc, test_mutation_fuzz);
     tcase_add_test(tc, test_large_request);
+    tcase_add_test(tc, test_id_length_bounded);
     suite_add_tcase(s, tc);
     tc = tcase_create("buffer");
     tcase_add_test(tc, buf_builds);

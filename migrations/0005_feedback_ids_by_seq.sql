@@ -9,8 +9,9 @@
 -- end of one b-tree, expired from its start (created_at grows with seq), and a commit
 -- dirties the journal's last page and this table's last page.
 --
--- A repeat of (model_id, request_id) cannot be written: the daemon answers a repeat from
--- memory. Should two rows ever name the same id, the one with the higher seq wins at load.
+-- A repeat of (model_id, request_id) is answered from memory while the daemon remembers the
+-- id. Once --feedback-id-bytes made it forget the id early, a repeat is a new step and a second
+-- row names the id: the one with the higher seq wins at load.
 
 CREATE TABLE feedback_ids_by_seq (
     seq        INTEGER PRIMARY KEY,              -- the journal entry of the step

@@ -175,7 +175,12 @@ START_TEST(test_page_size_new_and_existing) {
     ts_store *s = open_ok(db);
     ts_store_close(s);
     ck_assert_int_eq(sql_int("PRAGMA page_size"), 16384);
-    unlink(db);
+    static const char *const files[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) { /* the whole database goes */
+        char path[160];
+        snprintf(path, sizeof path, "%s%s", db, files[i]);
+        unlink(path);
+    }
     sql_exec("PRAGMA page_size=4096; PRAGMA journal_mode=WAL");
     s = open_ok(db);
     ck_assert_int_eq(ts_store_schema_version(s), ts_store_schema_latest());

@@ -10,7 +10,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* AddressSanitizer: gcc says so with __SANITIZE_ADDRESS__, clang (the fuzzers') with
+ * __has_feature. */
 #if defined(__SANITIZE_ADDRESS__)
+#define ARENA_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ARENA_ASAN 1
+#endif
+#endif
+
+#ifdef ARENA_ASAN
 #define CHUNK_BYTES 0 /* every allocation a chunk of its own: ASan sees each one */
 #else
 #define CHUNK_BYTES TS_ARENA_CHUNK
@@ -43,7 +53,7 @@ static void chunk_free(ts_arena *a, ts_arena_chunk *c) {
 void *ts_arena_alloc(ts_arena *a, size_t n) {
     if (n > SIZE_MAX / 2)
         return NULL;
-    size_t need = sizeof(header) + ALIGN_UP(n);
+    size_t need = sizeof(header) + (CHUNK_BYTES ? ALIGN_UP(n) : n); /* ASan: not a byte more */
     ts_arena_chunk *c = a->newest;
     if (!c || c->cap - c->used < need) {
         size_t cap = need > CHUNK_BYTES / 4 ? need : CHUNK_BYTES;

@@ -947,7 +947,8 @@ static void step_commit(ts_engine *e, ts_served *s, ts_item *it, int hold) {
     ts_journal_step st = {.model = s->name, .version = s->version, .step = ts_model_step(s->model),
                           .scores = it->scores, .n = a->n,
                           .request_id = it->idem ? it->req->oip.id : NULL,
-                          .body_hash = it->body_hash, .answer = it->body, .hold = hold};
+                          .body_hash = it->body_hash, .answer = it->body, .hold = hold,
+                          .ids_floor_ms = e->cfg.idem ? ts_idem_floor_ms(e->cfg.idem) : 0};
     if (!e->cfg.journal) {
         step_acked(a, NULL);
         return;

@@ -237,6 +237,8 @@ int64_t ts_idem_count(const ts_idem *t) { return (int64_t)t->table.count; }
 
 int64_t ts_idem_evicted(const ts_idem *t) { return t->evicted; }
 
+int64_t ts_idem_floor_ms(const ts_idem *t) { return t->oldest ? t->oldest->created_ms : 0; }
+
 int64_t ts_idem_bytes(const ts_idem *t) {
     return (int64_t)(t->arena.bytes + t->table.n_buckets * sizeof *t->table.buckets);
 }

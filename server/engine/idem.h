@@ -58,6 +58,10 @@ void ts_idem_load(ts_idem *t, const char *model, const char *id, uint64_t body_h
 /* Whether (model, id) has a record (pending or answered) at now_ms; nothing changes but
  * the dropping of expired records. Forwarding asks it before claiming a broadcast request. */
 int ts_idem_knows(ts_idem *t, const char *model, const char *id, int64_t now_ms);
+/* The creation time of the oldest record held (0: none): every id made before it has been
+ * forgotten (expired, or over max_bytes), so its exactly-once row in the database is of no
+ * more use either (journal.h, ts_journal_step.ids_floor_ms). */
+int64_t ts_idem_floor_ms(const ts_idem *t);
 /* Records held, the bytes they take, and the answered ids forgotten before their window
  * ended because of max_bytes (metrics). */
 int64_t ts_idem_count(const ts_idem *t);

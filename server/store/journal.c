@@ -32,6 +32,7 @@ struct ts_journal {
     _Atomic uint64_t entries, bytes, commits, failures, replayed;
     ts_hist commit_us, group_size;
     int64_t expired_ms;           /* persistence thread: when ids were last expired */
+    _Atomic int64_t ids_floor_ms; /* loop sets (ts_journal_step), the thread reads */
     /* loop: payload buffers of finished entries, kept for the next ones. A big model's
      * payload (262 KB for a mid model) is above malloc's mmap threshold (server/memory.c),
      * so a fresh one cost an mmap, 64 page faults with zeroing and an munmap with a TLB
@@ -275,7 +276,8 @@ static void commit_group(ts_store *st, ts_persist_job **jobs, int n) {
         /* Expiring ids scans their time index: once a second is plenty. */
         int64_t now = ts_wall_ms(), before = 0;
         if (now - j->expired_ms >= 1000) {
-            before = now - j->id_window_ms;
+            int64_t floor = atomic_load(&j->ids_floor_ms);
+            before = now - j->id_window_ms > floor ? now - j->id_window_ms : floor;
             j->expired_ms = now;
         }
         rc = ts_store_journal_append(st, j->rows, n, before, err, sizeof err);
@@ -345,6 +347,8 @@ int ts_journal_append(ts_journal *j, const ts_journal_step *s, ts_journal_cb cb,
     }
     e->j = j;
     e->payload_cap = cap;
+    if (s->ids_floor_ms > atomic_load(&j->ids_floor_ms))
+        atomic_store(&j->ids_floor_ms, s->ids_floor_ms);
     int oom = 0;
     int64_t seq = j->last_seq + 1;
     size_t len = ts_journal_encode(s->scores, s->n, payload);

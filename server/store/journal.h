@@ -68,6 +68,10 @@ typedef struct {
     const char *request_id;      /* NULL, or the OIP id (an exactly-once record is written) */
     uint64_t body_hash;
     const char *answer;          /* the JSON to answer (kept for repeats of request_id) */
+    int64_t ids_floor_ms;        /* exactly-once rows made before this (Unix ms) are no longer
+                                    remembered (ts_idem_floor_ms): they are deleted with the
+                                    expired ones, so the table stays within --feedback-id-bytes
+                                    as memory does. 0: the window alone decides */
     int hold;                    /* 1: more tiny steps follow at once; the entry may wait on the
                                     loop for them (ts_persist_hold) until ts_journal_flush or
                                     the next append without hold */

@@ -230,6 +230,15 @@ class ExactlyOnce(unittest.TestCase):
             self.assertEqual(m["tscale_feedback_ids"] + m["tscale_feedback_ids_evicted_total"], n)
             self.assertEqual(send(d, c, n - 1), n, "the newest id must still answer its first answer")
             self.assertEqual(send(d, c, 0), n + 1, "a forgotten id is a new request")
+            # The database keeps no more than memory does: rows of forgotten ids go with the
+            # expired ones (at most once a second, with a commit).
+            time.sleep(1.1)
+            self.assertEqual(send(d, c, n), n + 2)
+            kept = ids_metrics(d)["tscale_feedback_ids"]
+            with sqlite3.connect("file:%s?mode=ro" % d.db, uri=True) as db:
+                rows = db.execute("SELECT count(*) FROM feedback_ids").fetchone()[0]
+            self.assertLessEqual(rows, kept + 50, "%d exactly-once rows for %d ids remembered" % (rows, kept))
+            self.assertGreaterEqual(rows, kept - 2)
             c.close()
             d.kill()
             self.assertIn("reached --feedback-id-bytes", d.log())

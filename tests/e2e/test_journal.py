@@ -205,7 +205,7 @@ class ExactlyOnce(unittest.TestCase):
         x = [((k * 37) % 101) / 50.0 - 1.0 for k in range(16)]
         limit, n = 1 << 20, 6000   # about 290 bytes an id: 1 MiB holds about 3,500
 
-        def send(d, c, i):
+        def send(c, i):
             c.request("POST", "/v2/models/demo/feedback",
                       json.dumps(oipc.feedback_body([x], "label", [i % 4], id="fb-%d" % i)),
                       {"Content-Type": "application/json"})
@@ -215,25 +215,25 @@ class ExactlyOnce(unittest.TestCase):
             return json.loads(body)["step"]
 
         def ids_metrics(d):
-            m = d.request("GET", "/metrics")[2].decode()
-            return {k: int(float(v)) for k, v in re.findall(r"^(tscale_feedback_ids\w*) (\S+)$", m, re.M)}
+            return {k: d.metric(k) for k in ("tscale_feedback_ids", "tscale_feedback_ids_bytes",
+                                             "tscale_feedback_ids_limit_bytes", "tscale_feedback_ids_evicted_total")}
 
         d = tsd.Daemon(args=["--feedback-id-bytes", "1M"])
         try:
-            c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
-            steps = [send(d, c, i) for i in range(n)]
+            c = d.conn()
+            steps = [send(c, i) for i in range(n)]
             self.assertEqual(steps, list(range(1, n + 1)))
             m = ids_metrics(d)
             self.assertEqual(m["tscale_feedback_ids_limit_bytes"], limit)
             self.assertLessEqual(m["tscale_feedback_ids_bytes"], limit)
             self.assertGreater(m["tscale_feedback_ids_evicted_total"], 0)
             self.assertEqual(m["tscale_feedback_ids"] + m["tscale_feedback_ids_evicted_total"], n)
-            self.assertEqual(send(d, c, n - 1), n, "the newest id must still answer its first answer")
-            self.assertEqual(send(d, c, 0), n + 1, "a forgotten id is a new request")
+            self.assertEqual(send(c, n - 1), n, "the newest id must still answer its first answer")
+            self.assertEqual(send(c, 0), n + 1, "a forgotten id is a new request")
             # The database keeps no more than memory does: rows of forgotten ids go with the
             # expired ones (at most once a second, with a commit).
             time.sleep(1.1)
-            self.assertEqual(send(d, c, n), n + 2)
+            self.assertEqual(send(c, n), n + 2)
             kept = ids_metrics(d)["tscale_feedback_ids"]
             with sqlite3.connect("file:%s?mode=ro" % d.db, uri=True) as db:
                 rows = db.execute("SELECT count(*) FROM feedback_ids").fetchone()[0]
@@ -247,8 +247,8 @@ class ExactlyOnce(unittest.TestCase):
                 m = ids_metrics(d2)
                 self.assertLessEqual(m["tscale_feedback_ids_bytes"], limit)
                 self.assertGreater(m["tscale_feedback_ids"], 1000)
-                c = http.client.HTTPConnection("127.0.0.1", d2.port, timeout=30)
-                self.assertEqual(send(d2, c, n - 2), n - 1, "after kill -9 the newest ids still repeat")
+                c = d2.conn()
+                self.assertEqual(send(c, n - 2), n - 1, "after kill -9 the newest ids still repeat")
                 c.close()
             finally:
                 d2.close()

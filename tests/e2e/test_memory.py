@@ -1,7 +1,6 @@
 """test_memory.py — the daemon's resident memory stays near its model's own size (issue 14):
 glibc's dynamic mmap threshold used to keep the freed model file and load buffers in the heap
 (1.46 B/weight anon after load for a model of 0.656). bench/rss.py measures the full-size case."""
-import http.client
 import json
 import os
 import subprocess
@@ -58,7 +57,7 @@ class ResidentMemory(unittest.TestCase):
         x = ",".join("%.3f" % (((k * 37) % 101) / 50.0 - 1.0) for k in range(16))
         steps = 3000
         with tsd.Daemon(args=["--journal", "no"]) as d:
-            c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+            c = d.conn()
 
             def feedback(i):
                 body = ('{"id":"t1-482934823-%d","inputs":[{"name":"input","datatype":"FP32","shape":[1,16],'
@@ -76,11 +75,9 @@ class ResidentMemory(unittest.TestCase):
             grown = rss_anon(d.proc.pid) - before
             # Measured: 0.6 MB with the arena (about 250 bytes a record), 40.7 MB without.
             self.assertLess(grown, 8 << 20, "RssAnon grew %d bytes over %d feedback steps with ids" % (grown, steps))
-            m = d.request("GET", "/metrics")[2].decode()
-            ids = [l for l in m.splitlines() if l.startswith("tscale_feedback_ids ")]
-            held = [l for l in m.splitlines() if l.startswith("tscale_feedback_ids_bytes ")]
-            self.assertEqual(ids, ["tscale_feedback_ids %d" % (steps + 200)])
-            self.assertTrue(held and 150 * steps < int(held[0].split()[1]) < 1000 * (steps + 200), held)
+            self.assertEqual(d.metric("tscale_feedback_ids"), steps + 200)
+            held = d.metric("tscale_feedback_ids_bytes")
+            self.assertTrue(held is not None and 150 * steps < held < 1000 * (steps + 200), held)
             self.assertEqual(d.stop(), 0)
 
 

@@ -66,8 +66,8 @@ void *ts_arena_alloc(ts_arena *a, size_t n) {
         if (need > CHUNK_BYTES / 4 && c) {
             c = fresh; /* a large one: its own chunk; the newest stays the one to bump from */
         } else {
-            if (c && c->live == 0)
-                chunk_free(a, c); /* nothing of it left: nobody else would free it */
+            /* The old newest still has live allocations (an empty one restarts at its start
+             * and fits any small need; under ASan it is freed at once): its last one frees it. */
             a->newest = c = fresh;
         }
     }
